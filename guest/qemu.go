@@ -1,0 +1,466 @@
+package guest
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+)
+
+// ErrNotRunning means the named guest has no live QEMU process.
+var ErrNotRunning = errors.New("guest is not running")
+
+// ErrQEMUMissing means qemu-system-x86_64 is not installed.
+var ErrQEMUMissing = errors.New("qemu-system-x86_64 not found: run scripts/setup.sh (it installs Debian's qemu-system-x86)")
+
+const qemuBinary = "qemu-system-x86_64"
+
+// shmPrefix names every RAM file hybridbridge creates, so stale ones can be found.
+const shmPrefix = "hybridbridge-"
+
+var validName = regexp.MustCompile(`^[a-z0-9][a-z0-9_-]{0,31}$`)
+
+// Config says how to start a guest.
+type Config struct {
+	Name     string
+	MemMiB   int
+	Image    *Image
+	RunDir   string        // where guests keep sockets and logs (see DefaultRunDir)
+	Detached bool          // keep running after this process exits (guest start); otherwise QEMU dies with us
+	Timeout  time.Duration // boot deadline; 0 means 3 minutes
+	// Progress, if set, is called as the boot advances and about once a second while waiting.
+	Progress func(stage string, elapsed time.Duration)
+}
+
+// Meta is what a running guest records about itself in its folder, so other hybridbridge
+// processes can find it.
+type Meta struct {
+	Name      string    `json:"name"`
+	PID       int       `json:"pid"`        // QEMU's
+	RAMFile   string    `json:"ram_file"`   // the shared memory file; unlinked once QEMU holds it
+	RAMSize   uint64    `json:"ram_size"`   // bytes
+	Kernel    string    `json:"kernel"`     // vmlinuz path
+	KernelID  string    `json:"kernel_id"`  // hash of vmlinuz
+	Image     string    `json:"image"`      // initramfs path
+	Append    string    `json:"append"`     // kernel command line
+	Accel     string    `json:"accel"`      // kvm or tcg
+	Detached  bool      `json:"detached"`   // started by `guest start`
+	StartedAt time.Time `json:"started_at"` // when QEMU was started
+	ReadyIn   float64   `json:"ready_in"`   // seconds from start to the command channel answering
+}
+
+// Guest is a QEMU process running a guest, started by this process or found in the run folder.
+type Guest struct {
+	Meta Meta
+	Dir  string
+
+	cmd    *exec.Cmd     // nil when the guest was started by another process
+	exited chan struct{} // closed when cmd exits; nil when cmd is nil
+	waitErr error        // cmd's exit; read only after exited is closed
+}
+
+// DefaultRunDir is $HYBRIDBRIDGE_RUN, else /run/hybridbridge for root, else a per-user folder.
+func DefaultRunDir() string {
+	if d := os.Getenv("HYBRIDBRIDGE_RUN"); d != "" {
+		return d
+	}
+	if os.Geteuid() == 0 {
+		return "/run/hybridbridge"
+	}
+	if d := os.Getenv("XDG_RUNTIME_DIR"); d != "" {
+		return filepath.Join(d, "hybridbridge")
+	}
+	return filepath.Join(os.TempDir(), fmt.Sprintf("hybridbridge-%d", os.Getuid()))
+}
+
+func guestDir(runDir, name string) string { return filepath.Join(runDir, "guests", name) }
+
+func (g *Guest) path(name string) string { return filepath.Join(g.Dir, name) }
+
+// QMPSocket, ChannelSocket and ConsoleLog are the guest's files.
+func (g *Guest) QMPSocket() string     { return g.path("qmp.sock") }
+func (g *Guest) ChannelSocket() string { return g.path("cmd.sock") }
+func (g *Guest) ConsoleLog() string    { return g.path("console.log") }
+
+// Start boots a guest and waits until its command channel answers, which the demo image does only
+// once its whole workload is up.
+func Start(ctx context.Context, cfg Config) (*Guest, error) {
+	if !validName.MatchString(cfg.Name) {
+		return nil, fmt.Errorf("invalid guest name %q: use 1-32 lower-case letters, digits, - or _", cfg.Name)
+	}
+	if cfg.MemMiB < 64 || cfg.MemMiB > 3072 {
+		return nil, fmt.Errorf("guest memory %d MiB out of range: 64 MiB to 3 GiB (larger guests would split RAM around the PCI hole)", cfg.MemMiB)
+	}
+	if cfg.Image == nil {
+		return nil, errors.New("no guest image")
+	}
+	qemu, err := exec.LookPath(qemuBinary)
+	if err != nil {
+		return nil, ErrQEMUMissing
+	}
+	sweepStaleRAM()
+	dir := guestDir(cfg.RunDir, cfg.Name)
+	if old, err := Open(cfg.RunDir, cfg.Name); err == nil {
+		return nil, fmt.Errorf("guest %q is already running (QEMU pid %d)", cfg.Name, old.Meta.PID)
+	}
+	if err := os.RemoveAll(dir); err != nil {
+		return nil, fmt.Errorf("clear stale guest folder: %w", err)
+	}
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return nil, fmt.Errorf("guest folder: %w", err)
+	}
+	g := &Guest{Dir: dir}
+	accel := DetectAccel()
+	ramSize := uint64(cfg.MemMiB) << 20
+	g.Meta = Meta{
+		Name:     cfg.Name,
+		RAMFile:  fmt.Sprintf("/dev/shm/%s%s-%d.ram", shmPrefix, cfg.Name, os.Getpid()),
+		RAMSize:  ramSize,
+		Kernel:   cfg.Image.Kernel,
+		Image:    cfg.Image.Path,
+		Append:   cfg.Image.Append,
+		Accel:    "tcg",
+		Detached: cfg.Detached,
+	}
+	if id, err := fileHash(cfg.Image.Kernel); err == nil {
+		g.Meta.KernelID = id
+	} else {
+		return nil, fmt.Errorf("guest kernel: %w", err)
+	}
+	args := []string{
+		"-name", "hybridbridge-" + cfg.Name,
+		"-machine", "pc,memory-backend=ram",
+		"-cpu", "qemu64",
+		"-m", fmt.Sprintf("%dM", cfg.MemMiB),
+		"-object", fmt.Sprintf("memory-backend-file,id=ram,size=%dM,mem-path=%s,share=on", cfg.MemMiB, g.Meta.RAMFile),
+		"-kernel", cfg.Image.Kernel,
+		"-initrd", cfg.Image.Path,
+		"-append", cfg.Image.Append,
+		"-nodefaults", "-display", "none", "-no-reboot",
+		"-serial", "file:" + g.ConsoleLog(),
+		"-chardev", "socket,id=cmd,path=" + g.ChannelSocket() + ",server=on,wait=off",
+		"-serial", "chardev:cmd",
+		"-qmp", "unix:" + g.QMPSocket() + ",server=on,wait=off",
+	}
+	if accel.KVM {
+		args = append(args, "-accel", "kvm")
+		g.Meta.Accel = "kvm"
+	} else {
+		args = append(args, "-accel", "tcg")
+	}
+	logFile, err := os.Create(g.path("qemu.log"))
+	if err != nil {
+		return nil, err
+	}
+	defer logFile.Close()
+	cmd := exec.Command(qemu, args...)
+	cmd.Stdout, cmd.Stderr = logFile, logFile
+	if cfg.Detached {
+		cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
+	} else {
+		// QEMU dies with us, even on SIGKILL.
+		cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
+	}
+	start := time.Now()
+	if err := cmd.Start(); err != nil {
+		os.RemoveAll(dir)
+		return nil, fmt.Errorf("start QEMU: %w", err)
+	}
+	g.cmd = cmd
+	g.exited = make(chan struct{})
+	go func() {
+		g.waitErr = cmd.Wait()
+		close(g.exited)
+	}()
+	g.Meta.PID = cmd.Process.Pid
+	g.Meta.StartedAt = start
+	if err := g.writeMeta(); err != nil {
+		g.kill()
+		return nil, err
+	}
+	if err := g.waitReady(ctx, cfg, start); err != nil {
+		g.kill()
+		return nil, err
+	}
+	g.Meta.ReadyIn = time.Since(start).Seconds()
+	if err := g.writeMeta(); err != nil {
+		g.kill()
+		return nil, err
+	}
+	if cfg.Detached {
+		// The guest outlives us; nothing of ours waits for it any more.
+		_ = cmd.Process.Release()
+	}
+	return g, nil
+}
+
+func (g *Guest) writeMeta() error {
+	data, err := json.MarshalIndent(g.Meta, "", "  ")
+	if err != nil {
+		return err
+	}
+	return writeFileAtomic(g.path("meta.json"), append(data, '\n'), 0o600)
+}
+
+// waitReady waits for QMP, unlinks the RAM file once QEMU holds it, then waits for the command
+// channel to answer.
+func (g *Guest) waitReady(ctx context.Context, cfg Config, start time.Time) error {
+	timeout := cfg.Timeout
+	if timeout == 0 {
+		timeout = 3 * time.Minute
+	}
+	ctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	progress := func(stage string) {
+		if cfg.Progress != nil {
+			cfg.Progress(stage, time.Since(start))
+		}
+	}
+	fail := func(stage string, err error) error {
+		if errors.Is(err, context.DeadlineExceeded) {
+			err = fmt.Errorf("no answer after %s", timeout)
+		}
+		return fmt.Errorf("guest %q did not become ready (%s): %w\n%s", g.Meta.Name, stage, err, g.tail())
+	}
+	tick := time.NewTicker(100 * time.Millisecond)
+	defer tick.Stop()
+	lastReport := time.Time{}
+	poll := func(stage string, try func() error) error {
+		for {
+			err := try()
+			if err == nil {
+				return nil
+			}
+			select {
+			case <-g.exited:
+				return fail(stage, fmt.Errorf("QEMU exited: %v", g.waitErr))
+			case <-ctx.Done():
+				return fail(stage, ctx.Err())
+			case <-tick.C:
+			}
+			if time.Since(lastReport) >= time.Second {
+				progress(stage)
+				lastReport = time.Now()
+			}
+		}
+	}
+	progress("starting QEMU")
+	err := poll("starting QEMU", func() error {
+		qctx, qcancel := context.WithTimeout(ctx, 2*time.Second)
+		defer qcancel()
+		q, err := DialQMP(qctx, g.QMPSocket())
+		if err != nil {
+			return err
+		}
+		defer q.Close()
+		_, err = q.Run(qctx, "query-status", nil)
+		return err
+	})
+	if err != nil {
+		return err
+	}
+	// QMP answers only after the machine, and so its RAM, exists: QEMU holds the file open now,
+	// and removing its name means it disappears with QEMU however QEMU ends.
+	if err := os.Remove(g.Meta.RAMFile); err != nil {
+		return fail("unlinking RAM file", err)
+	}
+	progress("booting")
+	var ch *Channel
+	defer func() {
+		if ch != nil {
+			ch.Close()
+		}
+	}()
+	return poll("booting and starting the workload", func() error {
+		if ch == nil {
+			c, err := DialChannel(ctx, g.ChannelSocket())
+			if err != nil {
+				return err
+			}
+			ch = c
+		}
+		pctx, pcancel := context.WithTimeout(ctx, 500*time.Millisecond)
+		defer pcancel()
+		res, err := ch.Exec(pctx, "echo ready")
+		if err != nil {
+			return err
+		}
+		if strings.TrimSpace(string(res.Stdout)) != "ready" {
+			return fmt.Errorf("unexpected readiness answer %q", res.Stdout)
+		}
+		return nil
+	})
+}
+
+// tail returns the end of the guest's console, for error messages.
+func (g *Guest) tail() string {
+	data, err := os.ReadFile(g.ConsoleLog())
+	if err != nil {
+		return "(no console output)"
+	}
+	lines := strings.Split(strings.TrimRight(string(data), "\n"), "\n")
+	if len(lines) > 15 {
+		lines = lines[len(lines)-15:]
+	}
+	out := "console tail:\n  " + strings.Join(lines, "\n  ")
+	if q, err := os.ReadFile(g.path("qemu.log")); err == nil && len(q) > 0 {
+		out += "\nqemu: " + strings.TrimSpace(string(q))
+	}
+	return out
+}
+
+// Open finds a running guest by name in runDir.
+func Open(runDir, name string) (*Guest, error) {
+	if !validName.MatchString(name) {
+		return nil, fmt.Errorf("invalid guest name %q", name)
+	}
+	g := &Guest{Dir: guestDir(runDir, name)}
+	data, err := os.ReadFile(g.path("meta.json"))
+	if errors.Is(err, os.ErrNotExist) {
+		return nil, fmt.Errorf("guest %q: %w (start it with: hybridbridge guest start --name %s)", name, ErrNotRunning, name)
+	}
+	if err != nil {
+		return nil, err
+	}
+	if err := json.Unmarshal(data, &g.Meta); err != nil {
+		return nil, fmt.Errorf("guest %q: corrupt %s: %w", name, g.path("meta.json"), err)
+	}
+	if !g.alive() {
+		return nil, fmt.Errorf("guest %q: %w (QEMU pid %d is gone)", name, ErrNotRunning, g.Meta.PID)
+	}
+	return g, nil
+}
+
+// List returns every guest with a folder in runDir, running or not.
+func List(runDir string) ([]GuestStatus, error) {
+	entries, err := os.ReadDir(filepath.Join(runDir, "guests"))
+	if errors.Is(err, os.ErrNotExist) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	var out []GuestStatus
+	for _, e := range entries {
+		g, err := Open(runDir, e.Name())
+		if err != nil {
+			out = append(out, GuestStatus{Name: e.Name(), State: "stopped"})
+			continue
+		}
+		out = append(out, GuestStatus{Name: e.Name(), State: "running", Meta: &g.Meta})
+	}
+	return out, nil
+}
+
+// GuestStatus is one row of List.
+type GuestStatus struct {
+	Name  string `json:"name"`
+	State string `json:"state"`
+	Meta  *Meta  `json:"meta,omitempty"`
+}
+
+// alive reports whether the recorded QEMU process still exists and is ours: a recycled pid running
+// something else does not count.
+func (g *Guest) alive() bool {
+	if g.exited != nil {
+		select {
+		case <-g.exited:
+			return false
+		default:
+			return true
+		}
+	}
+	cmdline, err := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", g.Meta.PID))
+	if err != nil {
+		return false
+	}
+	return strings.Contains(string(cmdline), "hybridbridge-"+g.Meta.Name+"\x00")
+}
+
+// Stop shuts the guest down: QMP quit, then SIGKILL if QEMU lingers; then its folder goes.
+func (g *Guest) Stop(ctx context.Context) error {
+	if g.alive() {
+		qctx, cancel := context.WithTimeout(ctx, 3*time.Second)
+		if q, err := DialQMP(qctx, g.QMPSocket()); err == nil {
+			_, _ = q.Run(qctx, "quit", nil)
+			q.Close()
+		}
+		cancel()
+		if !g.waitGone(5 * time.Second) {
+			_ = syscall.Kill(g.Meta.PID, syscall.SIGKILL)
+			if !g.waitGone(5 * time.Second) {
+				return fmt.Errorf("guest %q: QEMU pid %d does not exit", g.Meta.Name, g.Meta.PID)
+			}
+		}
+	}
+	_ = os.Remove(g.Meta.RAMFile)
+	return os.RemoveAll(g.Dir)
+}
+
+func (g *Guest) kill() {
+	if g.cmd != nil {
+		_ = g.cmd.Process.Kill()
+		<-g.exited
+	}
+	_ = os.Remove(g.Meta.RAMFile)
+	_ = os.RemoveAll(g.Dir)
+}
+
+func (g *Guest) waitGone(d time.Duration) bool {
+	deadline := time.Now().Add(d)
+	for time.Now().Before(deadline) {
+		if !g.alive() {
+			return true
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	return false
+}
+
+// RAMPath returns a path that opens the guest's RAM file: its name is gone (see waitReady), but
+// QEMU still holds it open, so it is reachable through QEMU's file descriptors.
+func (g *Guest) RAMPath() (string, error) {
+	fdDir := fmt.Sprintf("/proc/%d/fd", g.Meta.PID)
+	entries, err := os.ReadDir(fdDir)
+	if err != nil {
+		return "", fmt.Errorf("guest %q: list QEMU's files: %w", g.Meta.Name, err)
+	}
+	for _, e := range entries {
+		target, err := os.Readlink(filepath.Join(fdDir, e.Name()))
+		if err != nil {
+			continue
+		}
+		if target == g.Meta.RAMFile || target == g.Meta.RAMFile+" (deleted)" {
+			return filepath.Join(fdDir, e.Name()), nil
+		}
+	}
+	return "", fmt.Errorf("guest %q: QEMU pid %d holds no RAM file %s", g.Meta.Name, g.Meta.PID, g.Meta.RAMFile)
+}
+
+// sweepStaleRAM removes RAM files whose creator died before unlinking them (it was killed during
+// a boot). A live QEMU keeps its memory: removing a name does not free an open file.
+func sweepStaleRAM() {
+	files, _ := filepath.Glob("/dev/shm/" + shmPrefix + "*.ram")
+	for _, f := range files {
+		base := strings.TrimSuffix(filepath.Base(f), ".ram")
+		i := strings.LastIndexByte(base, '-')
+		if i < 0 {
+			continue
+		}
+		pid, err := strconv.Atoi(base[i+1:])
+		if err != nil || pid == os.Getpid() {
+			continue
+		}
+		if err := syscall.Kill(pid, 0); errors.Is(err, syscall.ESRCH) {
+			_ = os.Remove(f)
+		}
+	}
+}
