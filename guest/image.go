@@ -106,7 +106,7 @@ wait
 while :; do sleep 30; done
 `,
 	"hb-sleeper": `#!/bin/sh
-exec sleep "${1:-3600}"
+while :; do sleep "${1:-3600}"; done
 `,
 	"hb-stopped": `#!/bin/sh
 # Stops itself (state T) until someone sends SIGCONT.
