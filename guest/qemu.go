@@ -62,9 +62,9 @@ type Guest struct {
 	Meta Meta
 	Dir  string
 
-	cmd    *exec.Cmd     // nil when the guest was started by another process
-	exited chan struct{} // closed when cmd exits; nil when cmd is nil
-	waitErr error        // cmd's exit; read only after exited is closed
+	cmd     *exec.Cmd     // nil when the guest was started by another process
+	exited  chan struct{} // closed when cmd exits; nil when cmd is nil
+	waitErr error         // cmd's exit; read only after exited is closed
 }
 
 // DefaultRunDir is $HYBRIDBRIDGE_RUN, else /run/hybridbridge for root, else a per-user folder.
