@@ -478,3 +478,27 @@ func keys(m map[string]int) []string {
 	sort.Strings(out)
 	return out
 }
+
+// BenchmarkBoot measures QEMU start to the demo workload answering on the command channel, and
+// reports the median over b.N boots (run with -benchtime=5x).
+func BenchmarkBoot(b *testing.B) {
+	if setupErr != nil {
+		b.Fatalf("demo guest did not start: %v", setupErr)
+	}
+	ctx := context.Background()
+	var times []float64
+	for i := 0; i < b.N; i++ {
+		g, err := Start(ctx, Config{Name: "bench", MemMiB: 512, Image: demoImg, RunDir: runDir})
+		if err != nil {
+			b.Fatal(err)
+		}
+		times = append(times, g.Meta.ReadyIn)
+		if err := g.Stop(ctx); err != nil {
+			b.Fatal(err)
+		}
+	}
+	sort.Float64s(times)
+	b.ReportMetric(times[len(times)/2], "s/boot-median")
+	b.ReportMetric(times[0], "s/boot-min")
+	b.ReportMetric(times[len(times)-1], "s/boot-max")
+}

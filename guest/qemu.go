@@ -36,6 +36,8 @@ type Config struct {
 	RunDir   string        // where guests keep sockets and logs (see DefaultRunDir)
 	Detached bool          // keep running after this process exits (guest start); otherwise QEMU dies with us
 	Timeout  time.Duration // boot deadline; 0 means 3 minutes
+	// ExtraArgs are appended to QEMU's command line (e.g. a gdbstub for building snapshots).
+	ExtraArgs []string
 	// Progress, if set, is called as the boot advances and about once a second while waiting.
 	Progress func(stage string, elapsed time.Duration)
 }
@@ -150,6 +152,7 @@ func Start(ctx context.Context, cfg Config) (*Guest, error) {
 		"-serial", "chardev:cmd",
 		"-qmp", "unix:" + g.QMPSocket() + ",server=on,wait=off",
 	}
+	args = append(args, cfg.ExtraArgs...)
 	if accel.KVM {
 		args = append(args, "-accel", "kvm")
 		g.Meta.Accel = "kvm"

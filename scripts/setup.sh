@@ -48,7 +48,7 @@ if [ ! -f "$kdir/vmlinuz" ] || [ ! -f "$kdir/config" ] || [ ! -f "$kdir/release"
 	dl="$cache/debs"
 	mkdir -p "$dl"
 	if ! ls "$dl/${kpkg}"_*.deb >/dev/null 2>&1; then
-		(cd "$dl" && apt-get download "$kpkg")
+		(cd "$dl" && apt-get -o APT::Sandbox::User=root download "$kpkg")
 	fi
 	deb=$(ls "$dl/${kpkg}"_*.deb | head -n 1)
 	tmp=$(mktemp -d "$cache/kernel.tmp.XXXXXX")
@@ -82,7 +82,7 @@ if [ ! -f "$udir/lib/libunicorn.a" ] || [ ! -f "$udir/include/unicorn/unicorn.h"
 	dl="$cache/debs"
 	mkdir -p "$dl"
 	if ! ls "$dl"/libunicorn-dev_2.1.*.deb >/dev/null 2>&1; then
-		(cd "$dl" && apt-get "${aptopts[@]}" download libunicorn-dev)
+		(cd "$dl" && apt-get "${aptopts[@]}" -o APT::Sandbox::User=root download libunicorn-dev)
 	fi
 	deb=$(ls "$dl"/libunicorn-dev_2.1.*.deb 2>/dev/null | head -n 1)
 	[ -n "$deb" ] || die "Debian 13 did not provide libunicorn-dev 2.1.x"

@@ -1,0 +1,176 @@
+package cli
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"strings"
+	"testing"
+	"time"
+
+	"hybridbridge/guest"
+)
+
+// The tests drive the real command tree against one real guest started by `guest start`.
+var (
+	runDir   string
+	startErr error
+)
+
+func TestMain(m *testing.M) {
+	code := func() int {
+		dir, err := os.MkdirTemp("", "hbcli-test")
+		if err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			return 1
+		}
+		defer os.RemoveAll(dir)
+		runDir = dir
+		_, _, startErr = run("guest", "start", "--name", "cli", "--mem", "256M")
+		defer func() {
+			if g, err := guest.Open(runDir, "cli"); err == nil {
+				g.Stop(context.Background())
+			}
+		}()
+		return m.Run()
+	}()
+	os.Exit(code)
+}
+
+// run executes one command line and returns its stdout, stderr and error.
+func run(args ...string) (string, string, error) {
+	var out, errOut bytes.Buffer
+	root := NewRoot(&out, &errOut)
+	root.SetArgs(append([]string{"--run-dir", runDir}, args...))
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	err := root.ExecuteContext(ctx)
+	return out.String(), errOut.String(), err
+}
+
+func needGuest(t *testing.T) {
+	t.Helper()
+	if startErr != nil {
+		t.Fatalf("guest start failed: %v", startErr)
+	}
+}
+
+func TestGuestList(t *testing.T) {
+	needGuest(t)
+	out, _, err := run("guest", "list", "--json")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var rows []guest.GuestStatus
+	if err := json.Unmarshal([]byte(out), &rows); err != nil {
+		t.Fatalf("list --json: %v\n%s", err, out)
+	}
+	if len(rows) != 1 || rows[0].Name != "cli" || rows[0].State != "running" || rows[0].Meta == nil || rows[0].Meta.RAMSize != 256<<20 {
+		t.Fatalf("list: %s", out)
+	}
+	out, _, err = run("guest", "list")
+	if err != nil || !strings.Contains(out, "cli") || !strings.Contains(out, "running") {
+		t.Fatalf("list table: %q %v", out, err)
+	}
+}
+
+func TestGuestExec(t *testing.T) {
+	needGuest(t)
+	out, errOut, err := run("guest", "exec", "cli", "--", "echo", "hi;", "echo", "oops", ">&2;", "exit", "4")
+	var exit *ExitError
+	if !errors.As(err, &exit) || exit.Status != 4 {
+		t.Fatalf("exit status: %v", err)
+	}
+	if out != "hi\n" || errOut != "oops\n" {
+		t.Fatalf("stdout %q stderr %q", out, errOut)
+	}
+	if _, _, err := run("guest", "exec", "cli", "--", "true"); err != nil {
+		t.Fatalf("true: %v", err)
+	}
+}
+
+func TestGuestReadBanner(t *testing.T) {
+	needGuest(t)
+	version, _, err := run("guest", "exec", "cli", "--", "cat", "/proc/version")
+	if err != nil {
+		t.Fatal(err)
+	}
+	banner, _, err := run("guest", "read", "cli", "linux_banner", "--string")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if banner != version || !strings.HasPrefix(banner, "Linux version ") {
+		t.Fatalf("read from outside %q, inside %q", banner, version)
+	}
+	out, _, err := run("guest", "read", "cli", "linux_banner", "--len", "13", "--json")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var j struct{ Symbol, Address, Hex string }
+	if err := json.Unmarshal([]byte(out), &j); err != nil || j.Hex != fmt.Sprintf("%x", "Linux version") || !strings.HasPrefix(j.Address, "0xffffffff8") {
+		t.Fatalf("read --json: %s %v", out, err)
+	}
+	// The guest is running again afterwards.
+	g, err := guest.Open(runDir, "cli")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st, err := g.Status(context.Background()); err != nil || st != "running" {
+		t.Fatalf("guest left %q after read: %v", st, err)
+	}
+}
+
+func TestErrorsAreOneClearLine(t *testing.T) {
+	needGuest(t)
+	cases := []struct {
+		args []string
+		want string
+	}{
+		{[]string{"guest", "exec", "nosuch", "--", "true"}, "not running"},
+		{[]string{"guest", "read", "cli", "no_such_symbol"}, `symbol "no_such_symbol" not found`},
+		{[]string{"guest", "read", "cli", "linux_banner", "--len", "0"}, "--len"},
+		{[]string{"guest", "start", "--name", "x", "--mem", "lots"}, "bad memory size"},
+		{[]string{"guest", "start", "--name", "x", "--mem", "8G"}, "out of range"},
+		{[]string{"guest", "start", "--name", "cli"}, "already running"},
+		{[]string{"guest", "stop", "nosuch"}, "not running"},
+	}
+	for _, c := range cases {
+		_, _, err := run(c.args...)
+		if err == nil || !strings.Contains(err.Error(), c.want) {
+			t.Errorf("%v: error %v, want it to mention %q", c.args, err, c.want)
+		}
+	}
+}
+
+func TestDemoCommand(t *testing.T) {
+	needGuest(t)
+	out, _, err := run()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{"demo guest ready", "/proc/version inside the guest: equal", "(twice: true)"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("demo output lacks %q:\n%s", want, out)
+		}
+	}
+	// The demo guest it booted is gone again.
+	if _, err := guest.Open(runDir, "demo"); !errors.Is(err, guest.ErrNotRunning) {
+		t.Errorf("demo guest still there: %v", err)
+	}
+}
+
+func TestParseSize(t *testing.T) {
+	for in, want := range map[string]int{"512M": 512, "1G": 1024, "768": 768, "2GiB": 2048, "256MB": 256} {
+		if got, err := parseSize(in); err != nil || got != want {
+			t.Errorf("parseSize(%q) = %d, %v; want %d", in, got, err, want)
+		}
+	}
+	for _, bad := range []string{"", "-1M", "1T", "M"} {
+		if _, err := parseSize(bad); err == nil {
+			t.Errorf("parseSize(%q) accepted", bad)
+		}
+	}
+}

@@ -1,0 +1,7 @@
+#!/usr/bin/env bash
+# Sets up (scripts/setup.sh) and starts hybridbridge on the built-in demo guest. Arguments are
+# passed on: scripts/run.sh guest start, scripts/run.sh --help, ...
+set -euo pipefail
+root=$(cd "$(dirname "$0")/.." && pwd)
+"$root/scripts/setup.sh" >&2
+exec "$root/bin/hybridbridge" "$@"
