@@ -22,6 +22,7 @@ type Assets struct {
 	Modules  string // lib/modules/<release> of the kernel package
 	Busybox  string // static busybox from the host
 	Helper   string // cmd/hbguest, built static
+	Agent    string // svm/agent/hbagent.c, built static: the secure VM's injection target
 }
 
 // FindCacheDir locates the .cache folder made by scripts/setup.sh: $HYBRIDBRIDGE_CACHE if set,
@@ -64,6 +65,7 @@ func LoadAssets(cacheDir string) (*Assets, error) {
 		Modules:  filepath.Join(cacheDir, "kernel", "modules"),
 		Busybox:  "/bin/busybox",
 		Helper:   filepath.Join(cacheDir, "guest", "hbguest"),
+		Agent:    filepath.Join(cacheDir, "guest", "hbagent"),
 	}
 	rel, err := os.ReadFile(filepath.Join(cacheDir, "kernel", "release"))
 	if err != nil {
@@ -75,6 +77,7 @@ func LoadAssets(cacheDir string) (*Assets, error) {
 		{"kernel modules", a.Modules},
 		{"static busybox (package busybox-static)", a.Busybox},
 		{"guest helper", a.Helper},
+		{"SVM agent", a.Agent},
 	} {
 		if _, err := os.Stat(f.path); err != nil {
 			return nil, fmt.Errorf("%w: %s missing: %v", ErrNotSetUp, f.what, err)

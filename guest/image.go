@@ -124,26 +124,11 @@ func itoa(n int) string { return fmt.Sprint(n) }
 // BuildDemoImage writes the demo guest's initramfs into the cache (images/demo-<hash>.cpio), or
 // reuses it if one with the same inputs exists.
 func BuildDemoImage(a *Assets) (*Image, error) {
-	b := newImageBuilder()
-	for _, d := range []string{"bin", "sbin", "usr", "usr/bin", "usr/sbin", "usr/local", "usr/local/bin",
-		"proc", "sys", "dev", "tmp", "run", "root", "home", "home/analyst", "etc", "etc/hb", "lib", "lib/modules", "www", "var", "var/log"} {
-		b.dir(d)
-	}
-	if err := b.hostFile("bin/busybox", a.Busybox, 0o755); err != nil {
+	b, err := baseImage(a, demoRC)
+	if err != nil {
 		return nil, err
 	}
-	if err := b.hostFile("sbin/hbguest", a.Helper, 0o755); err != nil {
-		return nil, err
-	}
-	b.symlink("sbin/init", "/bin/busybox")
-	b.symlink("bin/sh", "/bin/busybox")
 	b.symlink("usr/sbin/hb-udpd", "/sbin/hbguest")
-	b.file("init", demoInit, 0o755)
-	b.file("etc/inittab", demoInittab, 0o644)
-	b.file("etc/hb/rc.sh", demoRC, 0o755)
-	b.file("etc/passwd", "root:x:0:0:root:/root:/bin/sh\nanalyst:x:1000:1000:analyst:/home/analyst:/bin/sh\n", 0o644)
-	b.file("etc/group", "root:x:0:\nanalyst:x:1000:\n", 0o644)
-	b.file("etc/hostname", "hb-demo\n", 0o644)
 	b.file("www/index.html", "<h1>hybridbridge demo guest</h1>\n", 0o644)
 	for name, text := range demoScripts {
 		b.file("usr/local/bin/"+name, text, 0o755)
@@ -160,12 +145,64 @@ func BuildDemoImage(a *Assets) (*Image, error) {
 		order = append(order, m.name)
 	}
 	b.file("etc/hb/modules", strings.Join(order, "\n")+"\n", 0o644)
-
 	path, err := b.write(filepath.Join(a.CacheDir, "images"), "demo")
 	if err != nil {
 		return nil, err
 	}
 	return &Image{Path: path, Kernel: a.Kernel, Append: CommonArgs + " quiet", Modules: order}, nil
+}
+
+// svmRC prepares the secure VM: nothing runs in it but init, the command channel and (started
+// by the snapshot builder) the agent. The banner stays on the console: it is the snapshot's record
+// of the kernel that booted.
+const svmRC = `#!/bin/sh
+export PATH=/sbin:/usr/sbin:/bin:/usr/bin
+/bin/busybox --install -s
+mount -t proc proc /proc
+mount -t sysfs sys /sys
+mount -t tmpfs tmpfs /tmp
+echo 0 > /proc/sys/kernel/kptr_restrict
+hostname hb-svm
+echo "hb: svm ready"
+`
+
+// BuildSVMImage writes the secure VM's initramfs: the base system plus the agent.
+func BuildSVMImage(a *Assets) (*Image, error) {
+	b, err := baseImage(a, svmRC)
+	if err != nil {
+		return nil, err
+	}
+	if err := b.hostFile("sbin/hbagent", a.Agent, 0o755); err != nil {
+		return nil, err
+	}
+	path, err := b.write(filepath.Join(a.CacheDir, "images"), "svm")
+	if err != nil {
+		return nil, err
+	}
+	return &Image{Path: path, Kernel: a.Kernel, Append: CommonArgs}, nil
+}
+
+// baseImage is what every guest image has: busybox, init, the command channel's helper.
+func baseImage(a *Assets, rc string) (*imageBuilder, error) {
+	b := newImageBuilder()
+	for _, d := range []string{"bin", "sbin", "usr", "usr/bin", "usr/sbin", "usr/local", "usr/local/bin",
+		"proc", "sys", "dev", "tmp", "run", "root", "home", "home/analyst", "etc", "etc/hb", "lib", "lib/modules", "www", "var", "var/log"} {
+		b.dir(d)
+	}
+	if err := b.hostFile("bin/busybox", a.Busybox, 0o755); err != nil {
+		return nil, err
+	}
+	if err := b.hostFile("sbin/hbguest", a.Helper, 0o755); err != nil {
+		return nil, err
+	}
+	b.symlink("sbin/init", "/bin/busybox")
+	b.symlink("bin/sh", "/bin/busybox")
+	b.file("init", demoInit, 0o755)
+	b.file("etc/inittab", demoInittab, 0o644)
+	b.file("etc/hb/rc.sh", rc, 0o755)
+	b.file("etc/passwd", "root:x:0:0:root:/root:/bin/sh\nanalyst:x:1000:1000:analyst:/home/analyst:/bin/sh\n", 0o644)
+	b.file("etc/group", "root:x:0:\nanalyst:x:1000:\n", 0o644)
+	return b, nil
 }
 
 type module struct{ name, path string }

@@ -101,7 +101,8 @@ step "checking Unicorn"
 (cd "$root" && go run ./cmd/unicorn-check) || die "Unicorn check failed (see above)"
 
 # 4. The binary.
-step "building the guest helper and bin/hybridbridge"
+step "building the guest helper, the SVM agent and bin/hybridbridge"
 (cd "$root" && CGO_ENABLED=0 go build -trimpath -ldflags="-s -w" -o .cache/guest/hbguest ./cmd/hbguest)
+(cd "$root" && gcc -static -O2 -Wall -o .cache/guest/hbagent svm/agent/hbagent.c)
 (cd "$root" && go build -o bin/hybridbridge .)
 step "setup complete"

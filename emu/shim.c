@@ -1,0 +1,172 @@
+#include "shim.h"
+#include "_cgo_export.h"
+
+static void cb_code(uc_engine *uc, uint64_t addr, uint32_t size, void *ud)
+{
+	hbGoCode((uintptr_t)ud, addr, size);
+}
+
+static void cb_mem(uc_engine *uc, uc_mem_type type, uint64_t addr, int size,
+                   int64_t value, void *ud)
+{
+	hbGoMem((uintptr_t)ud, (int)type, addr, size, value);
+}
+
+static bool cb_mem_invalid(uc_engine *uc, uc_mem_type type, uint64_t addr,
+                           int size, int64_t value, void *ud)
+{
+	return hbGoMemInvalid((uintptr_t)ud, (int)type, addr, size, value);
+}
+
+static void cb_intr(uc_engine *uc, uint32_t intno, void *ud)
+{
+	hbGoIntr((uintptr_t)ud, intno);
+}
+
+static uint32_t cb_in(uc_engine *uc, uint32_t port, int size, void *ud)
+{
+	return hbGoIn((uintptr_t)ud, port, size);
+}
+
+static void cb_out(uc_engine *uc, uint32_t port, int size, uint32_t value,
+                   void *ud)
+{
+	hbGoOut((uintptr_t)ud, port, size, value);
+}
+
+static void cb_syscall(uc_engine *uc, void *ud)
+{
+	hbGoSyscall((uintptr_t)ud);
+}
+
+static int cb_cpuid(uc_engine *uc, void *ud)
+{
+	return hbGoCPUID((uintptr_t)ud);
+}
+
+static bool cb_insn_invalid(uc_engine *uc, void *ud)
+{
+	return hbGoInsnInvalid((uintptr_t)ud);
+}
+
+uc_err hb_hook_add(uc_engine *uc, uc_hook *hh, int type, int kind, uintptr_t id,
+                   uint64_t begin, uint64_t end, int insn)
+{
+	void *cb;
+	switch (kind) {
+	case HB_CB_CODE: cb = (void *)cb_code; break;
+	case HB_CB_MEM: cb = (void *)cb_mem; break;
+	case HB_CB_MEM_INVALID: cb = (void *)cb_mem_invalid; break;
+	case HB_CB_INTR: cb = (void *)cb_intr; break;
+	case HB_CB_IN: cb = (void *)cb_in; break;
+	case HB_CB_OUT: cb = (void *)cb_out; break;
+	case HB_CB_SYSCALL: cb = (void *)cb_syscall; break;
+	case HB_CB_CPUID: cb = (void *)cb_cpuid; break;
+	case HB_CB_INSN_INVALID: cb = (void *)cb_insn_invalid; break;
+	default: return UC_ERR_ARG;
+	}
+	if (type == UC_HOOK_INSN) {
+		return uc_hook_add(uc, hh, type, cb, (void *)id, begin, end, insn);
+	}
+	return uc_hook_add(uc, hh, type, cb, (void *)id, begin, end);
+}
+
+// Event kinds; mirrored by emu.EventKind.
+enum { HB_EV_EXEC = 1, HB_EV_BLOCK, HB_EV_READ, HB_EV_WRITE, HB_EV_FETCH };
+
+static inline void trace_push(hb_trace *t, uint8_t kind, int size,
+                              uint64_t addr, uint64_t value)
+{
+	if (__builtin_expect(t->len == t->cap, 0)) {
+		if (t->flush) {
+			hbGoTraceFull(t->id);
+			t->len = 0;
+		} else {
+			t->dropped++;
+			return;
+		}
+	}
+	hb_event *e = &t->ev[t->len++];
+	e->kind = kind;
+	e->size = (uint8_t)size;
+	e->addr = addr;
+	e->value = value;
+}
+
+static void trace_code(uc_engine *uc, uint64_t addr, uint32_t size, void *ud)
+{
+	trace_push((hb_trace *)ud, HB_EV_EXEC, (int)size, addr, 0);
+}
+
+static void trace_block(uc_engine *uc, uint64_t addr, uint32_t size, void *ud)
+{
+	// Block sizes exceed 255; keep the full size in value.
+	trace_push((hb_trace *)ud, HB_EV_BLOCK, 0, addr, size);
+}
+
+static void trace_mem(uc_engine *uc, uc_mem_type type, uint64_t addr, int size,
+                      int64_t value, void *ud)
+{
+	uint8_t kind;
+	switch (type) {
+	case UC_MEM_READ: kind = HB_EV_READ; break;
+	case UC_MEM_WRITE: kind = HB_EV_WRITE; break;
+	case UC_MEM_FETCH: kind = HB_EV_FETCH; break;
+	default: return;
+	}
+	trace_push((hb_trace *)ud, kind, size, addr, (uint64_t)value);
+}
+
+uc_err hb_trace_add(uc_engine *uc, uc_hook *hh, int type, hb_trace *t,
+                    uint64_t begin, uint64_t end)
+{
+	void *cb;
+	switch (type) {
+	case UC_HOOK_CODE: cb = (void *)trace_code; break;
+	case UC_HOOK_BLOCK: cb = (void *)trace_block; break;
+	default: cb = (void *)trace_mem; break;
+	}
+	return uc_hook_add(uc, hh, type, cb, t, begin, end);
+}
+
+uc_err hb_set_cpu_model(uc_engine *uc, int model)
+{
+	return uc_ctl_set_cpu_model(uc, model);
+}
+
+// uc_reg_*_batch want an array of value pointers; building it here keeps
+// Go memory free of pointers handed to C.
+#define HB_CHUNK 32
+
+uc_err hb_reg_read_batch(uc_engine *uc, int *regs, uint64_t *vals, int n)
+{
+	void *ptrs[HB_CHUNK];
+	for (int off = 0; off < n; off += HB_CHUNK) {
+		int c = n - off < HB_CHUNK ? n - off : HB_CHUNK;
+		for (int i = 0; i < c; i++) {
+			vals[off + i] = 0;
+			ptrs[i] = &vals[off + i];
+		}
+		uc_err err = uc_reg_read_batch(uc, regs + off, ptrs, c);
+		if (err != UC_ERR_OK) {
+			return err;
+		}
+	}
+	return UC_ERR_OK;
+}
+
+uc_err hb_reg_write_batch(uc_engine *uc, int *regs, uint64_t *vals, int n)
+{
+	void *ptrs[HB_CHUNK];
+	for (int off = 0; off < n; off += HB_CHUNK) {
+		int c = n - off < HB_CHUNK ? n - off : HB_CHUNK;
+		for (int i = 0; i < c; i++) {
+			ptrs[i] = &vals[off + i];
+		}
+		uc_err err = uc_reg_write_batch(uc, regs + off, (void *const *)ptrs, c);
+		if (err != UC_ERR_OK) {
+			return err;
+		}
+	}
+	return UC_ERR_OK;
+}

@@ -1,0 +1,54 @@
+// C side of package emu. Go cannot call variadic C functions (uc_hook_add,
+// uc_ctl) and must not hand Go pointers to C, so every Unicorn callback is a
+// small C function here that forwards an integer hook id to a Go trampoline
+// (export.go), and the batched tracer runs entirely in C.
+#ifndef HB_SHIM_H
+#define HB_SHIM_H
+
+#include <stdbool.h>
+#include <stdint.h>
+#include <unicorn/unicorn.h>
+
+// Which Go trampoline a hook forwards to.
+enum hb_cb_kind {
+	HB_CB_CODE = 1,     // UC_HOOK_CODE / UC_HOOK_BLOCK
+	HB_CB_MEM,          // UC_HOOK_MEM_READ/WRITE/FETCH/READ_AFTER
+	HB_CB_MEM_INVALID,  // UC_HOOK_MEM_*_UNMAPPED / *_PROT
+	HB_CB_INTR,         // UC_HOOK_INTR
+	HB_CB_IN,           // UC_HOOK_INSN + UC_X86_INS_IN
+	HB_CB_OUT,          // UC_HOOK_INSN + UC_X86_INS_OUT
+	HB_CB_SYSCALL,      // UC_HOOK_INSN + UC_X86_INS_SYSCALL
+	HB_CB_CPUID,        // UC_HOOK_INSN + UC_X86_INS_CPUID
+	HB_CB_INSN_INVALID, // UC_HOOK_INSN_INVALID
+};
+
+// One traced event. Layout is mirrored by emu.Event; trace.go checks it.
+typedef struct hb_event {
+	uint8_t kind;
+	uint8_t size;
+	uint8_t pad[6];
+	uint64_t addr;
+	uint64_t value;
+} hb_event;
+
+// A fixed-capacity event array filled by the C trace hooks. When it is full
+// and flush is set, the Go side is called to consume it; otherwise further
+// events are counted in dropped.
+typedef struct hb_trace {
+	hb_event *ev;
+	uint32_t cap;
+	uint32_t len;
+	uint64_t dropped;
+	uintptr_t id;
+	int flush;
+} hb_trace;
+
+uc_err hb_hook_add(uc_engine *uc, uc_hook *hh, int type, int kind, uintptr_t id,
+                   uint64_t begin, uint64_t end, int insn);
+uc_err hb_trace_add(uc_engine *uc, uc_hook *hh, int type, hb_trace *t,
+                    uint64_t begin, uint64_t end);
+uc_err hb_set_cpu_model(uc_engine *uc, int model);
+uc_err hb_reg_read_batch(uc_engine *uc, int *regs, uint64_t *vals, int n);
+uc_err hb_reg_write_batch(uc_engine *uc, int *regs, uint64_t *vals, int n);
+
+#endif
