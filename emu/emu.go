@@ -134,6 +134,9 @@ type Engine struct {
 	// hook is installed (see Start).
 	countHook bool
 
+	// excCtx is reused by ClearException to avoid an allocation per fault.
+	excCtx *Context
+
 	stopRequested atomic.Bool
 	panicked      atomic.Bool
 	panicErr      *HookPanicError // written once per run by the hook goroutine
@@ -180,6 +183,10 @@ func (e *Engine) Close() error {
 		e.mu.Unlock()
 		for id := range hooks {
 			unregisterHook(id)
+		}
+		if e.excCtx != nil {
+			e.excCtx.Free()
+			e.excCtx = nil
 		}
 		err = check("close", C.uc_close(e.uc))
 		e.uc = nil

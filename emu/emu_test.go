@@ -669,3 +669,31 @@ func TestUnlimitedAfterLimitedRunKeepsCache(t *testing.T) {
 		t.Fatalf("stop reason %v", m.e.StopReason())
 	}
 }
+
+// ClearException finds old_exception by itself: after it, a second page fault arrives as #PF, not
+// #DF; without it, as #DF.
+func TestClearException(t *testing.T) {
+	for _, clear := range []bool{true, false} {
+		m := newPaged(t)
+		var vec []uint32
+		_, err := m.e.HookInterrupt(func(v uint32) {
+			vec = append(vec, v)
+			if clear {
+				must(t, m.e.ClearException())
+			}
+			m.e.Stop()
+		})
+		must(t, err)
+		code := []byte{0x48, 0x8b, 0x04, 0x25, 0x00, 0x00, 0x60, 0x00} // mov rax, [unmapVirt]
+		end := kernelVirt + m.load(kernelPhys, code) - kernelPhys
+		must(t, m.e.Start(kernelVirt, end, 0))
+		must(t, m.e.Start(kernelVirt, end, 0))
+		want := []uint32{14, 8}
+		if clear {
+			want = []uint32{14, 14}
+		}
+		if len(vec) != 2 || vec[0] != want[0] || vec[1] != want[1] {
+			t.Fatalf("clear=%v: vectors %v, want %v", clear, vec, want)
+		}
+	}
+}
