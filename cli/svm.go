@@ -1,0 +1,185 @@
+package cli
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"hybridbridge/svm"
+)
+
+func (e *env) svmCommand() *cobra.Command {
+	c := &cobra.Command{
+		Use:   "svm",
+		Short: "Build the secure VM snapshot and run system calls in it",
+		Long: `The secure VM (SVM) runs the same kernel as the guests. Its snapshot is taken with an agent
+process stopped at system-call entry; hybridbridge loads it into the Unicorn emulator and injects
+system calls in kernel mode. The snapshot is built once per kernel build and cached.`,
+	}
+	c.AddCommand(e.svmBuild(), e.svmCat(), e.svmLs())
+	return c
+}
+
+func (e *env) svmBuild() *cobra.Command {
+	var gvmMax string
+	var asJSON bool
+	c := &cobra.Command{
+		Use:   "build",
+		Short: "Boot the SVM under QEMU and capture its snapshot (replaces a cached one)",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			mib, err := parseSize(gvmMax)
+			if err != nil {
+				return err
+			}
+			snap, err := e.buildSnapshot(cmd.Context(), mib)
+			if err != nil {
+				return err
+			}
+			if asJSON {
+				return writeJSON(e.stdout, snap)
+			}
+			fmt.Fprintf(e.stdout, "SVM snapshot for %s built in %.1fs: %s\n", snap.Release, snap.BuildTimeS, snap.Dir())
+			fmt.Fprintf(e.stdout, "  RAM %d MiB (%d MiB used), serves guests up to %d MiB\n",
+				snap.Layout.RAMSize>>20, snap.RAMData>>20, snap.Layout.GVMMax>>20)
+			fmt.Fprintf(e.stdout, "  agent pid %d, buffer %#x; captured at do_syscall_64 with pt_regs %#x\n",
+				snap.Agent.PID, snap.Agent.Buffer, snap.PtRegs)
+			return nil
+		},
+	}
+	c.Flags().StringVar(&gvmMax, "gvm-max", "1G", "largest guest memory the snapshot serves (128M to 2560M)")
+	c.Flags().BoolVar(&asJSON, "json", false, "print the snapshot's metadata as JSON")
+	return c
+}
+
+func (e *env) buildSnapshot(ctx context.Context, gvmMaxMiB int) (*svm.Snapshot, error) {
+	a, err := e.assets()
+	if err != nil {
+		return nil, err
+	}
+	report, done := progress(e.stderr)
+	defer done()
+	return svm.Build(ctx, a, svm.BuildOptions{CacheDir: e.cacheDir, RunDir: e.runDir, GVMMaxMiB: gvmMaxMiB, Progress: report})
+}
+
+// snapshot loads the cached snapshot, building it first when there is none or it was made for
+// another kernel or format. A corrupt snapshot is reported, not silently replaced.
+func (e *env) snapshot(ctx context.Context) (*svm.Snapshot, error) {
+	a, err := e.assets()
+	if err != nil {
+		return nil, err
+	}
+	id, err := a.KernelID()
+	if err != nil {
+		return nil, err
+	}
+	snap, err := svm.Load(svm.SnapshotDir(e.cacheDir, id), id)
+	switch {
+	case err == nil:
+		return snap, nil
+	case errors.Is(err, svm.ErrNoSnapshot), errors.Is(err, svm.ErrKernelMismatch), errors.Is(err, svm.ErrSnapshotFormat):
+		fmt.Fprintf(e.stderr, "building the SVM snapshot (%v)\n", firstLine(err))
+		return e.buildSnapshot(ctx, 1024)
+	default:
+		return nil, err
+	}
+}
+
+func firstLine(err error) string {
+	s, _, _ := strings.Cut(err.Error(), "\n")
+	return s
+}
+
+// machine loads the snapshot into a new executor.
+func (e *env) machine(ctx context.Context) (*svm.Machine, error) {
+	snap, err := e.snapshot(ctx)
+	if err != nil {
+		return nil, err
+	}
+	return svm.Open(snap, svm.Options{})
+}
+
+func (e *env) svmCat() *cobra.Command {
+	return &cobra.Command{
+		Use:   "cat PATH",
+		Short: "Print a file of the SVM itself, read by injected openat/read/close",
+		Long: `Print a file as the SVM's kernel sees it, read by system calls injected into the snapshot in
+the emulator (no redirection to any guest yet: /proc shows the SVM's own processes).`,
+		Args: cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			m, err := e.machine(cmd.Context())
+			if err != nil {
+				return err
+			}
+			defer m.Close()
+			data, err := m.ReadFile(args[0])
+			if err != nil {
+				return err
+			}
+			_, err = e.stdout.Write(data)
+			return err
+		},
+	}
+}
+
+func (e *env) svmLs() *cobra.Command {
+	var asJSON, long bool
+	c := &cobra.Command{
+		Use:   "ls PATH",
+		Short: "List a directory of the SVM itself, read by injected getdents64",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			m, err := e.machine(cmd.Context())
+			if err != nil {
+				return err
+			}
+			defer m.Close()
+			start := time.Now()
+			ents, err := m.ReadDir(args[0])
+			if err != nil {
+				return err
+			}
+			if asJSON {
+				if ents == nil {
+					ents = []svm.DirEntry{}
+				}
+				return writeJSON(e.stdout, ents)
+			}
+			if !long {
+				for _, d := range ents {
+					fmt.Fprintln(e.stdout, d.Name)
+				}
+				return nil
+			}
+			tw := tabwriter.NewWriter(e.stdout, 0, 4, 2, ' ', 0)
+			fmt.Fprintln(tw, "INODE\tTYPE\tNAME")
+			for _, d := range ents {
+				fmt.Fprintf(tw, "%d\t%s\t%s\n", d.Inode, direntType(d.Type), d.Name)
+			}
+			st := m.Stats()
+			fmt.Fprintf(e.stderr, "%d entries, %d system calls, %v\n", len(ents), st.Syscalls, time.Since(start).Round(time.Microsecond))
+			return tw.Flush()
+		},
+	}
+	c.Flags().BoolVar(&asJSON, "json", false, "print entries as JSON")
+	c.Flags().BoolVarP(&long, "long", "l", false, "show inode and type")
+	return c
+}
+
+func direntType(t uint8) string {
+	switch t {
+	case 4:
+		return "dir"
+	case 8:
+		return "file"
+	case 10:
+		return "link"
+	default:
+		return fmt.Sprint(t)
+	}
+}

@@ -1,0 +1,526 @@
+package svm
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"encoding/binary"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"regexp"
+	"strconv"
+	"strings"
+	"time"
+
+	"hybridbridge/guest"
+	"hybridbridge/guest/gdbstub"
+	"hybridbridge/vmm"
+)
+
+// Marker is what the agent passes as getppid's first argument (svm/agent/hbagent.c).
+const Marker = 0x6879627269646765
+
+const nrGetppid = 110
+
+// pt_regs slots (arch/x86/include/asm/ptrace.h, the layout the syscall entry pushes; part of the
+// kernel's ABI with its own entry code, stable across versions).
+const (
+	ptR15 = iota * 8
+	ptR14
+	ptR13
+	ptR12
+	ptBP
+	ptBX
+	ptR11
+	ptR10
+	ptR9
+	ptR8
+	ptAX
+	ptCX
+	ptDX
+	ptSI
+	ptDI
+	ptOrigAX
+	ptIP
+	ptCS
+	ptFlags
+	ptSP
+	ptSS
+	ptSize
+)
+
+// BuildOptions configures Build.
+type BuildOptions struct {
+	CacheDir string
+	RunDir   string
+	// GVMMaxMiB is the largest guest RAM the snapshot will serve (default 1024).
+	GVMMaxMiB int
+	// Progress, if set, receives the stage and the time since the build started.
+	Progress func(stage string, elapsed time.Duration)
+}
+
+// Build boots the secure VM under QEMU, stops its agent at system-call entry and saves the
+// snapshot into the cache, replacing any older one for the same kernel.
+func Build(ctx context.Context, a *guest.Assets, opt BuildOptions) (*Snapshot, error) {
+	start := time.Now()
+	report := func(stage string) {
+		if opt.Progress != nil {
+			opt.Progress(stage, time.Since(start))
+		}
+	}
+	if opt.GVMMaxMiB == 0 {
+		opt.GVMMaxMiB = 1024
+	}
+	if opt.GVMMaxMiB < 128 || opt.GVMMaxMiB > 2560 {
+		return nil, fmt.Errorf("largest guest %d MiB out of range: 128 MiB to 2.5 GiB (the SVM adds 512 MiB and must stay below QEMU's PCI hole)", opt.GVMMaxMiB)
+	}
+	kernelID, err := a.KernelID()
+	if err != nil {
+		return nil, err
+	}
+	img, err := guest.BuildSVMImage(a)
+	if err != nil {
+		return nil, fmt.Errorf("SVM image: %w", err)
+	}
+	guestProgress := func(stage string, _ time.Duration) { report(stage) }
+
+	// Boot 1: where does the kernel image sit physically? The reserved ranges must end at it and
+	// resume right after it.
+	report("probing the kernel's physical placement")
+	syms, kstart, kend, err := probeKernel(ctx, a, img, opt.RunDir, guestProgress)
+	if err != nil {
+		return nil, fmt.Errorf("probe boot: %w", err)
+	}
+	layout := planLayout(uint64(opt.GVMMaxMiB)<<20, kstart, kend)
+
+	// Boot 2: the SVM itself, with the layout and a gdbstub.
+	svmImg := *img
+	svmImg.Append = img.Append + layout.kernelArgs()
+	gdbSock := filepath.Join(opt.RunDir, "svm-build.gdb")
+	_ = os.Remove(gdbSock)
+	defer os.Remove(gdbSock)
+	report("booting the SVM")
+	g, err := guest.Start(ctx, guest.Config{
+		Name: "svm-build", MemMiB: int(layout.RAMSize >> 20), Image: &svmImg, RunDir: opt.RunDir,
+		ExtraArgs: []string{"-gdb", "unix:" + gdbSock + ",server=on,wait=off"},
+		Progress:  guestProgress,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("SVM boot: %w", err)
+	}
+	defer g.Stop(context.WithoutCancel(ctx))
+
+	snap := &Snapshot{KernelID: kernelID, Release: a.Release, Append: svmImg.Append, Layout: layout}
+	if snap.Banner, err = bootBanner(g.ConsoleLog()); err != nil {
+		return nil, err
+	}
+	report("checking the SVM's memory layout")
+	iomem, err := g.Exec(ctx, "cat /proc/iomem")
+	if err != nil {
+		return nil, err
+	}
+	if snap.Layout.SystemRAM, err = checkLayout(string(iomem.Stdout), layout); err != nil {
+		return nil, err
+	}
+
+	report("starting the agent")
+	if res, err := g.Exec(ctx, "hbagent </dev/null >/dev/console 2>&1 &"); err != nil || res.Status != 0 {
+		return nil, fmt.Errorf("start agent: %v %v", err, res)
+	}
+	if snap.Agent, err = waitAgent(ctx, g.ConsoleLog()); err != nil {
+		return nil, err
+	}
+	// Ground truth for tests: the processes at capture. The shell globs /proc itself (no child),
+	// so only the shell's own pid is transient; it is left out.
+	res, err := g.Exec(ctx, "echo $$; cd /proc && echo [0-9]*")
+	if err != nil {
+		return nil, err
+	}
+	if snap.PIDs, err = parsePIDs(string(res.Stdout)); err != nil {
+		return nil, err
+	}
+
+	report("stopping the agent at system-call entry")
+	if err := capture(ctx, gdbSock, syms, snap); err != nil {
+		return nil, err
+	}
+	snap.Symbols = map[string]uint64{}
+	for _, name := range append(requiredSymbols, "entry_SYSCALL_64_after_hwframe", "linux_banner", "init_task", "schedule", "__schedule") {
+		if addr, ok := syms.Addr(name); ok {
+			snap.Symbols[name] = addr
+		}
+	}
+
+	report("copying SVM memory")
+	dir := SnapshotDir(opt.CacheDir, kernelID)
+	if err := os.MkdirAll(filepath.Dir(dir), 0o755); err != nil {
+		return nil, err
+	}
+	tmp, err := os.MkdirTemp(filepath.Dir(dir), ".build-*")
+	if err != nil {
+		return nil, err
+	}
+	defer os.RemoveAll(tmp)
+	ramPath, err := g.RAMPath()
+	if err != nil {
+		return nil, err
+	}
+	if err := copySparse(ramPath, filepath.Join(tmp, ramFile), layout.RAMSize); err != nil {
+		return nil, fmt.Errorf("copy SVM RAM: %w", err)
+	}
+	snap.CreatedAt = time.Now().UTC()
+	snap.BuildTimeS = time.Since(start).Seconds()
+	if err := snap.save(tmp, dir); err != nil {
+		return nil, fmt.Errorf("save snapshot: %w", err)
+	}
+	report("done")
+	return snap, nil
+}
+
+// probeKernel boots the SVM image plainly to read the kernel's symbols and translate its first
+// and last address to physical through the guest's own page tables.
+func probeKernel(ctx context.Context, a *guest.Assets, img *guest.Image, runDir string, progress func(string, time.Duration)) (*vmm.Symbols, uint64, uint64, error) {
+	g, err := guest.Start(ctx, guest.Config{Name: "svm-probe", MemMiB: 256, Image: img, RunDir: runDir, Progress: progress})
+	if err != nil {
+		return nil, 0, 0, err
+	}
+	defer g.Stop(context.WithoutCancel(ctx))
+	k, err := g.OpenKernel(ctx, a.CacheDir)
+	if err != nil {
+		return nil, 0, 0, err
+	}
+	defer k.Close()
+	phys := func(name string) (uint64, error) {
+		va, ok := k.Syms.Addr(name)
+		if !ok {
+			return 0, fmt.Errorf("symbol %s missing", name)
+		}
+		pa, _, _, err := k.Virt.Walker().Translate(va)
+		if err != nil {
+			return 0, fmt.Errorf("translate %s: %w", name, err)
+		}
+		return pa, nil
+	}
+	text, err := phys("_text")
+	if err != nil {
+		return nil, 0, 0, err
+	}
+	// _end itself may be the first unmapped byte: translate the last byte of the image.
+	endVA, ok := k.Syms.Addr("_end")
+	if !ok {
+		return nil, 0, 0, fmt.Errorf("symbol _end missing")
+	}
+	last, _, _, err := k.Virt.Walker().Translate(endVA - 1)
+	if err != nil {
+		return nil, 0, 0, fmt.Errorf("translate _end-1: %w", err)
+	}
+	return k.Syms, text, last + 1, nil
+}
+
+const mib = 1 << 20
+
+// planLayout reserves [1 MiB, _text) and [_end, gvmMax) for the guest: the SVM keeps the first
+// MiB (firmware, real-mode trampoline), its own kernel image, and everything above gvmMax.
+// The second range starts at _end exactly, not rounded, so no page is usable by both kernels.
+func planLayout(gvmMax, kstart, kend uint64) Layout {
+	return Layout{
+		RAMSize:     gvmMax + 512*mib,
+		GVMMax:      gvmMax,
+		KernelStart: kstart,
+		KernelEnd:   kend,
+		Reserved:    []PhysSpan{{1 * mib, kstart}, {kend, gvmMax}},
+	}
+}
+
+// kernelArgs renders the reserved ranges as memmap=size$start arguments.
+func (l Layout) kernelArgs() string {
+	var b strings.Builder
+	for _, r := range l.Reserved {
+		fmt.Fprintf(&b, " memmap=%#x$%#x", r.End-r.Start, r.Start)
+	}
+	return b.String()
+}
+
+// checkLayout verifies from /proc/iomem that no System RAM of the SVM lies in a reserved range
+// (beyond the partial page at a range's unaligned start), and returns the System RAM ranges.
+func checkLayout(iomem string, l Layout) ([]PhysSpan, error) {
+	var ram []PhysSpan
+	for _, line := range strings.Split(iomem, "\n") {
+		if strings.HasPrefix(line, " ") || !strings.HasSuffix(line, ": System RAM") {
+			continue
+		}
+		span, _, _ := strings.Cut(line, " : ")
+		lo, hi, ok := strings.Cut(span, "-")
+		start, err1 := strconv.ParseUint(lo, 16, 64)
+		end, err2 := strconv.ParseUint(hi, 16, 64)
+		if !ok || err1 != nil || err2 != nil {
+			return nil, fmt.Errorf("SVM /proc/iomem: bad line %q", line)
+		}
+		ram = append(ram, PhysSpan{start, end + 1})
+	}
+	if len(ram) == 0 {
+		return nil, fmt.Errorf("SVM /proc/iomem lists no System RAM (is it readable?):\n%s", iomem)
+	}
+	for _, r := range ram {
+		for _, res := range l.Reserved {
+			lo := (res.Start + 4095) &^ 4095
+			if r.Start < res.End && r.End > lo {
+				return nil, fmt.Errorf("SVM memory layout wrong: System RAM %#x-%#x overlaps the range %#x-%#x reserved for the guest (kernel args:%s)",
+					r.Start, r.End-1, res.Start, res.End-1, l.kernelArgs())
+			}
+		}
+	}
+	return ram, nil
+}
+
+var bannerLine = regexp.MustCompile(`Linux version [^\r\n]*`)
+
+// bootBanner is the kernel banner as the SVM printed it on its console while booting.
+func bootBanner(consoleLog string) (string, error) {
+	data, err := os.ReadFile(consoleLog)
+	if err != nil {
+		return "", err
+	}
+	m := bannerLine.Find(data)
+	if m == nil {
+		return "", fmt.Errorf("the SVM's console shows no kernel banner (%s)", consoleLog)
+	}
+	return string(m), nil
+}
+
+var agentLine = regexp.MustCompile(`hbagent: pid (\d+) buffer 0x([0-9a-f]+) size (\d+)`)
+
+func waitAgent(ctx context.Context, consoleLog string) (Agent, error) {
+	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	for {
+		data, _ := os.ReadFile(consoleLog)
+		if m := agentLine.FindSubmatch(data); m != nil {
+			pid, _ := strconv.Atoi(string(m[1]))
+			buf, _ := strconv.ParseUint(string(m[2]), 16, 64)
+			size, _ := strconv.ParseUint(string(m[3]), 10, 64)
+			return Agent{PID: pid, Buffer: buf, Size: size}, nil
+		}
+		select {
+		case <-ctx.Done():
+			return Agent{}, fmt.Errorf("the agent never reported on the SVM console: %w", ctx.Err())
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
+}
+
+func parsePIDs(text string) ([]int, error) {
+	lines := strings.SplitN(strings.TrimSpace(text), "\n", 2)
+	if len(lines) != 2 {
+		return nil, fmt.Errorf("unexpected process listing %q", text)
+	}
+	self := strings.TrimSpace(lines[0])
+	var pids []int
+	for _, f := range strings.Fields(lines[1]) {
+		if f == self {
+			continue
+		}
+		pid, err := strconv.Atoi(f)
+		if err != nil {
+			return nil, fmt.Errorf("unexpected /proc entry %q", f)
+		}
+		pids = append(pids, pid)
+	}
+	return pids, nil
+}
+
+// capture stops the SVM at do_syscall_64 entered for the agent's marker call and records the CPU
+// state, the pt_regs address and the return address.
+func capture(ctx context.Context, sock string, syms *vmm.Symbols, snap *Snapshot) error {
+	entry, ok := syms.Addr("do_syscall_64")
+	if !ok {
+		return fmt.Errorf("symbol do_syscall_64 missing")
+	}
+	ctx, cancel := context.WithTimeout(ctx, 2*time.Minute)
+	defer cancel()
+	c, err := gdbstub.Dial(ctx, sock)
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	// Other processes make system calls too (the command channel's Go runtime polls), and every
+	// breakpoint hit costs a round trip. So first wait in getppid's own handler, which only the
+	// agent calls; then the agent's very next marker call is the one to catch at entry.
+	if handler, ok := syms.Addr("__x64_sys_getppid"); ok {
+		if err := c.SetBreakpoint(ctx, handler); err != nil {
+			return err
+		}
+		if _, err := c.Continue(ctx); err != nil {
+			return fmt.Errorf("wait for the agent's getppid: %w", err)
+		}
+		if err := c.ClearBreakpoint(ctx, handler); err != nil {
+			return err
+		}
+	}
+	if err := c.SetBreakpoint(ctx, entry); err != nil {
+		return err
+	}
+	var regs map[string]uint64
+	var ptregs []byte
+	others := map[uint64]int{}
+	for {
+		if _, err := c.Continue(ctx); err != nil {
+			return fmt.Errorf("wait for the agent's marker call (other calls seen, by number: %v): %w", others, err)
+		}
+		if regs, err = c.ReadRegisters(ctx); err != nil {
+			return err
+		}
+		if regs["rip"] != entry || regs["rsi"] != nrGetppid {
+			others[regs["rsi"]]++
+			continue
+		}
+		if ptregs, err = c.ReadMemory(ctx, regs["rdi"], ptSize); err != nil {
+			return err
+		}
+		if binary.LittleEndian.Uint64(ptregs[ptDI:]) == Marker {
+			break
+		}
+		others[regs["rsi"]]++
+	}
+	if err := c.ClearBreakpoint(ctx, entry); err != nil {
+		return err
+	}
+	if got := binary.LittleEndian.Uint64(ptregs[ptSI:]); got != snap.Agent.Buffer {
+		return fmt.Errorf("marker call's buffer %#x differs from the agent's report %#x", got, snap.Agent.Buffer)
+	}
+	snap.PtRegs = regs["rdi"]
+	snap.TSC = binary.LittleEndian.Uint64(ptregs[ptR10:])
+	ret, err := c.ReadMemory(ctx, regs["rsp"], 8)
+	if err != nil {
+		return err
+	}
+	snap.ReturnAddr = binary.LittleEndian.Uint64(ret)
+	if addr, ok := syms.Addr("tsc_khz"); ok {
+		khz, err := c.ReadMemory(ctx, addr, 4)
+		if err != nil {
+			return err
+		}
+		snap.TSCKHz = uint64(binary.LittleEndian.Uint32(khz))
+	}
+	if snap.TSCKHz == 0 {
+		return fmt.Errorf("the SVM kernel reports no TSC rate (tsc_khz)")
+	}
+	info, err := c.Monitor(ctx, "info registers")
+	if err != nil {
+		return err
+	}
+	cpu, err := parseInfoRegisters(info)
+	if err != nil {
+		return err
+	}
+	cpu.KernelGSBase = regs["k_gs_base"]
+	snap.CPU = cpu
+	if cpu.RIP != entry || cpu.GPR["rdi"] != snap.PtRegs {
+		return fmt.Errorf("monitor and gdbstub disagree on the stopped CPU (rip %#x, rdi %#x)", cpu.RIP, cpu.GPR["rdi"])
+	}
+	return nil
+}
+
+var (
+	regPair = regexp.MustCompile(`\b(RAX|RBX|RCX|RDX|RSI|RDI|RBP|RSP|R8 |R9 |R10|R11|R12|R13|R14|R15|RIP|RFL|CR0|CR2|CR3|CR4|EFER)=([0-9a-f]+)`)
+	segLine = regexp.MustCompile(`(?m)^(ES|CS|SS|DS|FS|GS|LDT|TR) *=([0-9a-f]{4}) ([0-9a-f]{16}) ([0-9a-f]{8}) ([0-9a-f]{8})`)
+	tblLine = regexp.MustCompile(`(?m)^(GDT|IDT)= +([0-9a-f]{16}) ([0-9a-f]{8})`)
+)
+
+// parseInfoRegisters reads QEMU's "info registers" for one CPU. It is the only source of the
+// hidden segment parts and descriptor-table registers; the gdbstub does not expose them.
+func parseInfoRegisters(text string) (CPU, error) {
+	cpu := CPU{GPR: map[string]uint64{}}
+	seen := map[string]bool{}
+	for _, m := range regPair.FindAllStringSubmatch(text, -1) {
+		name := strings.ToLower(strings.TrimSpace(m[1]))
+		if seen[name] {
+			continue
+		}
+		seen[name] = true
+		v, err := strconv.ParseUint(m[2], 16, 64)
+		if err != nil {
+			return cpu, err
+		}
+		switch name {
+		case "rip":
+			cpu.RIP = v
+		case "rfl":
+			cpu.RFLAGS = v
+		case "cr0":
+			cpu.CR0 = v
+		case "cr2":
+			cpu.CR2 = v
+		case "cr3":
+			cpu.CR3 = v
+		case "cr4":
+			cpu.CR4 = v
+		case "efer":
+			cpu.EFER = v
+		default:
+			cpu.GPR[name] = v
+		}
+	}
+	segs := map[string]*Segment{"ES": &cpu.ES, "CS": &cpu.CS, "SS": &cpu.SS, "DS": &cpu.DS, "FS": &cpu.FS, "GS": &cpu.GS, "LDT": &cpu.LDT, "TR": &cpu.TR}
+	for _, m := range segLine.FindAllStringSubmatch(text, -1) {
+		s := segs[m[1]]
+		sel, _ := strconv.ParseUint(m[2], 16, 16)
+		base, _ := strconv.ParseUint(m[3], 16, 64)
+		limit, _ := strconv.ParseUint(m[4], 16, 32)
+		flags, _ := strconv.ParseUint(m[5], 16, 32)
+		*s = Segment{Selector: uint16(sel), Base: base, Limit: uint32(limit), Flags: uint32(flags)}
+		seen[m[1]] = true
+	}
+	for _, m := range tblLine.FindAllStringSubmatch(text, -1) {
+		base, _ := strconv.ParseUint(m[2], 16, 64)
+		limit, _ := strconv.ParseUint(m[3], 16, 32)
+		if m[1] == "GDT" {
+			cpu.GDT = Segment{Base: base, Limit: uint32(limit)}
+		} else {
+			cpu.IDT = Segment{Base: base, Limit: uint32(limit)}
+		}
+		seen[m[1]] = true
+	}
+	for _, need := range []string{"rsp", "rip", "rfl", "cr0", "cr3", "cr4", "efer", "CS", "SS", "GS", "TR", "GDT", "IDT"} {
+		if !seen[need] {
+			return cpu, fmt.Errorf("info registers: %s missing in:\n%s", need, text)
+		}
+	}
+	cpu.FSBase, cpu.GSBase = cpu.FS.Base, cpu.GS.Base
+	return cpu, nil
+}
+
+// copySparse copies the first size bytes of src to dst, skipping all-zero pages, so the
+// snapshot's RAM file takes only the space the SVM used.
+func copySparse(src, dst string, size uint64) error {
+	in, err := os.Open(src)
+	if err != nil {
+		return err
+	}
+	defer in.Close()
+	out, err := os.Create(dst)
+	if err != nil {
+		return err
+	}
+	defer out.Close()
+	r := bufio.NewReaderSize(io.LimitReader(in, int64(size)), 4<<20)
+	page := make([]byte, 4096)
+	zero := make([]byte, 4096)
+	for off := int64(0); off < int64(size); off += 4096 {
+		if _, err := io.ReadFull(r, page); err != nil {
+			return fmt.Errorf("read at %#x: %w", off, err)
+		}
+		if bytes.Equal(page, zero) {
+			continue
+		}
+		if _, err := out.WriteAt(page, off); err != nil {
+			return err
+		}
+	}
+	if err := out.Truncate(int64(size)); err != nil {
+		return err
+	}
+	return out.Sync()
+}

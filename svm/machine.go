@@ -1,0 +1,522 @@
+package svm
+
+import (
+	"bytes"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"os"
+	"time"
+
+	"golang.org/x/arch/x86/x86asm"
+	"golang.org/x/sys/unix"
+
+	"hybridbridge/emu"
+	"hybridbridge/vmm"
+)
+
+// Outcomes of an injected system call other than its return value.
+var (
+	// ErrBlocked: the call tried to sleep (it reached the scheduler's context switch or the idle
+	// loop). Nothing else runs in the SVM, so it would never wake. The machine resets itself
+	// before the next call.
+	ErrBlocked = errors.New("system call blocked")
+	// ErrBudget: the call ran past its instruction budget (e.g. a spin that waits for time or
+	// entropy). The machine resets itself before the next call.
+	ErrBudget = errors.New("system call exceeded its instruction budget")
+	// ErrNotAllowed: the system call is not on the allow-list of calls known to be safe to inject.
+	ErrNotAllowed = errors.New("system call not allowed")
+	// ErrFault: the emulator stopped on something the executor cannot handle (an access to
+	// unmapped physical memory, an unexpected exception).
+	ErrFault = errors.New("emulation fault")
+)
+
+// StopError tells where an injected call stopped.
+type StopError struct {
+	Err    error  // ErrBlocked, ErrBudget or ErrFault
+	NR     int    // the system call
+	RIP    uint64 // where it stopped
+	Symbol string // RIP as symbol+offset, when known
+	Detail string
+}
+
+func (e *StopError) Error() string {
+	msg := fmt.Sprintf("%s (%s) at %#x", e.Err, SyscallName(e.NR), e.RIP)
+	if e.Symbol != "" {
+		msg += " " + e.Symbol
+	}
+	if e.Detail != "" {
+		msg += ": " + e.Detail
+	}
+	return msg
+}
+
+func (e *StopError) Unwrap() error { return e.Err }
+
+// Options configure a Machine.
+type Options struct {
+	// Budget is the instruction limit of one system call (default 50 million).
+	Budget uint64
+	// CountInstructions makes Stats count executed instructions exactly, at some speed cost.
+	CountInstructions bool
+	// Symbols, if set, renders stop addresses as symbol+offset.
+	Symbols *vmm.Symbols
+}
+
+// Stats are a Machine's counters since it was opened.
+type Stats struct {
+	Syscalls     int
+	Instructions uint64 // only with Options.CountInstructions
+	Exceptions   map[uint32]int
+	TSCReads     int
+	Resets       int
+	Blocked      int
+	OverBudget   int
+}
+
+// Machine is the SVM snapshot loaded into Unicorn. Its RAM is a private copy-on-write mapping of
+// the snapshot file: the snapshot is never written, and Reset drops every change.
+// A Machine is not safe for concurrent use.
+type Machine struct {
+	snap *Snapshot
+	opts Options
+	eng  *emu.Engine
+	ram  []byte // MAP_PRIVATE mapping of ram.img; Unicorn runs on it directly
+	phys vmm.PhysView
+	virt *vmm.VirtView // the agent's address space (the kernel half is every process's)
+
+	savedRegs []byte    // the agent's pt_regs as captured
+	tscBase   time.Time // when the virtual TSC was at Snapshot.TSC
+	tscSites  int       // RDTSC/RDTSCP hooks installed
+
+	// Set by hooks during a run, read after Start returns.
+	stopErr    error
+	stopDetail string
+	dirty      bool // the last call stopped mid-kernel: Reset before the next
+	trace      *emu.TraceBuffer
+
+	stats Stats
+}
+
+// Open loads a snapshot into a new Unicorn engine.
+func Open(snap *Snapshot, opts Options) (*Machine, error) {
+	if opts.Budget == 0 {
+		opts.Budget = 50_000_000
+	}
+	m := &Machine{snap: snap, opts: opts, stats: Stats{Exceptions: map[uint32]int{}}}
+	if err := m.mapRAM(); err != nil {
+		return nil, err
+	}
+	eng, err := emu.Open(emu.CPUDefault)
+	if err != nil {
+		m.unmapRAM()
+		return nil, err
+	}
+	m.eng = eng
+	if err := m.setup(); err != nil {
+		m.Close()
+		return nil, err
+	}
+	return m, nil
+}
+
+func (m *Machine) mapRAM() error {
+	f, err := os.Open(m.snap.RAMPath())
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	ram, err := unix.Mmap(int(f.Fd()), 0, int(m.snap.Layout.RAMSize), unix.PROT_READ|unix.PROT_WRITE, unix.MAP_PRIVATE)
+	if err != nil {
+		return fmt.Errorf("map SVM RAM %s: %w", m.snap.RAMPath(), err)
+	}
+	m.ram = ram
+	if m.phys, err = vmm.NewBytesView("svm", ram, nil); err != nil {
+		unix.Munmap(ram)
+		m.ram = nil
+		return err
+	}
+	return nil
+}
+
+func (m *Machine) unmapRAM() {
+	if m.ram != nil {
+		_ = unix.Munmap(m.ram)
+		m.ram = nil
+	}
+}
+
+// Close releases the engine and the RAM mapping, in that order.
+func (m *Machine) Close() error {
+	var err error
+	if m.trace != nil {
+		m.trace.Close()
+	}
+	if m.eng != nil {
+		err = m.eng.Close()
+		m.eng = nil
+	}
+	m.unmapRAM()
+	return err
+}
+
+// Snapshot returns the snapshot the machine runs.
+func (m *Machine) Snapshot() *Snapshot { return m.snap }
+
+// Stats returns the counters.
+func (m *Machine) Stats() Stats { return m.stats }
+
+// Engine exposes the Unicorn engine, for hooks that the taint engine installs. Hooks must be
+// installed before the first system call.
+func (m *Machine) Engine() *emu.Engine { return m.eng }
+
+// RAM is the machine's physical memory (the private mapping Unicorn runs on).
+func (m *Machine) RAM() []byte { return m.ram }
+
+// apicBase and friends are MMIO pages the kernel may touch; they get scratch memory so such an
+// access does not stop emulation. Nothing behind them answers.
+var scratchPages = []uint64{0xfec00000, 0xfed00000, 0xfee00000}
+
+func (m *Machine) setup() error {
+	e := m.eng
+	if err := e.MapPtr(0, m.snap.Layout.RAMSize, emu.ProtAll, m.ram); err != nil {
+		return fmt.Errorf("map SVM RAM into Unicorn: %w", err)
+	}
+	for _, p := range scratchPages {
+		if err := e.Map(p, 4096, emu.ProtRead|emu.ProtWrite); err != nil {
+			return fmt.Errorf("map scratch page %#x: %w", p, err)
+		}
+	}
+	w, err := vmm.NewWalker(m.phys, m.snap.CPU.CR3, 4)
+	if err != nil {
+		return err
+	}
+	m.virt = vmm.NewVirtView("svm", w)
+	m.savedRegs = make([]byte, ptSize)
+	if err := m.virt.Read(m.snap.PtRegs, m.savedRegs); err != nil {
+		return fmt.Errorf("snapshot pt_regs: %w", err)
+	}
+	// Every hook exists from the start: Unicorn compiles hook checks into translated code.
+	sym := m.snap.Symbols
+	for _, name := range []string{"__switch_to_asm", "default_idle"} {
+		addr := sym[name]
+		where := name
+		if _, err := e.HookCode(addr, addr, func(uint64, uint32) {
+			m.stopWith(ErrBlocked, "reached "+where)
+		}); err != nil {
+			return err
+		}
+	}
+	if _, err := e.HookInterrupt(m.onInterrupt); err != nil {
+		return err
+	}
+	// ud2 (BUG/WARN) becomes #UD through the guest's IDT, as on hardware.
+	if _, err := e.HookInvalidInsn(func() bool { return true }); err != nil {
+		return err
+	}
+	if _, err := e.HookMemFault(emu.HookMemUnmapped, 1, 0, func(acc emu.MemAccess, addr uint64, size int, _ int64) bool {
+		m.stopWith(ErrFault, fmt.Sprintf("access to unmapped physical %#x (%d bytes)", addr, size))
+		return false
+	}); err != nil {
+		return err
+	}
+	// Port I/O (a console write from a warning): the UART always reports an empty transmitter.
+	if _, err := e.HookIn(func(port uint32, size int) uint32 {
+		if port&7 == 5 {
+			return 0x60
+		}
+		return 0
+	}); err != nil {
+		return err
+	}
+	if _, err := e.HookOut(func(uint32, int, uint32) {}); err != nil {
+		return err
+	}
+	if err := m.hookTSC(); err != nil {
+		return err
+	}
+	if m.opts.CountInstructions {
+		tb, err := e.NewTrace(emu.TraceConfig{Capacity: 1 << 16, Code: true, CodeBegin: 1, CodeEnd: 0,
+			OnFull: func(evs []emu.Event) { m.stats.Instructions += uint64(len(evs)) }})
+		if err != nil {
+			return err
+		}
+		m.trace = tb
+	}
+	m.tscBase = time.Now()
+	return m.loadCPU()
+}
+
+// loadCPU puts the captured CPU state into the engine. The order matters: in Unicorn 2.1.1
+// writing CR2 also sets CR3, so CR2 goes first; descriptor tables precede the selectors that
+// index them.
+func (m *Machine) loadCPU() error {
+	c := m.snap.CPU
+	e := m.eng
+	seg := func(s Segment) emu.DescTable {
+		return emu.DescTable{Selector: s.Selector, Base: s.Base, Limit: s.Limit, Flags: s.Flags}
+	}
+	steps := []error{
+		e.SetReg(emu.CR2, c.CR2),
+		e.SetReg(emu.CR3, c.CR3),
+		e.SetReg(emu.CR4, c.CR4),
+		e.SetMSR(emu.MSREFER, c.EFER),
+		e.SetReg(emu.CR0, c.CR0),
+		e.SetDescTable(emu.GDTR, seg(c.GDT)),
+		e.SetDescTable(emu.IDTR, seg(c.IDT)),
+		e.SetDescTable(emu.TR, seg(c.TR)),
+		e.SetDescTable(emu.LDTR, seg(c.LDT)),
+		e.SetReg(emu.CS, uint64(c.CS.Selector)),
+		e.SetReg(emu.SS, uint64(c.SS.Selector)),
+		e.SetReg(emu.DS, uint64(c.DS.Selector)),
+		e.SetReg(emu.ES, uint64(c.ES.Selector)),
+		e.SetReg(emu.FS, uint64(c.FS.Selector)),
+		e.SetReg(emu.GS, uint64(c.GS.Selector)),
+		e.SetMSR(emu.MSRFSBase, c.FSBase),
+		e.SetMSR(emu.MSRGSBase, c.GSBase),
+		e.SetMSR(emu.MSRKernelGSBase, c.KernelGSBase),
+	}
+	for name, r := range gprs {
+		steps = append(steps, e.SetReg(r, c.GPR[name]))
+	}
+	steps = append(steps, e.SetReg(emu.RFLAGS, c.RFLAGS), e.SetReg(emu.RIP, c.RIP))
+	if err := errors.Join(steps...); err != nil {
+		return fmt.Errorf("load SVM CPU state: %w", err)
+	}
+	return nil
+}
+
+var gprs = map[string]emu.Reg{
+	"rax": emu.RAX, "rbx": emu.RBX, "rcx": emu.RCX, "rdx": emu.RDX, "rsi": emu.RSI, "rdi": emu.RDI,
+	"rbp": emu.RBP, "rsp": emu.RSP, "r8": emu.R8, "r9": emu.R9, "r10": emu.R10, "r11": emu.R11,
+	"r12": emu.R12, "r13": emu.R13, "r14": emu.R14, "r15": emu.R15,
+}
+
+// Reset drops every change the injected calls made to memory and restores the captured CPU
+// state: the machine is as freshly loaded (translated code stays cached).
+func (m *Machine) Reset() error {
+	if err := unix.Madvise(m.ram, unix.MADV_DONTNEED); err != nil {
+		return fmt.Errorf("reset SVM RAM: %w", err)
+	}
+	for _, p := range scratchPages {
+		_ = m.eng.WritePhys(p, make([]byte, 4096))
+	}
+	m.dirty = false
+	m.stats.Resets++
+	// Reloading CR3 flushes Unicorn's TLB, which still maps the dropped pages' old contents.
+	return m.loadCPU()
+}
+
+func (m *Machine) stopWith(err error, detail string) {
+	if m.stopErr == nil {
+		m.stopErr, m.stopDetail = err, detail
+	}
+	_ = m.eng.Stop()
+}
+
+// Syscall injects one system call and returns its return value (negative errno on failure, as
+// the kernel returns it). It is refused unless the call is on the allow-list.
+func (m *Machine) Syscall(nr int, args ...uint64) (int64, error) {
+	if !allowed[nr] {
+		return 0, fmt.Errorf("%w: %s (%d)", ErrNotAllowed, SyscallName(nr), nr)
+	}
+	if len(args) > 6 {
+		return 0, fmt.Errorf("%s: %d arguments, at most 6", SyscallName(nr), len(args))
+	}
+	if m.dirty {
+		if err := m.Reset(); err != nil {
+			return 0, err
+		}
+	}
+	regs := bytes.Clone(m.savedRegs)
+	put := func(off int, v uint64) { binary.LittleEndian.PutUint64(regs[off:], v) }
+	var a [6]uint64
+	copy(a[:], args)
+	put(ptOrigAX, uint64(nr))
+	negENOSYS := int64(-enosys)
+	put(ptAX, uint64(negENOSYS)) // as the entry code sets it
+	put(ptDI, a[0])
+	put(ptSI, a[1])
+	put(ptDX, a[2])
+	put(ptR10, a[3])
+	put(ptR8, a[4])
+	put(ptR9, a[5])
+	if err := m.writeVirt(m.snap.PtRegs, regs); err != nil {
+		return 0, err
+	}
+	var ret [8]byte
+	binary.LittleEndian.PutUint64(ret[:], m.snap.ReturnAddr)
+	rsp := m.snap.CPU.GPR["rsp"]
+	if err := m.writeVirt(rsp, ret[:]); err != nil {
+		return 0, err
+	}
+	e := m.eng
+	if err := errors.Join(
+		e.SetReg(emu.RSP, rsp),
+		e.SetReg(emu.RDI, m.snap.PtRegs),
+		e.SetReg(emu.RSI, uint64(nr)),
+		e.SetReg(emu.RFLAGS, m.snap.CPU.RFLAGS),
+	); err != nil {
+		return 0, err
+	}
+	m.stopErr, m.stopDetail = nil, ""
+	m.stats.Syscalls++
+	entry := m.snap.Symbols["do_syscall_64"]
+	runErr := e.Start(entry, m.snap.ReturnAddr, m.opts.Budget)
+	if m.trace != nil {
+		m.trace.Drain(func(evs []emu.Event) { m.stats.Instructions += uint64(len(evs)) })
+	}
+	rip, _ := e.Reg(emu.RIP)
+	stop := func(err error, detail string) (int64, error) {
+		m.dirty = true
+		se := &StopError{Err: err, NR: nr, RIP: rip, Detail: detail}
+		if m.opts.Symbols != nil {
+			se.Symbol = m.opts.Symbols.Format(rip)
+		}
+		return 0, se
+	}
+	switch {
+	case m.stopErr != nil:
+		if errors.Is(m.stopErr, ErrBlocked) {
+			m.stats.Blocked++
+		}
+		return stop(m.stopErr, m.stopDetail)
+	case runErr != nil:
+		return stop(ErrFault, runErr.Error())
+	case rip != m.snap.ReturnAddr:
+		m.stats.OverBudget++
+		return stop(ErrBudget, fmt.Sprintf("%d instructions", m.opts.Budget))
+	}
+	out := make([]byte, 8)
+	if err := m.virt.Read(m.snap.PtRegs+ptAX, out); err != nil {
+		return 0, err
+	}
+	return int64(binary.LittleEndian.Uint64(out)), nil
+}
+
+// writeVirt writes into the SVM's memory at a virtual address of the agent's address space.
+func (m *Machine) writeVirt(va uint64, data []byte) error {
+	for len(data) > 0 {
+		pa, size, _, err := m.virt.Walker().Translate(va)
+		if err != nil {
+			return fmt.Errorf("write %#x: %w", va, err)
+		}
+		n := min(uint64(len(data)), size-(va&(size-1)))
+		if pa+n > uint64(len(m.ram)) {
+			return fmt.Errorf("write %#x: physical %#x outside SVM RAM", va, pa)
+		}
+		copy(m.ram[pa:pa+n], data[:n])
+		data, va = data[n:], va+n
+	}
+	return nil
+}
+
+// ReadVirt reads the SVM's memory at a virtual address of the agent's address space.
+func (m *Machine) ReadVirt(va uint64, buf []byte) error { return m.virt.Read(va, buf) }
+
+// WriteVirt writes the SVM's memory at a virtual address of the agent's address space.
+func (m *Machine) WriteVirt(va uint64, data []byte) error { return m.writeVirt(va, data) }
+
+// Exception vectors that push an error code.
+var hasErrorCode = map[uint32]bool{8: true, 10: true, 11: true, 12: true, 13: true, 14: true, 17: true, 21: true}
+
+// onInterrupt delivers an exception through the guest's IDT as the CPU would: Unicorn only
+// reports the vector. The frame goes on the current stack or the gate's IST stack.
+func (m *Machine) onInterrupt(vector uint32) {
+	m.stats.Exceptions[vector]++
+	if err := m.deliver(vector); err != nil {
+		m.stopWith(ErrFault, fmt.Sprintf("exception %d: %v", vector, err))
+	}
+}
+
+func (m *Machine) deliver(vector uint32) error {
+	e := m.eng
+	var r [6]uint64
+	if err := e.Regs([]emu.Reg{emu.RIP, emu.RSP, emu.RFLAGS, emu.CS, emu.SS, emu.CR2}, r[:]); err != nil {
+		return err
+	}
+	rip, rsp, rflags, cs, ss, cr2 := r[0], r[1], r[2], r[3], r[4], r[5]
+	gate := make([]byte, 16)
+	idt := m.snap.CPU.IDT
+	if uint64(vector)*16+15 > uint64(idt.Limit) {
+		return fmt.Errorf("vector %d beyond the IDT limit", vector)
+	}
+	if err := m.virt.Read(idt.Base+uint64(vector)*16, gate); err != nil {
+		return fmt.Errorf("read IDT gate: %w", err)
+	}
+	handler := uint64(binary.LittleEndian.Uint16(gate[0:])) | uint64(binary.LittleEndian.Uint16(gate[6:]))<<16 |
+		uint64(binary.LittleEndian.Uint32(gate[8:]))<<32
+	if gate[5]&0x80 == 0 {
+		return fmt.Errorf("IDT gate %d not present", vector)
+	}
+	newRSP := rsp
+	if ist := gate[4] & 7; ist != 0 {
+		// The 64-bit TSS holds IST1..7 from byte 36.
+		v, err := m.virt.ReadUint64(m.snap.CPU.TR.Base + 36 + uint64(ist-1)*8)
+		if err != nil {
+			return fmt.Errorf("read IST%d: %w", ist, err)
+		}
+		newRSP = v
+	}
+	newRSP &^= 0xf
+	frame := []uint64{ss, rsp, rflags, cs, rip}
+	if hasErrorCode[vector] {
+		code := uint64(0)
+		if vector == 14 {
+			code = m.pageFaultCode(cr2, rip)
+		}
+		frame = append(frame, code)
+	}
+	buf := make([]byte, 8*len(frame))
+	for i, v := range frame {
+		binary.LittleEndian.PutUint64(buf[8*(len(frame)-1-i):], v)
+	}
+	newRSP -= uint64(len(buf))
+	if err := m.writeVirt(newRSP, buf); err != nil {
+		return fmt.Errorf("push exception frame: %w", err)
+	}
+	// An interrupt gate (type 0xE) clears IF; every gate clears TF, NT, RF, VM.
+	flags := rflags &^ (1<<8 | 1<<14 | 1<<16 | 1<<17)
+	if gate[5]&0xf == 0xe {
+		flags &^= 1 << 9
+	}
+	if err := errors.Join(e.SetReg(emu.RSP, newRSP), e.SetReg(emu.RFLAGS, flags), e.SetReg(emu.RIP, handler)); err != nil {
+		return err
+	}
+	return e.ClearException()
+}
+
+// pageFaultCode rebuilds the #PF error code, which Unicorn does not report: P from a walk of the
+// faulting address, W from the faulting instruction, I/D for fetches. Kernel mode, so U is 0.
+func (m *Machine) pageFaultCode(cr2, rip uint64) uint64 {
+	var code uint64
+	if _, _, _, err := m.virt.Walker().Translate(cr2); err == nil {
+		code |= 1 // present: a protection violation
+	}
+	if cr2 == rip {
+		return code | 1<<4
+	}
+	insn := make([]byte, 15)
+	if err := m.virt.Read(rip, insn); err == nil {
+		if in, err := x86asm.Decode(insn, 64); err == nil && writesMemory(in, cr2, m) {
+			code |= 2
+		}
+	}
+	return code
+}
+
+// writesMemory guesses whether the faulting access was a write: the destination operand is
+// memory, or a string instruction whose destination (RDI) is on the faulting page.
+func writesMemory(in x86asm.Inst, cr2 uint64, m *Machine) bool {
+	switch in.Op {
+	case x86asm.MOVSB, x86asm.MOVSW, x86asm.MOVSD, x86asm.MOVSQ, x86asm.STOSB, x86asm.STOSW, x86asm.STOSD, x86asm.STOSQ:
+		rdi, _ := m.eng.Reg(emu.RDI)
+		return rdi&^0xfff == cr2&^0xfff
+	case x86asm.CMP, x86asm.TEST, x86asm.PUSH, x86asm.PREFETCHT0, x86asm.PREFETCHNTA, x86asm.PREFETCHW:
+		return false
+	}
+	_, isMem := in.Args[0].(x86asm.Mem)
+	return isMem
+}
+
+const enosys = 38

@@ -1,0 +1,242 @@
+// Package svm is the secure VM: a snapshot of the guest kernel stopped with an agent process at
+// system-call entry (built once per kernel under QEMU), and an executor that loads it into Unicorn
+// copy-on-write and injects system calls in kernel mode (DESIGN §3.1).
+package svm
+
+import (
+	"encoding/binary"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"hash/crc32"
+	"io"
+	"os"
+	"path/filepath"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+const (
+	formatName = "hybridbridge-svm-snapshot"
+	// FormatVersion changes whenever the snapshot's meaning changes; older snapshots are rebuilt.
+	FormatVersion = 1
+	metaFile      = "snapshot.json"
+	ramFile       = "ram.img"
+)
+
+// Errors a snapshot load reports. Each is wrapped with the path and details.
+var (
+	ErrNoSnapshot      = errors.New("no SVM snapshot (build it with: hybridbridge svm build)")
+	ErrSnapshotFormat  = errors.New("SVM snapshot has an unknown format or version")
+	ErrSnapshotCorrupt = errors.New("SVM snapshot is corrupt")
+	ErrKernelMismatch  = errors.New("SVM snapshot was built for another kernel")
+)
+
+// Segment is a segment register with its hidden descriptor part, as QEMU reports it.
+type Segment struct {
+	Selector uint16 `json:"selector"`
+	Base     uint64 `json:"base"`
+	Limit    uint32 `json:"limit"`
+	Flags    uint32 `json:"flags"`
+}
+
+// CPU is the complete vCPU state at the capture point.
+type CPU struct {
+	GPR          map[string]uint64 `json:"gpr"` // rax..r15 by name
+	RIP          uint64            `json:"rip"`
+	RFLAGS       uint64            `json:"rflags"`
+	CS, SS       Segment
+	DS, ES       Segment
+	FS, GS       Segment
+	LDT, TR      Segment
+	GDT, IDT     Segment // Base and Limit only
+	FSBase       uint64  `json:"fs_base"`
+	GSBase       uint64  `json:"gs_base"`
+	KernelGSBase uint64  `json:"kernel_gs_base"`
+	CR0          uint64  `json:"cr0"`
+	CR2          uint64  `json:"cr2"`
+	CR3          uint64  `json:"cr3"`
+	CR4          uint64  `json:"cr4"`
+	EFER         uint64  `json:"efer"`
+}
+
+// Layout is the SVM's physical memory plan (DESIGN §3.2): guest RAM up to GVMMax is reserved
+// in the SVM except the kernel image, so every allocation of the SVM's own lies above GVMMax and
+// the guest's RAM can later be overlaid at its own physical addresses.
+type Layout struct {
+	RAMSize     uint64     `json:"ram_size"`     // SVM RAM
+	GVMMax      uint64     `json:"gvm_max"`      // largest guest RAM it can serve
+	KernelStart uint64     `json:"kernel_start"` // physical address of _text
+	KernelEnd   uint64     `json:"kernel_end"`   // physical address of _end
+	Reserved    []PhysSpan `json:"reserved"`     // memmap= ranges on the kernel command line
+	SystemRAM   []PhysSpan `json:"system_ram"`   // "System RAM" in the SVM's /proc/iomem
+}
+
+// PhysSpan is [Start, End) in physical memory.
+type PhysSpan struct {
+	Start uint64 `json:"start"`
+	End   uint64 `json:"end"`
+}
+
+// Agent is where the agent process is.
+type Agent struct {
+	PID    int    `json:"pid"`
+	Buffer uint64 `json:"buffer"` // user virtual address of its buffer
+	Size   uint64 `json:"size"`
+}
+
+// Snapshot is the metadata of a captured SVM; its RAM is the sparse file ram.img beside it.
+type Snapshot struct {
+	Format   string `json:"format"`
+	Version  int    `json:"version"`
+	KernelID string `json:"kernel_id"` // hash of vmlinuz
+	Release  string `json:"release"`
+	Banner   string `json:"banner"` // "Linux version ..." as the SVM printed it booting
+	Append   string `json:"append"` // its kernel command line
+
+	Layout Layout `json:"layout"`
+	CPU    CPU    `json:"cpu"`
+	Agent  Agent  `json:"agent"`
+
+	// The capture point: do_syscall_64(regs, nr) entered for the agent's marker call.
+	PtRegs     uint64 `json:"pt_regs"`     // RDI at entry
+	ReturnAddr uint64 `json:"return_addr"` // [RSP] at entry: the call's return into entry_SYSCALL_64
+	TSC        uint64 `json:"tsc"`         // the agent's rdtsc just before the call
+	TSCKHz     uint64 `json:"tsc_khz"`     // the SVM kernel's TSC rate (its tsc_khz)
+
+	Symbols map[string]uint64 `json:"symbols"` // the kernel addresses the executor needs
+	PIDs    []int             `json:"pids"`    // /proc's process list at capture (ground truth)
+
+	RAMCRC32C  uint32    `json:"ram_crc32c"` // over the data extents of ram.img
+	RAMData    uint64    `json:"ram_data"`   // bytes in those extents
+	CreatedAt  time.Time `json:"created_at"`
+	BuildTimeS float64   `json:"build_time_s"`
+
+	dir string
+}
+
+// Dir is the snapshot's folder.
+func (s *Snapshot) Dir() string { return s.dir }
+
+// RAMPath is the snapshot's RAM file.
+func (s *Snapshot) RAMPath() string { return filepath.Join(s.dir, ramFile) }
+
+// SnapshotDir is where the snapshot for a kernel lives in the cache.
+func SnapshotDir(cacheDir, kernelID string) string {
+	return filepath.Join(cacheDir, "svm", kernelID)
+}
+
+// Load reads and checks a snapshot: format, version, the kernel it was built for, and the RAM
+// file's size and checksum. kernelID "" skips the kernel check.
+func Load(dir, kernelID string) (*Snapshot, error) {
+	data, err := os.ReadFile(filepath.Join(dir, metaFile))
+	if errors.Is(err, os.ErrNotExist) {
+		return nil, fmt.Errorf("%w: %s", ErrNoSnapshot, dir)
+	}
+	if err != nil {
+		return nil, err
+	}
+	s := &Snapshot{dir: dir}
+	if err := json.Unmarshal(data, s); err != nil {
+		return nil, fmt.Errorf("%w: %s: %v", ErrSnapshotCorrupt, filepath.Join(dir, metaFile), err)
+	}
+	if s.Format != formatName || s.Version != FormatVersion {
+		return nil, fmt.Errorf("%w: %s is %q version %d, this hybridbridge reads %q version %d (rebuild with: hybridbridge svm build)",
+			ErrSnapshotFormat, dir, s.Format, s.Version, formatName, FormatVersion)
+	}
+	if kernelID != "" && s.KernelID != kernelID {
+		return nil, fmt.Errorf("%w: snapshot kernel %s (%s), current kernel %s (rebuild with: hybridbridge svm build)",
+			ErrKernelMismatch, s.KernelID, s.Release, kernelID)
+	}
+	crc, n, size, err := checksumRAM(s.RAMPath())
+	if err != nil {
+		return nil, fmt.Errorf("%w: %v", ErrSnapshotCorrupt, err)
+	}
+	if size != s.Layout.RAMSize || crc != s.RAMCRC32C || n != s.RAMData {
+		return nil, fmt.Errorf("%w: %s: size %d, checksum %08x over %d bytes; recorded %d, %08x over %d (rebuild with: hybridbridge svm build)",
+			ErrSnapshotCorrupt, s.RAMPath(), size, crc, n, s.Layout.RAMSize, s.RAMCRC32C, s.RAMData)
+	}
+	for _, name := range requiredSymbols {
+		if s.Symbols[name] == 0 {
+			return nil, fmt.Errorf("%w: symbol %s missing", ErrSnapshotCorrupt, name)
+		}
+	}
+	return s, nil
+}
+
+// requiredSymbols are the kernel addresses the executor uses.
+var requiredSymbols = []string{"do_syscall_64", "entry_SYSCALL_64", "__switch_to_asm", "default_idle", "_text", "_etext", "_end", "tsc_khz"}
+
+var castagnoli = crc32.MakeTable(crc32.Castagnoli)
+
+// checksumRAM computes CRC-32C over the file's data extents only (holes read as zeros and cost
+// nothing), so checking a mostly-empty 1.5 GiB RAM file takes milliseconds.
+func checksumRAM(path string) (crc uint32, dataBytes, size uint64, err error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return 0, 0, 0, err
+	}
+	defer f.Close()
+	st, err := f.Stat()
+	if err != nil {
+		return 0, 0, 0, err
+	}
+	size = uint64(st.Size())
+	h := crc32.New(castagnoli)
+	buf := make([]byte, 1<<20)
+	for off := int64(0); off < st.Size(); {
+		data, err := unix.Seek(int(f.Fd()), off, unix.SEEK_DATA)
+		if err != nil {
+			break // ENXIO: no data after off
+		}
+		hole, err := unix.Seek(int(f.Fd()), data, unix.SEEK_HOLE)
+		if err != nil {
+			return 0, 0, 0, fmt.Errorf("seek hole in %s: %w", path, err)
+		}
+		// Offsets are part of the sum, so moving data to another place changes it.
+		var hdr [16]byte
+		binary.LittleEndian.PutUint64(hdr[:8], uint64(data))
+		binary.LittleEndian.PutUint64(hdr[8:], uint64(hole-data))
+		h.Write(hdr[:])
+		if _, err := io.CopyBuffer(h, io.NewSectionReader(f, data, hole-data), buf); err != nil {
+			return 0, 0, 0, fmt.Errorf("read %s: %w", path, err)
+		}
+		dataBytes += uint64(hole - data)
+		off = hole
+	}
+	return h.Sum32(), dataBytes, size, nil
+}
+
+// save writes the snapshot into dir atomically: everything goes to a temporary folder beside it
+// that replaces dir only when complete.
+func (s *Snapshot) save(tmpDir, dir string) error {
+	crc, n, size, err := checksumRAM(filepath.Join(tmpDir, ramFile))
+	if err != nil {
+		return err
+	}
+	if size != s.Layout.RAMSize {
+		return fmt.Errorf("RAM file is %d bytes, SVM RAM is %d", size, s.Layout.RAMSize)
+	}
+	s.RAMCRC32C, s.RAMData = crc, n
+	s.Format, s.Version = formatName, FormatVersion
+	data, err := json.MarshalIndent(s, "", "  ")
+	if err != nil {
+		return err
+	}
+	if err := os.WriteFile(filepath.Join(tmpDir, metaFile), append(data, '\n'), 0o644); err != nil {
+		return err
+	}
+	old := dir + ".old"
+	_ = os.RemoveAll(old)
+	if _, err := os.Stat(dir); err == nil {
+		if err := os.Rename(dir, old); err != nil {
+			return err
+		}
+	}
+	if err := os.Rename(tmpDir, dir); err != nil {
+		return err
+	}
+	s.dir = dir
+	return os.RemoveAll(old)
+}

@@ -1,0 +1,309 @@
+package svm
+
+import (
+	"bytes"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"syscall"
+	"time"
+
+	"hybridbridge/emu"
+)
+
+// Syscall numbers (x86-64) hybridbridge injects.
+const (
+	SysRead         = 0
+	SysClose        = 3
+	SysFstat        = 5
+	SysLseek        = 8
+	SysPread64      = 17
+	SysNanosleep    = 35
+	SysGetpid       = 39
+	SysUname        = 63
+	SysReadlink     = 89
+	SysSysinfo      = 99
+	SysGetuid       = 102
+	SysGetppid      = 110
+	SysGetdents64   = 217
+	SysClockGettime = 228
+	SysOpenat       = 257
+	SysNewfstatat   = 262
+	SysReadlinkat   = 267
+	SysPipe2        = 293
+)
+
+// allowed are the calls known to be safe to inject: they read kernel state, or (nanosleep,
+// pipe2) exist to exercise blocking detection. Anything that could reach a device, the network
+// or another process is refused.
+var allowed = map[int]bool{
+	SysRead: true, SysClose: true, SysFstat: true, SysLseek: true, SysPread64: true,
+	SysNanosleep: true, SysGetpid: true, SysUname: true, SysReadlink: true, SysSysinfo: true,
+	SysGetuid: true, SysGetppid: true, SysGetdents64: true, SysClockGettime: true,
+	SysOpenat: true, SysNewfstatat: true, SysReadlinkat: true, SysPipe2: true,
+}
+
+var syscallNames = map[int]string{
+	SysRead: "read", SysClose: "close", SysFstat: "fstat", SysLseek: "lseek", SysPread64: "pread64",
+	SysNanosleep: "nanosleep", SysGetpid: "getpid", SysUname: "uname", SysReadlink: "readlink",
+	SysSysinfo: "sysinfo", SysGetuid: "getuid", SysGetppid: "getppid", SysGetdents64: "getdents64",
+	SysClockGettime: "clock_gettime", SysOpenat: "openat", SysNewfstatat: "newfstatat",
+	SysReadlinkat: "readlinkat", SysPipe2: "pipe2",
+}
+
+// SyscallName names a system call number.
+func SyscallName(nr int) string {
+	if n, ok := syscallNames[nr]; ok {
+		return n
+	}
+	return fmt.Sprintf("syscall %d", nr)
+}
+
+// Errno is a negative system-call return turned into an error.
+type Errno struct {
+	Call string
+	Path string
+	Err  syscall.Errno
+}
+
+func (e *Errno) Error() string {
+	if e.Path != "" {
+		return fmt.Sprintf("%s %s: %v", e.Call, e.Path, e.Err)
+	}
+	return fmt.Sprintf("%s: %v", e.Call, e.Err)
+}
+
+func (e *Errno) Unwrap() error { return e.Err }
+
+func check(call, path string, ret int64) (int64, error) {
+	if ret < 0 && ret > -4096 {
+		return ret, &Errno{Call: call, Path: path, Err: syscall.Errno(-ret)}
+	}
+	return ret, nil
+}
+
+// The agent's buffer: a scratch area for paths, then a data area for results.
+const (
+	pathArea = 0
+	pathMax  = 4096
+	dataArea = 64 << 10
+)
+
+const (
+	atFDCWD   = -100
+	oRDONLY   = 0
+	oDIRECT   = 0o200000 // O_DIRECTORY
+	oCLOEXEC  = 0o2000000
+	oNONBLOCK = 0o4000
+)
+
+func (m *Machine) putPath(path string) (uint64, error) {
+	if len(path)+1 > pathMax {
+		return 0, fmt.Errorf("path too long (%d bytes)", len(path))
+	}
+	if bytes.IndexByte([]byte(path), 0) >= 0 {
+		return 0, fmt.Errorf("path contains NUL")
+	}
+	va := m.snap.Agent.Buffer + pathArea
+	return va, m.writeVirt(va, append([]byte(path), 0))
+}
+
+func (m *Machine) dataBuf() (uint64, int) {
+	return m.snap.Agent.Buffer + dataArea, int(m.snap.Agent.Size - dataArea)
+}
+
+// Open opens path in the SVM (openat relative to the agent's working directory) and returns the
+// descriptor.
+func (m *Machine) Open(path string, flags int) (int, error) {
+	va, err := m.putPath(path)
+	if err != nil {
+		return 0, err
+	}
+	dirfd := int64(atFDCWD)
+	fd, err := m.Syscall(SysOpenat, uint64(dirfd), va, uint64(flags|oCLOEXEC), 0)
+	if err != nil {
+		return 0, err
+	}
+	fd, err = check("openat", path, fd)
+	return int(fd), err
+}
+
+// Close closes a descriptor.
+func (m *Machine) CloseFD(fd int) error {
+	ret, err := m.Syscall(SysClose, uint64(fd))
+	if err != nil {
+		return err
+	}
+	_, err = check("close", "", ret)
+	return err
+}
+
+// Read reads once from fd into the agent's data area and returns what was read.
+func (m *Machine) Read(fd int, max int) ([]byte, error) {
+	va, size := m.dataBuf()
+	n := min(size, max)
+	ret, err := m.Syscall(SysRead, uint64(fd), va, uint64(n))
+	if err != nil {
+		return nil, err
+	}
+	if _, err := check("read", "", ret); err != nil {
+		return nil, err
+	}
+	out := make([]byte, ret)
+	return out, m.virt.Read(va, out)
+}
+
+// Pread reads up to max bytes at offset from fd.
+func (m *Machine) Pread(fd int, max int, offset int64) ([]byte, error) {
+	va, size := m.dataBuf()
+	n := min(size, max)
+	ret, err := m.Syscall(SysPread64, uint64(fd), va, uint64(n), uint64(offset))
+	if err != nil {
+		return nil, err
+	}
+	if _, err := check("pread64", "", ret); err != nil {
+		return nil, err
+	}
+	out := make([]byte, ret)
+	return out, m.virt.Read(va, out)
+}
+
+// ReadFile reads a whole file of the SVM with openat, read and close, all injected.
+func (m *Machine) ReadFile(path string) ([]byte, error) {
+	fd, err := m.Open(path, oRDONLY)
+	if err != nil {
+		return nil, err
+	}
+	var out []byte
+	for {
+		chunk, err := m.Read(fd, 1<<20)
+		if err != nil {
+			m.CloseFD(fd)
+			return nil, fmt.Errorf("read %s: %w", path, err)
+		}
+		if len(chunk) == 0 {
+			break
+		}
+		out = append(out, chunk...)
+	}
+	return out, m.CloseFD(fd)
+}
+
+// DirEntry is one getdents64 record.
+type DirEntry struct {
+	Name  string `json:"name"`
+	Inode uint64 `json:"inode"`
+	Type  uint8  `json:"type"` // DT_* (4 directory, 8 regular, 10 symlink)
+}
+
+// ReadDir lists a directory of the SVM with openat, getdents64 and close. "." and ".." are left
+// out.
+func (m *Machine) ReadDir(path string) ([]DirEntry, error) {
+	fd, err := m.Open(path, oRDONLY|oDIRECT)
+	if err != nil {
+		return nil, err
+	}
+	va, size := m.dataBuf()
+	var out []DirEntry
+	for {
+		ret, err := m.Syscall(SysGetdents64, uint64(fd), va, uint64(size))
+		if err == nil {
+			_, err = check("getdents64", path, ret)
+		}
+		if err != nil {
+			m.CloseFD(fd)
+			return nil, err
+		}
+		if ret == 0 {
+			break
+		}
+		buf := make([]byte, ret)
+		if err := m.virt.Read(va, buf); err != nil {
+			m.CloseFD(fd)
+			return nil, err
+		}
+		ents, err := parseDirents(buf)
+		if err != nil {
+			m.CloseFD(fd)
+			return nil, fmt.Errorf("getdents64 %s: %w", path, err)
+		}
+		out = append(out, ents...)
+	}
+	return out, m.CloseFD(fd)
+}
+
+// parseDirents decodes struct linux_dirent64 records: u64 ino, s64 off, u16 reclen, u8 type,
+// name (NUL-terminated). This is the system call's ABI, not a kernel-internal layout.
+func parseDirents(buf []byte) ([]DirEntry, error) {
+	var out []DirEntry
+	for len(buf) > 0 {
+		if len(buf) < 19 {
+			return nil, errors.New("truncated record")
+		}
+		reclen := int(binary.LittleEndian.Uint16(buf[16:]))
+		if reclen < 19 || reclen > len(buf) {
+			return nil, fmt.Errorf("bad record length %d", reclen)
+		}
+		name := buf[19:reclen]
+		if i := bytes.IndexByte(name, 0); i >= 0 {
+			name = name[:i]
+		}
+		if n := string(name); n != "." && n != ".." {
+			out = append(out, DirEntry{Name: n, Inode: binary.LittleEndian.Uint64(buf), Type: buf[18]})
+		}
+		buf = buf[reclen:]
+	}
+	return out, nil
+}
+
+// hookTSC makes RDTSC continue the SVM's own clock: Unicorn's RDTSC reads the host's counter,
+// which would make the guest's time jump by the host's uptime. Unicorn has no RDTSC hook and
+// ignores writes to the TSC MSR, so every place in kernel text whose bytes are an RDTSC/RDTSCP
+// opcode gets a one-address code hook: hooks fire only where an instruction starts, so byte
+// matches inside other instructions never fire. The hook supplies the snapshot's TSC plus the
+// time since the machine was opened, at the guest's TSC rate, and steps over the instruction.
+func (m *Machine) hookTSC() error {
+	text, etext := m.snap.Symbols["_text"], m.snap.Symbols["_etext"]
+	khz := m.snap.TSCKHz
+	if etext <= text || khz == 0 {
+		return fmt.Errorf("snapshot lacks the kernel text range or TSC rate")
+	}
+	code := make([]byte, etext-text)
+	if err := m.virt.Read(text, code); err != nil {
+		return fmt.Errorf("read kernel text: %w", err)
+	}
+	e := m.eng
+	hook := func(size uint64, aux bool) emu.CodeFunc {
+		return func(addr uint64, _ uint32) {
+			m.stats.TSCReads++
+			tsc := m.snap.TSC + uint64(time.Since(m.tscBase).Nanoseconds())*khz/1e6
+			regs := []emu.Reg{emu.RAX, emu.RDX, emu.RIP}
+			vals := []uint64{tsc & 0xffffffff, tsc >> 32, addr + size}
+			if aux {
+				regs, vals = append(regs, emu.RCX), append(vals, 0)
+			}
+			if err := e.SetRegs(regs, vals); err != nil {
+				m.stopWith(ErrFault, "emulate rdtsc: "+err.Error())
+			}
+		}
+	}
+	for _, op := range []struct {
+		bytes []byte
+		aux   bool
+	}{{[]byte{0x0f, 0x31}, false}, {[]byte{0x0f, 0x01, 0xf9}, true}} {
+		fn := hook(uint64(len(op.bytes)), op.aux)
+		for off := 0; ; {
+			i := bytes.Index(code[off:], op.bytes)
+			if i < 0 {
+				break
+			}
+			addr := text + uint64(off+i)
+			if _, err := e.HookCode(addr, addr, fn); err != nil {
+				return err
+			}
+			m.tscSites++
+			off += i + 1
+		}
+	}
+	return nil
+}
