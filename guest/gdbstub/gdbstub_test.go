@@ -1,0 +1,718 @@
+package gdbstub
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"slices"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// The tests boot the real demo guest (Linux 6.1 under QEMU TCG) once, with a gdbstub on a unix
+// socket, and talk to that stub.
+
+var (
+	gdbSock     string
+	consoleLog  string
+	qemuProc    *os.Process
+	symbols     map[string]uint64
+	symbolsNote string // why symbols is empty
+)
+
+func TestMain(m *testing.M) { os.Exit(runTests(m)) }
+
+func runTests(m *testing.M) int {
+	cache, err := findCache()
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "gdbstub tests:", err)
+		return 1
+	}
+	kernel := filepath.Join(cache, "kernel", "vmlinuz")
+	initrd, err := newestFile(filepath.Join(cache, "images", "demo-*.cpio"))
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "gdbstub tests: no demo image in %s/images (run scripts/setup.sh): %v\n", cache, err)
+		return 1
+	}
+	symbols, symbolsNote = loadSymbols(cache, kernel)
+
+	tmp, err := os.MkdirTemp("", "gdbstub-test-")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	defer os.RemoveAll(tmp)
+	gdbSock = filepath.Join(tmp, "gdb.sock")
+	consoleLog = filepath.Join(tmp, "console.log")
+
+	// PR_SET_PDEATHSIG fires when the thread that forked QEMU exits; keep this one alive.
+	runtime.LockOSThread()
+	cmd := exec.Command("qemu-system-x86_64",
+		"-machine", "pc", "-cpu", "qemu64", "-m", "256M", "-nodefaults", "-display", "none", "-no-reboot",
+		"-kernel", kernel, "-initrd", initrd,
+		"-append", "console=ttyS0 nokaslr noxsave nopti mitigations=off panic=-1 quiet",
+		"-serial", "file:"+consoleLog,
+		"-gdb", "unix:"+gdbSock+",server=on,wait=off")
+	var stderr bytes.Buffer
+	cmd.Stderr = &stderr
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	if err := cmd.Start(); err != nil {
+		fmt.Fprintln(os.Stderr, "gdbstub tests: start QEMU (run scripts/setup.sh):", err)
+		return 1
+	}
+	qemuProc = cmd.Process
+	exited := make(chan struct{})
+	go func() { cmd.Wait(); close(exited) }()
+	defer func() {
+		cmd.Process.Kill()
+		<-exited
+	}()
+
+	start := time.Now()
+	for !consoleContains("hb: workload ready") {
+		select {
+		case <-exited:
+			fmt.Fprintf(os.Stderr, "gdbstub tests: QEMU exited during boot: %s\n%s\n", cmd.ProcessState, stderr.String())
+			return 1
+		case <-time.After(100 * time.Millisecond):
+		}
+		if time.Since(start) > 60*time.Second {
+			log, _ := os.ReadFile(consoleLog)
+			fmt.Fprintf(os.Stderr, "gdbstub tests: the guest did not report \"hb: workload ready\" within 60s; console:\n%s\n", log)
+			return 1
+		}
+	}
+	fmt.Printf("guest ready in %.1fs (QEMU pid %d, initrd %s)\n", time.Since(start).Seconds(), cmd.Process.Pid, filepath.Base(initrd))
+	if symbolsNote != "" {
+		fmt.Println("note:", symbolsNote)
+	}
+	return m.Run()
+}
+
+// findCache is $HYBRIDBRIDGE_CACHE, else the first .cache holding kernel/vmlinuz found walking up
+// from the package directory.
+func findCache() (string, error) {
+	if d := os.Getenv("HYBRIDBRIDGE_CACHE"); d != "" {
+		if _, err := os.Stat(filepath.Join(d, "kernel", "vmlinuz")); err != nil {
+			return "", fmt.Errorf("HYBRIDBRIDGE_CACHE=%s has no kernel/vmlinuz (run scripts/setup.sh): %v", d, err)
+		}
+		return d, nil
+	}
+	dir, err := os.Getwd()
+	if err != nil {
+		return "", err
+	}
+	for {
+		c := filepath.Join(dir, ".cache")
+		if _, err := os.Stat(filepath.Join(c, "kernel", "vmlinuz")); err == nil {
+			return c, nil
+		}
+		parent := filepath.Dir(dir)
+		if parent == dir {
+			return "", errors.New("no .cache/kernel/vmlinuz above the package directory and HYBRIDBRIDGE_CACHE unset: run scripts/setup.sh")
+		}
+		dir = parent
+	}
+}
+
+func newestFile(glob string) (string, error) {
+	files, err := filepath.Glob(glob)
+	if err != nil {
+		return "", err
+	}
+	var best string
+	var bestT time.Time
+	for _, f := range files {
+		if st, err := os.Stat(f); err == nil && (best == "" || st.ModTime().After(bestT)) {
+			best, bestT = f, st.ModTime()
+		}
+	}
+	if best == "" {
+		return "", fmt.Errorf("nothing matches %s", glob)
+	}
+	return best, nil
+}
+
+// loadSymbols reads symbols/<kernel id>.kallsyms, the kernel id being the first 16 hex digits of
+// vmlinuz's SHA-256 (as guest.Assets.KernelID computes it).
+func loadSymbols(cache, kernel string) (map[string]uint64, string) {
+	f, err := os.Open(kernel)
+	if err != nil {
+		return nil, err.Error()
+	}
+	h := sha256.New()
+	_, err = io.Copy(h, f)
+	f.Close()
+	if err != nil {
+		return nil, err.Error()
+	}
+	path := filepath.Join(cache, "symbols", hex.EncodeToString(h.Sum(nil))[:16]+".kallsyms")
+	sf, err := os.Open(path)
+	if err != nil {
+		return nil, fmt.Sprintf("no kernel symbols (%v): symbol tests are skipped", err)
+	}
+	defer sf.Close()
+	syms := map[string]uint64{}
+	sc := bufio.NewScanner(sf)
+	for sc.Scan() {
+		f := strings.Fields(sc.Text())
+		if len(f) < 3 || len(f) > 3 { // module symbols carry a 4th field
+			continue
+		}
+		if a, err := strconv.ParseUint(f[0], 16, 64); err == nil {
+			if _, dup := syms[f[2]]; !dup {
+				syms[f[2]] = a
+			}
+		}
+	}
+	return syms, ""
+}
+
+func symbol(t *testing.T, name string) uint64 {
+	t.Helper()
+	if symbols == nil {
+		t.Skip(symbolsNote)
+	}
+	a, ok := symbols[name]
+	if !ok || a == 0 {
+		t.Fatalf("symbol %s not in kallsyms", name)
+	}
+	return a
+}
+
+func consoleContains(s string) bool {
+	b, _ := os.ReadFile(consoleLog)
+	return bytes.Contains(b, []byte(s))
+}
+
+func ctxT(t *testing.T, d time.Duration) context.Context {
+	ctx, cancel := context.WithTimeout(context.Background(), d)
+	t.Cleanup(cancel)
+	return ctx
+}
+
+// dial connects (which pauses the VM) and, at the end of the test, detaches (which resumes it).
+func dial(t *testing.T, cfg Config) *Client {
+	t.Helper()
+	start := time.Now()
+	c, err := cfg.Dial(ctxT(t, 10*time.Second), gdbSock)
+	if err != nil {
+		t.Fatalf("dial: %v", err)
+	}
+	t.Logf("dial + handshake + target description: %v", time.Since(start).Round(time.Microsecond))
+	t.Cleanup(func() {
+		if err := c.Detach(ctxT(t, 5*time.Second)); err != nil && !errors.Is(err, net.ErrClosed) {
+			t.Logf("detach: %v", err)
+			c.Close()
+		}
+	})
+	return c
+}
+
+func TestHaltAndRegisters(t *testing.T) {
+	for _, cfg := range []Config{{}, {AckMode: true}} {
+		t.Run(fmt.Sprintf("ackmode=%v", cfg.AckMode), func(t *testing.T) {
+			c := dial(t, cfg)
+			if cfg.AckMode && c.NoAck() {
+				t.Errorf("no-ack mode negotiated with AckMode set")
+			}
+			st, err := c.Halt(ctxT(t, 5*time.Second))
+			if err != nil {
+				t.Fatalf("halt: %v", err)
+			}
+			t.Logf("no-ack mode: %v; qSupported: %v; stop reply: %q (signal %d, thread %q)",
+				c.NoAck(), c.Features(), st.Raw, st.Signal, st.Thread)
+
+			regs, err := c.ReadRegisters(ctxT(t, 5*time.Second))
+			if err != nil {
+				t.Fatalf("read registers: %v", err)
+			}
+			checkLongMode(t, regs)
+			if cfg.AckMode {
+				return
+			}
+
+			var names []string
+			for _, r := range c.Registers() {
+				names = append(names, fmt.Sprintf("%s/%d", r.Name, r.BitSize))
+			}
+			t.Logf("%d registers in the target description (name/bits): %s", len(names), strings.Join(names, " "))
+			for name, doc := range c.TargetDescription() {
+				t.Logf("target description document %s: %d bytes", name, len(doc))
+			}
+			var vals []string
+			for _, r := range c.Registers() {
+				if v, ok := regs[r.Name]; ok {
+					vals = append(vals, fmt.Sprintf("%s=%#x", r.Name, v))
+				}
+			}
+			t.Logf("values: %s", strings.Join(vals, " "))
+			for _, want := range []string{"rip", "rsp", "eflags", "cs", "ss", "fs_base", "gs_base", "k_gs_base", "cr0", "cr2", "cr3", "cr4", "cr8", "efer"} {
+				if _, ok := regs[want]; !ok {
+					t.Errorf("register %s missing", want)
+				}
+			}
+			var system []string
+			for _, n := range []string{"gdtr", "idtr", "tr", "ldtr", "gdt_base", "idt_base", "tr_base"} {
+				if _, ok := c.Register(n); ok {
+					system = append(system, n)
+				}
+			}
+			t.Logf("descriptor-table registers exposed: %v", system)
+
+			// p agrees with g for each system register.
+			for _, n := range []string{"rip", "cs", "fs_base", "gs_base", "k_gs_base", "cr0", "cr2", "cr3", "cr4", "cr8", "efer"} {
+				v, err := c.ReadRegister(ctxT(t, 5*time.Second), n)
+				if err != nil {
+					t.Errorf("p %s: %v", n, err)
+				} else if v != regs[n] {
+					t.Errorf("p %s = %#x, g gave %#x", n, v, regs[n])
+				}
+			}
+			raw, err := c.ReadRegisterRaw(ctxT(t, 5*time.Second), "xmm0")
+			if err != nil || len(raw) != 16 {
+				t.Errorf("xmm0 = %x, %v", raw, err)
+			}
+
+			// Timing.
+			const n = 50
+			start := time.Now()
+			for range n {
+				if _, err := c.ReadAllRegisters(ctxT(t, 5*time.Second)); err != nil {
+					t.Fatal(err)
+				}
+			}
+			t.Logf("ReadRegisters (one g packet): %v each", (time.Since(start) / n).Round(time.Microsecond))
+			start = time.Now()
+			for range n {
+				if _, err := c.ReadRegister(ctxT(t, 5*time.Second), "cr3"); err != nil {
+					t.Fatal(err)
+				}
+			}
+			t.Logf("ReadRegister (one p packet): %v each", (time.Since(start) / n).Round(time.Microsecond))
+		})
+	}
+}
+
+func checkLongMode(t *testing.T, regs map[string]uint64) {
+	t.Helper()
+	if cs := regs["cs"]; cs != 0x10 && cs != 0x33 {
+		t.Errorf("cs = %#x, want 0x10 (kernel) or 0x33 (user)", cs)
+	}
+	if cr0 := regs["cr0"]; cr0&(1<<31) == 0 || cr0&1 == 0 {
+		t.Errorf("cr0 = %#x, want PG and PE set", cr0)
+	}
+	if cr4 := regs["cr4"]; cr4&(1<<5) == 0 {
+		t.Errorf("cr4 = %#x, want PAE set", cr4)
+	}
+	if efer := regs["efer"]; efer&(1<<10) == 0 {
+		t.Errorf("efer = %#x, want LMA set", efer)
+	}
+	if regs["cr3"] == 0 || regs["cr3"]&0xfff != 0 && regs["cr4"]&(1<<17) == 0 {
+		t.Errorf("cr3 = %#x looks wrong", regs["cr3"])
+	}
+}
+
+func TestReadMemory(t *testing.T) {
+	banner := symbol(t, "linux_banner")
+	c := dial(t, Config{})
+
+	b, err := c.ReadMemory(ctxT(t, 5*time.Second), banner, 200)
+	if err != nil {
+		t.Fatalf("read linux_banner: %v", err)
+	}
+	if !bytes.HasPrefix(b, []byte("Linux version 6.1")) {
+		t.Fatalf("linux_banner = %q", b)
+	}
+	t.Logf("linux_banner: %q", b[:bytes.IndexByte(b, '(')])
+
+	// An unmapped address gives a typed error.
+	_, err = c.ReadMemory(ctxT(t, 5*time.Second), 0, 16)
+	var re *RemoteError
+	if !errors.As(err, &re) {
+		t.Fatalf("read at 0: %v, want a *RemoteError", err)
+	}
+	t.Logf("read at 0: %v (code %#x)", err, re.Code)
+	// The client stays usable after a remote error.
+	if _, err := c.ReadMemory(ctxT(t, 5*time.Second), banner, 8); err != nil {
+		t.Fatalf("read after a remote error: %v", err)
+	}
+
+	// Throughput: 1 MiB of kernel text, in 2 KiB packets.
+	text := symbol(t, "_stext")
+	const size = 1 << 20
+	start := time.Now()
+	mem, err := c.ReadMemory(ctxT(t, 30*time.Second), text, size)
+	if err != nil {
+		t.Fatalf("read 1 MiB of text: %v", err)
+	}
+	el := time.Since(start)
+	t.Logf("ReadMemory: 1 MiB in %v = %.1f MiB/s (%v per 2 KiB packet)", el.Round(time.Millisecond),
+		float64(size)/(1<<20)/el.Seconds(), (el / (size / maxMemChunk)).Round(time.Microsecond))
+	if len(mem) != size {
+		t.Fatalf("got %d bytes", len(mem))
+	}
+
+	// Unaligned, odd sizes straddling a chunk boundary.
+	part, err := c.ReadMemory(ctxT(t, 5*time.Second), text+3, maxMemChunk+5)
+	if err != nil || !bytes.Equal(part, mem[3:3+maxMemChunk+5]) {
+		t.Fatalf("unaligned read differs: %v", err)
+	}
+}
+
+func TestPhysicalMemoryMode(t *testing.T) {
+	banner := symbol(t, "linux_banner")
+	c := dial(t, Config{})
+	virt, err := c.ReadMemory(ctxT(t, 5*time.Second), banner, 64)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := c.SetPhysicalMemoryMode(ctxT(t, 5*time.Second), true); err != nil {
+		t.Fatalf("SetPhysicalMemoryMode(true): %v", err)
+	}
+	on, err := c.PhysicalMemoryMode(ctxT(t, 5*time.Second))
+	if err != nil || !on {
+		t.Fatalf("PhysicalMemoryMode = %v, %v; want true", on, err)
+	}
+	// nokaslr: the kernel image is mapped at __START_KERNEL_map + physical address.
+	phys := banner - 0xffffffff80000000
+	got, err := c.ReadMemory(ctxT(t, 5*time.Second), phys, 64)
+	if err != nil {
+		t.Fatalf("physical read at %#x: %v", phys, err)
+	}
+	if !bytes.Equal(got, virt) {
+		t.Fatalf("physical %#x = %q, virtual %#x = %q", phys, got, banner, virt)
+	}
+	t.Logf("PhyMemMode works: physical %#x reads linux_banner", phys)
+	// The kernel's virtual address means nothing physically.
+	b, err := c.ReadMemory(ctxT(t, 5*time.Second), banner, 8)
+	t.Logf("physical read beyond RAM at %#x: %x, %v", banner, b, err)
+
+	if err := c.SetPhysicalMemoryMode(ctxT(t, 5*time.Second), false); err != nil {
+		t.Fatal(err)
+	}
+	if on, err := c.PhysicalMemoryMode(ctxT(t, 5*time.Second)); err != nil || on {
+		t.Fatalf("PhysicalMemoryMode = %v, %v; want false", on, err)
+	}
+	// The same bytes through the direct map (page_offset_base is fixed without KASLR).
+	got, err = c.ReadMemory(ctxT(t, 5*time.Second), 0xffff888000000000+phys, 64)
+	if err != nil || !bytes.Equal(got, virt) {
+		t.Fatalf("direct map read: %q, %v", got, err)
+	}
+}
+
+func TestBreakpoint(t *testing.T) {
+	bp := symbol(t, "do_syscall_64")
+	exit := symbol(t, "syscall_exit_to_user_mode")
+	c := dial(t, Config{})
+	for _, a := range []uint64{bp, exit} {
+		if err := c.SetBreakpoint(ctxT(t, 5*time.Second), a); err != nil {
+			t.Fatalf("set breakpoint at %#x: %v", a, err)
+		}
+	}
+	// Every syscall enters do_syscall_64 and leaves through syscall_exit_to_user_mode (which
+	// ret_from_fork also calls). A task cannot enter do_syscall_64 twice without leaving, so two
+	// entry stops in a row on the same kernel stack would mean Continue re-reported the
+	// breakpoint it stood on instead of running on.
+	var lat []time.Duration
+	var lastEntry uint64
+	entries, exits := 0, 0
+	for i := 0; i < 12 || entries == 0; i++ {
+		if i > 200 {
+			t.Fatal("no do_syscall_64 hit in 200 stops")
+		}
+		start := time.Now()
+		st, err := c.Continue(ctxT(t, 60*time.Second))
+		if err != nil {
+			t.Fatalf("continue to a breakpoint: %v", err)
+		}
+		el := time.Since(start)
+		t0 := time.Now()
+		regs, err := c.ReadRegisters(ctxT(t, 5*time.Second))
+		if err != nil {
+			t.Fatal(err)
+		}
+		readT := time.Since(t0)
+		if st.Signal != 5 {
+			t.Errorf("stop reply %q: signal %d, want 5 (SIGTRAP)", st.Raw, st.Signal)
+		}
+		if regs["cs"] != 0x10 {
+			t.Errorf("cs = %#x at a kernel breakpoint", regs["cs"])
+		}
+		checkLongMode(t, regs)
+		switch regs["rip"] {
+		case exit:
+			exits++
+			lastEntry = 0
+			t.Logf("stop %d after %v: syscall_exit_to_user_mode(pt_regs=%#x)", i, el.Round(time.Microsecond), regs["rdi"])
+			continue
+		case bp:
+		default:
+			t.Fatalf("rip = %#x, want do_syscall_64 = %#x or syscall_exit_to_user_mode = %#x (stop %q)", regs["rip"], bp, exit, st.Raw)
+		}
+		entries++
+		lat = append(lat, el)
+		// do_syscall_64(struct pt_regs *regs, int nr): nr is regs->orig_ax.
+		ptRegs, nr := regs["rdi"], regs["rsi"]
+		if ptRegs < 0xffff800000000000 {
+			t.Fatalf("rdi = %#x is not a kernel pointer", ptRegs)
+		}
+		if ptRegs == lastEntry {
+			t.Fatalf("do_syscall_64 entered twice on the stack at %#x without leaving: the breakpoint was not stepped over", ptRegs)
+		}
+		lastEntry = ptRegs
+		b, err := c.ReadMemory(ctxT(t, 5*time.Second), ptRegs, 21*8)
+		if err != nil {
+			t.Fatalf("read pt_regs: %v", err)
+		}
+		origAX := leUint(b[15*8 : 16*8])
+		userIP, userCS := leUint(b[16*8:17*8]), leUint(b[17*8:18*8])
+		if uint32(origAX) != uint32(nr) || userCS != 0x33 {
+			t.Errorf("pt_regs: orig_ax %#x, cs %#x; rsi %#x", origAX, userCS, nr)
+		}
+		t.Logf("stop %d after %v: do_syscall_64(pt_regs=%#x, nr=%d) user rip=%#x gs_base=%#x cr3=%#x; registers read in %v",
+			i, el.Round(time.Microsecond), ptRegs, nr, userIP, regs["gs_base"], regs["cr3"], readT.Round(time.Microsecond))
+	}
+	if exits == 0 {
+		t.Errorf("no stop at syscall_exit_to_user_mode among %d stops", entries)
+	}
+	slices.Sort(lat)
+	t.Logf("do_syscall_64 stops: %d of %d; Continue-to-stop latency min %v, median %v, max %v",
+		entries, entries+exits, lat[0], lat[len(lat)/2], lat[len(lat)-1])
+
+	// A single step from a breakpoint's address executes the instruction there.
+	for i := 0; ; i++ {
+		rip, err := c.ReadRegister(ctxT(t, 5*time.Second), "rip")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if rip == bp {
+			break
+		}
+		if i > 200 {
+			t.Fatal("do_syscall_64 not reached again")
+		}
+		if _, err := c.Continue(ctxT(t, 60*time.Second)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	st, err := c.StepInstruction(ctxT(t, 5*time.Second))
+	if err != nil {
+		t.Fatalf("step: %v", err)
+	}
+	rip, err := c.ReadRegister(ctxT(t, 5*time.Second), "rip")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if rip <= bp || rip > bp+15 {
+		t.Errorf("after a step from %#x rip = %#x", bp, rip)
+	}
+	t.Logf("step from the breakpoint: %q, rip %#x -> %#x", st.Raw, bp, rip)
+
+	if err := c.ClearBreakpoint(ctxT(t, 5*time.Second), exit); err != nil {
+		t.Fatalf("clear breakpoint: %v", err)
+	}
+	if err := c.ClearBreakpoint(ctxT(t, 5*time.Second), bp); err != nil {
+		t.Fatalf("clear breakpoint: %v", err)
+	}
+	// Run freely for a while, then interrupt.
+	if err := c.Resume(ctxT(t, 5*time.Second)); err != nil {
+		t.Fatalf("resume: %v", err)
+	}
+	if _, err := c.ReadRegisters(ctxT(t, time.Second)); err == nil {
+		t.Error("ReadRegisters succeeded while the VM runs")
+	}
+	time.Sleep(500 * time.Millisecond)
+	start := time.Now()
+	st, err = c.Halt(ctxT(t, 5*time.Second))
+	if err != nil {
+		t.Fatalf("halt a running VM: %v", err)
+	}
+	t.Logf("halt of a running VM: %q in %v", st.Raw, time.Since(start).Round(time.Microsecond))
+	if st.Signal != 2 && st.Signal != 5 {
+		t.Errorf("halt stop signal %d", st.Signal)
+	}
+	regs, err := c.ReadRegisters(ctxT(t, 5*time.Second))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if regs["rip"] == bp || regs["rip"] == exit {
+		t.Errorf("stopped at a cleared breakpoint")
+	}
+	checkLongMode(t, regs)
+
+}
+
+func TestContinueDeadline(t *testing.T) {
+	c := dial(t, Config{})
+	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+	defer cancel()
+	start := time.Now()
+	st, err := c.Continue(ctx)
+	el := time.Since(start)
+	if !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("Continue = %q, %v; want context.DeadlineExceeded", st.Raw, err)
+	}
+	if el > 3*time.Second {
+		t.Errorf("Continue returned %v after a 1s deadline", el)
+	}
+	t.Logf("Continue returned %v after %v; VM stopped with %q", err, el.Round(time.Millisecond), st.Raw)
+	if c.Running() {
+		t.Fatal("the VM is still marked running")
+	}
+	regs, err := c.ReadRegisters(ctxT(t, 5*time.Second))
+	if err != nil {
+		t.Fatalf("ReadRegisters after the interrupted Continue: %v", err)
+	}
+	checkLongMode(t, regs)
+
+	// A cancelled (not expired) context works the same way.
+	ctx, cancel = context.WithCancel(context.Background())
+	time.AfterFunc(300*time.Millisecond, cancel)
+	if _, err := c.Continue(ctx); !errors.Is(err, context.Canceled) {
+		t.Fatalf("Continue with a cancelled context: %v", err)
+	}
+	if _, err := c.ReadRegisters(ctxT(t, 5*time.Second)); err != nil {
+		t.Fatalf("ReadRegisters after the cancelled Continue: %v", err)
+	}
+}
+
+// TestWedgedStub freezes QEMU (SIGSTOP): operations must give up at their deadline, and the
+// client must refuse further use rather than misread a late reply.
+func TestWedgedStub(t *testing.T) {
+	c := dial(t, Config{})
+	if err := qemuProc.Signal(syscall.SIGSTOP); err != nil {
+		t.Fatal(err)
+	}
+	defer qemuProc.Signal(syscall.SIGCONT)
+	start := time.Now()
+	_, err := c.ReadMemory(ctxT(t, 300*time.Millisecond), 0xffffffff81000000, 64)
+	if !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("read from a frozen QEMU: %v, want context.DeadlineExceeded", err)
+	}
+	if el := time.Since(start); el > time.Second {
+		t.Errorf("gave up after %v", el)
+	}
+	if _, err := c.ReadRegisters(ctxT(t, time.Second)); err == nil {
+		t.Error("the client is still used after a cut-off exchange")
+	}
+	qemuProc.Signal(syscall.SIGCONT)
+	c.Close()
+
+	// A fresh connection works again.
+	c2 := dial(t, Config{})
+	regs, err := c2.ReadRegisters(ctxT(t, 5*time.Second))
+	if err != nil {
+		t.Fatal(err)
+	}
+	checkLongMode(t, regs)
+}
+
+// TestCloseCleansUp: Close removes this client's breakpoints and switches physical addressing
+// off, even with the VM running; otherwise the VM would later stop at a breakpoint nobody waits
+// for, and the next client would read physical memory unawares.
+func TestCloseCleansUp(t *testing.T) {
+	bp := symbol(t, "do_syscall_64")
+	c, err := Dial(ctxT(t, 10*time.Second), gdbSock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := c.SetBreakpoint(ctxT(t, 5*time.Second), bp); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.SetPhysicalMemoryMode(ctxT(t, 5*time.Second), true); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Resume(ctxT(t, 5*time.Second)); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(200 * time.Millisecond)
+	start := time.Now()
+	if err := c.Close(); err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("Close with the VM running: %v", time.Since(start).Round(time.Microsecond))
+	if _, err := c.ReadRegisters(ctxT(t, time.Second)); err == nil {
+		t.Error("a closed client still works")
+	}
+
+	c2 := dial(t, Config{})
+	if on, err := c2.PhysicalMemoryMode(ctxT(t, 5*time.Second)); err != nil || on {
+		t.Errorf("physical mode after Close: %v, %v", on, err)
+	}
+	// Were the breakpoint still in QEMU, the VM would stop at it within a second.
+	st, err := c2.Continue(ctxT(t, time.Second))
+	if !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("Continue after Close = %q, %v; want a deadline (no breakpoint left)", st.Raw, err)
+	}
+}
+
+// TestMonitor runs a QEMU monitor command through the stub; "info registers" is where QEMU shows
+// what its gdbstub's register set lacks (GDT, IDT, TR, LDT bases and limits).
+func TestMonitor(t *testing.T) {
+	c := dial(t, Config{})
+	out, err := c.Monitor(ctxT(t, 5*time.Second), "info registers")
+	if err != nil {
+		t.Fatalf("qRcmd: %v", err)
+	}
+	for _, want := range []string{"RIP=", "CR3=", "GDT=", "IDT=", "TR ="} {
+		if !strings.Contains(out, want) {
+			t.Errorf("info registers lacks %q:\n%s", want, out)
+		}
+	}
+	for _, line := range strings.Split(out, "\n") {
+		if strings.HasPrefix(line, "GDT=") || strings.HasPrefix(line, "IDT=") || strings.HasPrefix(line, "TR =") {
+			t.Logf("%s", strings.TrimSpace(line))
+		}
+	}
+}
+
+// TestResumedElsewhere: the VM is resumed behind the client's back (here by the monitor's
+// "cont", as QMP's would); the next request's first byte stops it in QEMU and is lost, and the
+// client must notice and resend.
+func TestResumedElsewhere(t *testing.T) {
+	c := dial(t, Config{})
+	for _, op := range []string{"read", "halt", "continue"} {
+		if _, err := c.Monitor(ctxT(t, 5*time.Second), "cont"); err != nil {
+			t.Fatalf("monitor cont: %v", err)
+		}
+		time.Sleep(100 * time.Millisecond)
+		start := time.Now()
+		var err error
+		switch op {
+		case "read":
+			var regs map[string]uint64
+			regs, err = c.ReadRegisters(ctxT(t, 5*time.Second))
+			if err == nil {
+				checkLongMode(t, regs)
+			}
+		case "halt":
+			_, err = c.Halt(ctxT(t, 5*time.Second))
+		case "continue":
+			_, err = c.Continue(ctxT(t, 500*time.Millisecond))
+			if errors.Is(err, context.DeadlineExceeded) {
+				err = nil
+			}
+		}
+		if err != nil {
+			t.Fatalf("%s after a cont elsewhere: %v", op, err)
+		}
+		t.Logf("%s after a cont elsewhere: %v (stop seen: %q)", op, time.Since(start).Round(time.Millisecond), c.LastStop().Raw)
+		if _, err := c.ReadMemory(ctxT(t, 5*time.Second), 0xffffffff81000000, 16); err != nil {
+			t.Fatalf("read memory after %s: %v", op, err)
+		}
+	}
+}
