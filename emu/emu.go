@@ -46,6 +46,7 @@ import (
 	"fmt"
 	"sync"
 	"sync/atomic"
+	"unsafe"
 )
 
 // Version reports the version of the linked Unicorn library.
@@ -136,6 +137,8 @@ type Engine struct {
 
 	// excCtx is reused by ClearException to avoid an allocation per fault.
 	excCtx *Context
+	// budgets are C allocations of NewBudget, freed by Close after the engine.
+	budgets []unsafe.Pointer
 
 	stopRequested atomic.Bool
 	panicked      atomic.Bool
@@ -190,6 +193,10 @@ func (e *Engine) Close() error {
 		}
 		err = check("close", C.uc_close(e.uc))
 		e.uc = nil
+		for _, b := range e.budgets {
+			C.free(b)
+		}
+		e.budgets = nil
 		for t := range traces {
 			t.free()
 		}

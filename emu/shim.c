@@ -129,6 +129,26 @@ uc_err hb_trace_add(uc_engine *uc, uc_hook *hh, int type, hb_trace *t,
 	return uc_hook_add(uc, hh, type, cb, t, begin, end);
 }
 
+// x86-64 kernel code averages about 4 bytes per instruction; the block hook only knows bytes.
+#define HB_BYTES_PER_INSN 4
+
+static void budget_block(uc_engine *uc, uint64_t addr, uint32_t size, void *user)
+{
+	hb_budget *b = user;
+	(void)addr;
+	b->blocks++;
+	b->insns += (size + HB_BYTES_PER_INSN - 1) / HB_BYTES_PER_INSN;
+	if (b->limit != 0 && b->insns > b->limit && !b->hit) {
+		b->hit = 1;
+		uc_emu_stop(uc);
+	}
+}
+
+uc_err hb_budget_add(uc_engine *uc, uc_hook *hh, hb_budget *b)
+{
+	return uc_hook_add(uc, hh, UC_HOOK_BLOCK, (void *)budget_block, b, 1, 0);
+}
+
 uc_err hb_set_cpu_model(uc_engine *uc, int model)
 {
 	return uc_ctl_set_cpu_model(uc, model);

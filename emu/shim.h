@@ -43,6 +43,18 @@ typedef struct hb_trace {
 	int flush;
 } hb_trace;
 
+// A budget on executed code, counted per translated block in C so that it costs one cheap call
+// per block instead of Unicorn's per-instruction counting hook (which also makes every other code
+// hook's range check run per instruction).
+typedef struct hb_budget {
+	uint64_t insns;  // estimated instructions executed since the last reset
+	uint64_t blocks; // blocks executed since the last reset
+	uint64_t limit;  // stop when insns exceeds it; 0 = no limit
+	int hit;
+} hb_budget;
+
+uc_err hb_budget_add(uc_engine *uc, uc_hook *hh, hb_budget *b);
+
 uc_err hb_hook_add(uc_engine *uc, uc_hook *hh, int type, int kind, uintptr_t id,
                    uint64_t begin, uint64_t end, int insn);
 uc_err hb_trace_add(uc_engine *uc, uc_hook *hh, int type, hb_trace *t,

@@ -14,6 +14,8 @@ import (
 	"strings"
 	"time"
 
+	"golang.org/x/arch/x86/x86asm"
+
 	"hybridbridge/guest"
 	"hybridbridge/guest/gdbstub"
 	"hybridbridge/vmm"
@@ -141,6 +143,13 @@ func Build(ctx context.Context, a *guest.Assets, opt BuildOptions) (*Snapshot, e
 	if snap.PIDs, err = parsePIDs(string(res.Stdout)); err != nil {
 		return nil, err
 	}
+	// The SVM's own clock just before the capture, to check the executor's time against.
+	if res, err = g.Exec(ctx, "cat /proc/uptime"); err != nil {
+		return nil, err
+	}
+	if f := strings.Fields(string(res.Stdout)); len(f) > 0 {
+		snap.UptimeBeforeCapture, _ = strconv.ParseFloat(f[0], 64)
+	}
 
 	report("stopping the agent at system-call entry")
 	if err := capture(ctx, gdbSock, syms, snap); err != nil {
@@ -151,6 +160,10 @@ func Build(ctx context.Context, a *guest.Assets, opt BuildOptions) (*Snapshot, e
 		if addr, ok := syms.Addr(name); ok {
 			snap.Symbols[name] = addr
 		}
+	}
+
+	if snap.TSCSites, err = findTSCSites(ctx, gdbSock, syms); err != nil {
+		return nil, err
 	}
 
 	report("copying SVM memory")
@@ -523,4 +536,47 @@ func copySparse(src, dst string, size uint64) error {
 		return err
 	}
 	return out.Sync()
+}
+
+// findTSCSites lists the kernel's RDTSC and RDTSCP instructions by decoding every text symbol
+// from its start to the next symbol (the executor hooks each one to continue the SVM's clock).
+// The text is read from the stopped SVM, so alternatives are already patched in.
+func findTSCSites(ctx context.Context, sock string, syms *vmm.Symbols) ([]uint64, error) {
+	text, _ := syms.Addr("_text")
+	etext, _ := syms.Addr("_etext")
+	c, err := gdbstub.Dial(ctx, sock)
+	if err != nil {
+		return nil, err
+	}
+	defer c.Close()
+	code, err := c.ReadMemory(ctx, text, int(etext-text))
+	if err != nil {
+		return nil, fmt.Errorf("read kernel text: %w", err)
+	}
+	var starts []uint64
+	syms.Each(func(s vmm.Symbol) bool {
+		if s.Addr >= text && s.Addr < etext && (s.Type == 't' || s.Type == 'T') {
+			starts = append(starts, s.Addr)
+		}
+		return true
+	})
+	starts = append(starts, etext)
+	var sites []uint64
+	for i := 0; i+1 < len(starts); i++ {
+		for pc := starts[i]; pc < starts[i+1]; {
+			in, err := x86asm.Decode(code[pc-text:starts[i+1]-text], 64)
+			if err != nil {
+				pc++ // padding or data: resynchronise
+				continue
+			}
+			if in.Op == x86asm.RDTSC || in.Op == x86asm.RDTSCP {
+				sites = append(sites, pc)
+			}
+			pc += uint64(in.Len)
+		}
+	}
+	if len(sites) == 0 {
+		return nil, fmt.Errorf("no RDTSC instruction found in kernel text")
+	}
+	return sites, nil
 }

@@ -18,11 +18,11 @@ import (
 // Outcomes of an injected system call other than its return value.
 var (
 	// ErrBlocked: the call tried to sleep (it reached the scheduler's context switch or the idle
-	// loop). Nothing else runs in the SVM, so it would never wake. The machine resets itself
-	// before the next call.
+	// loop). Nothing else runs in the SVM, so it would never wake. The machine has reset itself
+	// when the call returns.
 	ErrBlocked = errors.New("system call blocked")
 	// ErrBudget: the call ran past its instruction budget (e.g. a spin that waits for time or
-	// entropy). The machine resets itself before the next call.
+	// entropy). The machine has reset itself when the call returns.
 	ErrBudget = errors.New("system call exceeded its instruction budget")
 	// ErrNotAllowed: the system call is not on the allow-list of calls known to be safe to inject.
 	ErrNotAllowed = errors.New("system call not allowed")
@@ -55,7 +55,8 @@ func (e *StopError) Unwrap() error { return e.Err }
 
 // Options configure a Machine.
 type Options struct {
-	// Budget is the instruction limit of one system call (default 50 million).
+	// Budget is the instruction limit of one system call (default 50 million), estimated per
+	// translated block (see emu.Budget).
 	Budget uint64
 	// CountInstructions makes Stats count executed instructions exactly, at some speed cost.
 	CountInstructions bool
@@ -92,8 +93,8 @@ type Machine struct {
 	// Set by hooks during a run, read after Start returns.
 	stopErr    error
 	stopDetail string
-	dirty      bool // the last call stopped mid-kernel: Reset before the next
 	trace      *emu.TraceBuffer
+	budget     *emu.Budget
 
 	stats Stats
 }
@@ -235,6 +236,9 @@ func (m *Machine) setup() error {
 	if err := m.hookTSC(); err != nil {
 		return err
 	}
+	if m.budget, err = e.NewBudget(); err != nil {
+		return err
+	}
 	if m.opts.CountInstructions {
 		tb, err := e.NewTrace(emu.TraceConfig{Capacity: 1 << 16, Code: true, CodeBegin: 1, CodeEnd: 0,
 			OnFull: func(evs []emu.Event) { m.stats.Instructions += uint64(len(evs)) }})
@@ -301,7 +305,6 @@ func (m *Machine) Reset() error {
 	for _, p := range scratchPages {
 		_ = m.eng.WritePhys(p, make([]byte, 4096))
 	}
-	m.dirty = false
 	m.stats.Resets++
 	// Reloading CR3 flushes Unicorn's TLB, which still maps the dropped pages' old contents.
 	return m.loadCPU()
@@ -322,11 +325,6 @@ func (m *Machine) Syscall(nr int, args ...uint64) (int64, error) {
 	}
 	if len(args) > 6 {
 		return 0, fmt.Errorf("%s: %d arguments, at most 6", SyscallName(nr), len(args))
-	}
-	if m.dirty {
-		if err := m.Reset(); err != nil {
-			return 0, err
-		}
 	}
 	regs := bytes.Clone(m.savedRegs)
 	put := func(off int, v uint64) { binary.LittleEndian.PutUint64(regs[off:], v) }
@@ -362,16 +360,21 @@ func (m *Machine) Syscall(nr int, args ...uint64) (int64, error) {
 	m.stopErr, m.stopDetail = nil, ""
 	m.stats.Syscalls++
 	entry := m.snap.Symbols["do_syscall_64"]
-	runErr := e.Start(entry, m.snap.ReturnAddr, m.opts.Budget)
+	m.budget.Reset(m.opts.Budget)
+	runErr := e.Start(entry, m.snap.ReturnAddr, 0)
 	if m.trace != nil {
 		m.trace.Drain(func(evs []emu.Event) { m.stats.Instructions += uint64(len(evs)) })
 	}
 	rip, _ := e.Reg(emu.RIP)
+	// A call stopped midway leaves the kernel mid-schedule or with locks held: reset now, so
+	// the caller's next arguments are written into a clean machine.
 	stop := func(err error, detail string) (int64, error) {
-		m.dirty = true
 		se := &StopError{Err: err, NR: nr, RIP: rip, Detail: detail}
 		if m.opts.Symbols != nil {
 			se.Symbol = m.opts.Symbols.Format(rip)
+		}
+		if rerr := m.Reset(); rerr != nil {
+			return 0, errors.Join(se, rerr)
 		}
 		return 0, se
 	}
@@ -383,9 +386,9 @@ func (m *Machine) Syscall(nr int, args ...uint64) (int64, error) {
 		return stop(m.stopErr, m.stopDetail)
 	case runErr != nil:
 		return stop(ErrFault, runErr.Error())
-	case rip != m.snap.ReturnAddr:
+	case m.budget.Exceeded() || rip != m.snap.ReturnAddr:
 		m.stats.OverBudget++
-		return stop(ErrBudget, fmt.Sprintf("%d instructions", m.opts.Budget))
+		return stop(ErrBudget, fmt.Sprintf("about %d instructions", m.opts.Budget))
 	}
 	out := make([]byte, 8)
 	if err := m.virt.Read(m.snap.PtRegs+ptAX, out); err != nil {

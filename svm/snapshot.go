@@ -100,13 +100,16 @@ type Snapshot struct {
 	Agent  Agent  `json:"agent"`
 
 	// The capture point: do_syscall_64(regs, nr) entered for the agent's marker call.
-	PtRegs     uint64 `json:"pt_regs"`     // RDI at entry
-	ReturnAddr uint64 `json:"return_addr"` // [RSP] at entry: the call's return into entry_SYSCALL_64
-	TSC        uint64 `json:"tsc"`         // the agent's rdtsc just before the call
-	TSCKHz     uint64 `json:"tsc_khz"`     // the SVM kernel's TSC rate (its tsc_khz)
+	PtRegs     uint64   `json:"pt_regs"`     // RDI at entry
+	ReturnAddr uint64   `json:"return_addr"` // [RSP] at entry: the call's return into entry_SYSCALL_64
+	TSC        uint64   `json:"tsc"`         // the agent's rdtsc just before the call
+	TSCKHz     uint64   `json:"tsc_khz"`     // the SVM kernel's TSC rate (its tsc_khz)
+	TSCSites   []uint64 `json:"tsc_sites"`   // addresses of RDTSC/RDTSCP instructions in kernel text
 
 	Symbols map[string]uint64 `json:"symbols"` // the kernel addresses the executor needs
 	PIDs    []int             `json:"pids"`    // /proc's process list at capture (ground truth)
+	// UptimeBeforeCapture is /proc/uptime read inside the SVM just before the capture.
+	UptimeBeforeCapture float64 `json:"uptime_before_capture"`
 
 	RAMCRC32C  uint32    `json:"ram_crc32c"` // over the data extents of ram.img
 	RAMData    uint64    `json:"ram_data"`   // bytes in those extents

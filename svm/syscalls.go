@@ -258,23 +258,31 @@ func parseDirents(buf []byte) ([]DirEntry, error) {
 
 // hookTSC makes RDTSC continue the SVM's own clock: Unicorn's RDTSC reads the host's counter,
 // which would make the guest's time jump by the host's uptime. Unicorn has no RDTSC hook and
-// ignores writes to the TSC MSR, so every place in kernel text whose bytes are an RDTSC/RDTSCP
-// opcode gets a one-address code hook: hooks fire only where an instruction starts, so byte
-// matches inside other instructions never fire. The hook supplies the snapshot's TSC plus the
-// time since the machine was opened, at the guest's TSC rate, and steps over the instruction.
+// ignores writes to the TSC MSR, so each RDTSC/RDTSCP instruction of the kernel (found when the
+// snapshot was built) gets a one-address code hook that supplies the snapshot's TSC plus the time
+// since the machine was opened, at the guest's TSC rate, and steps over the instruction.
 func (m *Machine) hookTSC() error {
-	text, etext := m.snap.Symbols["_text"], m.snap.Symbols["_etext"]
 	khz := m.snap.TSCKHz
-	if etext <= text || khz == 0 {
-		return fmt.Errorf("snapshot lacks the kernel text range or TSC rate")
-	}
-	code := make([]byte, etext-text)
-	if err := m.virt.Read(text, code); err != nil {
-		return fmt.Errorf("read kernel text: %w", err)
+	if khz == 0 || len(m.snap.TSCSites) == 0 {
+		return fmt.Errorf("snapshot lacks the TSC rate or RDTSC sites")
 	}
 	e := m.eng
-	hook := func(size uint64, aux bool) emu.CodeFunc {
-		return func(addr uint64, _ uint32) {
+	insn := make([]byte, 3)
+	for _, addr := range m.snap.TSCSites {
+		if err := m.virt.Read(addr, insn); err != nil {
+			return fmt.Errorf("RDTSC site %#x: %w", addr, err)
+		}
+		var size uint64
+		var aux bool
+		switch {
+		case insn[0] == 0x0f && insn[1] == 0x31:
+			size = 2
+		case insn[0] == 0x0f && insn[1] == 0x01 && insn[2] == 0xf9:
+			size, aux = 3, true
+		default:
+			return fmt.Errorf("RDTSC site %#x holds % x: snapshot does not match its kernel text", addr, insn)
+		}
+		if _, err := e.HookCode(addr, addr, func(uint64, uint32) {
 			m.stats.TSCReads++
 			tsc := m.snap.TSC + uint64(time.Since(m.tscBase).Nanoseconds())*khz/1e6
 			regs := []emu.Reg{emu.RAX, emu.RDX, emu.RIP}
@@ -285,25 +293,10 @@ func (m *Machine) hookTSC() error {
 			if err := e.SetRegs(regs, vals); err != nil {
 				m.stopWith(ErrFault, "emulate rdtsc: "+err.Error())
 			}
+		}); err != nil {
+			return err
 		}
-	}
-	for _, op := range []struct {
-		bytes []byte
-		aux   bool
-	}{{[]byte{0x0f, 0x31}, false}, {[]byte{0x0f, 0x01, 0xf9}, true}} {
-		fn := hook(uint64(len(op.bytes)), op.aux)
-		for off := 0; ; {
-			i := bytes.Index(code[off:], op.bytes)
-			if i < 0 {
-				break
-			}
-			addr := text + uint64(off+i)
-			if _, err := e.HookCode(addr, addr, fn); err != nil {
-				return err
-			}
-			m.tscSites++
-			off += i + 1
-		}
+		m.tscSites++
 	}
 	return nil
 }

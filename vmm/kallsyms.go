@@ -194,3 +194,12 @@ func LoadSymbols(path string) (*Symbols, error) {
 	}
 	return s, nil
 }
+
+// Each calls fn for every symbol in address order, until fn returns false.
+func (s *Symbols) Each(fn func(Symbol) bool) {
+	for _, i := range s.byAddr {
+		if !fn(s.syms[i]) {
+			return
+		}
+	}
+}
