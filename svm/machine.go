@@ -523,3 +523,9 @@ func writesMemory(in x86asm.Inst, cr2 uint64, m *Machine) bool {
 }
 
 const enosys = 38
+
+// Phys translates a virtual address of the agent's address space to physical.
+func (m *Machine) Phys(va uint64) (uint64, error) {
+	pa, _, _, err := m.virt.Walker().Translate(va)
+	return pa, err
+}

@@ -318,14 +318,17 @@ func TestSnapshotErrors(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	ram, err := os.ReadFile(snap.RAMPath())
+	must(t, os.WriteFile(dir+"/"+metaFile, meta, 0o644))
+	must(t, copySparse(snap.RAMPath(), dir+"/"+ramFile, snap.Layout.RAMSize))
+	f, err := os.OpenFile(dir+"/"+ramFile, os.O_RDWR, 0)
 	if err != nil {
 		t.Fatal(err)
 	}
-	i := bytes.IndexFunc(ram[1<<20:], func(r rune) bool { return r != 0 }) + 1<<20
-	ram[i] ^= 0xff
-	must(t, os.WriteFile(dir+"/"+metaFile, meta, 0o644))
-	must(t, os.WriteFile(dir+"/"+ramFile, ram, 0o644))
+	b := make([]byte, 1)
+	_, err1 := f.ReadAt(b, int64(snap.Layout.KernelStart))
+	b[0] ^= 0xff
+	_, err2 := f.WriteAt(b, int64(snap.Layout.KernelStart))
+	must(t, errors.Join(err1, err2, f.Close()))
 	if _, err := Load(dir, snap.KernelID); !errors.Is(err, ErrSnapshotCorrupt) {
 		t.Errorf("flipped RAM byte: %v", err)
 	}
