@@ -174,3 +174,34 @@ func TestParseSize(t *testing.T) {
 		}
 	}
 }
+
+func TestSvmCatAndLs(t *testing.T) {
+	out, _, err := run("svm", "cat", "/proc/version")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.HasPrefix(out, "Linux version ") {
+		t.Fatalf("svm cat /proc/version: %q", out)
+	}
+	out, _, err = run("svm", "ls", "/proc", "--json")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var ents []struct {
+		Name string
+		Type uint8
+	}
+	if err := json.Unmarshal([]byte(out), &ents); err != nil {
+		t.Fatalf("svm ls --json: %v\n%s", err, out)
+	}
+	names := map[string]bool{}
+	for _, e := range ents {
+		names[e.Name] = true
+	}
+	if !names["1"] || !names["self"] || !names["version"] {
+		t.Fatalf("svm ls /proc: %s", out)
+	}
+	if _, _, err := run("svm", "cat", "/no/such/file"); err == nil || !strings.Contains(err.Error(), "no such file") {
+		t.Fatalf("svm cat of a missing file: %v", err)
+	}
+}

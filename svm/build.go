@@ -55,8 +55,10 @@ const (
 
 // BuildOptions configures Build.
 type BuildOptions struct {
-	CacheDir string
-	RunDir   string
+	CacheDir string // the setup's cache (symbols, images)
+	RunDir   string // where the build's QEMU guests keep their sockets
+	// OutDir is the snapshot's folder; default SnapshotDir(CacheDir, kernel id).
+	OutDir string
 	// GVMMaxMiB is the largest guest RAM the snapshot will serve (default 1024).
 	GVMMaxMiB int
 	// Progress, if set, receives the stage and the time since the build started.
@@ -167,7 +169,10 @@ func Build(ctx context.Context, a *guest.Assets, opt BuildOptions) (*Snapshot, e
 	}
 
 	report("copying SVM memory")
-	dir := SnapshotDir(opt.CacheDir, kernelID)
+	dir := opt.OutDir
+	if dir == "" {
+		dir = SnapshotDir(opt.CacheDir, kernelID)
+	}
 	if err := os.MkdirAll(filepath.Dir(dir), 0o755); err != nil {
 		return nil, err
 	}

@@ -40,7 +40,8 @@ func TestMain(m *testing.M) {
 			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 			defer cancel()
 			start := time.Now()
-			snap, err = Build(ctx, assets, BuildOptions{CacheDir: cache, RunDir: runDir})
+			// A private folder: other test packages may use the cached snapshot meanwhile.
+			snap, err = Build(ctx, assets, BuildOptions{CacheDir: cache, RunDir: runDir, OutDir: runDir + "/snapshot"})
 			fmt.Printf("svm: snapshot built in %.1fs\n", time.Since(start).Seconds())
 		}
 		buildErr = err
