@@ -158,7 +158,7 @@ func Build(ctx context.Context, a *guest.Assets, opt BuildOptions) (*Snapshot, e
 		return nil, err
 	}
 	snap.Symbols = map[string]uint64{}
-	for _, name := range append(requiredSymbols, "entry_SYSCALL_64_after_hwframe", "linux_banner", "init_task", "schedule", "__schedule") {
+	for _, name := range append(requiredSymbols, "entry_SYSCALL_64_after_hwframe", "init_task", "_edata", "__bss_start", "__bss_stop") {
 		if addr, ok := syms.Addr(name); ok {
 			snap.Symbols[name] = addr
 		}

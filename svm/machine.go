@@ -62,6 +62,11 @@ type Options struct {
 	CountInstructions bool
 	// Symbols, if set, renders stop addresses as symbol+offset.
 	Symbols *vmm.Symbols
+	// Globals, if set, installs the trap on the kernel image's globals and decides each access
+	// (redirected accesses use the overlaid guest's copy). Without it globals are never trapped.
+	Globals Classifier
+	// OnGlobal, if set, sees every trapped access with its decision (for the memo and reports).
+	OnGlobal func(GlobalAccess, GlobalDecision)
 }
 
 // Stats are a Machine's counters since it was opened.
@@ -73,6 +78,7 @@ type Stats struct {
 	Resets       int
 	Blocked      int
 	OverBudget   int
+	Globals      [3]int // trapped accesses to kernel globals, by GlobalDecision
 }
 
 // Machine is the SVM snapshot loaded into Unicorn. Its RAM is a private copy-on-write mapping of
@@ -95,6 +101,8 @@ type Machine struct {
 	stopDetail string
 	trace      *emu.TraceBuffer
 	budget     *emu.Budget
+	overlay    *Overlay  // the guest whose RAM is mapped in, if any
+	swaps      []swapped // redirected reads between their two hooks
 
 	stats Stats
 }
@@ -150,6 +158,9 @@ func (m *Machine) unmapRAM() {
 // Close releases the engine and the RAM mapping, in that order.
 func (m *Machine) Close() error {
 	var err error
+	if m.overlay != nil && m.overlay.image != nil {
+		unix.Munmap(m.overlay.image)
+	}
 	if m.trace != nil {
 		m.trace.Close()
 	}
@@ -236,6 +247,11 @@ func (m *Machine) setup() error {
 	if err := m.hookTSC(); err != nil {
 		return err
 	}
+	if m.opts.Globals != nil {
+		if err := m.hookGlobals(); err != nil {
+			return err
+		}
+	}
 	if m.budget, err = e.NewBudget(); err != nil {
 		return err
 	}
@@ -306,6 +322,9 @@ func (m *Machine) Reset() error {
 		_ = m.eng.WritePhys(p, make([]byte, 4096))
 	}
 	m.stats.Resets++
+	if m.overlay != nil {
+		return m.applyOverlay()
+	}
 	// Reloading CR3 flushes Unicorn's TLB, which still maps the dropped pages' old contents.
 	return m.loadCPU()
 }
@@ -358,6 +377,7 @@ func (m *Machine) Syscall(nr int, args ...uint64) (int64, error) {
 		return 0, err
 	}
 	m.stopErr, m.stopDetail = nil, ""
+	m.swaps = m.swaps[:0]
 	m.stats.Syscalls++
 	entry := m.snap.Symbols["do_syscall_64"]
 	m.budget.Reset(m.opts.Budget)

@@ -1,0 +1,191 @@
+package svm
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"os"
+	"unsafe"
+
+	"golang.org/x/sys/unix"
+)
+
+// Overlay places a guest's RAM into the SVM's physical address space at the guest's own physical
+// addresses, over the ranges the SVM reserved for it (DESIGN §3.2): every pointer the kernel
+// follows from guest data then lands in guest memory, natively, and every pointer from SVM data in
+// SVM memory. The guest's file is mapped private: the guest is never written, and Reset drops the
+// SVM's writes to it like any other.
+type Overlay struct {
+	file  *os.File
+	size  uint64     // guest RAM bytes
+	spans []PhysSpan // page-aligned parts of the reserved ranges inside guest RAM, as mapped
+	image []byte     // read-only mapping of the guest's copy of the kernel-image range
+	// pte are the direct-map entries written into the SVM's page tables: Reset drops them with
+	// every other change, so they are written again.
+	pte []pteWrite
+}
+
+type pteWrite struct{ at, value uint64 }
+
+// ErrGuestTooLarge means the guest has more RAM than the snapshot reserved for guests.
+var ErrGuestTooLarge = errors.New("guest RAM larger than the SVM snapshot serves")
+
+// AttachOverlay maps the guest RAM file (size bytes, guest-physical 0 at offset 0) into the
+// machine. The guest must stay paused while the overlay is in use: a private mapping of a shared
+// file shows the file's current contents until a page is first written.
+func (m *Machine) AttachOverlay(f *os.File, size uint64) error {
+	if m.overlay != nil {
+		return errors.New("a guest is already overlaid")
+	}
+	l := m.snap.Layout
+	if size > l.GVMMax {
+		return fmt.Errorf("%w: %d MiB, at most %d MiB (rebuild with: hybridbridge svm build --gvm-max ...)", ErrGuestTooLarge, size>>20, l.GVMMax>>20)
+	}
+	ov := &Overlay{file: f, size: size}
+	for _, r := range l.Reserved {
+		start := (r.Start + 4095) &^ 4095 // the page holding _end is the SVM's
+		end := min(r.End, size) &^ 4095
+		if start >= end {
+			continue
+		}
+		if _, err := unix.MmapPtr(int(f.Fd()), int64(start), unsafe.Pointer(&m.ram[start]), uintptr(end-start),
+			unix.PROT_READ|unix.PROT_WRITE, unix.MAP_PRIVATE|unix.MAP_FIXED); err != nil {
+			m.restoreSVM(ov.spans)
+			return fmt.Errorf("overlay guest RAM %#x-%#x: %w", start, end, err)
+		}
+		ov.spans = append(ov.spans, PhysSpan{start, end})
+	}
+	img, err := unix.Mmap(int(f.Fd()), int64(l.KernelStart), int((l.KernelEnd+4095)&^4095-l.KernelStart), unix.PROT_READ, unix.MAP_SHARED)
+	if err != nil {
+		m.restoreSVM(ov.spans)
+		return fmt.Errorf("map the guest's kernel-image range: %w", err)
+	}
+	ov.image = img
+	m.overlay = ov
+	if err := m.planDirectMap(); err != nil {
+		m.DetachOverlay()
+		return err
+	}
+	return m.applyOverlay()
+}
+
+// DetachOverlay puts the SVM's own (reserved, unused) memory back and forgets the guest.
+func (m *Machine) DetachOverlay() error {
+	ov := m.overlay
+	if ov == nil {
+		return nil
+	}
+	m.overlay = nil
+	err := m.restoreSVM(ov.spans)
+	if ov.image != nil {
+		err = errors.Join(err, unix.Munmap(ov.image))
+	}
+	return errors.Join(err, m.Reset())
+}
+
+// restoreSVM maps the snapshot file back over spans.
+func (m *Machine) restoreSVM(spans []PhysSpan) error {
+	f, err := os.Open(m.snap.RAMPath())
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	var errs []error
+	for _, s := range spans {
+		_, err := unix.MmapPtr(int(f.Fd()), int64(s.Start), unsafe.Pointer(&m.ram[s.Start]), uintptr(s.End-s.Start),
+			unix.PROT_READ|unix.PROT_WRITE, unix.MAP_PRIVATE|unix.MAP_FIXED)
+		errs = append(errs, err)
+	}
+	return errors.Join(errs...)
+}
+
+// GuestImage returns the guest's bytes at a physical address inside the kernel-image range (its
+// copy of the kernel's globals), or false outside it.
+func (m *Machine) GuestImage(phys uint64, n int) ([]byte, bool) {
+	ov := m.overlay
+	if ov == nil {
+		return nil, false
+	}
+	start := m.snap.Layout.KernelStart
+	if phys < start || phys+uint64(n) > start+uint64(len(ov.image)) {
+		return nil, false
+	}
+	return ov.image[phys-start : phys-start+uint64(n)], true
+}
+
+// Page-table entry bits.
+const (
+	ptePresent  = 1 << 0
+	pteRW       = 1 << 1
+	pteAccessed = 1 << 5
+	pteDirty    = 1 << 6
+	ptePS       = 1 << 7
+	pteGlobal   = 1 << 8
+	pteNX       = 1 << 63
+	pteAddr     = 0x000ffffffffff000
+)
+
+// planDirectMap computes the direct-map entries that make the overlaid guest RAM reachable at
+// page_offset_base + physical address, as the guest's kernel reaches it: the SVM's kernel does not
+// map memory it was told is reserved. Entries go into page-table pages the SVM already has
+// (2 MiB entries where a page directory slot is empty, 4 KiB entries in existing page tables), so
+// no SVM memory is allocated; a range that would need a new table is an error.
+func (m *Machine) planDirectMap() error {
+	base, err := m.virt.ReadUint64(m.snap.Symbols["page_offset_base"])
+	if err != nil {
+		return fmt.Errorf("read page_offset_base: %w", err)
+	}
+	if m.snap.CPU.CR4&(1<<12) != 0 {
+		return errors.New("the SVM uses 5-level paging, which the direct-map overlay does not handle")
+	}
+	ov := m.overlay
+	ov.pte = ov.pte[:0]
+	read := func(pa uint64) uint64 { return binary.LittleEndian.Uint64(m.ram[pa:]) }
+	for _, s := range ov.spans {
+		for pa := s.Start; pa < s.End; {
+			va := base + pa
+			pml4e := read(m.snap.CPU.CR3&pteAddr + (va>>39&511)*8)
+			if pml4e&ptePresent == 0 {
+				return fmt.Errorf("direct map of %#x: no PML4 entry in the SVM", pa)
+			}
+			pdpte := read(pml4e&pteAddr + (va>>30&511)*8)
+			if pdpte&ptePresent == 0 || pdpte&ptePS != 0 {
+				return fmt.Errorf("direct map of %#x: no page directory in the SVM (PDPT entry %#x)", pa, pdpte)
+			}
+			pdeAt := pdpte&pteAddr + (va>>21&511)*8
+			pde := read(pdeAt)
+			switch {
+			case pde&ptePresent == 0 && pa&(2<<20-1) == 0 && pa+2<<20 <= s.End:
+				ov.pte = append(ov.pte, pteWrite{pdeAt, pa | ptePresent | pteRW | pteAccessed | pteDirty | ptePS | pteGlobal | pteNX})
+				pa += 2 << 20
+				continue
+			case pde&ptePresent != 0 && pde&ptePS == 0:
+				pteAt := pde&pteAddr + (va>>12&511)*8
+				if pte := read(pteAt); pte&ptePresent != 0 && pte&pteAddr != pa {
+					return fmt.Errorf("direct map of %#x: the SVM maps it to %#x", pa, pte&pteAddr)
+				}
+				ov.pte = append(ov.pte, pteWrite{pteAt, pa | ptePresent | pteRW | pteAccessed | pteDirty | pteGlobal | pteNX})
+			case pde&ptePresent != 0 && pde&ptePS != 0:
+				if pde&pteAddr != pa&^(2<<20-1) {
+					return fmt.Errorf("direct map of %#x: the SVM maps its 2 MiB page to %#x", pa, pde&pteAddr)
+				}
+			default:
+				return fmt.Errorf("direct map of %#x: a partial 2 MiB range with no page table in the SVM", pa)
+			}
+			pa += 4096
+		}
+	}
+	return nil
+}
+
+// applyOverlay writes the direct-map entries and makes Unicorn forget cached translations.
+func (m *Machine) applyOverlay() error {
+	ov := m.overlay
+	if ov == nil {
+		return nil
+	}
+	for _, w := range ov.pte {
+		binary.LittleEndian.PutUint64(m.ram[w.at:], w.value)
+	}
+	return m.loadCPU()
+}
