@@ -24,7 +24,9 @@ type Session struct {
 	g       *guest.Guest
 	Machine *svm.Machine
 	ram     *os.File
-	Banner  string // the guest's linux_banner
+	Banner  string         // the guest's linux_banner
+	Grafts  svm.GraftStats // the guest's vmemmap entries copied into the SVM
+	vmemmap uint64         // vmemmap_base (the same in both kernels)
 }
 
 // Attach pauses the guest, checks that it runs the snapshot's kernel, and overlays its RAM into a
@@ -54,25 +56,9 @@ func Attach(ctx context.Context, g *guest.Guest, snap *svm.Snapshot, opts svm.Op
 	if s.ram, err = os.Open(path); err != nil {
 		return nil, fmt.Errorf("guest %q RAM: %w", g.Meta.Name, err)
 	}
-	if err := s.checkKernel(cpu, snap); err != nil {
-		return nil, err
-	}
-	if s.Machine, err = svm.Open(snap, opts); err != nil {
-		return nil, err
-	}
-	if err := s.Machine.AttachOverlay(s.ram, g.Meta.RAMSize); err != nil {
-		return nil, err
-	}
-	return s, nil
-}
-
-// checkKernel reads the guest's banner and the physical placement of its kernel through the
-// guest's own page tables: both must be the SVM's, or the SVM's code and addresses do not fit the
-// guest's data.
-func (s *Session) checkKernel(cpu guest.CPUState, snap *svm.Snapshot) error {
-	phys, err := vmm.NewFileView(s.ram, vmm.PCRanges(s.g.Meta.RAMSize))
+	phys, err := vmm.NewFileView(s.ram, vmm.PCRanges(g.Meta.RAMSize))
 	if err != nil {
-		return err
+		return nil, err
 	}
 	defer phys.Close()
 	levels := 4
@@ -81,9 +67,48 @@ func (s *Session) checkKernel(cpu guest.CPUState, snap *svm.Snapshot) error {
 	}
 	w, err := vmm.NewWalker(phys, cpu.CR3, levels)
 	if err != nil {
-		return err
+		return nil, err
 	}
-	virt := vmm.NewVirtView("guest "+s.g.Meta.Name, w)
+	if err := s.checkKernel(vmm.NewVirtView("guest "+g.Meta.Name, w), snap); err != nil {
+		return nil, err
+	}
+	if s.Machine, err = svm.Open(snap, opts); err != nil {
+		return nil, err
+	}
+	if err := s.Machine.AttachOverlay(s.ram, g.Meta.RAMSize); err != nil {
+		return nil, err
+	}
+	grafts, err := vmemmapGrafts(w, s.vmemmap)
+	if err != nil {
+		return nil, err
+	}
+	if s.Grafts, err = s.Machine.Graft(grafts); err != nil {
+		return nil, err
+	}
+	return s, nil
+}
+
+// vmemmapGrafts lists the guest's mappings of its struct pages (the vmemmap region): the SVM's
+// kernel reaches a guest page's struct page (e.g. reading another process's memory for
+// /proc/<pid>/cmdline) at the same virtual address, and the SVM maps struct pages only for its
+// own memory sections. The whole region is walked, so no struct size is assumed.
+func vmemmapGrafts(w *vmm.Walker, base uint64) ([]svm.Graft, error) {
+	var out []svm.Graft
+	err := w.Mappings(base, base+1<<40-1, func(m vmm.Mapping) error {
+		out = append(out, svm.Graft{VA: m.VA, Size: m.Size, Entry: m.Entry})
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("guest vmemmap: %w", err)
+	}
+	return out, nil
+}
+
+// checkKernel reads the guest's banner and the physical placement of its kernel through the
+// guest's own page tables: both must be the SVM's, or the SVM's code and addresses do not fit the
+// guest's data.
+func (s *Session) checkKernel(virt *vmm.VirtView, snap *svm.Snapshot) error {
+	w := virt.Walker()
 	banner, err := virt.ReadCString(snap.Symbols["linux_banner"], 1024)
 	if err != nil {
 		return fmt.Errorf("%w: no kernel banner at the SVM kernel's linux_banner (%v)", ErrKernelMismatch, err)
@@ -107,6 +132,9 @@ func (s *Session) checkKernel(cpu guest.CPUState, snap *svm.Snapshot) error {
 		}
 		if gv != sv {
 			return fmt.Errorf("%w: %s is %#x in the guest, %#x in the SVM (memory layout randomised?)", ErrKernelMismatch, v, gv, sv)
+		}
+		if v == "vmemmap_base" {
+			s.vmemmap = gv
 		}
 	}
 	return nil
@@ -138,3 +166,27 @@ func (s *Session) Close(ctx context.Context) error {
 	errs = append(errs, s.g.Resume(ctx))
 	return errors.Join(errs...)
 }
+
+// procPath maps a view's /proc path to the SVM's fresh procfs instance (svm.ProcRoot).
+func procPath(path string) string {
+	if path == "/proc" || strings.HasPrefix(path, "/proc/") {
+		return svm.ProcRoot + path[len("/proc"):]
+	}
+	return path
+}
+
+// ReadDir lists a directory of the guest as its kernel sees it (implements inspect.Files).
+func (s *Session) ReadDir(path string) ([]string, error) {
+	ents, err := s.Machine.ReadDir(procPath(path))
+	if err != nil {
+		return nil, err
+	}
+	names := make([]string, len(ents))
+	for i, e := range ents {
+		names[i] = e.Name
+	}
+	return names, nil
+}
+
+// ReadFile reads a file of the guest as its kernel sees it (implements inspect.Files).
+func (s *Session) ReadFile(path string) ([]byte, error) { return s.Machine.ReadFile(procPath(path)) }

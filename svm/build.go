@@ -21,6 +21,9 @@ import (
 	"hybridbridge/vmm"
 )
 
+// ProcRoot is where the SVM mounts the procfs instance that views read (see Build).
+const ProcRoot = "/hbproc"
+
 // Marker is what the agent passes as getppid's first argument (svm/agent/hbagent.c).
 const Marker = 0x6879627269646765
 
@@ -152,13 +155,21 @@ func Build(ctx context.Context, a *guest.Assets, opt BuildOptions) (*Snapshot, e
 	if f := strings.Fields(string(res.Stdout)); len(f) > 0 {
 		snap.UptimeBeforeCapture, _ = strconv.ParseFloat(f[0], 64)
 	}
+	// The SVM's /proc has cached dentries for its own processes (listing it creates one per
+	// pid, and nothing reliably drops them): a guest process with the same pid would be found
+	// there, bound to the SVM's task, instead of being looked up in the guest's pid namespace.
+	// Views read a procfs instance mounted just before the capture and never used in the SVM,
+	// whose dentry cache is empty.
+	if res, err = g.Exec(ctx, "mkdir -p "+ProcRoot+" && mount -t proc proc "+ProcRoot); err != nil || res.Status != 0 {
+		return nil, fmt.Errorf("mount the views' procfs in the SVM: %v %s", err, res.Stderr)
+	}
 
 	report("stopping the agent at system-call entry")
 	if err := capture(ctx, gdbSock, syms, snap); err != nil {
 		return nil, err
 	}
 	snap.Symbols = map[string]uint64{}
-	for _, name := range append(requiredSymbols, "entry_SYSCALL_64_after_hwframe", "init_task", "_edata", "__bss_start", "__bss_stop") {
+	for _, name := range append(requiredSymbols, "entry_SYSCALL_64_after_hwframe", "init_task", "_edata", "__bss_start", "__bss_stop", "oops_begin", "panic") {
 		if addr, ok := syms.Addr(name); ok {
 			snap.Symbols[name] = addr
 		}

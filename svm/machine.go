@@ -38,6 +38,9 @@ type StopError struct {
 	RIP    uint64 // where it stopped
 	Symbol string // RIP as symbol+offset, when known
 	Detail string
+	// Stack lists the kernel text addresses found on the stack above RSP, innermost first (a
+	// scan, not an unwind: the kernel has no frame pointers), as symbol+offset when known.
+	Stack []string
 }
 
 func (e *StopError) Error() string {
@@ -219,6 +222,18 @@ func (m *Machine) setup() error {
 			return err
 		}
 	}
+	// A kernel oops would end in do_exit and a context switch; stop where it starts instead, with
+	// the faulting path on the stack.
+	for _, name := range []string{"oops_begin", "panic"} {
+		if addr := sym[name]; addr != 0 {
+			where := name
+			if _, err := e.HookCode(addr, addr, func(uint64, uint32) {
+				m.stopWith(ErrFault, "kernel "+where)
+			}); err != nil {
+				return err
+			}
+		}
+	}
 	if _, err := e.HookInterrupt(m.onInterrupt); err != nil {
 		return err
 	}
@@ -393,6 +408,7 @@ func (m *Machine) Syscall(nr int, args ...uint64) (int64, error) {
 		if m.opts.Symbols != nil {
 			se.Symbol = m.opts.Symbols.Format(rip)
 		}
+		se.Stack = m.stackScan(24)
 		if rerr := m.Reset(); rerr != nil {
 			return 0, errors.Join(se, rerr)
 		}
@@ -548,4 +564,35 @@ const enosys = 38
 func (m *Machine) Phys(va uint64) (uint64, error) {
 	pa, _, _, err := m.virt.Walker().Translate(va)
 	return pa, err
+}
+
+// stackScan returns up to n kernel text addresses found in the 4 KiB above RSP.
+func (m *Machine) stackScan(n int) []string {
+	rsp, err := m.eng.Reg(emu.RSP)
+	if err != nil {
+		return nil
+	}
+	// Up to 4 KiB, stopping at the first unmapped page (the stack's guard page).
+	var buf []byte
+	for va := rsp; va < rsp+4096; va = (va + 4096) &^ 4095 {
+		chunk := make([]byte, min((va+4096)&^4095, rsp+4096)-va)
+		if err := m.virt.Read(va, chunk); err != nil {
+			break
+		}
+		buf = append(buf, chunk...)
+	}
+	text, etext := m.snap.Symbols["_text"], m.snap.Symbols["_etext"]
+	var out []string
+	for i := 0; i+8 <= len(buf) && len(out) < n; i += 8 {
+		v := binary.LittleEndian.Uint64(buf[i:])
+		if v < text || v >= etext {
+			continue
+		}
+		if m.opts.Symbols != nil {
+			out = append(out, m.opts.Symbols.Format(v))
+		} else {
+			out = append(out, fmt.Sprintf("%#x", v))
+		}
+	}
+	return out
 }

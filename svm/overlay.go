@@ -178,6 +178,67 @@ func (m *Machine) planDirectMap() error {
 	return nil
 }
 
+// Graft is a page-table leaf of the guest's to copy into the SVM's tables: VA maps Size bytes
+// (4 KiB or 2 MiB) with the guest's raw Entry (physical address and flags).
+type Graft struct {
+	VA, Size, Entry uint64
+}
+
+// GraftStats says what Graft did.
+type GraftStats struct {
+	Grafted  int // entries written
+	Conflict int // slots where the SVM maps something of its own, which it keeps
+}
+
+// Graft maps guest-only kernel virtual ranges (e.g. the guest's struct pages in vmemmap, its
+// module area) in the SVM by copying the guest's leaf entries into page-table pages the SVM
+// already has. Where the SVM maps something itself, its entry stays and the conflict is counted.
+// Like the direct map, the entries are written again after every Reset.
+func (m *Machine) Graft(leaves []Graft) (GraftStats, error) {
+	var st GraftStats
+	ov := m.overlay
+	if ov == nil {
+		return st, errors.New("graft without a guest overlay")
+	}
+	read := func(pa uint64) uint64 { return binary.LittleEndian.Uint64(m.ram[pa:]) }
+	for _, g := range leaves {
+		va := g.VA
+		pml4e := read(m.snap.CPU.CR3&pteAddr + (va>>39&511)*8)
+		if pml4e&ptePresent == 0 {
+			return st, fmt.Errorf("graft %#x: no PML4 entry in the SVM", va)
+		}
+		pdpte := read(pml4e&pteAddr + (va>>30&511)*8)
+		if pdpte&ptePresent == 0 || pdpte&ptePS != 0 {
+			return st, fmt.Errorf("graft %#x: no page directory in the SVM", va)
+		}
+		pdeAt := pdpte&pteAddr + (va>>21&511)*8
+		pde := read(pdeAt)
+		switch g.Size {
+		case 2 << 20:
+			if pde&ptePresent != 0 {
+				st.Conflict++
+				continue
+			}
+			ov.pte = append(ov.pte, pteWrite{pdeAt, g.Entry})
+		case 4096:
+			if pde&ptePresent == 0 || pde&ptePS != 0 {
+				st.Conflict++
+				continue
+			}
+			pteAt := pde&pteAddr + (va>>12&511)*8
+			if read(pteAt)&ptePresent != 0 {
+				st.Conflict++
+				continue
+			}
+			ov.pte = append(ov.pte, pteWrite{pteAt, g.Entry})
+		default:
+			return st, fmt.Errorf("graft %#x: unsupported page size %#x", va, g.Size)
+		}
+		st.Grafted++
+	}
+	return st, m.applyOverlay()
+}
+
 // applyOverlay writes the direct-map entries and makes Unicorn forget cached translations.
 func (m *Machine) applyOverlay() error {
 	ov := m.overlay

@@ -20,7 +20,7 @@ import (
 const (
 	formatName = "hybridbridge-svm-snapshot"
 	// FormatVersion changes whenever the snapshot's meaning changes; older snapshots are rebuilt.
-	FormatVersion = 2
+	FormatVersion = 3
 	metaFile      = "snapshot.json"
 	ramFile       = "ram.img"
 )
