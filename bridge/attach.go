@@ -12,6 +12,7 @@ import (
 
 	"hybridbridge/guest"
 	"hybridbridge/svm"
+	"hybridbridge/taint"
 	"hybridbridge/vmm"
 )
 
@@ -26,12 +27,17 @@ type Session struct {
 	ram     *os.File
 	Banner  string         // the guest's linux_banner
 	Grafts  svm.GraftStats // the guest's vmemmap entries copied into the SVM
+	Globals *Globals       // the per-global lists, with the unknown globals seen
+	Taint   *taint.Tracker // provenance for the image window
+	// OnGlobal, if set, sees every access to a kernel global with its decision.
+	OnGlobal func(svm.GlobalAccess, svm.GlobalDecision)
 	vmemmap uint64         // vmemmap_base (the same in both kernels)
 }
 
 // Attach pauses the guest, checks that it runs the snapshot's kernel, and overlays its RAM into a
-// new SVM machine. The guest stays paused until Close.
-func Attach(ctx context.Context, g *guest.Guest, snap *svm.Snapshot, opts svm.Options) (_ *Session, err error) {
+// new SVM machine with the taint engine attached (Slow-Bridge). The guest stays paused until
+// Close.
+func Attach(ctx context.Context, g *guest.Guest, snap *svm.Snapshot, syms *vmm.Symbols) (_ *Session, err error) {
 	if g.Meta.RAMSize > snap.Layout.GVMMax {
 		return nil, fmt.Errorf("guest %q has %d MiB of RAM; the SVM snapshot serves guests up to %d MiB (rebuild it with: hybridbridge svm build --gvm-max %dM)",
 			g.Meta.Name, g.Meta.RAMSize>>20, snap.Layout.GVMMax>>20, g.Meta.RAMSize>>20)
@@ -72,7 +78,12 @@ func Attach(ctx context.Context, g *guest.Guest, snap *svm.Snapshot, opts svm.Op
 	if err := s.checkKernel(vmm.NewVirtView("guest "+g.Meta.Name, w), snap); err != nil {
 		return nil, err
 	}
+	s.Globals = NewGlobals(syms)
+	opts := svm.Options{Symbols: syms, Globals: s.Globals.Classify, Window: true, OnGlobal: s.onGlobal, OnReset: s.onReset}
 	if s.Machine, err = svm.Open(snap, opts); err != nil {
+		return nil, err
+	}
+	if s.Taint, err = s.tracker(snap, newPolicy(snap, s.Globals)); err != nil {
 		return nil, err
 	}
 	if err := s.Machine.AttachOverlay(s.ram, g.Meta.RAMSize); err != nil {
@@ -165,6 +176,20 @@ func (s *Session) Close(ctx context.Context) error {
 	}
 	errs = append(errs, s.g.Resume(ctx))
 	return errors.Join(errs...)
+}
+
+// onReset clears the shadow state: the memory it described is gone.
+func (s *Session) onReset() {
+	if s.Taint != nil {
+		s.Taint.Drain()
+		s.Taint.Reset()
+	}
+}
+
+func (s *Session) onGlobal(a svm.GlobalAccess, d svm.GlobalDecision) {
+	if s.OnGlobal != nil {
+		s.OnGlobal(a, d)
+	}
 }
 
 // procPath maps a view's /proc path to the SVM's fresh procfs instance (svm.ProcRoot).

@@ -36,22 +36,33 @@ func NewGlobals(syms *vmm.Symbols) *Globals {
 	return &Globals{syms: syms, unknown: map[string]int{}}
 }
 
-// Classify implements svm.Classifier.
+// Classify implements svm.Classifier, counting the unknown globals.
 func (g *Globals) Classify(a svm.GlobalAccess) svm.GlobalDecision {
-	name, _, ok := g.syms.Lookup(a.Virt)
-	if ok {
-		if _, r := redirectList[name]; r {
-			return svm.GlobalRedirect
+	d := g.decide(a.Virt)
+	if d == svm.GlobalUnknown {
+		name, _, ok := g.syms.Lookup(a.Virt)
+		if !ok {
+			name = "?"
 		}
-		if _, l := keepLocalList[name]; l {
-			return svm.GlobalLocal
-		}
-	} else {
-		name = "?"
+		g.mu.Lock()
+		g.unknown[name]++
+		g.mu.Unlock()
 	}
-	g.mu.Lock()
-	g.unknown[name]++
-	g.mu.Unlock()
+	return d
+}
+
+// decide looks the global up in the lists, without counting.
+func (g *Globals) decide(virt uint64) svm.GlobalDecision {
+	name, _, ok := g.syms.Lookup(virt)
+	if !ok {
+		return svm.GlobalUnknown
+	}
+	if _, r := redirectList[name]; r {
+		return svm.GlobalRedirect
+	}
+	if _, l := keepLocalList[name]; l {
+		return svm.GlobalLocal
+	}
 	return svm.GlobalUnknown
 }
 

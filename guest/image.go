@@ -103,7 +103,8 @@ for i in $(seq "$n"); do hb-child "$i" & done
 wait
 `,
 	"hb-child": `#!/bin/sh
-while :; do sleep 30; done
+# Long sleeps: a process list taken inside the guest stays true until the guest is paused.
+while :; do sleep 3600; done
 `,
 	"hb-sleeper": `#!/bin/sh
 while :; do sleep "${1:-3600}"; done

@@ -42,17 +42,31 @@ type GlobalAccess struct {
 // Classifier decides accesses to kernel globals (DESIGN §3.3: redirect and keep-local lists).
 type Classifier func(GlobalAccess) GlobalDecision
 
-// dataRanges are the physical ranges of the kernel image holding globals whose contents differ
-// between VMs. Text and rodata are identical in both; the init sections are freed after boot and
-// reused as ordinary memory, so they are left out.
-func (m *Machine) dataRanges() [][2]uint64 {
-	s := m.snap.Symbols
-	phys := func(va uint64) uint64 { return va - s["_text"] + m.snap.Layout.KernelStart }
-	return [][2]uint64{
-		{phys(s["__start_ro_after_init"]), phys(s["__end_ro_after_init"])},
-		{phys(s["_sdata"]), phys(s["__init_begin"])},
-		{phys(s["__init_end"]), m.snap.Layout.KernelEnd},
+// DataRanges are the physical ranges of the kernel image holding globals whose contents differ
+// between VMs. Text and rodata are identical in both; the freed parts of the image (WindowRanges)
+// are ordinary memory, so they are left out.
+func (s *Snapshot) DataRanges() []PhysSpan {
+	return []PhysSpan{
+		{s.imagePhys("__start_ro_after_init"), s.imagePhys("__end_ro_after_init")},
+		{s.imagePhys("_sdata"), s.imagePhys("__init_begin")},
+		{s.imagePhys("__init_end"), s.Layout.KernelEnd},
 	}
+}
+
+// WindowRanges are the parts of the kernel image each kernel frees after boot and then uses as
+// ordinary memory (the text/rodata gap, the rodata/data gap, the init sections): the same
+// physical pages hold the SVM's own objects and, in the guest, the guest's. An access there is
+// the guest's only if its address came from guest data, which only provenance (taint) can tell.
+func (s *Snapshot) WindowRanges() []PhysSpan {
+	return []PhysSpan{
+		{(s.imagePhys("_etext") + 4095) &^ 4095, s.imagePhys("__start_rodata")},
+		{(s.imagePhys("__end_rodata") + 4095) &^ 4095, s.imagePhys("_sdata")},
+		{s.imagePhys("__init_begin"), s.imagePhys("__init_end")},
+	}
+}
+
+func (s *Snapshot) imagePhys(sym string) uint64 {
+	return s.Symbols[sym] - s.Symbols["_text"] + s.Layout.KernelStart
 }
 
 // hookGlobals installs the data-side trap on the kernel image's globals. A redirected read gets
@@ -60,17 +74,50 @@ func (m *Machine) dataRanges() [][2]uint64 {
 // (UC_HOOK_MEM_READ runs before the load, UC_HOOK_MEM_READ_AFTER after). A redirected write would
 // change the guest's state, which inspection never does: it stops the call.
 func (m *Machine) hookGlobals() error {
-	for _, r := range m.dataRanges() {
-		if r[1] <= r[0] {
-			return fmt.Errorf("snapshot has an empty kernel data range %#x-%#x", r[0], r[1])
+	for _, r := range m.snap.DataRanges() {
+		if r.End <= r.Start {
+			return fmt.Errorf("snapshot has an empty kernel data range %#x-%#x", r.Start, r.End)
 		}
-		if _, err := m.eng.HookMem(emu.HookMemRead|emu.HookMemWrite, r[0], r[1]-1, m.onGlobal); err != nil {
+		if _, err := m.eng.HookMem(emu.HookMemRead|emu.HookMemWrite, r.Start, r.End-1, m.onGlobal); err != nil {
 			return err
 		}
-		if _, err := m.eng.HookMem(emu.HookMemReadAfter, r[0], r[1]-1, m.afterGlobal); err != nil {
+		if _, err := m.eng.HookMem(emu.HookMemReadAfter, r.Start, r.End-1, m.afterSwap); err != nil {
 			return err
 		}
 	}
+	if m.opts.Window {
+		for _, r := range m.snap.WindowRanges() {
+			if r.End <= r.Start {
+				continue
+			}
+			if _, err := m.eng.HookMem(emu.HookMemReadAfter, r.Start, r.End-1, m.afterSwap); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
+// SwapInGuest makes the read about to happen at phys (from a memory hook running before it) see
+// the guest's bytes: the kernel-image range holds the SVM's own data, the guest's copy is in the
+// overlaid guest file. The SVM's bytes return right after the read.
+func (m *Machine) SwapInGuest(phys uint64, size int) error {
+	if err := m.swapIn(phys, size); err != nil {
+		return err
+	}
+	m.stats.WindowSwaps++
+	return nil
+}
+
+func (m *Machine) swapIn(phys uint64, size int) error {
+	guest, ok := m.GuestImage(phys, size)
+	if !ok || size > 16 {
+		return fmt.Errorf("redirected read of %d bytes at %#x outside the guest's image copy", size, phys)
+	}
+	s := swapped{phys: phys, n: size}
+	copy(s.svm[:], m.ram[phys:phys+uint64(size)])
+	copy(m.ram[phys:], guest)
+	m.swaps = append(m.swaps, s)
 	return nil
 }
 
@@ -99,18 +146,16 @@ func (m *Machine) onGlobal(acc emu.MemAccess, phys uint64, size int, value int64
 		m.stopWith(ErrFault, fmt.Sprintf("write of %d bytes to the guest's global at %#x: inspection must not change the guest", size, a.Virt))
 		return
 	}
-	guest, ok := m.GuestImage(phys, size)
-	if !ok || size > 16 {
-		m.stopWith(ErrFault, fmt.Sprintf("redirected read of %d bytes at %#x outside the guest's image copy", size, phys))
-		return
+	if err := m.swapIn(phys, size); err != nil {
+		m.stopWith(ErrFault, err.Error())
 	}
-	s := swapped{phys: phys, n: size}
-	copy(s.svm[:], m.ram[phys:phys+uint64(size)])
-	copy(m.ram[phys:], guest)
-	m.swaps = append(m.swaps, s)
 }
 
-func (m *Machine) afterGlobal(_ emu.MemAccess, phys uint64, size int, _ int64) {
+// Stop ends the current system call with a fault (from a hook of another package, e.g. a
+// synchronous taint decision that cannot be carried out).
+func (m *Machine) Stop(detail string) { m.stopWith(ErrFault, detail) }
+
+func (m *Machine) afterSwap(_ emu.MemAccess, phys uint64, size int, _ int64) {
 	for i := len(m.swaps) - 1; i >= 0; i-- {
 		if s := m.swaps[i]; s.phys == phys {
 			copy(m.ram[phys:], s.svm[:s.n])

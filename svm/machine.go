@@ -70,6 +70,11 @@ type Options struct {
 	Globals Classifier
 	// OnGlobal, if set, sees every trapped access with its decision (for the memo and reports).
 	OnGlobal func(GlobalAccess, GlobalDecision)
+	// OnReset, if set, runs after every Reset (e.g. to clear a taint engine's shadow state).
+	OnReset func()
+	// Window installs the hooks that undo SwapInGuest over the image window (WindowRanges), for
+	// a taint engine that redirects guest-derived accesses there.
+	Window bool
 }
 
 // Stats are a Machine's counters since it was opened.
@@ -82,6 +87,7 @@ type Stats struct {
 	Blocked      int
 	OverBudget   int
 	Globals      [3]int // trapped accesses to kernel globals, by GlobalDecision
+	WindowSwaps  int    // guest-derived reads in the image window given the guest's bytes
 }
 
 // Machine is the SVM snapshot loaded into Unicorn. Its RAM is a private copy-on-write mapping of
@@ -262,7 +268,7 @@ func (m *Machine) setup() error {
 	if err := m.hookTSC(); err != nil {
 		return err
 	}
-	if m.opts.Globals != nil {
+	if m.opts.Globals != nil || m.opts.Window {
 		if err := m.hookGlobals(); err != nil {
 			return err
 		}
@@ -337,6 +343,9 @@ func (m *Machine) Reset() error {
 		_ = m.eng.WritePhys(p, make([]byte, 4096))
 	}
 	m.stats.Resets++
+	if m.opts.OnReset != nil {
+		m.opts.OnReset()
+	}
 	if m.overlay != nil {
 		return m.applyOverlay()
 	}

@@ -20,7 +20,7 @@ import (
 const (
 	formatName = "hybridbridge-svm-snapshot"
 	// FormatVersion changes whenever the snapshot's meaning changes; older snapshots are rebuilt.
-	FormatVersion = 3
+	FormatVersion = 4
 	metaFile      = "snapshot.json"
 	ramFile       = "ram.img"
 )
@@ -171,7 +171,7 @@ func Load(dir, kernelID string) (*Snapshot, error) {
 // requiredSymbols are the kernel addresses the executor uses.
 var requiredSymbols = []string{"do_syscall_64", "entry_SYSCALL_64", "__switch_to_asm", "default_idle", "_text", "_etext", "_end", "tsc_khz",
 	"linux_banner", "page_offset_base", "vmemmap_base", "vmalloc_base", "_sdata", "__init_begin", "__init_end",
-	"__start_ro_after_init", "__end_ro_after_init"}
+	"__start_ro_after_init", "__end_ro_after_init", "__start_rodata", "__end_rodata"}
 
 var castagnoli = crc32.MakeTable(crc32.Castagnoli)
 

@@ -1,0 +1,219 @@
+package bridge
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"reflect"
+	"sort"
+	"strings"
+	"testing"
+	"time"
+
+	"hybridbridge/guest"
+	"hybridbridge/inspect"
+	"hybridbridge/svm"
+	"hybridbridge/vmm"
+)
+
+// One demo guest and one freshly built SVM snapshot serve the package.
+var (
+	demo     *guest.Guest
+	snap     *svm.Snapshot
+	syms     *vmm.Symbols
+	assets   *guest.Assets
+	setupErr error
+)
+
+func TestMain(m *testing.M) {
+	code := func() int {
+		runDir, err := os.MkdirTemp("", "hbbridge-test")
+		if err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			return 1
+		}
+		defer os.RemoveAll(runDir)
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+		defer cancel()
+		setupErr = func() error {
+			cache, err := guest.FindCacheDir()
+			if err != nil {
+				return err
+			}
+			if assets, err = guest.LoadAssets(cache); err != nil {
+				return err
+			}
+			img, err := guest.BuildDemoImage(assets)
+			if err != nil {
+				return err
+			}
+			if snap, err = svm.Build(ctx, assets, svm.BuildOptions{CacheDir: cache, RunDir: runDir, OutDir: runDir + "/snapshot"}); err != nil {
+				return err
+			}
+			if demo, err = guest.Start(ctx, guest.Config{Name: "demo", MemMiB: 512, Image: img, RunDir: runDir}); err != nil {
+				return err
+			}
+			syms, err = demo.Symbols(ctx, cache)
+			return err
+		}()
+		if demo != nil {
+			defer demo.Stop(context.Background())
+		}
+		return m.Run()
+	}()
+	os.Exit(code)
+}
+
+func need(t *testing.T) context.Context {
+	t.Helper()
+	if setupErr != nil {
+		t.Fatalf("setup: %v", setupErr)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	t.Cleanup(cancel)
+	return ctx
+}
+
+// groundTruth reads every process's stat, status and cmdline inside the guest in one pass, and
+// parses them with the same code as the view.
+func groundTruth(t *testing.T, ctx context.Context, g *guest.Guest) ([]inspect.Process, int) {
+	t.Helper()
+	res, err := g.Exec(ctx, inspect.CaptureCommand("/proc/[0-9]*/stat", "/proc/[0-9]*/status", "/proc/[0-9]*/cmdline"))
+	if err != nil || res.Status != 0 {
+		t.Fatalf("capture in the guest: %v %s", err, res.Stderr)
+	}
+	fs, err := inspect.ParseCapture(res.Stdout)
+	if err != nil {
+		t.Fatal(err)
+	}
+	procs, err := inspect.ListProcesses(fs)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return procs, fs.Self
+}
+
+// compareProcesses checks the view against the ground truth field by field. The capturing shell
+// exists only in the truth; the command channel's helper changes state and memory between the
+// capture and the pause, so only its identity is compared.
+func compareProcesses(t *testing.T, view, truth []inspect.Process, self int) {
+	t.Helper()
+	byPID := map[int]inspect.Process{}
+	for _, p := range view {
+		if len(p.Missing) != 0 {
+			t.Errorf("pid %d: fields not read: %v", p.PID, p.Missing)
+		}
+		byPID[p.PID] = p
+	}
+	seen := map[int]bool{}
+	for _, want := range truth {
+		if want.PID == self {
+			continue
+		}
+		seen[want.PID] = true
+		got, ok := byPID[want.PID]
+		if !ok {
+			t.Errorf("pid %d (%s) is in the guest but not in the view", want.PID, want.Comm)
+			continue
+		}
+		if want.Comm == "hbguest" {
+			got.State, got.RSSKiB = want.State, want.RSSKiB
+		}
+		// A kworker's name ends with the workqueue it last ran ("kworker/0:2-events"), which the
+		// channel's own work (tty, pipes) changes between the capture and the pause.
+		if w, ok := strings.CutPrefix(want.Comm, "kworker/"); ok {
+			if g, ok := strings.CutPrefix(got.Comm, "kworker/"); ok && strings.Split(g, "-")[0] == strings.Split(w, "-")[0] {
+				got.Comm = want.Comm
+			}
+		}
+		if !reflect.DeepEqual(got, want) {
+			t.Errorf("pid %d differs:\n view  %+v\n guest %+v", want.PID, got, want)
+		}
+	}
+	for pid, p := range byPID {
+		if !seen[pid] {
+			t.Errorf("pid %d (%s) is in the view but not in the guest", pid, p.Comm)
+		}
+	}
+}
+
+func TestProcessViewMatchesGuest(t *testing.T) {
+	ctx := need(t)
+	truth, self := groundTruth(t, ctx, demo)
+	// Pause first: the memory hash before and after the view proves inspection writes nothing.
+	if err := demo.Pause(ctx); err != nil {
+		t.Fatal(err)
+	}
+	mem, err := demo.Memory()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer mem.Close()
+	before, err := vmm.Hash(ctx, mem)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s, err := Attach(ctx, demo, snap, syms)
+	if err != nil {
+		t.Fatal(err)
+	}
+	start := time.Now()
+	view, err := inspect.ListProcesses(s)
+	elapsed := time.Since(start)
+	st := s.Machine.Stats()
+	after, herr := vmm.Hash(ctx, mem)
+	if cerr := s.Close(ctx); cerr != nil {
+		t.Error(cerr)
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	if herr != nil {
+		t.Fatal(herr)
+	}
+	if before != after {
+		t.Fatalf("guest memory changed during inspection: %s -> %s", before, after)
+	}
+	compareProcesses(t, view, truth, self)
+	names := map[string]bool{}
+	for _, p := range view {
+		names[p.Comm] = true
+	}
+	for _, n := range guest.DemoProcesses {
+		if !names[n] {
+			t.Errorf("workload process %s missing from the view", n)
+		}
+	}
+	var unknown []string
+	for _, u := range s.Globals.Unknown() {
+		unknown = append(unknown, fmt.Sprintf("%s×%d", u.Symbol, u.Accesses))
+	}
+	ts := s.Taint.Stats()
+	t.Logf("%d processes in %v: %d syscalls, %d instructions tainted, globals local/redirect/unknown %v, window swaps %d; unknown globals: %s",
+		len(view), elapsed.Round(time.Millisecond), st.Syscalls, ts.Instructions, st.Globals, st.WindowSwaps, strings.Join(unknown[:min(len(unknown), 15)], " "))
+	if st.Globals[svm.GlobalRedirect] == 0 {
+		t.Fatal("no access was redirected: the view shows the SVM, not the guest")
+	}
+}
+
+func TestKernelMismatchIsRefused(t *testing.T) {
+	ctx := need(t)
+	other := *snap
+	other.Banner = strings.Replace(snap.Banner, "#1 SMP", "#2 SMP", 1)
+	_, err := Attach(ctx, demo, &other, syms)
+	if err == nil || !strings.Contains(err.Error(), "another kernel build") {
+		t.Fatalf("attach with another banner: %v", err)
+	}
+	if st, err := demo.Status(ctx); err != nil || st != "running" {
+		t.Fatalf("guest left %q after a refused attach (%v)", st, err)
+	}
+}
+
+func sortedPIDs(ps []inspect.Process) []int {
+	var out []int
+	for _, p := range ps {
+		out = append(out, p.PID)
+	}
+	sort.Ints(out)
+	return out
+}
