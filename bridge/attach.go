@@ -31,7 +31,7 @@ type Session struct {
 	Taint   *taint.Tracker // provenance for the image window
 	// OnGlobal, if set, sees every access to a kernel global with its decision.
 	OnGlobal func(svm.GlobalAccess, svm.GlobalDecision)
-	vmemmap uint64         // vmemmap_base (the same in both kernels)
+	vmemmap  uint64 // vmemmap_base (the same in both kernels)
 }
 
 // Attach pauses the guest, checks that it runs the snapshot's kernel, and overlays its RAM into a
