@@ -190,7 +190,7 @@ func TestProcessViewMatchesGuest(t *testing.T) {
 	}
 	ts := s.Taint.Stats()
 	t.Logf("%d processes in %v: %d syscalls, %d instructions tainted, globals local/redirect/unknown %v, window swaps %d; unknown globals: %s",
-		len(view), elapsed.Round(time.Millisecond), st.Syscalls, ts.Instructions, st.Globals, st.WindowSwaps, strings.Join(unknown[:min(len(unknown), 15)], " "))
+		len(view), elapsed.Round(time.Millisecond), st.Syscalls, ts.Instructions, st.Globals, st.WindowSwaps, strings.Join(unknown[:min(len(unknown), 20)], " "))
 	if st.Globals[svm.GlobalRedirect] == 0 {
 		t.Fatal("no access was redirected: the view shows the SVM, not the guest")
 	}

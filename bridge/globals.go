@@ -1,7 +1,11 @@
 package bridge
 
 import (
+	"crypto/sha256"
+	"encoding/hex"
+	"fmt"
 	"sort"
+	"strings"
 	"sync"
 
 	"hybridbridge/svm"
@@ -12,15 +16,87 @@ import (
 // Each entry says which kernel path needed it. Everything reached from them lies in the guest's
 // (overlaid) memory, so very few are needed (DESIGN §3.3).
 var redirectList = map[string]string{
-	// proc_pid_readdir → next_tgid → find_ge_pid → idr_get_next(&ns->idr): the PID IDR of the
-	// /proc mount's namespace, which is &init_pid_ns.
+	// proc_pid_readdir → next_tgid → find_ge_pid → idr_get_next(&ns->idr), and proc_pid_lookup →
+	// find_task_by_pid_ns: the PID IDR of the /proc mount's namespace, which is &init_pid_ns.
 	"init_pid_ns": "process IDs (getdents64 of /proc, /proc/<pid> lookup)",
+	// do_task_stat/proc_pid_status → task_tgid_nr_ns(task->real_parent): the parent of pid 1 and
+	// 2 is the guest's idle task, a static task_struct with its signal struct and pid.
+	"init_task":       "the guest's idle task (parent of pid 1 and 2)",
+	"init_signals":    "the idle task's signal struct",
+	"init_struct_pid": "the idle task's struct pid (__task_pid_nr_ns)",
 }
 
 // keepLocalList are globals of the SVM's own machinery, which must stay the SVM's whatever
 // function touches them: redirecting them breaks the SVM (e.g. freeing into another VM's slab
-// cache) or mixes its state with the guest's.
+// cache) or mixes its state with the guest's. Grouped by the machinery they belong to; the ps
+// view's accesses (getdents64 of /proc, open/read/close of /proc/<pid>/{stat,status,cmdline})
+// found them.
 var keepLocalList = map[string]string{}
+
+func keepLocal(reason string, names ...string) {
+	for _, n := range names {
+		keepLocalList[n] = reason
+	}
+}
+
+func init() {
+	keepLocal("memory layout and allocator of the SVM (identical constants, or its own caches)",
+		"page_offset_base", "vmemmap_base", "vmalloc_base", "phys_base", "physical_mask", "sme_me_mask",
+		"pgdir_shift", "gfp_allowed_mask", "mem_section", "node_data", "highest_memmap_pfn",
+		"page_group_by_mobility_disabled", "percpu_counter_batch", "preferred_node_policy",
+		"root_mem_cgroup", "lru_disable_count", "kmalloc_caches", "names_cachep", "filp_cachep",
+		"dentry_cache", "lsm_inode_cache", "lsm_file_cache", "proc_inode_cachep", "seq_file_cache",
+		"vm_node_stat", "vm_zone_stat")
+	keepLocal("VFS of the reader: path lookup, the dentry cache and the SVM's /proc mount",
+		"dentry_hashtable", "d_hash_shift", "in_lookup_hashtable", "rename_lock", "mount_lock",
+		"mount_hashtable", "m_hash_mask", "m_hash_shift", "proc_subdir_lock", "proc_root",
+		"blockdev_superblock", "noop_backing_dev_info", "init_fs", "fsnotify_mark_srcu",
+		"dnotify_group", "nr_files", "files_stat", "shared_last_ino.2", "init_files",
+		"nlink_tgid") // computed once at boot from a static table: the same in both kernels
+	keepLocal("security modules checking the reader's access",
+		"security_hook_heads", "bpf_lsm_hooks", "apparmor_hooks", "apparmor_blob_sizes", "aa_null",
+		"tomoyo_hooks", "tomoyo_ss", "tomoyo_blob_sizes", "tomoyo_kernel_domain", "tomoyo_policy_loaded",
+		"landlock_hooks", "landlock_blob_sizes", "capability_hooks", "yama_hooks", "ima_policy_flag")
+	keepLocal("the reader's credentials and namespaces (ids are shown as the reader maps them; the mapping is the identity in both)",
+		"init_user_ns", "init_groups", "init_ucounts", "overflowuid", "overflowgid", "init_time_ns")
+	keepLocal("the SVM's scheduler, RCU, workqueues and CPU state",
+		"rcu_state", "qhimark", "qovld_calc", "wq_pool_attach_mutex", "__cpu_online_mask", "nr_cpu_ids",
+		"system_state", "boot_cpu_data", "vsyscall_mode", "spectre_v2_user_ibpb", "spectre_v2_user_stibp",
+		"ssb_mode", "__sched_clock_offset")
+	keepLocal("the SVM's clock (views show the guest's start times in ticks, not clock time)",
+		"tk_core", "jiffies")
+	keepLocal("the SVM's entropy pool (slab freelist randomisation draws from it)",
+		"input_pool", "base_crng", "crng_init")
+	keepLocal("the SVM's kernel log and console",
+		"__log_buf", "printk_rb_static", "_printk_rb_static_infos", "_printk_rb_static_descs", "prb",
+		"console_sem", "console_owner_lock", "console_owner", "console_waiter", "console_locked",
+		"console_suspended", "console_drivers", "console_printk", "console_may_schedule",
+		"console_msg_format", "serial8250_ports", "univ8250_console", "log_wait", "printk_delay_msec",
+		"printk_time", "boot_delay", "suppress_printk", "suppress_panic_printk",
+		"__printk_percpu_data_ready", "dump_stack_arch_desc_str")
+	keepLocal("the SVM's own oops, taint and warning state",
+		"panic_cpu", "oops_in_progress", "tainted_mask", "panic_on_taint", "panic_on_warn", "warn_count",
+		"warn_limit", "__disable_trace_on_warning", "kexec_crash_image")
+	keepLocal("the SVM's code metadata: unwinder tables, tracing, kprobes, text lookups",
+		"__start_orc_unwind", "__start_orc_unwind_ip", "orc_lookup", "lookup_num_blocks", "orc_init",
+		"ftrace_list_end", "ftrace_ops_list", "ftrace_mod_maps", "kprobe_insn_slots",
+		"kprobe_optinsn_slots", "bpf_tree")
+}
+
+// PolicyVersion names the lists' content: memoized decisions are valid only for the lists they
+// were made with.
+func PolicyVersion() string {
+	h := sha256.New()
+	for _, l := range []map[string]string{redirectList, keepLocalList} {
+		names := make([]string, 0, len(l))
+		for n := range l {
+			names = append(names, n)
+		}
+		sort.Strings(names)
+		fmt.Fprintln(h, strings.Join(names, ","))
+	}
+	return "lists-" + hex.EncodeToString(h.Sum(nil))[:12]
+}
 
 // Globals classifies kernel-global accesses by the data symbol they touch and counts the unknown
 // ones by symbol, so they stay visible.
