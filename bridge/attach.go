@@ -11,6 +11,7 @@ import (
 	"strings"
 
 	"hybridbridge/guest"
+	"hybridbridge/memo"
 	"hybridbridge/svm"
 	"hybridbridge/taint"
 	"hybridbridge/vmm"
@@ -31,6 +32,9 @@ type Session struct {
 	Taint   *taint.Tracker // provenance for the image window
 	// OnGlobal, if set, sees every access to a kernel global with its decision.
 	OnGlobal func(svm.GlobalAccess, svm.GlobalDecision)
+	// Memo, if set, learns every decision, keyed by instruction; View names the view running.
+	Memo *memo.Memo
+	View string
 	vmemmap  uint64 // vmemmap_base (the same in both kernels)
 }
 
@@ -187,6 +191,11 @@ func (s *Session) onReset() {
 }
 
 func (s *Session) onGlobal(a svm.GlobalAccess, d svm.GlobalDecision) {
+	region, _, ok := s.Globals.syms.Lookup(a.Virt)
+	if !ok {
+		region = "kernel-data"
+	}
+	s.learn(a.PC, globalMemoDecision(d), region)
 	if s.OnGlobal != nil {
 		s.OnGlobal(a, d)
 	}

@@ -72,7 +72,11 @@ func (s *Session) tracker(snap *svm.Snapshot, pol *policy) (*taint.Tracker, erro
 		Memory:   mem,
 		ReadCode: m.ReadVirt,
 		Sync: &taint.SyncConfig{Begin: lo, End: hi - 1, Func: func(a *taint.Access) {
-			if !in(pol.window, a.Phys) || a.Decision != taint.Redirect {
+			if !in(pol.window, a.Phys) {
+				return
+			}
+			s.learn(a.PC, taintMemoDecision(a.Decision), "image-window")
+			if a.Decision != taint.Redirect {
 				return
 			}
 			if a.Write {

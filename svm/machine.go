@@ -112,6 +112,7 @@ type Machine struct {
 	budget     *emu.Budget
 	overlay    *Overlay  // the guest whose RAM is mapped in, if any
 	swaps      []swapped // redirected reads between their two hooks
+	curNR      int       // the system call running, for hooks that report it
 
 	stats Stats
 }
@@ -402,6 +403,7 @@ func (m *Machine) Syscall(nr int, args ...uint64) (int64, error) {
 	}
 	m.stopErr, m.stopDetail = nil, ""
 	m.swaps = m.swaps[:0]
+	m.curNR = nr
 	m.stats.Syscalls++
 	entry := m.snap.Symbols["do_syscall_64"]
 	m.budget.Reset(m.opts.Budget)
@@ -605,3 +607,6 @@ func (m *Machine) stackScan(n int) []string {
 	}
 	return out
 }
+
+// CurrentSyscall is the number of the system call running (or that ran last).
+func (m *Machine) CurrentSyscall() int { return m.curNR }

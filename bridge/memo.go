@@ -1,0 +1,58 @@
+package bridge
+
+import (
+	"path/filepath"
+
+	"hybridbridge/memo"
+	"hybridbridge/svm"
+	"hybridbridge/taint"
+)
+
+// MemoKey is what a memo of decisions is valid for: the snapshot's kernel build, and the lists
+// and taint rules that made the decisions.
+func MemoKey(snap *svm.Snapshot) memo.Key {
+	return memo.Key{Kernel: snap.KernelID + " " + snap.Release, Policy: PolicyVersion()}
+}
+
+// MemoPath is where the memo of a kernel build lives in the cache.
+func MemoPath(cacheDir string, snap *svm.Snapshot) string {
+	return filepath.Join(cacheDir, "memo", snap.KernelID+".memo")
+}
+
+// learn records one decision for the instruction at pc, reading its bytes the first time so the
+// memo can show it without the kernel.
+func (s *Session) learn(pc uint64, d memo.Decision, region string) {
+	if s.Memo == nil {
+		return
+	}
+	o := memo.Observation{Decision: d, Region: region, View: s.View, Syscall: svm.SyscallName(s.Machine.CurrentSyscall())}
+	if _, ok := s.Memo.Peek(pc); !ok {
+		b := make([]byte, memo.MaxInsnBytes)
+		if s.Machine.ReadVirt(pc, b) == nil {
+			o.Bytes = b
+		}
+	}
+	_, _ = s.Memo.Learn(pc, o)
+}
+
+func globalMemoDecision(d svm.GlobalDecision) memo.Decision {
+	switch d {
+	case svm.GlobalRedirect:
+		return memo.Redirect
+	case svm.GlobalLocal:
+		return memo.Local
+	default:
+		return memo.Unknown
+	}
+}
+
+func taintMemoDecision(d taint.Decision) memo.Decision {
+	switch d {
+	case taint.Redirect:
+		return memo.Redirect
+	case taint.Local:
+		return memo.Local
+	default:
+		return memo.Unknown
+	}
+}

@@ -1,0 +1,149 @@
+package cli
+
+import (
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"sort"
+
+	"github.com/spf13/cobra"
+
+	"hybridbridge/bridge"
+	"hybridbridge/memo"
+	"hybridbridge/vmm"
+)
+
+func (e *env) memoCommand() *cobra.Command {
+	c := &cobra.Command{
+		Use:   "memo",
+		Short: "Show or clear the training memo (the per-instruction decisions views learned)",
+	}
+	c.AddCommand(e.memoStats(), e.memoShow(), e.memoClear())
+	return c
+}
+
+// memoFile is the memo of the current kernel build, and its symbols when cached.
+func (e *env) memoFile() (string, *vmm.Symbols, error) {
+	a, err := e.assets()
+	if err != nil {
+		return "", nil, err
+	}
+	id, err := a.KernelID()
+	if err != nil {
+		return "", nil, err
+	}
+	syms, _ := vmm.LoadSymbols(e.cacheDir + "/symbols/" + id + ".kallsyms")
+	return e.cacheDir + "/memo/" + id + ".memo", syms, nil
+}
+
+func (e *env) loadMemo() (*memo.Memo, *vmm.Symbols, error) {
+	path, syms, err := e.memoFile()
+	if err != nil {
+		return nil, nil, err
+	}
+	m, err := memo.LoadAny(path)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil, nil, fmt.Errorf("no memo yet at %s (run a view, e.g. hybridbridge ps)", path)
+	}
+	if err != nil {
+		return nil, nil, err
+	}
+	return m, syms, nil
+}
+
+func (e *env) memoStats() *cobra.Command {
+	var asJSON bool
+	c := &cobra.Command{
+		Use:   "stats",
+		Short: "Memo size, decisions, hits and misses per view and system call",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			m, _, err := e.loadMemo()
+			if err != nil {
+				return err
+			}
+			st := m.Stats()
+			if asJSON {
+				return writeJSON(e.stdout, st)
+			}
+			fmt.Fprintf(e.stdout, "policy now: %s\n", bridge.PolicyVersion())
+			fmt.Fprint(e.stdout, memo.FormatStats(st))
+			return nil
+		},
+	}
+	c.Flags().BoolVar(&asJSON, "json", false, "print as JSON")
+	return c
+}
+
+func (e *env) memoShow() *cobra.Command {
+	var asJSON bool
+	var limit int
+	var decision string
+	c := &cobra.Command{
+		Use:   "show",
+		Short: "List memoized instructions: symbol+offset, disassembly, decision, region, counts",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			m, syms, err := e.loadMemo()
+			if err != nil {
+				return err
+			}
+			entries := m.Entries()
+			if decision != "" {
+				want, err := memo.ParseDecision(decision)
+				if err != nil {
+					return err
+				}
+				kept := entries[:0]
+				for _, en := range entries {
+					if en.Decision == want {
+						kept = append(kept, en)
+					}
+				}
+				entries = kept
+			}
+			sort.SliceStable(entries, func(i, j int) bool { return entries[i].Seen > entries[j].Seen })
+			if limit > 0 && len(entries) > limit {
+				entries = entries[:limit]
+			}
+			if asJSON {
+				if entries == nil {
+					entries = []memo.Entry{}
+				}
+				return writeJSON(e.stdout, entries)
+			}
+			var symbolize func(uint64) string
+			if syms != nil {
+				symbolize = syms.Format
+			}
+			for _, en := range entries {
+				fmt.Fprintln(e.stdout, memo.FormatEntry(en, symbolize))
+			}
+			return nil
+		},
+	}
+	c.Flags().BoolVar(&asJSON, "json", false, "print as JSON")
+	c.Flags().IntVar(&limit, "limit", 50, "show the most seen N instructions (0: all)")
+	c.Flags().StringVar(&decision, "decision", "", "only local, redirect, both or unknown")
+	return c
+}
+
+func (e *env) memoClear() *cobra.Command {
+	return &cobra.Command{
+		Use:   "clear",
+		Short: "Delete the memo of the current kernel build (views learn again)",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			path, _, err := e.memoFile()
+			if err != nil {
+				return err
+			}
+			if err := os.Remove(path); err != nil && !errors.Is(err, fs.ErrNotExist) {
+				return err
+			}
+			fmt.Fprintf(e.stdout, "memo cleared (%s)\n", path)
+			return nil
+		},
+	}
+}

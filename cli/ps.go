@@ -1,0 +1,138 @@
+package cli
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"hybridbridge/bridge"
+	"hybridbridge/guest"
+	"hybridbridge/inspect"
+	"hybridbridge/memo"
+)
+
+// viewRun is one view computed against a guest: the session's counters for the summary line.
+type viewRun struct {
+	name     string
+	elapsed  time.Duration
+	syscalls int
+	insns    uint64
+	globals  [3]int
+	window   int
+	unknown  []bridge.UnknownCount
+	memo     int
+}
+
+// inspectGuest attaches to a running guest (pausing it), runs fn, resumes the guest and saves the
+// memo. The snapshot is built first if needed.
+func (e *env) inspectGuest(ctx context.Context, name, view string, fn func(*bridge.Session) error) (*viewRun, error) {
+	g, err := guest.Open(e.runDir, name)
+	if err != nil {
+		return nil, err
+	}
+	snap, err := e.snapshot(ctx)
+	if err != nil {
+		return nil, err
+	}
+	syms, err := g.Symbols(ctx, e.cacheDir)
+	if err != nil {
+		return nil, err
+	}
+	memoPath := bridge.MemoPath(e.cacheDir, snap)
+	mem, reason := memo.LoadOrNew(memoPath, bridge.MemoKey(snap))
+	if reason != nil && !errors.Is(reason, fs.ErrNotExist) {
+		fmt.Fprintf(e.stderr, "memo rebuilt: %v\n", reason)
+	}
+	start := time.Now()
+	s, err := bridge.Attach(ctx, g, snap, syms)
+	if err != nil {
+		return nil, err
+	}
+	s.Memo, s.View = mem, view
+	ferr := fn(s)
+	run := &viewRun{name: view, elapsed: time.Since(start)}
+	st := s.Machine.Stats()
+	run.syscalls, run.globals, run.window = st.Syscalls, st.Globals, st.WindowSwaps
+	s.Taint.Drain()
+	run.insns = s.Taint.Stats().Instructions
+	run.unknown = s.Globals.Unknown()
+	cerr := s.Close(context.WithoutCancel(ctx))
+	if err := errors.Join(ferr, cerr); err != nil {
+		return nil, err
+	}
+	run.memo = mem.Len()
+	if err := os.MkdirAll(filepath.Dir(memoPath), 0o755); err != nil {
+		return nil, err
+	}
+	if err := mem.Save(memoPath); err != nil {
+		return nil, fmt.Errorf("save memo: %w", err)
+	}
+	return run, nil
+}
+
+// summary is the one line of engine work a view prints on stderr.
+func (r *viewRun) summary() string {
+	var unknown []string
+	for _, u := range r.unknown {
+		unknown = append(unknown, u.Symbol)
+	}
+	s := fmt.Sprintf("%s: %d system calls, %d instructions (Slow-Bridge, tainted), global accesses %d redirected / %d local / %d unknown, %d image-window reads from the guest, memo %d instructions, %v",
+		r.name, r.syscalls, r.insns, r.globals[1], r.globals[0], r.globals[2], r.window, r.memo, r.elapsed.Round(time.Millisecond))
+	if len(unknown) > 0 {
+		s += fmt.Sprintf("; unknown globals (executed on the SVM's copy): %s", strings.Join(unknown, ", "))
+	}
+	return s
+}
+
+func (e *env) psCommand() *cobra.Command {
+	var name string
+	var asJSON bool
+	c := &cobra.Command{
+		Use:   "ps",
+		Short: "List a guest's processes, computed by its own kernel code in the SVM",
+		Long: `List the processes of a running guest from outside it. The guest is paused; its kernel's own
+code, run in the secure VM against the guest's memory, produces /proc/<pid>/{stat,status,cmdline},
+which are parsed as ps does; then the guest resumes. A field that could not be read is listed under
+"missing", never guessed. One line of engine work goes to stderr.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			var procs []inspect.Process
+			run, err := e.inspectGuest(cmd.Context(), name, "ps", func(s *bridge.Session) error {
+				var err error
+				procs, err = inspect.ListProcesses(s)
+				return err
+			})
+			if err != nil {
+				return err
+			}
+			fmt.Fprintln(e.stderr, run.summary())
+			if asJSON {
+				if procs == nil {
+					procs = []inspect.Process{}
+				}
+				return writeJSON(e.stdout, procs)
+			}
+			tw := tabwriter.NewWriter(e.stdout, 0, 4, 2, ' ', 0)
+			fmt.Fprintln(tw, "PID\tPPID\tUID\tSTAT\tTHR\tRSS\tSTART\tCOMMAND")
+			for _, p := range procs {
+				cmdline := p.Command()
+				if len(p.Missing) > 0 {
+					cmdline += "  (missing: " + strings.Join(p.Missing, "; ") + ")"
+				}
+				fmt.Fprintf(tw, "%d\t%d\t%d\t%s\t%d\t%d\t%d\t%s\n", p.PID, p.PPID, p.UID, p.State, p.Threads, p.RSSKiB, p.StartTicks, cmdline)
+			}
+			return tw.Flush()
+		},
+	}
+	c.Flags().StringVar(&name, "guest", "demo", "the running guest to inspect")
+	c.Flags().BoolVar(&asJSON, "json", false, "print the processes as JSON")
+	return c
+}
