@@ -33,9 +33,9 @@ type Session struct {
 	// OnGlobal, if set, sees every access to a kernel global with its decision.
 	OnGlobal func(svm.GlobalAccess, svm.GlobalDecision)
 	// Memo, if set, learns every decision, keyed by instruction; View names the view running.
-	Memo *memo.Memo
-	View string
-	vmemmap  uint64 // vmemmap_base (the same in both kernels)
+	Memo    *memo.Memo
+	View    string
+	vmemmap uint64 // vmemmap_base (the same in both kernels)
 }
 
 // Attach pauses the guest, checks that it runs the snapshot's kernel, and overlays its RAM into a
