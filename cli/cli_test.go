@@ -205,3 +205,61 @@ func TestSvmCatAndLs(t *testing.T) {
 		t.Fatalf("svm cat of a missing file: %v", err)
 	}
 }
+
+func TestPsAndMemo(t *testing.T) {
+	needGuest(t)
+	out, errOut, err := run("ps", "--guest", "cli", "--json")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var procs []struct {
+		PID     int
+		Comm    string
+		Cmdline []string
+		Missing []string
+	}
+	if err := json.Unmarshal([]byte(out), &procs); err != nil {
+		t.Fatalf("ps --json: %v\n%s", err, out)
+	}
+	comms := map[string]bool{}
+	for _, p := range procs {
+		comms[p.Comm] = true
+		if len(p.Missing) > 0 {
+			t.Errorf("pid %d: missing %v", p.PID, p.Missing)
+		}
+	}
+	for _, c := range guest.DemoProcesses {
+		if !comms[c] {
+			t.Errorf("ps lacks %s", c)
+		}
+	}
+	if !strings.Contains(errOut, "ps: ") || !strings.Contains(errOut, "redirected") {
+		t.Errorf("no engine summary on stderr: %q", errOut)
+	}
+	// The guest runs again, and the memo learned the view's decisions.
+	g, err := guest.Open(runDir, "cli")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st, err := g.Status(context.Background()); err != nil || st != "running" {
+		t.Fatalf("guest %q after ps (%v)", st, err)
+	}
+	out, _, err = run("memo", "stats", "--json")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var st struct {
+		Entries   int
+		Decisions struct{ Redirect int }
+	}
+	if err := json.Unmarshal([]byte(out), &st); err != nil || st.Entries == 0 || st.Decisions.Redirect == 0 {
+		t.Fatalf("memo stats: %s %v", out, err)
+	}
+	out, _, err = run("memo", "show", "--decision", "redirect", "--limit", "3")
+	if err != nil || !strings.Contains(out, "init_pid_ns") {
+		t.Fatalf("memo show: %q %v", out, err)
+	}
+	if _, _, err := run("ps", "--guest", "nosuch"); err == nil || !strings.Contains(err.Error(), "not running") {
+		t.Fatalf("ps of a missing guest: %v", err)
+	}
+}

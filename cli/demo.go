@@ -7,7 +7,9 @@ import (
 	"strings"
 	"time"
 
+	"hybridbridge/bridge"
 	"hybridbridge/guest"
+	"hybridbridge/inspect"
 	"hybridbridge/vmm"
 )
 
@@ -76,6 +78,20 @@ func (e *env) demo(ctx context.Context) error {
 	fmt.Fprintf(e.stdout, "linux_banner read from outside:\n  %s\n", strings.TrimSpace(banner))
 	fmt.Fprintf(e.stdout, "/proc/version inside the guest: %s\n", same)
 	fmt.Fprintf(e.stdout, "guest memory hash while paused: %s (twice: %v)\n", hash1[:16], hash1 == hash2)
-	fmt.Fprintln(e.stdout, "process, network and module views come from the bridge engine (not built yet).")
+	var procs []inspect.Process
+	run, err := e.inspectGuest(ctx, g.Meta.Name, "ps", func(s *bridge.Session) error {
+		var err error
+		procs, err = inspect.ListProcesses(s)
+		return err
+	})
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(e.stdout, "\nprocesses, computed by the guest's own kernel code in the SVM (Slow-Bridge):\n")
+	if err := printProcesses(e.stdout, procs); err != nil {
+		return err
+	}
+	fmt.Fprintln(e.stdout, run.summary())
+	fmt.Fprintln(e.stdout, "network and module views, Fast-Bridge and the console are next.")
 	return nil
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"io/fs"
 	"os"
 	"path/filepath"
@@ -120,19 +121,24 @@ which are parsed as ps does; then the guest resumes. A field that could not be r
 				}
 				return writeJSON(e.stdout, procs)
 			}
-			tw := tabwriter.NewWriter(e.stdout, 0, 4, 2, ' ', 0)
-			fmt.Fprintln(tw, "PID\tPPID\tUID\tSTAT\tTHR\tRSS\tSTART\tCOMMAND")
-			for _, p := range procs {
-				cmdline := p.Command()
-				if len(p.Missing) > 0 {
-					cmdline += "  (missing: " + strings.Join(p.Missing, "; ") + ")"
-				}
-				fmt.Fprintf(tw, "%d\t%d\t%d\t%s\t%d\t%d\t%d\t%s\n", p.PID, p.PPID, p.UID, p.State, p.Threads, p.RSSKiB, p.StartTicks, cmdline)
-			}
-			return tw.Flush()
+			return printProcesses(e.stdout, procs)
 		},
 	}
 	c.Flags().StringVar(&name, "guest", "demo", "the running guest to inspect")
 	c.Flags().BoolVar(&asJSON, "json", false, "print the processes as JSON")
 	return c
+}
+
+// printProcesses renders the ps table.
+func printProcesses(w io.Writer, procs []inspect.Process) error {
+	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "PID\tPPID\tUID\tSTAT\tTHR\tRSS\tSTART\tCOMMAND")
+	for _, p := range procs {
+		cmdline := p.Command()
+		if len(p.Missing) > 0 {
+			cmdline += "  (missing: " + strings.Join(p.Missing, "; ") + ")"
+		}
+		fmt.Fprintf(tw, "%d\t%d\t%d\t%s\t%d\t%d\t%d\t%s\n", p.PID, p.PPID, p.UID, p.State, p.Threads, p.RSSKiB, p.StartTicks, cmdline)
+	}
+	return tw.Flush()
 }
