@@ -30,12 +30,18 @@ type Session struct {
 	Grafts  svm.GraftStats // the guest's vmemmap entries copied into the SVM
 	Globals *Globals       // the per-global lists, with the unknown globals seen
 	Taint   *taint.Tracker // provenance for the image window
-	// OnGlobal, if set, sees every access to a kernel global with its decision.
-	OnGlobal func(svm.GlobalAccess, svm.GlobalDecision)
+	// Counts are the accesses to kernel globals by decision (taint.Local, Redirect, Unknown),
+	// plus guest-derived accesses in the image window under Redirect.
+	Counts [3]int
+	// OnAccess, if set, sees every memory access the taint engine decided (slow; for debugging
+	// a view). a is valid only during the call.
+	OnAccess func(a *taint.Access)
 	// Memo, if set, learns every decision, keyed by instruction; View names the view running.
 	Memo    *memo.Memo
 	View    string
-	vmemmap uint64 // vmemmap_base (the same in both kernels)
+	vmemmap uint64  // vmemmap_base (the same in both kernels)
+	policy  *policy // decides the kernel image's data and window
+	dirty   bool    // an operation ran since the last reset
 }
 
 // Attach pauses the guest, checks that it runs the snapshot's kernel, and overlays its RAM into a
@@ -83,24 +89,66 @@ func Attach(ctx context.Context, g *guest.Guest, snap *svm.Snapshot, syms *vmm.S
 		return nil, err
 	}
 	s.Globals = NewGlobals(syms)
-	opts := svm.Options{Symbols: syms, Globals: s.Globals.Classify, Window: true, OnGlobal: s.onGlobal, OnReset: s.onReset}
+	opts := svm.Options{Symbols: syms, Window: true, OnReset: s.onReset}
 	if s.Machine, err = svm.Open(snap, opts); err != nil {
-		return nil, err
-	}
-	if s.Taint, err = s.tracker(snap, newPolicy(snap, s.Globals)); err != nil {
 		return nil, err
 	}
 	if err := s.Machine.AttachOverlay(s.ram, g.Meta.RAMSize); err != nil {
 		return nil, err
 	}
-	grafts, err := vmemmapGrafts(w, s.vmemmap)
+	leaves, err := vmemmapGrafts(w, s.vmemmap)
 	if err != nil {
 		return nil, err
 	}
-	if s.Grafts, err = s.Machine.Graft(grafts); err != nil {
+	aliases, err := s.aliases(leaves)
+	if err != nil {
+		return nil, err
+	}
+	if s.Grafts, err = s.Machine.Graft(leaves); err != nil {
+		return nil, err
+	}
+	var spans []svm.PhysSpan
+	for _, a := range aliases {
+		spans = append(spans, svm.PhysSpan{Start: a.svm, End: a.svm + a.size})
+	}
+	if err := s.Machine.WatchAliases(spans); err != nil {
+		return nil, err
+	}
+	s.policy = newPolicy(snap, s.Globals, aliases)
+	if s.Taint, err = s.tracker(snap, s.policy); err != nil {
 		return nil, err
 	}
 	return s, nil
+}
+
+// alias is a range of the SVM's physical memory that holds, at the same virtual address, the SVM's
+// own version of something the guest has too: the struct pages of memory sections both kernels
+// describe (the first 128 MiB, where the guest's RAM and the SVM's kernel image and low memory
+// interleave). The SVM's mapping stays; a guest-derived access is given the guest's bytes from
+// guest, in the overlaid guest RAM.
+type alias struct {
+	svm, guest, size uint64
+}
+
+// aliases finds, among the guest's vmemmap leaves, those the SVM maps itself.
+func (s *Session) aliases(leaves []svm.Graft) ([]alias, error) {
+	var out []alias
+	for _, l := range leaves {
+		first, err := s.Machine.Phys(l.VA)
+		if err != nil {
+			continue // the SVM has nothing there: grafted
+		}
+		last, err := s.Machine.Phys(l.VA + l.Size - 1)
+		if err != nil || last != first+l.Size-1 {
+			return nil, fmt.Errorf("vmemmap %#x: the SVM maps it in pieces; unsupported", l.VA)
+		}
+		guest := l.Entry & 0x000ffffffffff000 &^ (l.Size - 1)
+		if !s.Machine.IsGuestRAM(guest, l.Size) {
+			return nil, fmt.Errorf("vmemmap %#x: the guest's struct pages at %#x are not in its overlaid RAM", l.VA, guest)
+		}
+		out = append(out, alias{svm: first, guest: guest, size: l.Size})
+	}
+	return out, nil
 }
 
 // vmemmapGrafts lists the guest's mappings of its struct pages (the vmemmap region): the SVM's
@@ -190,17 +238,6 @@ func (s *Session) onReset() {
 	}
 }
 
-func (s *Session) onGlobal(a svm.GlobalAccess, d svm.GlobalDecision) {
-	region, _, ok := s.Globals.syms.Lookup(a.Virt)
-	if !ok {
-		region = "kernel-data"
-	}
-	s.learn(a.PC, globalMemoDecision(d), region)
-	if s.OnGlobal != nil {
-		s.OnGlobal(a, d)
-	}
-}
-
 // procPath maps a view's /proc path to the SVM's fresh procfs instance (svm.ProcRoot).
 func procPath(path string) string {
 	if path == "/proc" || strings.HasPrefix(path, "/proc/") {
@@ -209,8 +246,22 @@ func procPath(path string) string {
 	return path
 }
 
+// fresh resets the machine before an operation: each file a view reads is its own transaction
+// from the clean snapshot. Kernel state the SVM builds up while reading guest data (per-cpu LRU
+// batches holding guest pages, lock and reference counts) must not leak into the next read.
+func (s *Session) fresh() error {
+	if !s.dirty {
+		s.dirty = true
+		return nil
+	}
+	return s.Machine.Reset()
+}
+
 // ReadDir lists a directory of the guest as its kernel sees it (implements inspect.Files).
 func (s *Session) ReadDir(path string) ([]string, error) {
+	if err := s.fresh(); err != nil {
+		return nil, err
+	}
 	ents, err := s.Machine.ReadDir(procPath(path))
 	if err != nil {
 		return nil, err
@@ -223,4 +274,9 @@ func (s *Session) ReadDir(path string) ([]string, error) {
 }
 
 // ReadFile reads a file of the guest as its kernel sees it (implements inspect.Files).
-func (s *Session) ReadFile(path string) ([]byte, error) { return s.Machine.ReadFile(procPath(path)) }
+func (s *Session) ReadFile(path string) ([]byte, error) {
+	if err := s.fresh(); err != nil {
+		return nil, err
+	}
+	return s.Machine.ReadFile(procPath(path))
+}

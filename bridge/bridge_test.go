@@ -3,6 +3,7 @@ package bridge
 import (
 	"context"
 	"fmt"
+	"math/rand/v2"
 	"os"
 	"reflect"
 	"sort"
@@ -13,6 +14,7 @@ import (
 	"hybridbridge/guest"
 	"hybridbridge/inspect"
 	"hybridbridge/svm"
+	"hybridbridge/taint"
 	"hybridbridge/vmm"
 )
 
@@ -96,12 +98,21 @@ func groundTruth(t *testing.T, ctx context.Context, g *guest.Guest) ([]inspect.P
 // compareProcesses checks the view against the ground truth field by field. The capturing shell
 // exists only in the truth; the command channel's helper changes state and memory between the
 // capture and the pause, so only its identity is compared.
-func compareProcesses(t *testing.T, view, truth []inspect.Process, self int) {
+//
+// allowMissing lets a field the view reports as not read (Missing) differ; it is logged, and the
+// number of such fields returned. A field the view shows must always equal the guest's.
+func compareProcesses(t *testing.T, view, truth []inspect.Process, self int, allowMissing bool) int {
 	t.Helper()
 	byPID := map[int]inspect.Process{}
+	missing := 0
 	for _, p := range view {
 		if len(p.Missing) != 0 {
-			t.Errorf("pid %d: fields not read: %v", p.PID, p.Missing)
+			missing += len(p.Missing)
+			if allowMissing {
+				t.Logf("pid %d (%s): reported not read: %v", p.PID, p.Comm, p.Missing)
+			} else {
+				t.Errorf("pid %d: fields not read: %v", p.PID, p.Missing)
+			}
 		}
 		byPID[p.PID] = p
 	}
@@ -126,6 +137,10 @@ func compareProcesses(t *testing.T, view, truth []inspect.Process, self int) {
 				got.Comm = want.Comm
 			}
 		}
+		if allowMissing && len(got.Missing) > 0 && got.Cmdline == nil {
+			got.Cmdline, got.Missing = want.Cmdline, nil // reported as not read, not shown wrong
+		}
+		got.Missing = nil
 		if !reflect.DeepEqual(got, want) {
 			t.Errorf("pid %d differs:\n view  %+v\n guest %+v", want.PID, got, want)
 		}
@@ -135,6 +150,7 @@ func compareProcesses(t *testing.T, view, truth []inspect.Process, self int) {
 			t.Errorf("pid %d (%s) is in the view but not in the guest", pid, p.Comm)
 		}
 	}
+	return missing
 }
 
 func TestProcessViewMatchesGuest(t *testing.T) {
@@ -174,7 +190,7 @@ func TestProcessViewMatchesGuest(t *testing.T) {
 	if before != after {
 		t.Fatalf("guest memory changed during inspection: %s -> %s", before, after)
 	}
-	compareProcesses(t, view, truth, self)
+	compareProcesses(t, view, truth, self, false)
 	names := map[string]bool{}
 	for _, p := range view {
 		names[p.Comm] = true
@@ -189,9 +205,9 @@ func TestProcessViewMatchesGuest(t *testing.T) {
 		unknown = append(unknown, fmt.Sprintf("%s×%d", u.Symbol, u.Accesses))
 	}
 	ts := s.Taint.Stats()
-	t.Logf("%d processes in %v: %d syscalls, %d instructions tainted, globals local/redirect/unknown %v, window swaps %d; unknown globals: %s",
-		len(view), elapsed.Round(time.Millisecond), st.Syscalls, ts.Instructions, st.Globals, st.WindowSwaps, strings.Join(unknown[:min(len(unknown), 20)], " "))
-	if st.Globals[svm.GlobalRedirect] == 0 {
+	t.Logf("%d processes in %v: %d syscalls, %d instructions tainted, kernel-image accesses local/redirect/unknown %v, guest bytes swapped in %d; unknown globals: %s",
+		len(view), elapsed.Round(time.Millisecond), st.Syscalls, ts.Instructions, s.Counts, st.WindowSwaps, strings.Join(unknown[:min(len(unknown), 20)], " "))
+	if s.Counts[taint.Redirect] == 0 {
 		t.Fatal("no access was redirected: the view shows the SVM, not the guest")
 	}
 }
@@ -216,4 +232,86 @@ func sortedPIDs(ps []inspect.Process) []int {
 	}
 	sort.Ints(out)
 	return out
+}
+
+// randomWord returns a lower-case word of n letters.
+func randomWord(r *rand.Rand, n int) string {
+	b := make([]byte, n)
+	for i := range b {
+		b[i] = byte('a' + r.IntN(26))
+	}
+	return string(b)
+}
+
+// TestProcessViewRandomWorkload changes the guest's processes at random (new names, command lines,
+// a long argv, a non-root owner, processes killed) and compares the view with the guest again.
+func TestProcessViewRandomWorkload(t *testing.T) {
+	ctx := need(t)
+	seed := uint64(time.Now().UnixNano())
+	if v := os.Getenv("HB_SEED"); v != "" {
+		fmt.Sscan(v, &seed)
+	}
+	r := rand.New(rand.NewPCG(seed, seed>>32))
+	t.Logf("seed %d (rerun with HB_SEED=%d)", seed, seed)
+	var script strings.Builder
+	script.WriteString("cd /tmp\n")
+	var names []string
+	for i := 0; i < 6+r.IntN(4); i++ {
+		name := "r" + randomWord(r, 3+r.IntN(10)) // comm keeps 15 characters
+		names = append(names, name)
+		fmt.Fprintf(&script, "printf '#!/bin/sh\\nwhile :; do sleep 3600; done\\n' > %s; chmod +x %s\n", name, name)
+		var args []string
+		for j := 0; j < r.IntN(6); j++ {
+			args = append(args, randomWord(r, 1+r.IntN(12)))
+		}
+		owner := ""
+		if r.IntN(3) == 0 {
+			owner = "su -s /bin/sh analyst -c "
+		}
+		cmd := fmt.Sprintf("/tmp/%s %s", name, strings.Join(args, " "))
+		if owner != "" {
+			fmt.Fprintf(&script, "%s'setsid %s </dev/null >/dev/null 2>&1 &'\n", owner, cmd)
+		} else {
+			fmt.Fprintf(&script, "setsid %s </dev/null >/dev/null 2>&1 &\n", cmd)
+		}
+	}
+	// A long argv, 3 KiB: within one page. Longer ones spanning pages are a known gap (see the
+	// issue notes): read in the middle of a listing, pages after the first can come back wrong.
+	long := make([]string, 0, 400)
+	for len(strings.Join(long, " ")) < 3<<10 {
+		long = append(long, randomWord(r, 1+r.IntN(20)))
+	}
+	fmt.Fprintf(&script, "printf '#!/bin/sh\\nwhile :; do sleep 3600; done\\n' > rlong; chmod +x rlong\n")
+	fmt.Fprintf(&script, "setsid /tmp/rlong %s </dev/null >/dev/null 2>&1 &\n", strings.Join(long, " "))
+	// Kill a few of the new ones (and the sleeps they started get reparented to init).
+	script.WriteString("sleep 0.5\n")
+	for _, n := range names {
+		if r.IntN(3) == 0 {
+			fmt.Fprintf(&script, "pkill -9 -x %s\n", n)
+		}
+	}
+	script.WriteString("sleep 0.3\n")
+	res, err := demo.Exec(ctx, script.String())
+	if err != nil || res.Status != 0 {
+		t.Fatalf("randomise the workload: %v %s", err, res.Stderr)
+	}
+	truth, self := groundTruth(t, ctx, demo)
+	s, err := Attach(ctx, demo, snap, syms)
+	if err != nil {
+		t.Fatal(err)
+	}
+	view, err := inspect.ListProcesses(s)
+	if cerr := s.Close(ctx); cerr != nil {
+		t.Error(cerr)
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Known gap: a long command line read in the middle of a listing sometimes fails after its
+	// first page; the view must then report it as not read, never show it cut short.
+	missing := compareProcesses(t, view, truth, self, true)
+	if missing > 1 {
+		t.Errorf("%d fields reported as not read; at most the long command line may be", missing)
+	}
+	t.Logf("%d processes compared, %d new names, %d fields reported not read", len(view), len(names), missing)
 }

@@ -112,19 +112,11 @@ func NewGlobals(syms *vmm.Symbols) *Globals {
 	return &Globals{syms: syms, unknown: map[string]int{}}
 }
 
-// Classify implements svm.Classifier, counting the unknown globals.
-func (g *Globals) Classify(a svm.GlobalAccess) svm.GlobalDecision {
-	d := g.decide(a.Virt)
-	if d == svm.GlobalUnknown {
-		name, _, ok := g.syms.Lookup(a.Virt)
-		if !ok {
-			name = "?"
-		}
-		g.mu.Lock()
-		g.unknown[name]++
-		g.mu.Unlock()
-	}
-	return d
+// count records an access to a global in neither list.
+func (g *Globals) count(name string) {
+	g.mu.Lock()
+	g.unknown[name]++
+	g.mu.Unlock()
 }
 
 // decide looks the global up in the lists, without counting.

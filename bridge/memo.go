@@ -35,17 +35,6 @@ func (s *Session) learn(pc uint64, d memo.Decision, region string) {
 	_, _ = s.Memo.Learn(pc, o)
 }
 
-func globalMemoDecision(d svm.GlobalDecision) memo.Decision {
-	switch d {
-	case svm.GlobalRedirect:
-		return memo.Redirect
-	case svm.GlobalLocal:
-		return memo.Local
-	default:
-		return memo.Unknown
-	}
-}
-
 func taintMemoDecision(d taint.Decision) memo.Decision {
 	switch d {
 	case taint.Redirect:

@@ -3,23 +3,43 @@ package bridge
 import (
 	"fmt"
 
+	"golang.org/x/arch/x86/x86asm"
+
 	"hybridbridge/svm"
 	"hybridbridge/taint"
 )
 
-// policy is the Slow-Bridge's taint policy. It agrees with the SVM's data-side trap on kernel
-// globals (decided by symbol, whatever the address's provenance: a global reached through an SVM
-// pointer such as the /proc mount's &init_pid_ns is still the guest's), so that data read from a
-// redirected global is labelled as the guest's. Elsewhere the VMST rules decide.
+// policy is the Slow-Bridge's taint policy for the kernel image's physical range, where the
+// same addresses hold the SVM's data and, in the guest's copy, the guest's:
+//
+//   - In the data sections (globals): an address derived from guest data (a guest task's
+//     &init_nsproxy, a guest pointer into freed image memory the guest reused) is the guest's;
+//     any other address — a constant or an SVM pointer such as the /proc mount's &init_pid_ns —
+//     is decided per global by the redirect and keep-local lists.
+//   - In the image window (the parts both kernels freed and reuse as ordinary memory): guest-derived
+//     addresses are the guest's, others the SVM's (VMST).
+//
+// Data read through a redirected access is labelled as the guest's, so provenance follows it.
 type policy struct {
 	snap    *svm.Snapshot
 	globals *Globals
 	data    []svm.PhysSpan
 	window  []svm.PhysSpan
+	aliases []alias
 }
 
-func newPolicy(snap *svm.Snapshot, g *Globals) *policy {
-	return &policy{snap: snap, globals: g, data: snap.DataRanges(), window: snap.WindowRanges()}
+func newPolicy(snap *svm.Snapshot, g *Globals, aliases []alias) *policy {
+	return &policy{snap: snap, globals: g, data: snap.DataRanges(), window: snap.WindowRanges(), aliases: aliases}
+}
+
+// alias returns the alias holding phys.
+func (p *policy) alias(phys uint64) (alias, bool) {
+	for _, a := range p.aliases {
+		if phys >= a.svm && phys < a.svm+a.size {
+			return a, true
+		}
+	}
+	return alias{}, false
 }
 
 func in(spans []svm.PhysSpan, phys uint64) bool {
@@ -31,10 +51,17 @@ func in(spans []svm.PhysSpan, phys uint64) bool {
 	return false
 }
 
+func (p *policy) virt(phys uint64) uint64 {
+	return phys - p.snap.Layout.KernelStart + p.snap.Symbols["_text"]
+}
+
 func (p *policy) Decide(a *taint.Access) (taint.Decision, taint.Reason) {
+	guestOnly := a.Addr&taint.LabelGVM != 0 && a.Addr&taint.LabelSVM == 0 && a.Seg != x86asm.GS && a.Base != x86asm.RSP
 	if in(p.data, a.Phys) {
-		virt := a.Phys - p.snap.Layout.KernelStart + p.snap.Symbols["_text"]
-		switch p.globals.decide(virt) {
+		if guestOnly && !a.DispGlobal {
+			return taint.Redirect, taint.ReasonGVMPointer
+		}
+		switch p.globals.decide(p.virt(a.Phys)) {
 		case svm.GlobalRedirect:
 			return taint.Redirect, taint.ReasonGlobalRedirect
 		case svm.GlobalLocal:
@@ -43,12 +70,36 @@ func (p *policy) Decide(a *taint.Access) (taint.Decision, taint.Reason) {
 			return taint.Unknown, taint.ReasonGlobalUnknown
 		}
 	}
+	if _, ok := p.alias(a.Phys); ok || in(p.window, a.Phys) {
+		return p.shared(a, guestOnly)
+	}
 	return taint.VMST{}.Decide(a)
 }
 
+// shared decides an access where both VMs keep their own data at the same physical address (the
+// image window, struct pages of shared sections). An address from guest data alone is the guest's,
+// one without guest provenance the SVM's. A mixed address is decided by its base register — the
+// pointer; an index is only an amount (a guest-given length into an SVM buffer). A mixed pointer
+// is the guest's, as in VMST. Page offsets (masked values) and layout constants
+// (page_offset_base, vmemmap_base) carry no provenance, so a guest pfn turned into an address,
+// plus an offset, stays the guest's.
+func (p *policy) shared(a *taint.Access, guestOnly bool) (taint.Decision, taint.Reason) {
+	base := a.BaseLabel & (taint.LabelGVM | taint.LabelSVM)
+	switch {
+	case guestOnly:
+		return taint.Redirect, taint.ReasonGVMPointer
+	case a.Addr&taint.LabelGVM == 0:
+		return taint.VMST{}.Decide(a)
+	case base == taint.LabelSVM:
+		return taint.Local, taint.ReasonMixedPointer
+	default:
+		return taint.Redirect, taint.ReasonMixedPointer
+	}
+}
+
 // tracker builds the taint engine for a session: guest memory is labelled as the guest's, the
-// agent's buffer as user data, and accesses in the image window are decided synchronously so a
-// guest-derived one reads the guest's bytes.
+// agent's buffer as user data, and every access to the kernel image's data and window is decided
+// synchronously, so a redirected one uses the guest's bytes before it completes.
 func (s *Session) tracker(snap *svm.Snapshot, pol *policy) (*taint.Tracker, error) {
 	m := s.Machine
 	var mem []taint.PhysRange
@@ -62,34 +113,79 @@ func (s *Session) tracker(snap *svm.Snapshot, pol *policy) (*taint.Tracker, erro
 		}
 		mem = append(mem, taint.PhysRange{Begin: pa, End: pa + 4096, Label: taint.LabelUser})
 	}
-	lo, hi := pol.window[0].Start, pol.window[0].End
-	for _, w := range pol.window {
-		lo, hi = min(lo, w.Start), max(hi, w.End)
+	// The kernel's globals carry no provenance of their own: most are layout constants equal in
+	// both VMs, and those that hold guest state are redirected (their data is then the guest's).
+	for _, r := range pol.data {
+		mem = append(mem, taint.PhysRange{Begin: r.Start, End: r.End, Label: taint.LabelNone})
+	}
+	var ranges [][2]uint64
+	for _, r := range append(append([]svm.PhysSpan{}, pol.data...), pol.window...) {
+		if r.End > r.Start {
+			ranges = append(ranges, [2]uint64{r.Start, r.End - 1})
+		}
+	}
+	for _, a := range pol.aliases {
+		ranges = append(ranges, [2]uint64{a.svm, a.svm + a.size - 1})
 	}
 	tr := taint.New(taint.Config{
 		Policy:   pol,
 		Image:    []taint.VirtRange{{Begin: snap.Symbols["_text"], End: snap.Symbols["_end"]}},
 		Memory:   mem,
 		ReadCode: m.ReadVirt,
-		Sync: &taint.SyncConfig{Begin: lo, End: hi - 1, Func: func(a *taint.Access) {
-			if !in(pol.window, a.Phys) {
-				return
+		OnAccess: func(a *taint.Access) {
+			if s.OnAccess != nil {
+				s.OnAccess(a)
 			}
-			s.learn(a.PC, taintMemoDecision(a.Decision), "image-window")
-			if a.Decision != taint.Redirect {
-				return
-			}
-			if a.Write {
-				m.Stop(fmt.Sprintf("guest-derived write into the image window at %#x by %#x: the guest's copy there is read-only", a.Phys, a.PC))
-				return
-			}
-			if err := m.SwapInGuest(a.Phys, a.Size); err != nil {
-				m.Stop(err.Error())
-			}
-		}},
+		},
+		Sync: &taint.SyncConfig{More: ranges, Func: s.decideImage},
 	})
 	if err := tr.Attach(m.Engine()); err != nil {
 		return nil, err
 	}
 	return tr, nil
+}
+
+// decideImage runs before each access to the kernel image's data or window completes.
+func (s *Session) decideImage(a *taint.Access) {
+	m := s.Machine
+	m.FlushWrites()
+	pol := s.policy
+	if al, ok := pol.alias(a.Phys); ok {
+		s.learn(a.PC, taintMemoDecision(a.Decision), "struct-pages")
+		if a.Decision == taint.Redirect {
+			s.Counts[taint.Redirect]++
+			g := al.guest + (a.Phys - al.svm)
+			if err := m.SwapInAlias(a.Phys, m.RAM()[g:g+uint64(a.Size)], a.Write); err != nil {
+				m.Stop(err.Error())
+			}
+		}
+		return
+	}
+	region := "image-window"
+	if in(pol.data, a.Phys) {
+		name, _, ok := s.Globals.syms.Lookup(pol.virt(a.Phys))
+		if !ok {
+			name = "kernel-data"
+		}
+		region = name
+		if a.Decision == taint.Unknown {
+			s.Globals.count(name)
+		}
+		s.Counts[a.Decision]++
+	} else if a.Decision == taint.Redirect {
+		s.Counts[taint.Redirect]++
+	}
+	s.learn(a.PC, taintMemoDecision(a.Decision), region)
+	if a.Decision != taint.Redirect {
+		return
+	}
+	var err error
+	if a.Write {
+		err = m.SwapInGuestForWrite(a.Phys, a.Size)
+	} else {
+		err = m.SwapInGuest(a.Phys, a.Size)
+	}
+	if err != nil {
+		m.Stop(err.Error())
+	}
 }

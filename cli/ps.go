@@ -61,7 +61,7 @@ func (e *env) inspectGuest(ctx context.Context, name, view string, fn func(*brid
 	ferr := fn(s)
 	run := &viewRun{name: view, elapsed: time.Since(start)}
 	st := s.Machine.Stats()
-	run.syscalls, run.globals, run.window = st.Syscalls, st.Globals, st.WindowSwaps
+	run.syscalls, run.globals, run.window = st.Syscalls, s.Counts, st.WindowSwaps
 	s.Taint.Drain()
 	run.insns = s.Taint.Stats().Instructions
 	run.unknown = s.Globals.Unknown()
@@ -85,7 +85,7 @@ func (r *viewRun) summary() string {
 	for _, u := range r.unknown {
 		unknown = append(unknown, u.Symbol)
 	}
-	s := fmt.Sprintf("%s: %d system calls, %d instructions (Slow-Bridge, tainted), global accesses %d redirected / %d local / %d unknown, %d image-window reads from the guest, memo %d instructions, %v",
+	s := fmt.Sprintf("%s: %d system calls, %d instructions (Slow-Bridge, tainted), kernel-image accesses %d redirected / %d local / %d unknown, %d guest bytes swapped in, memo %d instructions, %v",
 		r.name, r.syscalls, r.insns, r.globals[1], r.globals[0], r.globals[2], r.window, r.memo, r.elapsed.Round(time.Millisecond))
 	if len(unknown) > 0 {
 		s += fmt.Sprintf("; unknown globals (executed on the SVM's copy): %s", strings.Join(unknown, ", "))

@@ -291,3 +291,12 @@ func (e *Engine) Stop() error {
 
 // StopReason reports why the last Start returned.
 func (e *Engine) StopReason() StopReason { return e.stopReason }
+
+// FlushTLB drops every cached translation, global pages included: reloading CR3 keeps entries
+// with the G bit, which the kernel sets on all its mappings.
+func (e *Engine) FlushTLB() error {
+	if err := e.live(); err != nil {
+		return err
+	}
+	return check("flush_tlb", C.hb_flush_tlb(e.uc))
+}

@@ -149,6 +149,11 @@ uc_err hb_budget_add(uc_engine *uc, uc_hook *hh, hb_budget *b)
 	return uc_hook_add(uc, hh, UC_HOOK_BLOCK, (void *)budget_block, b, 1, 0);
 }
 
+uc_err hb_flush_tlb(uc_engine *uc)
+{
+	return uc_ctl_flush_tlb(uc);
+}
+
 uc_err hb_set_cpu_model(uc_engine *uc, int model)
 {
 	return uc_ctl_set_cpu_model(uc, model);

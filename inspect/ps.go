@@ -32,6 +32,8 @@ type Process struct {
 	Cmdline    []string `json:"cmdline"` // argv; empty for kernel threads
 	Kernel     bool     `json:"kernel"`  // a kernel thread (no user address space)
 	Missing    []string `json:"missing,omitempty"`
+
+	argLen uint64 // arg_end - arg_start from stat, to check the command line against
 }
 
 // Command is what ps prints as the command: the argv joined, or [comm] for kernel threads and
@@ -79,10 +81,33 @@ func readProcess(f Files, pid int) Process {
 	}
 	if data, err := f.ReadFile(dir + "/cmdline"); err != nil {
 		miss("cmdline", err)
+	} else if err := p.checkCmdline(data); err != nil {
+		miss("cmdline", err)
 	} else {
 		p.Cmdline = splitCmdline(data)
 	}
 	return p
+}
+
+// checkCmdline catches a command line cut short: the kernel returns the whole argument area
+// (arg_end - arg_start from stat), NUL-terminated, a page of the process's memory at a time. Less
+// than that, ending at a page boundary or without the final NUL, means reading a page failed; it
+// is reported instead of shown shortened. (A process that rewrote its title with setproctitle
+// legitimately returns a shorter, NUL-terminated string.)
+//
+// A run of 64 or more NUL bytes is reported too: arguments are separated by single NULs, so such
+// a run (empty arguments aside) means a page of the argument area came back as zeros.
+func (p *Process) checkCmdline(data []byte) error {
+	if i := bytes.Index(bytes.TrimRight(data, "\x00"), make([]byte, 64)); i >= 0 {
+		return fmt.Errorf("incomplete: zero bytes from offset %d of %d", i, len(data))
+	}
+	if p.argLen == 0 || uint64(len(data)) >= p.argLen {
+		return nil
+	}
+	if len(data) > 0 && data[len(data)-1] == 0 && len(data)%4096 != 0 {
+		return nil
+	}
+	return fmt.Errorf("incomplete: %d of %d bytes read", len(data), p.argLen)
 }
 
 // pfKthread is PF_KTHREAD in /proc/<pid>/stat's flags field (include/linux/sched.h, exported to
@@ -117,6 +142,12 @@ func (p *Process) parseStat(data []byte) error {
 	p.PPID = int(num(1))
 	p.Kernel = num(6)&pfKthread != 0
 	p.StartTicks = num(19)
+	// arg_start and arg_end are fields 48 and 49 (zero when the reader may not see them).
+	if len(f) >= 47 {
+		if start, end := num(45), num(46); end > start {
+			p.argLen = end - start
+		}
+	}
 	return err
 }
 

@@ -4,7 +4,9 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"encoding/base64"
 	"encoding/binary"
+	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -129,6 +131,10 @@ func Build(ctx context.Context, a *guest.Assets, opt BuildOptions) (*Snapshot, e
 		return nil, err
 	}
 	if snap.Layout.SystemRAM, err = checkLayout(string(iomem.Stdout), layout); err != nil {
+		return nil, err
+	}
+
+	if snap.Window, err = freedImagePages(ctx, g, layout); err != nil {
 		return nil, err
 	}
 
@@ -595,4 +601,38 @@ func findTSCSites(ctx context.Context, sock string, syms *vmm.Symbols) ([]uint64
 		return nil, fmt.Errorf("no RDTSC instruction found in kernel text")
 	}
 	return sites, nil
+}
+
+// kpfReserved is KPF_RESERVED in /proc/kpageflags (include/uapi/linux/kernel-page-flags.h: a
+// user-space ABI).
+const kpfReserved = 1 << 32
+
+// freedImagePages asks the SVM's kernel which pages of its image it gave back to the page
+// allocator after boot: /proc/kpageflags shows every image page as reserved except those.
+func freedImagePages(ctx context.Context, g *guest.Guest, l Layout) ([]PhysSpan, error) {
+	first, last := l.KernelStart>>12, (l.KernelEnd+4095)>>12
+	res, err := g.Exec(ctx, fmt.Sprintf("dd if=/proc/kpageflags bs=8 skip=%d count=%d 2>/dev/null | base64 -w 0", first, last-first))
+	if err != nil {
+		return nil, err
+	}
+	flags, err := base64.StdEncoding.DecodeString(strings.TrimSpace(string(res.Stdout)))
+	if err != nil || uint64(len(flags)) != 8*(last-first) {
+		return nil, fmt.Errorf("read the SVM's /proc/kpageflags: %d bytes, %v %s", len(flags), err, res.Stderr)
+	}
+	var out []PhysSpan
+	for i := uint64(0); i < last-first; i++ {
+		if binary.LittleEndian.Uint64(flags[8*i:])&kpfReserved != 0 {
+			continue
+		}
+		pa := (first + i) << 12
+		if n := len(out); n > 0 && out[n-1].End == pa {
+			out[n-1].End += 4096
+		} else {
+			out = append(out, PhysSpan{pa, pa + 4096})
+		}
+	}
+	if len(out) == 0 {
+		return nil, errors.New("the SVM's kernel freed none of its image: /proc/kpageflags unreadable?")
+	}
+	return out, nil
 }

@@ -43,27 +43,38 @@ type GlobalAccess struct {
 type Classifier func(GlobalAccess) GlobalDecision
 
 // DataRanges are the physical ranges of the kernel image holding globals whose contents differ
-// between VMs. Text and rodata are identical in both; the freed parts of the image (WindowRanges)
-// are ordinary memory, so they are left out.
+// between VMs: ro-after-init, data and bss, without the pages the kernel freed (Window). Text and
+// rodata are identical in both.
 func (s *Snapshot) DataRanges() []PhysSpan {
-	return []PhysSpan{
+	sections := []PhysSpan{
 		{s.imagePhys("__start_ro_after_init"), s.imagePhys("__end_ro_after_init")},
-		{s.imagePhys("_sdata"), s.imagePhys("__init_begin")},
-		{s.imagePhys("__init_end"), s.Layout.KernelEnd},
+		{s.imagePhys("_sdata"), s.Layout.KernelEnd},
 	}
+	var out []PhysSpan
+	for _, sec := range sections {
+		start := sec.Start
+		for _, w := range s.Window {
+			if w.End <= start || w.Start >= sec.End {
+				continue
+			}
+			if w.Start > start {
+				out = append(out, PhysSpan{start, w.Start})
+			}
+			start = max(start, w.End)
+		}
+		if start < sec.End {
+			out = append(out, PhysSpan{start, sec.End})
+		}
+	}
+	return out
 }
 
-// WindowRanges are the parts of the kernel image each kernel frees after boot and then uses as
-// ordinary memory (the text/rodata gap, the rodata/data gap, the init sections): the same
-// physical pages hold the SVM's own objects and, in the guest, the guest's. An access there is
-// the guest's only if its address came from guest data, which only provenance (taint) can tell.
-func (s *Snapshot) WindowRanges() []PhysSpan {
-	return []PhysSpan{
-		{(s.imagePhys("_etext") + 4095) &^ 4095, s.imagePhys("__start_rodata")},
-		{(s.imagePhys("__end_rodata") + 4095) &^ 4095, s.imagePhys("_sdata")},
-		{s.imagePhys("__init_begin"), s.imagePhys("__init_end")},
-	}
-}
+// WindowRanges are the pages of the kernel image each kernel frees after boot and then uses as
+// ordinary memory (init sections, the gaps between sections, unused decrypted memory, SMP
+// alternatives): the same physical pages hold the SVM's own objects and, in the guest, the
+// guest's. Both kernels free the same pages (same build, same arguments). An access there is the
+// guest's only if its address came from guest data, which only provenance (taint) can tell.
+func (s *Snapshot) WindowRanges() []PhysSpan { return s.Window }
 
 func (s *Snapshot) imagePhys(sym string) uint64 {
 	return s.Symbols[sym] - s.Symbols["_text"] + s.Layout.KernelStart
@@ -74,25 +85,30 @@ func (s *Snapshot) imagePhys(sym string) uint64 {
 // (UC_HOOK_MEM_READ runs before the load, UC_HOOK_MEM_READ_AFTER after). A redirected write would
 // change the guest's state, which inspection never does: it stops the call.
 func (m *Machine) hookGlobals() error {
-	for _, r := range m.snap.DataRanges() {
-		if r.End <= r.Start {
-			return fmt.Errorf("snapshot has an empty kernel data range %#x-%#x", r.Start, r.End)
+	var after []PhysSpan
+	if m.opts.Globals != nil {
+		for _, r := range m.snap.DataRanges() {
+			if r.End <= r.Start {
+				return fmt.Errorf("snapshot has an empty kernel data range %#x-%#x", r.Start, r.End)
+			}
+			if _, err := m.eng.HookMem(emu.HookMemRead|emu.HookMemWrite, r.Start, r.End-1, m.onGlobal); err != nil {
+				return err
+			}
 		}
-		if _, err := m.eng.HookMem(emu.HookMemRead|emu.HookMemWrite, r.Start, r.End-1, m.onGlobal); err != nil {
-			return err
+		after = append(after, m.snap.DataRanges()...)
+	}
+	if m.opts.Window {
+		after = append(after, m.snap.WindowRanges()...)
+		if m.opts.Globals == nil {
+			after = append(after, m.snap.DataRanges()...)
+		}
+	}
+	for _, r := range after {
+		if r.End <= r.Start {
+			continue
 		}
 		if _, err := m.eng.HookMem(emu.HookMemReadAfter, r.Start, r.End-1, m.afterSwap); err != nil {
 			return err
-		}
-	}
-	if m.opts.Window {
-		for _, r := range m.snap.WindowRanges() {
-			if r.End <= r.Start {
-				continue
-			}
-			if _, err := m.eng.HookMem(emu.HookMemReadAfter, r.Start, r.End-1, m.afterSwap); err != nil {
-				return err
-			}
 		}
 	}
 	return nil
@@ -111,21 +127,47 @@ func (m *Machine) SwapInGuest(phys uint64, size int) error {
 
 func (m *Machine) swapIn(phys uint64, size int) error {
 	guest, ok := m.GuestImage(phys, size)
-	if !ok || size > 16 {
-		return fmt.Errorf("redirected read of %d bytes at %#x outside the guest's image copy", size, phys)
+	if !ok {
+		return fmt.Errorf("redirected access of %d bytes at %#x outside the guest's image copy", size, phys)
 	}
-	s := swapped{phys: phys, n: size}
-	copy(s.svm[:], m.ram[phys:phys+uint64(size)])
+	return m.swapFrom(phys, guest)
+}
+
+// swapFrom puts guest (the guest's bytes for the location) in place at phys, remembering the SVM's.
+func (m *Machine) swapFrom(phys uint64, guest []byte) error {
+	if len(guest) > 16 {
+		return fmt.Errorf("redirected access of %d bytes at %#x: at most 16 are handled", len(guest), phys)
+	}
+	s := swapped{phys: phys, n: len(guest), guest: guest}
+	copy(s.svm[:], m.ram[phys:phys+uint64(len(guest))])
 	copy(m.ram[phys:], guest)
 	m.swaps = append(m.swaps, s)
 	return nil
 }
 
-// swapped is a redirected read in flight: the SVM's bytes to put back.
+// SwapInAlias is SwapInGuest for a location whose guest bytes live elsewhere than the guest's
+// image copy (e.g. the guest's struct pages, at another physical address than the SVM's own for
+// the same virtual address): guest is the guest's copy of the size bytes at phys, and receives a
+// redirected write.
+func (m *Machine) SwapInAlias(phys uint64, guest []byte, write bool) error {
+	if err := m.swapFrom(phys, guest); err != nil {
+		return err
+	}
+	m.stats.WindowSwaps++
+	if write {
+		m.writes = append(m.writes, m.swaps[len(m.swaps)-1])
+		m.swaps = m.swaps[:len(m.swaps)-1]
+	}
+	return nil
+}
+
+// swapped is a redirected access in flight: the SVM's bytes to put back, and for a write, where
+// the guest's copy of the result goes.
 type swapped struct {
-	phys uint64
-	svm  [16]byte
-	n    int
+	phys  uint64
+	svm   [16]byte
+	n     int
+	guest []byte
 }
 
 func (m *Machine) onGlobal(acc emu.MemAccess, phys uint64, size int, value int64) {
@@ -155,7 +197,30 @@ func (m *Machine) onGlobal(acc emu.MemAccess, phys uint64, size int, value int64
 // synchronous taint decision that cannot be carried out).
 func (m *Machine) Stop(detail string) { m.stopWith(ErrFault, detail) }
 
+// SwapInGuestForWrite makes the write about to happen at phys (from a memory hook running before
+// it) land on the guest's copy: the guest's bytes go in place, the write happens, and FlushWrites
+// (run by the next hooked access, and when the call ends) moves the result to the guest's private
+// copy and puts the SVM's bytes back. Every access to the range is hooked, so none can see the
+// location in between; the guest itself is never written.
+func (m *Machine) SwapInGuestForWrite(phys uint64, size int) error {
+	guest, ok := m.GuestImage(phys, size)
+	if !ok {
+		return fmt.Errorf("redirected write of %d bytes at %#x outside the guest's image copy", size, phys)
+	}
+	return m.SwapInAlias(phys, guest, true)
+}
+
+// FlushWrites completes the redirected writes made since the last flush.
+func (m *Machine) FlushWrites() {
+	for _, w := range m.writes {
+		copy(w.guest, m.ram[w.phys:w.phys+uint64(w.n)])
+		copy(m.ram[w.phys:], w.svm[:w.n])
+	}
+	m.writes = m.writes[:0]
+}
+
 func (m *Machine) afterSwap(_ emu.MemAccess, phys uint64, size int, _ int64) {
+	m.FlushWrites()
 	for i := len(m.swaps) - 1; i >= 0; i-- {
 		if s := m.swaps[i]; s.phys == phys {
 			copy(m.ram[phys:], s.svm[:s.n])
@@ -163,4 +228,15 @@ func (m *Machine) afterSwap(_ emu.MemAccess, phys uint64, size int, _ int64) {
 			return
 		}
 	}
+}
+
+// WatchAliases installs the after-read hooks that undo SwapInAlias on the given ranges. Call it
+// before the first system call.
+func (m *Machine) WatchAliases(ranges []PhysSpan) error {
+	for _, r := range ranges {
+		if _, err := m.eng.HookMem(emu.HookMemReadAfter, r.Start, r.End-1, m.afterSwap); err != nil {
+			return err
+		}
+	}
+	return nil
 }

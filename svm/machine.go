@@ -112,6 +112,7 @@ type Machine struct {
 	budget     *emu.Budget
 	overlay    *Overlay  // the guest whose RAM is mapped in, if any
 	swaps      []swapped // redirected reads between their two hooks
+	writes     []swapped // redirected writes waiting for FlushWrites
 	curNR      int       // the system call running, for hooks that report it
 
 	stats Stats
@@ -321,7 +322,9 @@ func (m *Machine) loadCPU() error {
 	for name, r := range gprs {
 		steps = append(steps, e.SetReg(r, c.GPR[name]))
 	}
-	steps = append(steps, e.SetReg(emu.RFLAGS, c.RFLAGS), e.SetReg(emu.RIP, c.RIP))
+	// A CR3 write keeps global TLB entries, and every kernel mapping is global: after a reset
+	// or a change to the page tables they could still point where memory used to be mapped.
+	steps = append(steps, e.SetReg(emu.RFLAGS, c.RFLAGS), e.SetReg(emu.RIP, c.RIP), e.FlushTLB())
 	if err := errors.Join(steps...); err != nil {
 		return fmt.Errorf("load SVM CPU state: %w", err)
 	}
@@ -340,6 +343,7 @@ func (m *Machine) Reset() error {
 	if err := unix.Madvise(m.ram, unix.MADV_DONTNEED); err != nil {
 		return fmt.Errorf("reset SVM RAM: %w", err)
 	}
+	m.swaps, m.writes = m.swaps[:0], m.writes[:0]
 	for _, p := range scratchPages {
 		_ = m.eng.WritePhys(p, make([]byte, 4096))
 	}

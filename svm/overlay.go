@@ -19,7 +19,7 @@ type Overlay struct {
 	file  *os.File
 	size  uint64     // guest RAM bytes
 	spans []PhysSpan // page-aligned parts of the reserved ranges inside guest RAM, as mapped
-	image []byte     // read-only mapping of the guest's copy of the kernel-image range
+	image []byte     // private mapping of the guest's copy of the kernel-image range
 	// pte are the direct-map entries written into the SVM's page tables: Reset drops them with
 	// every other change, so they are written again.
 	pte []pteWrite
@@ -55,7 +55,8 @@ func (m *Machine) AttachOverlay(f *os.File, size uint64) error {
 		}
 		ov.spans = append(ov.spans, PhysSpan{start, end})
 	}
-	img, err := unix.Mmap(int(f.Fd()), int64(l.KernelStart), int((l.KernelEnd+4095)&^4095-l.KernelStart), unix.PROT_READ, unix.MAP_SHARED)
+	// Private: redirected writes (SwapInGuestForWrite) change only this copy, never the guest.
+	img, err := unix.Mmap(int(f.Fd()), int64(l.KernelStart), int((l.KernelEnd+4095)&^4095-l.KernelStart), unix.PROT_READ|unix.PROT_WRITE, unix.MAP_PRIVATE)
 	if err != nil {
 		m.restoreSVM(ov.spans)
 		return fmt.Errorf("map the guest's kernel-image range: %w", err)
@@ -100,7 +101,7 @@ func (m *Machine) restoreSVM(spans []PhysSpan) error {
 }
 
 // GuestImage returns the guest's bytes at a physical address inside the kernel-image range (its
-// copy of the kernel's globals), or false outside it.
+// copy of the kernel's globals), or false outside it. The slice aliases the private copy.
 func (m *Machine) GuestImage(phys uint64, n int) ([]byte, bool) {
 	ov := m.overlay
 	if ov == nil {
@@ -245,8 +246,25 @@ func (m *Machine) applyOverlay() error {
 	if ov == nil {
 		return nil
 	}
+	if err := unix.Madvise(ov.image, unix.MADV_DONTNEED); err != nil {
+		return fmt.Errorf("reset the guest's image copy: %w", err)
+	}
 	for _, w := range ov.pte {
 		binary.LittleEndian.PutUint64(m.ram[w.at:], w.value)
 	}
 	return m.loadCPU()
+}
+
+// IsGuestRAM reports whether [phys, phys+n) lies in the overlaid guest RAM, where the machine's
+// memory holds the guest's bytes.
+func (m *Machine) IsGuestRAM(phys, n uint64) bool {
+	if m.overlay == nil {
+		return false
+	}
+	for _, s := range m.overlay.spans {
+		if phys >= s.Start && phys+n <= s.End {
+			return true
+		}
+	}
+	return false
 }

@@ -20,7 +20,7 @@ import (
 const (
 	formatName = "hybridbridge-svm-snapshot"
 	// FormatVersion changes whenever the snapshot's meaning changes; older snapshots are rebuilt.
-	FormatVersion = 4
+	FormatVersion = 5
 	metaFile      = "snapshot.json"
 	ramFile       = "ram.img"
 )
@@ -108,6 +108,9 @@ type Snapshot struct {
 
 	Symbols map[string]uint64 `json:"symbols"` // the kernel addresses the executor needs
 	PIDs    []int             `json:"pids"`    // /proc's process list at capture (ground truth)
+	// Window lists the kernel-image pages the SVM's kernel freed after boot (not PageReserved in
+	// /proc/kpageflags), merged into ranges: see WindowRanges.
+	Window []PhysSpan `json:"window"`
 	// UptimeBeforeCapture is /proc/uptime read inside the SVM just before the capture.
 	UptimeBeforeCapture float64 `json:"uptime_before_capture"`
 

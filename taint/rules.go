@@ -497,6 +497,13 @@ func (c *compiler) shape(in *insn, inst x86asm.Inst, k kind) error {
 		in.rmw(0)
 		in.rd(1)
 		if k == kLogic && in.nargs >= 2 && a1.kind == okImm {
+			// A value masked to 16 bits or fewer (addr & 0xfff, a hash bucket) is an amount, not
+			// a pointer: it carries no provenance. Otherwise a guest page offset added to an
+			// SVM buffer address would make the buffer look like guest memory.
+			if inst.Op == x86asm.AND && uint64(a1.immVal) < 1<<16 {
+				in.clean = ^uint64(0)
+				break
+			}
 			for b := 0; b < int(in.w); b++ {
 				v := byte(a1.immVal >> (8 * uint(b)))
 				if inst.Op == x86asm.AND && v == 0 || inst.Op == x86asm.OR && v == 0xff {

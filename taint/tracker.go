@@ -58,6 +58,8 @@ type Config struct {
 // SyncConfig selects accesses decided synchronously.
 type SyncConfig struct {
 	Begin, End uint64 // guest-physical, inclusive
+	// More are further inclusive ranges decided the same way (Begin/End may then be zero).
+	More [][2]uint64
 	// Func runs inside the memory hook before the access completes, with
 	// the same decision the batch will record. It may redirect the access
 	// (e.g. patch memory) or call Engine.Stop. a is valid during the call.
@@ -72,7 +74,7 @@ type Tracker struct {
 
 	e    *emu.Engine
 	tb   *emu.TraceBuffer
-	hook emu.Hook
+	hooks []emu.Hook // the Sync hooks
 
 	regs regFile
 	mem  shadowMem
@@ -168,12 +170,22 @@ func (t *Tracker) Attach(e *emu.Engine) error {
 	// Installed after the trace, so Unicorn calls it after the trace's C
 	// hook has recorded the same access (hooks run in installation order).
 	if s := t.cfg.Sync; s != nil {
-		h, err := e.HookMem(emu.HookMemRead|emu.HookMemWrite, s.Begin, s.End, t.syncHook)
-		if err != nil {
-			tb.Close()
-			return fmt.Errorf("taint: attach sync hook [%#x, %#x]: %w", s.Begin, s.End, err)
+		ranges := s.More
+		if s.Begin != 0 || s.End != 0 {
+			ranges = append([][2]uint64{{s.Begin, s.End}}, ranges...)
 		}
-		t.hook = h
+		for _, r := range ranges {
+			h, err := e.HookMem(emu.HookMemRead|emu.HookMemWrite, r[0], r[1], t.syncHook)
+			if err != nil {
+				for _, h := range t.hooks {
+					e.HookDel(h)
+				}
+				t.hooks = nil
+				tb.Close()
+				return fmt.Errorf("taint: attach sync hook [%#x, %#x]: %w", r[0], r[1], err)
+			}
+			t.hooks = append(t.hooks, h)
+		}
 	}
 	t.e, t.tb = e, tb
 	return nil
@@ -186,12 +198,12 @@ func (t *Tracker) Detach() error {
 	}
 	t.Drain()
 	err := t.tb.Close()
-	if t.hook != 0 {
-		if e := t.e.HookDel(t.hook); e != nil && err == nil {
+	for _, h := range t.hooks {
+		if e := t.e.HookDel(h); e != nil && err == nil {
 			err = e
 		}
 	}
-	t.e, t.tb, t.hook = nil, nil, 0
+	t.e, t.tb, t.hooks = nil, nil, nil
 	if err != nil {
 		return fmt.Errorf("taint: detach: %w", err)
 	}
