@@ -72,8 +72,8 @@ type Tracker struct {
 	policy Policy
 	comp   compiler
 
-	e    *emu.Engine
-	tb   *emu.TraceBuffer
+	e     *emu.Engine
+	tb    *emu.TraceBuffer
 	hooks []emu.Hook // the Sync hooks
 
 	regs regFile
