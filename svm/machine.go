@@ -88,6 +88,8 @@ type Stats struct {
 	OverBudget   int
 	Globals      [3]int // trapped accesses to kernel globals, by GlobalDecision
 	WindowSwaps  int    // guest-derived reads in the image window given the guest's bytes
+	// LeftoverSwaps counts redirected reads whose after-read hook never came (the access faulted).
+	LeftoverSwaps int
 }
 
 // Machine is the SVM snapshot loaded into Unicorn. Its RAM is a private copy-on-write mapping of
