@@ -42,6 +42,9 @@ func (p *policy) alias(phys uint64) (alias, bool) {
 	return alias{}, false
 }
 
+// svmSide are the labels of the SVM's own data: its kernel's and the inspecting process's.
+const svmSide = taint.LabelSVM | taint.LabelUser
+
 func in(spans []svm.PhysSpan, phys uint64) bool {
 	for _, s := range spans {
 		if phys >= s.Start && phys < s.End {
@@ -56,7 +59,8 @@ func (p *policy) virt(phys uint64) uint64 {
 }
 
 func (p *policy) Decide(a *taint.Access) (taint.Decision, taint.Reason) {
-	guestOnly := a.Addr&taint.LabelGVM != 0 && a.Addr&taint.LabelSVM == 0 && a.Seg != x86asm.GS && a.Base != x86asm.RSP
+	// The inspecting process's memory (user-labelled) is the SVM's as much as its kernel's is.
+	guestOnly := a.Addr&taint.LabelGVM != 0 && a.Addr&svmSide == 0 && a.Seg != x86asm.GS && a.Base != x86asm.RSP
 	if in(p.data, a.Phys) {
 		if guestOnly && !a.DispGlobal {
 			return taint.Redirect, taint.ReasonGVMPointer
@@ -79,18 +83,20 @@ func (p *policy) Decide(a *taint.Access) (taint.Decision, taint.Reason) {
 // shared decides an access where both VMs keep their own data at the same physical address (the
 // image window, struct pages of shared sections). An address from guest data alone is the guest's,
 // one without guest provenance the SVM's. A mixed address is decided by its base register — the
-// pointer; an index is only an amount (a guest-given length into an SVM buffer). A mixed pointer
-// is the guest's, as in VMST. Page offsets (masked values) and layout constants
-// (page_offset_base, vmemmap_base) carry no provenance, so a guest pfn turned into an address,
-// plus an offset, stays the guest's.
+// pointer; an index is only an amount (a guest-given length into an SVM buffer). When the pointer
+// itself is mixed, reads are the guest's (guest data at an SVM-given position, as in VMST) and
+// writes the SVM's: inspection produces output into its own buffers at guest-given positions
+// (copy_to_user advancing by guest-derived lengths), while its writes to guest state (locks,
+// reference counts) go through pointers from guest data alone. Page offsets (masked values) and
+// layout constants (page_offset_base, vmemmap_base) carry no provenance, so a guest pfn turned
+// into an address, plus an offset, stays the guest's.
 func (p *policy) shared(a *taint.Access, guestOnly bool) (taint.Decision, taint.Reason) {
-	base := a.BaseLabel & (taint.LabelGVM | taint.LabelSVM)
 	switch {
 	case guestOnly:
 		return taint.Redirect, taint.ReasonGVMPointer
 	case a.Addr&taint.LabelGVM == 0:
 		return taint.VMST{}.Decide(a)
-	case base == taint.LabelSVM:
+	case a.BaseLabel&svmSide != 0 && a.BaseLabel&taint.LabelGVM == 0, a.Write:
 		return taint.Local, taint.ReasonMixedPointer
 	default:
 		return taint.Redirect, taint.ReasonMixedPointer
