@@ -263,3 +263,55 @@ func TestPsAndMemo(t *testing.T) {
 		t.Fatalf("ps of a missing guest: %v", err)
 	}
 }
+
+// The memo is on disk: a new program run finds what the last one learned, and a corrupt memo
+// file is reported and rebuilt, never half-read.
+func TestMemoSurvivesRestartAndCorruption(t *testing.T) {
+	needGuest(t)
+	if _, _, err := run("ps", "--guest", "cli"); err != nil {
+		t.Fatal(err)
+	}
+	// Every run builds a new command tree: nothing but the file carries the memo over.
+	out, _, err := run("memo", "stats", "--json")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var st struct{ Entries int }
+	if err := json.Unmarshal([]byte(out), &st); err != nil || st.Entries == 0 {
+		t.Fatalf("memo after a restart: %s %v", out, err)
+	}
+	cache, err := guest.FindCacheDir()
+	if err != nil {
+		t.Fatal(err)
+	}
+	a, err := guest.LoadAssets(cache)
+	if err != nil {
+		t.Fatal(err)
+	}
+	id, err := a.KernelID()
+	if err != nil {
+		t.Fatal(err)
+	}
+	path := cache + "/memo/" + id + ".memo"
+	data, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	data[len(data)/2] ^= 0xff
+	if err := os.WriteFile(path, data, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := run("memo", "stats"); err == nil {
+		t.Fatal("memo stats read a corrupt memo")
+	}
+	_, errOut, err := run("ps", "--guest", "cli")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(errOut, "memo rebuilt") {
+		t.Fatalf("a corrupt memo was not reported: %q", errOut)
+	}
+	if _, _, err := run("memo", "stats"); err != nil {
+		t.Fatalf("memo not rebuilt: %v", err)
+	}
+}

@@ -21,4 +21,5 @@ go test -count=1 -timeout 60m ./...
 echo "==> benchmarks"
 go test -count=1 -run '^$' -bench . -benchtime 5x ./guest
 go test -count=1 -run '^$' -bench . -benchtime 200x ./svm
+go test -count=1 -run '^$' -bench . -benchtime 3x ./bridge
 go test -count=1 -run '^$' -bench . -benchtime 1s ./vmm ./emu ./taint
