@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"regexp"
 	"strconv"
+	"strings"
 )
 
 // Exec runs a shell command inside the guest over a fresh channel connection.
@@ -75,7 +76,25 @@ type CPUState struct {
 // LA57 reports 5-level paging.
 func (c CPUState) LA57() bool { return c.CR4&(1<<12) != 0 }
 
-var regField = regexp.MustCompile(`\b(CR0|CR3|CR4|EFER)=([0-9a-fA-F]+)`)
+var regField = regexp.MustCompile(`\b(RAX|RBX|RCX|RDX|RSI|RDI|RBP|RSP|R8 |R9 |R10|R11|R12|R13|R14|R15|RIP|RFL|CR0|CR2|CR3|CR4|EFER)=([0-9a-fA-F]+)`)
+
+// InfoRegisterValues extracts the general, control and EFER registers of the first CPU from the
+// text of QEMU's "info registers", keyed by lower-case name ("rax", "r8", "rfl", "cr3", "efer").
+func InfoRegisterValues(text string) (map[string]uint64, error) {
+	out := map[string]uint64{}
+	for _, m := range regField.FindAllStringSubmatch(text, -1) {
+		name := strings.ToLower(strings.TrimSpace(m[1]))
+		if _, seen := out[name]; seen {
+			continue // only vCPU 0
+		}
+		v, err := strconv.ParseUint(m[2], 16, 64)
+		if err != nil {
+			return nil, fmt.Errorf("info registers: %s=%s: %w", m[1], m[2], err)
+		}
+		out[name] = v
+	}
+	return out, nil
+}
 
 // CPU reads vCPU 0's control registers. QMP has no command for them, so this parses the human
 // monitor's "info registers". Any process's CR3 serves for kernel addresses: the kernel half of
@@ -94,30 +113,14 @@ func (g *Guest) CPU(ctx context.Context) (CPUState, error) {
 }
 
 func parseRegisters(text string) (CPUState, error) {
-	var st CPUState
-	seen := map[string]bool{}
-	for _, m := range regField.FindAllStringSubmatch(text, -1) {
-		if seen[m[1]] {
-			continue // only vCPU 0
-		}
-		seen[m[1]] = true
-		v, err := strconv.ParseUint(m[2], 16, 64)
-		if err != nil {
-			return st, fmt.Errorf("info registers: %s=%s: %w", m[1], m[2], err)
-		}
-		switch m[1] {
-		case "CR0":
-			st.CR0 = v
-		case "CR3":
-			st.CR3 = v
-		case "CR4":
-			st.CR4 = v
-		case "EFER":
-			st.EFER = v
-		}
+	r, err := InfoRegisterValues(text)
+	if err != nil {
+		return CPUState{}, err
 	}
-	if !seen["CR3"] || !seen["CR4"] {
-		return st, fmt.Errorf("info registers: no CR3/CR4 in %.200q", text)
+	cr3, ok1 := r["cr3"]
+	cr4, ok2 := r["cr4"]
+	if !ok1 || !ok2 {
+		return CPUState{}, fmt.Errorf("info registers: no CR3/CR4 in %.200q", text)
 	}
-	return st, nil
+	return CPUState{CR0: r["cr0"], CR3: cr3, CR4: cr4, EFER: r["efer"]}, nil
 }

@@ -459,7 +459,6 @@ func capture(ctx context.Context, sock string, syms *vmm.Symbols, snap *Snapshot
 }
 
 var (
-	regPair = regexp.MustCompile(`\b(RAX|RBX|RCX|RDX|RSI|RDI|RBP|RSP|R8 |R9 |R10|R11|R12|R13|R14|R15|RIP|RFL|CR0|CR2|CR3|CR4|EFER)=([0-9a-f]+)`)
 	segLine = regexp.MustCompile(`(?m)^(ES|CS|SS|DS|FS|GS|LDT|TR) *=([0-9a-f]{4}) ([0-9a-f]{16}) ([0-9a-f]{8}) ([0-9a-f]{8})`)
 	tblLine = regexp.MustCompile(`(?m)^(GDT|IDT)= +([0-9a-f]{16}) ([0-9a-f]{8})`)
 )
@@ -469,16 +468,12 @@ var (
 func parseInfoRegisters(text string) (CPU, error) {
 	cpu := CPU{GPR: map[string]uint64{}}
 	seen := map[string]bool{}
-	for _, m := range regPair.FindAllStringSubmatch(text, -1) {
-		name := strings.ToLower(strings.TrimSpace(m[1]))
-		if seen[name] {
-			continue
-		}
+	regs, err := guest.InfoRegisterValues(text)
+	if err != nil {
+		return cpu, err
+	}
+	for name, v := range regs {
 		seen[name] = true
-		v, err := strconv.ParseUint(m[2], 16, 64)
-		if err != nil {
-			return cpu, err
-		}
 		switch name {
 		case "rip":
 			cpu.RIP = v
