@@ -308,7 +308,10 @@ func TestProcessViewRandomWorkload(t *testing.T) {
 // TestGuestNeverWritten runs 100 process views with the guest paused throughout: its memory is
 // byte-for-byte the same afterwards.
 func TestGuestNeverWritten(t *testing.T) {
-	ctx := need(t)
+	need(t)
+	// 100 views take about 2 minutes on two cores.
+	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Minute)
+	defer cancel()
 	if err := demo.Pause(ctx); err != nil {
 		t.Fatal(err)
 	}

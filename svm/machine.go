@@ -65,15 +65,10 @@ type Options struct {
 	CountInstructions bool
 	// Symbols, if set, renders stop addresses as symbol+offset.
 	Symbols *vmm.Symbols
-	// Globals, if set, installs the trap on the kernel image's globals and decides each access
-	// (redirected accesses use the overlaid guest's copy). Without it globals are never trapped.
-	Globals Classifier
-	// OnGlobal, if set, sees every trapped access with its decision (for the memo and reports).
-	OnGlobal func(GlobalAccess, GlobalDecision)
 	// OnReset, if set, runs after every Reset (e.g. to clear a taint engine's shadow state).
 	OnReset func()
-	// Window installs the hooks that undo SwapInGuest over the image window (WindowRanges), for
-	// a taint engine that redirects guest-derived accesses there.
+	// Window installs the hooks that undo SwapInGuest over the kernel image's data and freed
+	// pages, for a taint engine that redirects accesses there.
 	Window bool
 }
 
@@ -86,8 +81,7 @@ type Stats struct {
 	Resets       int
 	Blocked      int
 	OverBudget   int
-	Globals      [3]int // trapped accesses to kernel globals, by GlobalDecision
-	WindowSwaps  int    // guest-derived reads in the image window given the guest's bytes
+	WindowSwaps  int // guest-derived reads in the image window given the guest's bytes
 	// LeftoverSwaps counts redirected reads whose after-read hook never came (the access faulted).
 	LeftoverSwaps int
 }
@@ -272,8 +266,8 @@ func (m *Machine) setup() error {
 	if err := m.hookTSC(); err != nil {
 		return err
 	}
-	if m.opts.Globals != nil || m.opts.Window {
-		if err := m.hookGlobals(); err != nil {
+	if m.opts.Window {
+		if err := m.hookSwaps(); err != nil {
 			return err
 		}
 	}

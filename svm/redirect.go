@@ -6,7 +6,7 @@ import (
 	"hybridbridge/emu"
 )
 
-// GlobalDecision says whose copy of a kernel global an access uses.
+// GlobalDecision says whose copy of a kernel global an access uses (the bridge's per-global lists).
 type GlobalDecision uint8
 
 const (
@@ -29,18 +29,6 @@ func (d GlobalDecision) String() string {
 		return "unknown"
 	}
 }
-
-// GlobalAccess is one access to the kernel image's data (.data, .bss, ro-after-init).
-type GlobalAccess struct {
-	PC    uint64 // the instruction
-	Phys  uint64 // physical address (the same in the SVM and the guest)
-	Virt  uint64 // kernel-image virtual address
-	Size  int
-	Write bool
-}
-
-// Classifier decides accesses to kernel globals (DESIGN §3.3: redirect and keep-local lists).
-type Classifier func(GlobalAccess) GlobalDecision
 
 // DataRanges are the physical ranges of the kernel image holding globals whose contents differ
 // between VMs: ro-after-init, data and bss, without the pages the kernel freed (Window). Text and
@@ -80,30 +68,11 @@ func (s *Snapshot) imagePhys(sym string) uint64 {
 	return s.Symbols[sym] - s.Symbols["_text"] + s.Layout.KernelStart
 }
 
-// hookGlobals installs the data-side trap on the kernel image's globals. A redirected read gets
-// the guest's bytes swapped into place before the load and the SVM's bytes back right after it
-// (UC_HOOK_MEM_READ runs before the load, UC_HOOK_MEM_READ_AFTER after). A redirected write would
-// change the guest's state, which inspection never does: it stops the call.
-func (m *Machine) hookGlobals() error {
-	var after []PhysSpan
-	if m.opts.Globals != nil {
-		for _, r := range m.snap.DataRanges() {
-			if r.End <= r.Start {
-				return fmt.Errorf("snapshot has an empty kernel data range %#x-%#x", r.Start, r.End)
-			}
-			if _, err := m.eng.HookMem(emu.HookMemRead|emu.HookMemWrite, r.Start, r.End-1, m.onGlobal); err != nil {
-				return err
-			}
-		}
-		after = append(after, m.snap.DataRanges()...)
-	}
-	if m.opts.Window {
-		after = append(after, m.snap.WindowRanges()...)
-		if m.opts.Globals == nil {
-			after = append(after, m.snap.DataRanges()...)
-		}
-	}
-	for _, r := range after {
+// hookSwaps installs the after-read hooks that put the SVM's bytes back after a read the taint
+// engine redirected (SwapInGuest) in the kernel image's data and freed pages: UC_HOOK_MEM_READ runs
+// before the load, UC_HOOK_MEM_READ_AFTER after it.
+func (m *Machine) hookSwaps() error {
+	for _, r := range append(m.snap.WindowRanges(), m.snap.DataRanges()...) {
 		if r.End <= r.Start {
 			continue
 		}
@@ -168,29 +137,6 @@ type swapped struct {
 	svm   [16]byte
 	n     int
 	guest []byte
-}
-
-func (m *Machine) onGlobal(acc emu.MemAccess, phys uint64, size int, value int64) {
-	pc, _ := m.eng.Reg(emu.RIP)
-	a := GlobalAccess{PC: pc, Phys: phys, Virt: phys - m.snap.Layout.KernelStart + m.snap.Symbols["_text"], Size: size, Write: acc == emu.MemWrite}
-	d := GlobalUnknown
-	if m.opts.Globals != nil {
-		d = m.opts.Globals(a)
-	}
-	m.stats.Globals[d]++
-	if m.opts.OnGlobal != nil {
-		m.opts.OnGlobal(a, d)
-	}
-	if d != GlobalRedirect || m.overlay == nil {
-		return
-	}
-	if a.Write {
-		m.stopWith(ErrFault, fmt.Sprintf("write of %d bytes to the guest's global at %#x: inspection must not change the guest", size, a.Virt))
-		return
-	}
-	if err := m.swapIn(phys, size); err != nil {
-		m.stopWith(ErrFault, err.Error())
-	}
 }
 
 // Stop ends the current system call with a fault (from a hook of another package, e.g. a
