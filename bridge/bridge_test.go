@@ -6,7 +6,6 @@ import (
 	"math/rand/v2"
 	"os"
 	"reflect"
-	"sort"
 	"strings"
 	"testing"
 	"time"
@@ -211,14 +210,6 @@ func TestKernelMismatchIsRefused(t *testing.T) {
 	}
 }
 
-func sortedPIDs(ps []inspect.Process) []int {
-	var out []int
-	for _, p := range ps {
-		out = append(out, p.PID)
-	}
-	sort.Ints(out)
-	return out
-}
 
 // randomWord returns a lower-case word of n letters.
 func randomWord(r *rand.Rand, n int) string {
