@@ -210,7 +210,6 @@ func TestKernelMismatchIsRefused(t *testing.T) {
 	}
 }
 
-
 // randomWord returns a lower-case word of n letters.
 func randomWord(r *rand.Rand, n int) string {
 	b := make([]byte, n)
