@@ -10,6 +10,8 @@
 set -euo pipefail
 
 root=$(cd "$(dirname "$0")/.." && pwd)
+# Go installed from go.dev lives here and is not always on a non-interactive PATH.
+[ -d /usr/local/go/bin ] && PATH="$PATH:/usr/local/go/bin"
 cache="$root/.cache"
 mkdir -p "$cache"
 
