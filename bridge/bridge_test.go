@@ -138,10 +138,10 @@ func compareProcesses(t *testing.T, view, truth []inspect.Process, self int) {
 	}
 }
 
-func TestProcessViewMatchesGuest(t *testing.T) {
-	ctx := need(t)
-	truth, self := groundTruth(t, ctx, demo)
-	// Pause first: the memory hash before and after the view proves inspection writes nothing.
+// pausedSession pauses the demo guest, hashes its memory and attaches to it: hashing again before
+// the session closes (and resumes the guest) proves inspection wrote nothing.
+func pausedSession(t *testing.T, ctx context.Context) (*Session, *vmm.FileView, string) {
+	t.Helper()
 	if err := demo.Pause(ctx); err != nil {
 		t.Fatal(err)
 	}
@@ -149,7 +149,7 @@ func TestProcessViewMatchesGuest(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer mem.Close()
+	t.Cleanup(func() { mem.Close() })
 	before, err := vmm.Hash(ctx, mem)
 	if err != nil {
 		t.Fatal(err)
@@ -158,6 +158,13 @@ func TestProcessViewMatchesGuest(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	return s, mem, before
+}
+
+func TestProcessViewMatchesGuest(t *testing.T) {
+	ctx := need(t)
+	truth, self := groundTruth(t, ctx, demo)
+	s, mem, before := pausedSession(t, ctx)
 	start := time.Now()
 	view, err := inspect.ListProcesses(s)
 	elapsed := time.Since(start)
@@ -302,22 +309,7 @@ func TestGuestNeverWritten(t *testing.T) {
 	// 100 views take about 2 minutes on two cores.
 	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Minute)
 	defer cancel()
-	if err := demo.Pause(ctx); err != nil {
-		t.Fatal(err)
-	}
-	mem, err := demo.Memory()
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer mem.Close()
-	before, err := vmm.Hash(ctx, mem)
-	if err != nil {
-		t.Fatal(err)
-	}
-	s, err := Attach(ctx, demo, snap, syms)
-	if err != nil {
-		t.Fatal(err)
-	}
+	s, mem, before := pausedSession(t, ctx)
 	var first []inspect.Process
 	for i := 0; i < 100; i++ {
 		view, err := inspect.ListProcesses(s)
