@@ -9,6 +9,7 @@ import (
 	"sync"
 
 	"hybridbridge/svm"
+	"hybridbridge/taint"
 	"hybridbridge/vmm"
 )
 
@@ -83,8 +84,11 @@ func init() {
 		"kprobe_optinsn_slots", "bpf_tree")
 }
 
-// PolicyVersion names the lists' content: memoized decisions are valid only for the lists they
-// were made with.
+// policyVersion changes with the bridge's own decision rules (bridge/policy.go).
+const policyVersion = 1
+
+// PolicyVersion names the lists' content, the taint rules and the bridge's decision rules:
+// memoized decisions are valid only for what made them.
 func PolicyVersion() string {
 	h := sha256.New()
 	for _, l := range []map[string]string{redirectList, keepLocalList} {
@@ -95,6 +99,7 @@ func PolicyVersion() string {
 		sort.Strings(names)
 		fmt.Fprintln(h, strings.Join(names, ","))
 	}
+	fmt.Fprintln(h, "taint rules", taint.RulesVersion, "policy", policyVersion)
 	return "lists-" + hex.EncodeToString(h.Sum(nil))[:12]
 }
 

@@ -7,6 +7,10 @@ import (
 	"golang.org/x/arch/x86/x86asm"
 )
 
+// RulesVersion changes whenever a rule changes the labels it produces, so decisions memoized under
+// older rules are never replayed. 2: a value masked to 16 bits carries no provenance.
+const RulesVersion = 2
+
 // ErrUnmodelled is returned (wrapped) by compile for an opcode without a
 // propagation rule. The tracker then counts the mnemonic and applies the
 // conservative rule (see kGeneric); it never treats the instruction as
