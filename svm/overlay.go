@@ -141,19 +141,14 @@ func (m *Machine) planDirectMap() error {
 	}
 	ov := m.overlay
 	ov.pte = ov.pte[:0]
-	read := func(pa uint64) uint64 { return binary.LittleEndian.Uint64(m.ram[pa:]) }
+	read := m.readPhys64
 	for _, s := range ov.spans {
 		for pa := s.Start; pa < s.End; {
 			va := base + pa
-			pml4e := read(m.snap.CPU.CR3&pteAddr + (va>>39&511)*8)
-			if pml4e&ptePresent == 0 {
-				return fmt.Errorf("direct map of %#x: no PML4 entry in the SVM", pa)
+			pdeAt, err := m.pdSlot(va)
+			if err != nil {
+				return fmt.Errorf("direct map of %#x: %w", pa, err)
 			}
-			pdpte := read(pml4e&pteAddr + (va>>30&511)*8)
-			if pdpte&ptePresent == 0 || pdpte&ptePS != 0 {
-				return fmt.Errorf("direct map of %#x: no page directory in the SVM (PDPT entry %#x)", pa, pdpte)
-			}
-			pdeAt := pdpte&pteAddr + (va>>21&511)*8
 			pde := read(pdeAt)
 			switch {
 			case pde&ptePresent == 0 && pa&(2<<20-1) == 0 && pa+2<<20 <= s.End:
@@ -201,18 +196,13 @@ func (m *Machine) Graft(leaves []Graft) (GraftStats, error) {
 	if ov == nil {
 		return st, errors.New("graft without a guest overlay")
 	}
-	read := func(pa uint64) uint64 { return binary.LittleEndian.Uint64(m.ram[pa:]) }
+	read := m.readPhys64
 	for _, g := range leaves {
 		va := g.VA
-		pml4e := read(m.snap.CPU.CR3&pteAddr + (va>>39&511)*8)
-		if pml4e&ptePresent == 0 {
-			return st, fmt.Errorf("graft %#x: no PML4 entry in the SVM", va)
+		pdeAt, err := m.pdSlot(va)
+		if err != nil {
+			return st, fmt.Errorf("graft %#x: %w", va, err)
 		}
-		pdpte := read(pml4e&pteAddr + (va>>30&511)*8)
-		if pdpte&ptePresent == 0 || pdpte&ptePS != 0 {
-			return st, fmt.Errorf("graft %#x: no page directory in the SVM", va)
-		}
-		pdeAt := pdpte&pteAddr + (va>>21&511)*8
 		pde := read(pdeAt)
 		switch g.Size {
 		case 2 << 20:
@@ -238,6 +228,23 @@ func (m *Machine) Graft(leaves []Graft) (GraftStats, error) {
 		st.Grafted++
 	}
 	return st, m.applyOverlay()
+}
+
+func (m *Machine) readPhys64(pa uint64) uint64 { return binary.LittleEndian.Uint64(m.ram[pa:]) }
+
+// pdSlot returns the physical address of the page-directory entry for va in the SVM's kernel
+// page tables. The PML4 and PDPT levels must already exist: the overlay writes into tables the
+// SVM has and allocates none.
+func (m *Machine) pdSlot(va uint64) (uint64, error) {
+	pml4e := m.readPhys64(m.snap.CPU.CR3&pteAddr + (va>>39&511)*8)
+	if pml4e&ptePresent == 0 {
+		return 0, errors.New("no PML4 entry in the SVM")
+	}
+	pdpte := m.readPhys64(pml4e&pteAddr + (va>>30&511)*8)
+	if pdpte&ptePresent == 0 || pdpte&ptePS != 0 {
+		return 0, fmt.Errorf("no page directory in the SVM (PDPT entry %#x)", pdpte)
+	}
+	return pdpte&pteAddr + (va>>21&511)*8, nil
 }
 
 // applyOverlay writes the direct-map entries and makes Unicorn forget cached translations.
