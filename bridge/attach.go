@@ -28,8 +28,14 @@ type Session struct {
 	ram     *os.File
 	Banner  string         // the guest's linux_banner
 	Grafts  svm.GraftStats // the guest's vmemmap entries copied into the SVM
-	Globals *Globals       // the per-global lists, with the unknown globals seen
-	Taint   *taint.Tracker // provenance for the image window
+	// GuestTSC is the guest's TSC at its last timekeeping update, which the SVM's clocksource
+	// reads while the redirected timekeeper (tk_core) is the guest's: views see the guest's time
+	// as of that update (the guest is paused; an idle guest updates it when it wakes).
+	GuestTSC uint64
+	// ModuleGrafts are the guest's module-area directory entries copied into the SVM.
+	ModuleGrafts svm.GraftStats
+	Globals      *Globals       // the per-global lists, with the unknown globals seen
+	Taint        *taint.Tracker // provenance for the image window
 	// Counts are the accesses to kernel globals by decision (taint.Local, Redirect, Unknown),
 	// plus guest-derived accesses in the image window under Redirect.
 	Counts [3]int
@@ -89,7 +95,10 @@ func Attach(ctx context.Context, g *guest.Guest, snap *svm.Snapshot, syms *vmm.S
 		return nil, err
 	}
 	s.Globals = NewGlobals(syms)
-	opts := svm.Options{Symbols: syms, Window: true, OnReset: s.onReset}
+	if s.GuestTSC, err = s.guestClock(vmm.NewVirtView("guest "+g.Meta.Name, w), snap); err != nil {
+		return nil, err
+	}
+	opts := svm.Options{Symbols: syms, Window: true, OnReset: s.onReset, ClockTSC: func() uint64 { return s.GuestTSC }}
 	if s.Machine, err = svm.Open(snap, opts); err != nil {
 		return nil, err
 	}
@@ -105,6 +114,16 @@ func Attach(ctx context.Context, g *guest.Guest, snap *svm.Snapshot, syms *vmm.S
 		return nil, err
 	}
 	if s.Grafts, err = s.Machine.Graft(leaves); err != nil {
+		return nil, err
+	}
+	mods, err := moduleGrafts(w)
+	if err != nil {
+		return nil, err
+	}
+	if err := s.checkModuleTables(mods); err != nil {
+		return nil, err
+	}
+	if s.ModuleGrafts, err = s.Machine.Graft(mods); err != nil {
 		return nil, err
 	}
 	var spans []svm.PhysSpan
@@ -205,16 +224,48 @@ func (s *Session) checkKernel(virt *vmm.VirtView, snap *svm.Snapshot) error {
 
 // svmValue reads a 64-bit global from the snapshot's RAM file.
 func (s *Session) svmValue(snap *svm.Snapshot, name string) (uint64, error) {
-	f, err := os.Open(snap.RAMPath())
+	b, err := svmBytes(snap, snap.Symbols[name], 8)
 	if err != nil {
-		return 0, err
-	}
-	defer f.Close()
-	var b [8]byte
-	if _, err := f.ReadAt(b[:], int64(snap.Symbols[name]-snap.Symbols["_text"]+snap.Layout.KernelStart)); err != nil {
 		return 0, fmt.Errorf("SVM %s: %w", name, err)
 	}
-	return binary.LittleEndian.Uint64(b[:]), nil
+	return binary.LittleEndian.Uint64(b), nil
+}
+
+// svmBytes reads n bytes of the SVM kernel image's data at virtual address va from the snapshot.
+func svmBytes(snap *svm.Snapshot, va uint64, n int) ([]byte, error) {
+	f, err := os.Open(snap.RAMPath())
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	b := make([]byte, n)
+	if _, err := f.ReadAt(b, int64(va-snap.Symbols["_text"]+snap.Layout.KernelStart)); err != nil {
+		return nil, err
+	}
+	return b, nil
+}
+
+// guestClock finds the guest's last counter value in its timekeeper (tk_core's
+// tkr_mono.cycle_last). Its offset is not assumed: it is the field of the SVM's own timekeeper
+// that holds a counter value shortly before the snapshot's captured TSC (the SVM's clock
+// advances by ticks, so its last update is at most a few ticks earlier).
+func (s *Session) guestClock(virt *vmm.VirtView, snap *svm.Snapshot) (uint64, error) {
+	tk, ok := s.Globals.syms.Addr("tk_core")
+	if !ok {
+		return 0, errors.New("no tk_core in the kernel's symbols")
+	}
+	mine, err := svmBytes(snap, tk, 64)
+	if err != nil {
+		return 0, fmt.Errorf("SVM timekeeper: %w", err)
+	}
+	window := snap.TSCKHz * 1000 // one second of counter
+	for off := 0; off+8 <= len(mine); off += 8 {
+		v := binary.LittleEndian.Uint64(mine[off:])
+		if v <= snap.TSC && snap.TSC-v < window {
+			return virt.ReadUint64(tk + uint64(off))
+		}
+	}
+	return 0, fmt.Errorf("no counter value near the snapshot's TSC %#x in the SVM's timekeeper (% x)", snap.TSC, mine)
 }
 
 // Close releases the machine and resumes the guest.
@@ -238,12 +289,26 @@ func (s *Session) onReset() {
 	}
 }
 
-// procPath maps a view's /proc path to the SVM's fresh procfs instance (svm.ProcRoot).
+// procPath maps a view's /proc path to the SVM's fresh procfs instance (svm.ProcRoot). The
+// reader's own entries (/proc/self and the links to it: net, mounts) would resolve the SVM
+// agent's pid among the guest's processes; they are the guest's init's (pid 1), whose namespaces
+// are the guest's root ones, as for the guest's own tools.
 func procPath(path string) string {
-	if path == "/proc" || strings.HasPrefix(path, "/proc/") {
-		return svm.ProcRoot + path[len("/proc"):]
+	rest, ok := strings.CutPrefix(path, "/proc")
+	if !ok || (rest != "" && rest[0] != '/') {
+		return path
 	}
-	return path
+	for _, self := range []string{"/self", "/thread-self"} {
+		if rest == self || strings.HasPrefix(rest, self+"/") {
+			rest = "/1" + rest[len(self):]
+		}
+	}
+	for _, link := range []string{"/net", "/mounts"} {
+		if rest == link || strings.HasPrefix(rest, link+"/") {
+			rest = "/1" + rest
+		}
+	}
+	return svm.ProcRoot + rest
 }
 
 // fresh resets the machine before an operation: each file a view reads is its own transaction
@@ -279,4 +344,79 @@ func (s *Session) ReadFile(path string) ([]byte, error) {
 		return nil, err
 	}
 	return s.Machine.ReadFile(procPath(path))
+}
+
+// ReadLink reads a symbolic link of the guest as its kernel sees it (implements inspect.Links).
+func (s *Session) ReadLink(path string) (string, error) {
+	if err := s.fresh(); err != nil {
+		return "", err
+	}
+	return s.Machine.ReadLink(procPath(path))
+}
+
+// The module area (MODULES_VADDR to MODULES_END with CONFIG_RANDOMIZE_BASE): the top page
+// directory of the kernel's address space, entries 0..503; the ones above are the fixmap.
+const (
+	modulesStart = 0xffffffffc0000000
+	modulesEnd   = 0xffffffffff000000
+)
+
+// moduleGrafts lists the guest's page-directory entries for its module area: the guest's
+// struct module, module text and data live there, mapped by page tables in the guest's RAM. The
+// SVM loads no modules, so those directory slots are free in its tables (where it maps something
+// of its own, it keeps it and the conflict is counted).
+func moduleGrafts(w *vmm.Walker) ([]svm.Graft, error) {
+	mem := w.Mem()
+	entry := func(table uint64, index uint64) (uint64, error) {
+		var b [8]byte
+		err := mem.ReadPhys(table&0x000ffffffffff000+index*8, b[:])
+		return binary.LittleEndian.Uint64(b[:]), err
+	}
+	table := w.Root()
+	for level := w.Levels(); level > 2; level-- {
+		e, err := entry(table, modulesStart>>(12+9*uint(level-1))&511)
+		if err != nil {
+			return nil, fmt.Errorf("guest module area: %w", err)
+		}
+		if e&1 == 0 || e&0x80 != 0 {
+			return nil, fmt.Errorf("guest module area: no page directory (level %d entry %#x)", level, e)
+		}
+		table = e
+	}
+	var out []svm.Graft
+	for va := uint64(modulesStart); va < modulesEnd; va += 2 << 20 {
+		e, err := entry(table, va>>21&511)
+		if err != nil {
+			return nil, fmt.Errorf("guest module area: %w", err)
+		}
+		if e&1 != 0 {
+			out = append(out, svm.Graft{VA: va, Size: 2 << 20, Entry: e})
+		}
+	}
+	return out, nil
+}
+
+// checkModuleTables refuses page tables of the guest's module area that lie in the kernel-image
+// range: the emulator's page walk reads physical memory directly, and there the SVM's own bytes
+// are. (Module pages there are fine: each access to them is decided by provenance.)
+func (s *Session) checkModuleTables(mods []svm.Graft) error {
+	for _, g := range mods {
+		if g.Entry&0x80 != 0 {
+			continue // a 2 MiB leaf
+		}
+		pt := g.Entry & 0x000ffffffffff000
+		if !s.Machine.IsGuestRAM(pt, 4096) {
+			return fmt.Errorf("the guest's page table for modules at %#x is at physical %#x, inside the kernel image's range; unsupported", g.VA, pt)
+		}
+	}
+	return nil
+}
+
+// ReadRecords reads a record device of the guest (e.g. /dev/kmsg, the guest's kernel log) one
+// record per read, without blocking.
+func (s *Session) ReadRecords(path string) ([][]byte, error) {
+	if err := s.fresh(); err != nil {
+		return nil, err
+	}
+	return s.Machine.ReadRecords(procPath(path))
 }

@@ -25,6 +25,84 @@ var redirectList = map[string]string{
 	"init_task":       "the guest's idle task (parent of pid 1 and 2)",
 	"init_signals":    "the idle task's signal struct",
 	"init_struct_pid": "the idle task's struct pid (__task_pid_nr_ns)",
+	// m_start → seq_list_start(&modules): the list of loaded modules (/proc/modules).
+	"modules": "loaded modules (/proc/modules)",
+	// The guest's policy for printing kernel addresses (kallsyms_show_value in m_show, %pK).
+	"kptr_restrict":              "the guest's address-printing policy (/proc/modules addresses)",
+	"sysctl_perf_event_paranoid": "the guest's address-printing policy (kallsyms_for_perf)",
+	// /proc/<pid>/net → get_proc_task_net → task->nsproxy->net_ns: the guest's network namespace
+	// and, reached from it by constant address, its socket tables.
+	"init_nsproxy":    "the namespaces of the guest's first tasks (network, UTS, mount)",
+	"init_net":        "the guest's initial network namespace (/proc/net/*)",
+	"tcp_hashinfo":    "TCP sockets (/proc/net/tcp, tcp6)",
+	"udp_table":       "UDP sockets (/proc/net/udp, udp6)",
+	"tcp4_seq_afinfo": "TCP sockets (/proc/net/tcp)",
+	"tcp6_seq_afinfo": "TCP sockets (/proc/net/tcp6)",
+	"udp4_seq_afinfo": "UDP sockets (/proc/net/udp)",
+	"udp6_seq_afinfo": "UDP sockets (/proc/net/udp6)",
+	"arp_tbl":         "the neighbour table (/proc/net/arp)",
+	"init_uts_ns":     "host and kernel names (/proc/sys/kernel/{hostname,osrelease,version,...})",
+	// The guest's clock: a view's "now" is the guest's (uptime, start times, socket timers). The
+	// SVM's system calls take no timer interrupt, so nothing writes these while a view runs;
+	// read_tsc gives the guest's last counter value (svm.Options.ClockTSC), so the clock
+	// reads the guest's time as of its last timekeeping update.
+	"tk_core":               "the guest's timekeeper (/proc/uptime, ktime_get_*)",
+	"jiffies":               "the guest's tick count (timers, /proc/net/* timer columns)",
+	"jiffies_64":            "the guest's tick count (the same variable)",
+	"timekeeping_suspended": "the guest's timekeeper state (ktime_get_*)",
+	"tick_nohz_active":      "the guest's idle accounting mode (/proc/uptime idle time)",
+	// Load and memory statistics of the guest (/proc/loadavg, /proc/meminfo, tmpfs sizes).
+	"avenrun":                  "load averages (/proc/loadavg)",
+	"nr_threads":               "number of tasks (/proc/loadavg)",
+	"_totalram_pages":          "total RAM (/proc/meminfo; tmpfs default size in /proc/mounts)",
+	"totalreserve_pages":       "reserved pages (/proc/meminfo MemAvailable)",
+	"total_swap_pages":         "swap (/proc/meminfo)",
+	"nr_swap_pages":            "swap (/proc/meminfo)",
+	"nr_swapfiles":             "swap (/proc/meminfo)",
+	"vm_committed_as":          "committed memory (/proc/meminfo)",
+	"nr_vmalloc_pages":         "vmalloc use (/proc/meminfo)",
+	"pcpu_nr_populated":        "per-cpu memory (/proc/meminfo)",
+	"direct_pages_count":       "direct-map page sizes (/proc/meminfo DirectMap*)",
+	"num_poisoned_pages":       "hardware-poisoned pages (/proc/meminfo)",
+	"totalcma_pages":           "CMA (/proc/meminfo)",
+	"hstates":                  "huge pages (/proc/meminfo)",
+	"hugetlb_max_hstate":       "huge pages (/proc/meminfo)",
+	"direct_gbpages":           "direct-map page sizes (/proc/meminfo DirectMap1G)",
+	"pcpu_nr_units":            "per-cpu memory (/proc/meminfo Percpu)",
+	"sysctl_overcommit_kbytes": "commit limit (/proc/meminfo CommitLimit)",
+	"sysctl_overcommit_ratio":  "commit limit (/proc/meminfo CommitLimit)",
+	"zswap_pool_total_size":    "zswap (/proc/meminfo)",
+	"zswap_stored_pages":       "zswap (/proc/meminfo)",
+	"default_hstate_idx":       "huge pages (/proc/meminfo)",
+}
+
+// redirectInList are globals that serve both: the SVM's machinery reads them for itself, and a
+// view's functions read them for the guest. They are redirected only in the named functions
+// (where the compiler may have inlined helpers: the list names the functions the memo showed).
+// Everywhere else they stay the SVM's.
+var redirectInList = map[string][]string{
+	// per_cpu(var, cpu) for another CPU adds __per_cpu_offset[cpu]: views summing per-CPU
+	// counters must add the guest's offsets (its per-CPU areas, in its RAM); the SVM's allocator
+	// and scheduler, its own.
+	"__per_cpu_offset": {"uptime_proc_show", "get_idle_time", "get_cpu_idle_time_us", "nr_running",
+		"meminfo_proc_show", "si_mem_available", "si_meminfo", "vm_events_fold_cpu", "show_stat",
+		// percpu_counter_sum of a guest counter (vm_committed_as in /proc/meminfo). The SVM's own
+		// per-CPU counters are not summed by the system calls the views make.
+		"__percpu_counter_sum",
+		// Per-CPU packet counters of the guest's loopback and software devices (/proc/net/dev).
+		"dev_lstats_read", "loopback_get_stats64", "dev_fetch_sw_netstats", "dev_get_tstats64"},
+	// The kernel log's ring buffer (printk's prb pointer), where /dev/kmsg reads it: the guest's
+	// log. The SVM's printk keeps its own.
+	"prb": {"devkmsg_open", "devkmsg_read", "devkmsg_llseek", "printk_get_next_message"},
+	// Possible and online CPUs, for the same loops.
+	"__cpu_possible_mask": {"uptime_proc_show", "get_idle_time", "show_stat", "__percpu_counter_sum",
+		"dev_lstats_read", "loopback_get_stats64", "dev_fetch_sw_netstats", "dev_get_tstats64"},
+	"__cpu_online_mask": {"get_idle_time", "get_cpu_idle_time_us", "nr_running", "show_stat"},
+	// The zones (NUMA node 0's pglist_data) for MemAvailable's watermarks and free counts.
+	"node_data": {"si_mem_available", "meminfo_proc_show", "si_meminfo"},
+	// vm_zone_stat/vm_node_stat: the allocator folds its per-CPU deltas into them; meminfo reads.
+	"vm_zone_stat": {"meminfo_proc_show", "si_mem_available", "si_meminfo", "si_meminfo_node"},
+	"vm_node_stat": {"meminfo_proc_show", "si_mem_available", "si_meminfo", "si_meminfo_node"},
 }
 
 // keepLocalList are globals of the SVM's own machinery, which must stay the SVM's whatever
@@ -43,11 +121,11 @@ func keepLocal(reason string, names ...string) {
 func init() {
 	keepLocal("memory layout and allocator of the SVM (identical constants, or its own caches)",
 		"page_offset_base", "vmemmap_base", "vmalloc_base", "phys_base", "physical_mask", "sme_me_mask",
-		"pgdir_shift", "gfp_allowed_mask", "mem_section", "node_data", "highest_memmap_pfn",
+		"pgdir_shift", "gfp_allowed_mask", "mem_section", "highest_memmap_pfn",
 		"page_group_by_mobility_disabled", "percpu_counter_batch", "preferred_node_policy",
 		"root_mem_cgroup", "lru_disable_count", "kmalloc_caches", "names_cachep", "filp_cachep",
-		"dentry_cache", "lsm_inode_cache", "lsm_file_cache", "proc_inode_cachep", "seq_file_cache",
-		"vm_node_stat", "vm_zone_stat")
+		"size_index", "pde_opener_cache", "bit_wait_table",
+		"dentry_cache", "lsm_inode_cache", "lsm_file_cache", "proc_inode_cachep", "seq_file_cache")
 	keepLocal("VFS of the reader: path lookup, the dentry cache and the SVM's /proc mount",
 		"dentry_hashtable", "d_hash_shift", "in_lookup_hashtable", "rename_lock", "mount_lock",
 		"mount_hashtable", "m_hash_mask", "m_hash_shift", "proc_subdir_lock", "proc_root",
@@ -57,19 +135,27 @@ func init() {
 	keepLocal("security modules checking the reader's access",
 		"security_hook_heads", "bpf_lsm_hooks", "apparmor_hooks", "apparmor_blob_sizes", "aa_null",
 		"tomoyo_hooks", "tomoyo_ss", "tomoyo_blob_sizes", "tomoyo_kernel_domain", "tomoyo_policy_loaded",
+		"bpf_lsm_blob_sizes", "sysctl_protected_symlinks",
 		"landlock_hooks", "landlock_blob_sizes", "capability_hooks", "yama_hooks", "ima_policy_flag")
 	keepLocal("the reader's credentials and namespaces (ids are shown as the reader maps them; the mapping is the identity in both)",
-		"init_user_ns", "init_groups", "init_ucounts", "overflowuid", "overflowgid", "init_time_ns")
+		"init_user_ns", "init_groups", "init_ucounts", "overflowuid", "overflowgid", "init_time_ns",
+		"namespace_sem", "uts_sem")
 	keepLocal("the SVM's scheduler, RCU, workqueues and CPU state",
-		"rcu_state", "qhimark", "qovld_calc", "wq_pool_attach_mutex", "__cpu_online_mask", "nr_cpu_ids",
+		"rcu_state", "qhimark", "qovld_calc", "wq_pool_attach_mutex", "nr_cpu_ids",
 		"system_state", "boot_cpu_data", "vsyscall_mode", "spectre_v2_user_ibpb", "spectre_v2_user_stibp",
 		"ssb_mode", "__sched_clock_offset")
-	keepLocal("the SVM's clock (views show the guest's start times in ticks, not clock time)",
-		"tk_core", "jiffies")
+	keepLocal("the SVM's printing of kernel pointers (%p hashing keys)",
+		"filled_random_ptr_key", "debug_boot_weak_hash", "no_hash_pointers")
+	keepLocal("the reader's sysctl tables (/proc/sys lookups; the values come from the guest's namespaces)",
+		"sysctl_lock", "sysctl_table_root", "uts_kern_table", "hung_task_sysctls", "watchdog_sysctls",
+		"sched_autogroup_sysctls", "apparmor_sysctl_table", "coredump_sysctls", "hostname_poll", "domainname_poll",
+		"swap_lock", "node_states")
+	keepLocal("the SVM's module loader lock (the guest's list is read under the SVM's lock)",
+		"module_mutex")
 	keepLocal("the SVM's entropy pool (slab freelist randomisation draws from it)",
 		"input_pool", "base_crng", "crng_init")
 	keepLocal("the SVM's kernel log and console",
-		"__log_buf", "printk_rb_static", "_printk_rb_static_infos", "_printk_rb_static_descs", "prb",
+		"__log_buf", "printk_rb_static", "_printk_rb_static_infos", "_printk_rb_static_descs",
 		"console_sem", "console_owner_lock", "console_owner", "console_waiter", "console_locked",
 		"console_suspended", "console_drivers", "console_printk", "console_may_schedule",
 		"console_msg_format", "serial8250_ports", "univ8250_console", "log_wait", "printk_delay_msec",
@@ -99,6 +185,12 @@ func PolicyVersion() string {
 		sort.Strings(names)
 		fmt.Fprintln(h, strings.Join(names, ","))
 	}
+	scoped := make([]string, 0, len(redirectInList))
+	for n, fns := range redirectInList {
+		scoped = append(scoped, n+"="+strings.Join(fns, "+"))
+	}
+	sort.Strings(scoped)
+	fmt.Fprintln(h, strings.Join(scoped, ","))
 	fmt.Fprintln(h, "taint rules", taint.RulesVersion, "policy", policyVersion)
 	return "lists-" + hex.EncodeToString(h.Sum(nil))[:12]
 }
@@ -124,11 +216,21 @@ func (g *Globals) count(name string) {
 	g.mu.Unlock()
 }
 
-// decide looks the global up in the lists, without counting.
-func (g *Globals) decide(virt uint64) svm.GlobalDecision {
+// decide looks the global at virt, accessed by the instruction at pc, up in the lists, without
+// counting.
+func (g *Globals) decide(virt, pc uint64) svm.GlobalDecision {
 	name, _, ok := g.syms.Lookup(virt)
 	if !ok {
 		return svm.GlobalUnknown
+	}
+	if fns, scoped := redirectInList[name]; scoped {
+		fn, _, _ := g.syms.Lookup(pc)
+		for _, f := range fns {
+			if f == fn {
+				return svm.GlobalRedirect
+			}
+		}
+		return svm.GlobalLocal
 	}
 	if _, r := redirectList[name]; r {
 		return svm.GlobalRedirect

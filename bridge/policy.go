@@ -65,7 +65,7 @@ func (p *policy) Decide(a *taint.Access) (taint.Decision, taint.Reason) {
 		if guestOnly && !a.DispGlobal {
 			return taint.Redirect, taint.ReasonGVMPointer
 		}
-		switch p.globals.decide(p.virt(a.Phys)) {
+		switch p.globals.decide(p.virt(a.Phys), a.PC) {
 		case svm.GlobalRedirect:
 			return taint.Redirect, taint.ReasonGlobalRedirect
 		case svm.GlobalLocal:

@@ -67,7 +67,8 @@ Without a command it boots the built-in demo guest and shows what can be read fr
 	root.SetErr(stderr)
 	root.PersistentFlags().StringVar(&e.runDir, "run-dir", guest.DefaultRunDir(), "folder for running guests' sockets and logs ($HYBRIDBRIDGE_RUN)")
 	root.PersistentFlags().StringVar(&e.cacheDir, "cache", "", "folder made by scripts/setup.sh (default: found from the executable or working directory; $HYBRIDBRIDGE_CACHE)")
-	root.AddCommand(e.guestCommand(), e.svmCommand(), e.psCommand(), e.memoCommand())
+	root.AddCommand(e.guestCommand(), e.svmCommand(), e.psCommand(), e.catCommand(), e.memoCommand())
+	root.AddCommand(e.viewCommands()...)
 	return root
 }
 

@@ -70,6 +70,10 @@ type Options struct {
 	// Window installs the hooks that undo SwapInGuest over the kernel image's data and freed
 	// pages, for a taint engine that redirects accesses there.
 	Window bool
+	// ClockTSC, if set, is the counter the kernel's TSC clocksource (read_tsc) reads, e.g. a
+	// paused guest's, whose timekeeper a view reads; other RDTSC sites (sched_clock, delays) keep
+	// the SVM's own running counter. Needs Symbols.
+	ClockTSC func() uint64
 }
 
 // Stats are a Machine's counters since it was opened.

@@ -189,6 +189,53 @@ func (m *Machine) ReadFile(path string) ([]byte, error) {
 	return out, m.CloseFD(fd)
 }
 
+// ReadLink reads a symbolic link of the SVM with an injected readlinkat.
+func (m *Machine) ReadLink(path string) (string, error) {
+	va, err := m.putPath(path)
+	if err != nil {
+		return "", err
+	}
+	buf, size := m.dataBuf()
+	dirfd := int64(atFDCWD)
+	ret, err := m.Syscall(SysReadlinkat, uint64(dirfd), va, buf, uint64(min(size, pathMax)))
+	if err != nil {
+		return "", err
+	}
+	if _, err := check("readlinkat", path, ret); err != nil {
+		return "", err
+	}
+	out := make([]byte, ret)
+	return string(out), m.virt.Read(buf, out)
+}
+
+// ReadRecords reads a record-oriented file (/dev/kmsg: one record per read) without blocking,
+// until the kernel says there is no more (EAGAIN). A record longer than the data area fails.
+func (m *Machine) ReadRecords(path string) ([][]byte, error) {
+	fd, err := m.Open(path, oRDONLY|oNONBLOCK)
+	if err != nil {
+		return nil, err
+	}
+	var out [][]byte
+	for {
+		rec, err := m.Read(fd, 1<<16)
+		if errors.Is(err, syscall.EAGAIN) {
+			break
+		}
+		if errors.Is(err, syscall.EPIPE) {
+			continue // records overwritten while reading: the next read resumes at the oldest
+		}
+		if err != nil {
+			m.CloseFD(fd)
+			return nil, fmt.Errorf("read %s: %w", path, err)
+		}
+		if len(rec) == 0 {
+			break
+		}
+		out = append(out, rec)
+	}
+	return out, m.CloseFD(fd)
+}
+
 // DirEntry is one getdents64 record.
 type DirEntry struct {
 	Name  string `json:"name"`
@@ -267,6 +314,10 @@ func (m *Machine) hookTSC() error {
 		return fmt.Errorf("snapshot lacks the TSC rate or RDTSC sites")
 	}
 	e := m.eng
+	clock := m.opts.ClockTSC
+	if clock != nil && m.opts.Symbols == nil {
+		return errors.New("Options.ClockTSC needs Options.Symbols")
+	}
 	insn := make([]byte, 3)
 	for _, addr := range m.snap.TSCSites {
 		if err := m.virt.Read(addr, insn); err != nil {
@@ -282,9 +333,17 @@ func (m *Machine) hookTSC() error {
 		default:
 			return fmt.Errorf("RDTSC site %#x holds % x: snapshot does not match its kernel text", addr, insn)
 		}
+		clocksource := false
+		if clock != nil {
+			fn, _, _ := m.opts.Symbols.Lookup(addr)
+			clocksource = fn == "read_tsc"
+		}
 		if _, err := e.HookCode(addr, addr, func(uint64, uint32) {
 			m.stats.TSCReads++
 			tsc := m.snap.TSC + uint64(time.Since(m.tscBase).Nanoseconds())*khz/1e6
+			if clocksource {
+				tsc = clock()
+			}
 			regs := []emu.Reg{emu.RAX, emu.RDX, emu.RIP}
 			vals := []uint64{tsc & 0xffffffff, tsc >> 32, addr + size}
 			if aux {
