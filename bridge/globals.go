@@ -50,7 +50,10 @@ var redirectList = map[string]string{
 	"jiffies":               "the guest's tick count (timers, /proc/net/* timer columns)",
 	"jiffies_64":            "the guest's tick count (the same variable)",
 	"timekeeping_suspended": "the guest's timekeeper state (ktime_get_*)",
-	"tick_nohz_active":      "the guest's idle accounting mode (/proc/uptime idle time)",
+	// The guest's policy for reading its kernel log (devkmsg_open, check_syslog_permissions).
+	"devkmsg_log":      "the guest's /dev/kmsg policy (printk.devkmsg)",
+	"dmesg_restrict":   "the guest's kernel-log reading policy",
+	"tick_nohz_active": "the guest's idle accounting mode (/proc/uptime idle time)",
 	// Load and memory statistics of the guest (/proc/loadavg, /proc/meminfo, tmpfs sizes).
 	"avenrun":                  "load averages (/proc/loadavg)",
 	"nr_threads":               "number of tasks (/proc/loadavg)",
@@ -150,6 +153,11 @@ func init() {
 		"sysctl_lock", "sysctl_table_root", "uts_kern_table", "hung_task_sysctls", "watchdog_sysctls",
 		"sched_autogroup_sysctls", "apparmor_sysctl_table", "coredump_sysctls", "hostname_poll", "domainname_poll",
 		"swap_lock", "node_states")
+	keepLocal("the SVM's character devices, which the reader opens (/dev/kmsg)",
+		"cdev_lock", "chrdevs_lock", "cdev_map", "init_css_set")
+	// mtree_load's tracepoint passes __func__ through a pointer kallsyms names after its section
+	// neighbour: a constant of the kernel image, the same in both.
+	keepLocal("constant pointers of the kernel image (tracepoint strings)", "___tp_str.17")
 	keepLocal("the SVM's module loader lock (the guest's list is read under the SVM's lock)",
 		"module_mutex")
 	keepLocal("the SVM's entropy pool (slab freelist randomisation draws from it)",

@@ -31,6 +31,15 @@ const CommonArgs = "console=ttyS0 nokaslr noxsave nopti mitigations=off panic=-1
 // have no dependencies (checked when the image is built).
 var DemoModules = []string{"dummy", "tun", "veth", "loop"}
 
+// DemoSpareModules are in the demo guest's /lib/modules but not loaded, for tests that load one.
+var DemoSpareModules = []string{"ifb", "nlmon"}
+
+// DemoNet is the demo guest's network: dummy0 is up with these addresses and one static
+// neighbour entry (the guest has no network card).
+var DemoNet = struct {
+	IPv4, IPv6, Neighbour, NeighbourMAC string
+}{IPv4: "10.77.0.1/24", IPv6: "fd00:77::1/64", Neighbour: "10.77.0.2", NeighbourMAC: "02:00:00:00:77:02"}
+
 // DemoPorts are the demo workload's listening sockets, for tests and the README.
 var DemoPorts = struct {
 	HTTP, Echo, Telnet, UDP int
@@ -70,6 +79,10 @@ ip link set lo up
 for m in $(cat /etc/hb/modules); do
 	insmod /lib/modules/$m.ko || echo "hb: insmod $m failed"
 done
+ip link set dummy0 up
+ip addr add ` + DemoNet.IPv4 + ` dev dummy0
+ip -6 addr add ` + DemoNet.IPv6 + ` dev dummy0
+arp -s ` + DemoNet.Neighbour + ` ` + DemoNet.NeighbourMAC + `
 syslogd -O /var/log/messages
 httpd -p ` + itoa(DemoPorts.HTTP) + ` -h /www
 telnetd -p ` + itoa(DemoPorts.Telnet) + ` -l /bin/false
@@ -138,12 +151,21 @@ func BuildDemoImage(a *Assets) (*Image, error) {
 	if err != nil {
 		return nil, err
 	}
+	spare, err := resolveModules(a.Modules, DemoSpareModules)
+	if err != nil {
+		return nil, err
+	}
 	var order []string
 	for _, m := range mods {
 		if err := b.hostFile("lib/modules/"+m.name+".ko", m.path, 0o644); err != nil {
 			return nil, err
 		}
 		order = append(order, m.name)
+	}
+	for _, m := range spare {
+		if err := b.hostFile("lib/modules/"+m.name+".ko", m.path, 0o644); err != nil {
+			return nil, err
+		}
 	}
 	b.file("etc/hb/modules", strings.Join(order, "\n")+"\n", 0o644)
 	path, err := b.write(filepath.Join(a.CacheDir, "images"), "demo")

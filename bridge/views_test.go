@@ -1,0 +1,267 @@
+package bridge
+
+import (
+	"context"
+	"fmt"
+	"math"
+	"reflect"
+	"slices"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"hybridbridge/guest"
+	"hybridbridge/inspect"
+	"hybridbridge/vmm"
+)
+
+// viewFiles are the files the everyday views read, captured inside the guest in one pass for
+// ground truth.
+var viewFiles = []string{"/proc/modules", "/proc/net/tcp", "/proc/net/tcp6", "/proc/net/udp",
+	"/proc/net/udp6", "/proc/net/unix", "/proc/uptime", "/proc/loadavg", "/proc/meminfo",
+	"/proc/mounts", "/proc/net/arp", "/proc/net/dev", "/proc/net/if_inet6", "/proc/net/fib_trie",
+	"/proc/net/route", "/proc/[0-9]*/comm", "/proc/[0-9]*/environ", "/proc/[0-9]*/fdinfo/*",
+	"/proc/sys/kernel/ostype", "/proc/sys/kernel/hostname", "/proc/sys/kernel/osrelease",
+	"/proc/sys/kernel/version", "/proc/sys/kernel/arch", "/proc/sys/kernel/domainname"}
+
+// fileReader is what every view reads through: a session, or files captured in the guest.
+type fileReader interface {
+	inspect.Files
+	inspect.Links
+}
+
+// viewSet is every view of one moment.
+type viewSet struct {
+	Modules    []inspect.Module
+	Sockets    []inspect.Socket
+	Uptime     inspect.Uptime
+	LoadAvg    inspect.LoadAvg
+	Uname      inspect.Uname
+	Meminfo    []inspect.MemField
+	Mounts     []inspect.Mount
+	Neighbours []inspect.Neighbour
+	Interfaces inspect.Interfaces
+	Environ    map[int][]string
+	OpenFiles  map[int][]inspect.OpenFile
+	Comm       map[int]string
+}
+
+// readViews computes every view from f; environment and open files for every process but skip.
+func readViews(f fileReader, skip int) (*viewSet, error) {
+	v := &viewSet{Environ: map[int][]string{}, OpenFiles: map[int][]inspect.OpenFile{}, Comm: map[int]string{}}
+	var err error
+	step := func(what string, fn func() error) {
+		if err == nil {
+			if e := fn(); e != nil {
+				err = fmt.Errorf("%s: %w", what, e)
+			}
+		}
+	}
+	step("lsmod", func() (e error) { v.Modules, e = inspect.ListModules(f); return })
+	step("netstat", func() (e error) { v.Sockets, e = inspect.ListSockets(f, true); return })
+	step("uptime", func() (e error) { v.Uptime, e = inspect.ReadUptime(f); return })
+	step("loadavg", func() (e error) { v.LoadAvg, e = inspect.ReadLoadAvg(f); return })
+	step("uname", func() (e error) { v.Uname, e = inspect.ReadUname(f); return })
+	step("free", func() (e error) { v.Meminfo, e = inspect.ReadMeminfo(f); return })
+	step("mounts", func() (e error) { v.Mounts, e = inspect.ReadMounts(f); return })
+	step("arp", func() (e error) { v.Neighbours, e = inspect.ListNeighbours(f); return })
+	step("ifconfig", func() (e error) { v.Interfaces, e = inspect.ListInterfaces(f); return })
+	if err != nil {
+		return nil, err
+	}
+	names, err := f.ReadDir("/proc")
+	if err != nil {
+		return nil, err
+	}
+	for _, n := range names {
+		pid, err := strconv.Atoi(n)
+		if err != nil || pid == skip {
+			continue
+		}
+		comm, err := f.ReadFile("/proc/" + n + "/comm")
+		if err != nil {
+			continue // exited
+		}
+		v.Comm[pid] = strings.TrimSpace(string(comm))
+		if v.Environ[pid], err = inspect.ReadEnviron(f, pid); err != nil {
+			return nil, fmt.Errorf("env: %w", err)
+		}
+		if files, err := inspect.ListOpenFiles(f, f, pid); err == nil {
+			v.OpenFiles[pid] = files
+		}
+	}
+	for i := range v.Sockets {
+		v.Sockets[i].PIDs = slices.DeleteFunc(v.Sockets[i].PIDs, func(p int) bool { return p == skip })
+		if len(v.Sockets[i].PIDs) == 0 {
+			v.Sockets[i].PIDs = nil
+		}
+	}
+	return v, nil
+}
+
+// viewTruth captures the views' files inside the guest and computes the views from them with
+// the same code.
+func viewTruth(t *testing.T, ctx context.Context, g *guest.Guest) (*viewSet, []inspect.LogLine, int) {
+	t.Helper()
+	res, err := g.Exec(ctx, inspect.CaptureLinksCommand(viewFiles, []string{"/proc/[0-9]*/fd/*"}))
+	if err != nil || res.Status != 0 {
+		t.Fatalf("capture in the guest: %v %s", err, res.Stderr)
+	}
+	fs, err := inspect.ParseCapture(res.Stdout)
+	if err != nil {
+		t.Fatal(err)
+	}
+	v, err := readViews(fs, fs.Self)
+	if err != nil {
+		t.Fatalf("views of the guest's own files: %v", err)
+	}
+	res, err = g.Exec(ctx, "dmesg -r")
+	if err != nil || res.Status != 0 {
+		t.Fatalf("dmesg in the guest: %v %s", err, res.Stderr)
+	}
+	log, err := inspect.ParseSyslog(res.Stdout)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return v, log, fs.Self
+}
+
+// staticMem are the meminfo fields that do not move with the guest's activity; the others may
+// move by what the capture itself used.
+var staticMem = map[string]bool{"MemTotal": true, "SwapTotal": true, "SwapFree": true, "VmallocTotal": true,
+	"CommitLimit": true, "HugePages_Total": true, "HugePages_Free": true, "Hugepagesize": true,
+	"Hugetlb": true, "DirectMap4k": true, "DirectMap2M": true, "DirectMap1G": true, "Percpu": true}
+
+// compareViews checks the view against the guest's own, field by field. What the capture itself
+// changes is allowed: the capturing shell (not in truth's per-process maps), the command
+// channel's helper, time, and memory the capture used.
+func compareViews(t *testing.T, got, want *viewSet, gotLog, wantLog []inspect.LogLine) {
+	t.Helper()
+	eq := func(name string, g, w any) {
+		if !reflect.DeepEqual(g, w) {
+			t.Errorf("%s differs:\n view  %+v\n guest %+v", name, g, w)
+		}
+	}
+	eq("lsmod", got.Modules, want.Modules)
+	eq("netstat", got.Sockets, want.Sockets)
+	eq("uname", got.Uname, want.Uname)
+	eq("mounts", got.Mounts, want.Mounts)
+	eq("arp", got.Neighbours, want.Neighbours)
+	eq("ifconfig", got.Interfaces, want.Interfaces)
+	if d := got.Uptime.Seconds - want.Uptime.Seconds; d < 0 || d > 5 {
+		t.Errorf("uptime %.2f s, the guest said %.2f s just before the pause", got.Uptime.Seconds, want.Uptime.Seconds)
+	}
+	if d := got.Uptime.IdleSeconds - want.Uptime.IdleSeconds; d < -0.5 || d > 5 {
+		t.Errorf("idle %.2f s, the guest said %.2f s just before the pause", got.Uptime.IdleSeconds, want.Uptime.IdleSeconds)
+	}
+	gl, wl := got.LoadAvg, want.LoadAvg
+	if gl.Load1 != wl.Load1 && math.Abs(gl.Load1-wl.Load1) > 0.5 || gl.LastPID < wl.LastPID || gl.Threads < wl.Threads-5 || gl.Threads > wl.Threads {
+		t.Errorf("loadavg differs:\n view  %+v\n guest %+v", gl, wl)
+	}
+	wantMem := map[string]inspect.MemField{}
+	for _, m := range want.Meminfo {
+		wantMem[m.Name] = m
+	}
+	var total uint64
+	for _, m := range got.Meminfo {
+		if m.Name == "MemTotal" {
+			total = m.Value
+		}
+	}
+	if len(got.Meminfo) != len(want.Meminfo) {
+		t.Errorf("meminfo has %d fields, the guest's %d", len(got.Meminfo), len(want.Meminfo))
+	}
+	for _, m := range got.Meminfo {
+		w, ok := wantMem[m.Name]
+		switch {
+		case !ok:
+			t.Errorf("meminfo field %s is not the guest's", m.Name)
+		case staticMem[m.Name] && m != w:
+			t.Errorf("meminfo %s = %d, the guest's %d", m.Name, m.Value, w.Value)
+		case float64(max(m.Value, w.Value)-min(m.Value, w.Value)) > 0.02*float64(total):
+			t.Errorf("meminfo %s = %d, the guest's %d: more than the capture could change", m.Name, m.Value, w.Value)
+		}
+	}
+	for pid, env := range want.Environ {
+		eq(fmt.Sprintf("env of %d (%s)", pid, want.Comm[pid]), got.Environ[pid], env)
+	}
+	for pid, files := range want.OpenFiles {
+		if want.Comm[pid] == "hbguest" {
+			continue // the command channel's helper opens and closes pipes for the capture
+		}
+		eq(fmt.Sprintf("lsof of %d (%s)", pid, want.Comm[pid]), got.OpenFiles[pid], files)
+	}
+	for pid := range got.Comm {
+		if _, ok := want.Comm[pid]; !ok {
+			t.Errorf("pid %d (%s) is in the view only", pid, got.Comm[pid])
+		}
+	}
+	if len(gotLog) < len(wantLog) {
+		t.Errorf("kernel log: %d lines, the guest's %d", len(gotLog), len(wantLog))
+	}
+	for i := range min(len(gotLog), len(wantLog)) {
+		g := gotLog[i]
+		g.Seq = 0
+		if g != wantLog[i] {
+			t.Errorf("kernel log line %d:\n view  %+v\n guest %+v", i, g, wantLog[i])
+			break
+		}
+	}
+}
+
+func TestViewsMatchGuest(t *testing.T) {
+	ctx := need(t)
+	want, wantLog, self := viewTruth(t, ctx, demo)
+	s, mem, before := pausedSession(t, ctx)
+	start := time.Now()
+	got, err := readViews(s, self)
+	var gotLog []inspect.LogLine
+	if err == nil {
+		gotLog, err = inspect.ReadKernelLog(s)
+	}
+	elapsed := time.Since(start)
+	after, herr := vmm.Hash(ctx, mem)
+	unknown := s.Globals.Unknown()
+	if cerr := s.Close(ctx); cerr != nil {
+		t.Error(cerr)
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	if herr != nil {
+		t.Fatal(herr)
+	}
+	if before != after {
+		t.Fatalf("guest memory changed during inspection: %s -> %s", before, after)
+	}
+	compareViews(t, got, want, gotLog, wantLog)
+	mods := map[string]bool{}
+	for _, m := range got.Modules {
+		mods[m.Name] = true
+	}
+	for _, m := range guest.DemoModules {
+		if !mods[m] {
+			t.Errorf("module %s missing from lsmod", m)
+		}
+	}
+	ports := map[string]bool{}
+	for _, so := range got.Sockets {
+		if len(so.PIDs) > 0 && (so.State == "LISTEN" || so.Proto == "udp") {
+			ports[so.Local[strings.LastIndexByte(so.Local, ':')+1:]] = true
+		}
+	}
+	for _, p := range []int{guest.DemoPorts.HTTP, guest.DemoPorts.Echo, guest.DemoPorts.Telnet, guest.DemoPorts.UDP} {
+		if !ports[strconv.Itoa(p)] {
+			t.Errorf("listener on port %d with its process missing from netstat", p)
+		}
+	}
+	if len(got.Neighbours) == 0 || got.Neighbours[0].IP != guest.DemoNet.Neighbour {
+		t.Errorf("arp: %+v, want the demo's static entry %s", got.Neighbours, guest.DemoNet.Neighbour)
+	}
+	t.Logf("all views in %v (%d processes' environments and open files, %d log lines); unknown globals: %v",
+		elapsed.Round(time.Millisecond), len(got.Environ), len(gotLog), unknown)
+	if len(unknown) > 0 {
+		t.Errorf("globals in neither list were used: %v", unknown)
+	}
+}
