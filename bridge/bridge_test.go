@@ -217,6 +217,16 @@ func TestKernelMismatchIsRefused(t *testing.T) {
 	}
 }
 
+// testRand is a random source whose seed is logged; HB_SEED=N replays a run.
+func testRand(t *testing.T) *rand.Rand {
+	seed := uint64(time.Now().UnixNano())
+	if v := os.Getenv("HB_SEED"); v != "" {
+		fmt.Sscan(v, &seed)
+	}
+	t.Logf("seed %d (rerun with HB_SEED=%d)", seed, seed)
+	return rand.New(rand.NewPCG(seed, seed>>32))
+}
+
 // randomWord returns a lower-case word of n letters.
 func randomWord(r *rand.Rand, n int) string {
 	b := make([]byte, n)
@@ -230,12 +240,7 @@ func randomWord(r *rand.Rand, n int) string {
 // a long argv, a non-root owner, processes killed) and compares the view with the guest again.
 func TestProcessViewRandomWorkload(t *testing.T) {
 	ctx := need(t)
-	seed := uint64(time.Now().UnixNano())
-	if v := os.Getenv("HB_SEED"); v != "" {
-		fmt.Sscan(v, &seed)
-	}
-	r := rand.New(rand.NewPCG(seed, seed>>32))
-	t.Logf("seed %d (rerun with HB_SEED=%d)", seed, seed)
+	r := testRand(t)
 	var script strings.Builder
 	script.WriteString("cd /tmp\n")
 	var names []string
