@@ -379,3 +379,63 @@ func TestViewsRandomWorkload(t *testing.T) {
 		t.Errorf("globals in neither list were used: %v", unknown)
 	}
 }
+
+// BenchmarkViews reports, per view on the demo guest, the cold run (a fresh session: nothing
+// translated or decoded yet) and warm runs: time, system calls, instructions executed with
+// taint, and kernel-image accesses redirected to the guest.
+func BenchmarkViews(b *testing.B) {
+	if setupErr != nil {
+		b.Fatalf("setup: %v", setupErr)
+	}
+	ctx := context.Background()
+	pid := 1
+	for _, v := range []struct {
+		name string
+		run  func(s *Session) error
+	}{
+		{"ps", func(s *Session) error { _, err := inspect.ListProcesses(s); return err }},
+		{"lsmod", func(s *Session) error { _, err := inspect.ListModules(s); return err }},
+		{"netstat", func(s *Session) error { _, err := inspect.ListSockets(s, true); return err }},
+		{"uptime", func(s *Session) error { _, err := inspect.ReadUptime(s); return err }},
+		{"uname", func(s *Session) error { _, err := inspect.ReadUname(s); return err }},
+		{"free", func(s *Session) error { _, err := inspect.ReadMeminfo(s); return err }},
+		{"mounts", func(s *Session) error { _, err := inspect.ReadMounts(s); return err }},
+		{"lsof", func(s *Session) error { _, err := inspect.ListOpenFiles(s, s, pid); return err }},
+		{"env", func(s *Session) error { _, err := inspect.ReadEnviron(s, pid); return err }},
+		{"dmesg", func(s *Session) error { _, err := inspect.ReadKernelLog(s); return err }},
+		{"arp", func(s *Session) error { _, err := inspect.ListNeighbours(s); return err }},
+		{"ifconfig", func(s *Session) error { _, err := inspect.ListInterfaces(s); return err }},
+	} {
+		b.Run(v.name, func(b *testing.B) {
+			start := time.Now()
+			s, err := Attach(ctx, demo, snap, syms)
+			if err != nil {
+				b.Fatal(err)
+			}
+			defer s.Close(ctx)
+			if err := v.run(s); err != nil {
+				b.Fatal(err)
+			}
+			cold := time.Since(start)
+			s.Taint.Drain()
+			st0, insns0, red0 := s.Machine.Stats(), s.Taint.Stats().Instructions, s.Counts[1]
+			b.ResetTimer()
+			for i := 0; i < b.N; i++ {
+				if err := v.run(s); err != nil {
+					b.Fatal(err)
+				}
+			}
+			b.StopTimer()
+			s.Taint.Drain()
+			st := s.Machine.Stats()
+			n := float64(b.N)
+			b.ReportMetric(cold.Seconds()*1e3, "cold-ms")
+			b.ReportMetric(float64(st0.Syscalls), "cold-syscalls")
+			b.ReportMetric(float64(insns0), "cold-insns")
+			b.ReportMetric(float64(red0), "cold-redirected")
+			b.ReportMetric(float64(st.Syscalls-st0.Syscalls)/n, "syscalls/op")
+			b.ReportMetric(float64(s.Taint.Stats().Instructions-insns0)/n, "insns/op")
+			b.ReportMetric(float64(s.Counts[1]-red0)/n, "redirected/op")
+		})
+	}
+}
