@@ -45,15 +45,33 @@ type Session struct {
 	// Memo, if set, learns every decision, keyed by instruction; View names the view running.
 	Memo    *memo.Memo
 	View    string
-	vmemmap uint64  // vmemmap_base (the same in both kernels)
+	vmemmap uint64 // vmemmap_base (the same in both kernels)
+	snap    *svm.Snapshot
+	leaves  []svm.Graft // the guest's vmemmap mappings
+	mods    []svm.Graft // the guest's module-area directory entries
+	mode    Mode
+	fast    *svm.Machine // Fast-Bridge's machine (modes auto and fast)
+	run     fastRun      // the Fast-Bridge operation in progress
+	stats   EngineStats
 	policy  *policy // decides the kernel image's data and window
-	dirty   bool    // an operation ran since the last reset
 }
 
 // Attach pauses the guest, checks that it runs the snapshot's kernel, and overlays its RAM into a
 // new SVM machine with the taint engine attached (Slow-Bridge). The guest stays paused until
 // Close.
-func Attach(ctx context.Context, g *guest.Guest, snap *svm.Snapshot, syms *vmm.Symbols) (_ *Session, err error) {
+func Attach(ctx context.Context, g *guest.Guest, snap *svm.Snapshot, syms *vmm.Symbols) (*Session, error) {
+	return AttachMode(ctx, g, snap, syms, ModeSlow, nil)
+}
+
+// AttachMode is Attach with an engine mode: Slow-Bridge only, Fast-Bridge only (a memo miss is an
+// error), or Fast-Bridge falling back to Slow-Bridge on a miss and learning (auto). The memo
+// holds the decisions Fast-Bridge replays and Slow-Bridge learns; nil starts an empty one.
+func AttachMode(ctx context.Context, g *guest.Guest, snap *svm.Snapshot, syms *vmm.Symbols, mode Mode, mem *memo.Memo) (_ *Session, err error) {
+	switch mode {
+	case ModeAuto, ModeFast, ModeSlow:
+	default:
+		return nil, fmt.Errorf("unknown mode %q (auto, fast or slow)", mode)
+	}
 	if g.Meta.RAMSize > snap.Layout.GVMMax {
 		return nil, fmt.Errorf("guest %q has %d MiB of RAM; the SVM snapshot serves guests up to %d MiB (rebuild it with: hybridbridge svm build --gvm-max %dM)",
 			g.Meta.Name, g.Meta.RAMSize>>20, snap.Layout.GVMMax>>20, g.Meta.RAMSize>>20)
@@ -65,7 +83,10 @@ func Attach(ctx context.Context, g *guest.Guest, snap *svm.Snapshot, syms *vmm.S
 	if err := g.Pause(ctx); err != nil {
 		return nil, err
 	}
-	s := &Session{g: g}
+	s := &Session{g: g, snap: snap, Memo: mem}
+	if s.Memo == nil {
+		s.Memo = memo.New(MemoKey(snap))
+	}
 	defer func() {
 		if err != nil {
 			s.Close(context.WithoutCancel(ctx))
@@ -98,46 +119,77 @@ func Attach(ctx context.Context, g *guest.Guest, snap *svm.Snapshot, syms *vmm.S
 	if s.GuestTSC, err = s.guestClock(vmm.NewVirtView("guest "+g.Meta.Name, w), snap); err != nil {
 		return nil, err
 	}
-	opts := svm.Options{Symbols: syms, Window: true, OnReset: s.onReset, ClockTSC: func() uint64 { return s.GuestTSC }}
-	if s.Machine, err = svm.Open(snap, opts); err != nil {
+	if s.leaves, err = vmemmapGrafts(w, s.vmemmap); err != nil {
 		return nil, err
 	}
-	if err := s.Machine.AttachOverlay(s.ram, g.Meta.RAMSize); err != nil {
+	if s.mods, err = moduleGrafts(w); err != nil {
 		return nil, err
 	}
-	leaves, err := vmemmapGrafts(w, s.vmemmap)
+	s.mode = mode
+	first, err := s.openMachine(mode == ModeSlow)
 	if err != nil {
 		return nil, err
 	}
-	aliases, err := s.aliases(leaves)
+	if mode == ModeSlow {
+		s.Machine = first
+		if s.Taint, err = s.tracker(snap, s.policy); err != nil {
+			return nil, err
+		}
+	} else {
+		s.fast = first
+		if err := s.hookFast(first); err != nil {
+			return nil, err
+		}
+	}
+	return s, nil
+}
+
+// openMachine opens an SVM machine with the guest overlaid: its RAM, its vmemmap and module-area
+// mappings, the aliased struct pages watched. The first machine also settles the aliases and the
+// policy.
+func (s *Session) openMachine(slow bool) (*svm.Machine, error) {
+	opts := svm.Options{Symbols: s.Globals.syms, Window: true, ClockTSC: func() uint64 { return s.GuestTSC }}
+	if slow {
+		opts.OnReset = s.onReset
+	}
+	m, err := svm.Open(s.snap, opts)
 	if err != nil {
 		return nil, err
 	}
-	if s.Grafts, err = s.Machine.Graft(leaves); err != nil {
+	ok := false
+	defer func() {
+		if !ok {
+			m.Close()
+		}
+	}()
+	if err := m.AttachOverlay(s.ram, s.g.Meta.RAMSize); err != nil {
 		return nil, err
 	}
-	mods, err := moduleGrafts(w)
-	if err != nil {
+	if s.policy == nil {
+		aliases, err := s.aliasesIn(m, s.leaves)
+		if err != nil {
+			return nil, err
+		}
+		s.policy = newPolicy(s.snap, s.Globals, aliases)
+	}
+	if s.Grafts, err = m.Graft(s.leaves); err != nil {
 		return nil, err
 	}
-	if err := s.checkModuleTables(mods); err != nil {
+	if err := s.checkModuleTables(m, s.mods); err != nil {
 		return nil, err
 	}
-	if s.ModuleGrafts, err = s.Machine.Graft(mods); err != nil {
+	if s.ModuleGrafts, err = m.Graft(s.mods); err != nil {
 		return nil, err
 	}
 	var spans []svm.PhysSpan
-	for _, a := range aliases {
+	for _, a := range s.policy.aliases {
 		spans = append(spans, svm.PhysSpan{Start: a.svm, End: a.svm + a.size})
 	}
-	if err := s.Machine.WatchAliases(spans); err != nil {
+	if err := m.WatchAliases(spans); err != nil {
 		return nil, err
 	}
-	s.policy = newPolicy(snap, s.Globals, aliases)
-	if s.Taint, err = s.tracker(snap, s.policy); err != nil {
-		return nil, err
-	}
-	return s, nil
+	ok = true
+	return m, nil
 }
 
 // alias is a range of the SVM's physical memory that holds, at the same virtual address, the SVM's
@@ -149,20 +201,20 @@ type alias struct {
 	svm, guest, size uint64
 }
 
-// aliases finds, among the guest's vmemmap leaves, those the SVM maps itself.
-func (s *Session) aliases(leaves []svm.Graft) ([]alias, error) {
+// aliasesIn finds, among the guest's vmemmap leaves, those the SVM maps itself.
+func (s *Session) aliasesIn(m *svm.Machine, leaves []svm.Graft) ([]alias, error) {
 	var out []alias
 	for _, l := range leaves {
-		first, err := s.Machine.Phys(l.VA)
+		first, err := m.Phys(l.VA)
 		if err != nil {
 			continue // the SVM has nothing there: grafted
 		}
-		last, err := s.Machine.Phys(l.VA + l.Size - 1)
+		last, err := m.Phys(l.VA + l.Size - 1)
 		if err != nil || last != first+l.Size-1 {
 			return nil, fmt.Errorf("vmemmap %#x: the SVM maps it in pieces; unsupported", l.VA)
 		}
 		guest := l.Entry & 0x000ffffffffff000 &^ (l.Size - 1)
-		if !s.Machine.IsGuestRAM(guest, l.Size) {
+		if !m.IsGuestRAM(guest, l.Size) {
 			return nil, fmt.Errorf("vmemmap %#x: the guest's struct pages at %#x are not in its overlaid RAM", l.VA, guest)
 		}
 		out = append(out, alias{svm: first, guest: guest, size: l.Size})
@@ -274,6 +326,9 @@ func (s *Session) Close(ctx context.Context) error {
 	if s.Machine != nil {
 		errs = append(errs, s.Machine.Close())
 	}
+	if s.fast != nil {
+		errs = append(errs, s.fast.Close())
+	}
 	if s.ram != nil {
 		errs = append(errs, s.ram.Close())
 	}
@@ -311,47 +366,40 @@ func procPath(path string) string {
 	return svm.ProcRoot + rest
 }
 
-// fresh resets the machine before an operation: each file a view reads is its own transaction
-// from the clean snapshot. Kernel state the SVM builds up while reading guest data (per-cpu LRU
-// batches holding guest pages, lock and reference counts) must not leak into the next read.
-func (s *Session) fresh() error {
-	if !s.dirty {
-		s.dirty = true
-		return nil
-	}
-	return s.Machine.Reset()
-}
-
 // ReadDir lists a directory of the guest as its kernel sees it (implements inspect.Files).
 func (s *Session) ReadDir(path string) ([]string, error) {
-	if err := s.fresh(); err != nil {
-		return nil, err
-	}
-	ents, err := s.Machine.ReadDir(procPath(path))
-	if err != nil {
-		return nil, err
-	}
-	names := make([]string, len(ents))
-	for i, e := range ents {
-		names[i] = e.Name
-	}
-	return names, nil
+	var names []string
+	err := s.do(func(m *svm.Machine) error {
+		ents, err := m.ReadDir(procPath(path))
+		names = make([]string, len(ents))
+		for i, e := range ents {
+			names[i] = e.Name
+		}
+		return err
+	})
+	return names, err
 }
 
 // ReadFile reads a file of the guest as its kernel sees it (implements inspect.Files).
 func (s *Session) ReadFile(path string) ([]byte, error) {
-	if err := s.fresh(); err != nil {
-		return nil, err
-	}
-	return s.Machine.ReadFile(procPath(path))
+	var data []byte
+	err := s.do(func(m *svm.Machine) (err error) { data, err = m.ReadFile(procPath(path)); return })
+	return data, err
 }
 
 // ReadLink reads a symbolic link of the guest as its kernel sees it (implements inspect.Links).
 func (s *Session) ReadLink(path string) (string, error) {
-	if err := s.fresh(); err != nil {
-		return "", err
-	}
-	return s.Machine.ReadLink(procPath(path))
+	var target string
+	err := s.do(func(m *svm.Machine) (err error) { target, err = m.ReadLink(procPath(path)); return })
+	return target, err
+}
+
+// ReadRecords reads a record device of the guest (e.g. /dev/kmsg, the guest's kernel log) one
+// record per read, without blocking.
+func (s *Session) ReadRecords(path string) ([][]byte, error) {
+	var recs [][]byte
+	err := s.do(func(m *svm.Machine) (err error) { recs, err = m.ReadRecords(procPath(path)); return })
+	return recs, err
 }
 
 // The module area (MODULES_VADDR to MODULES_END with CONFIG_RANDOMIZE_BASE): the top page
@@ -399,24 +447,15 @@ func moduleGrafts(w *vmm.Walker) ([]svm.Graft, error) {
 // checkModuleTables refuses page tables of the guest's module area that lie in the kernel-image
 // range: the emulator's page walk reads physical memory directly, and there the SVM's own bytes
 // are. (Module pages there are fine: each access to them is decided by provenance.)
-func (s *Session) checkModuleTables(mods []svm.Graft) error {
+func (s *Session) checkModuleTables(m *svm.Machine, mods []svm.Graft) error {
 	for _, g := range mods {
 		if g.Entry&0x80 != 0 {
 			continue // a 2 MiB leaf
 		}
 		pt := g.Entry & 0x000ffffffffff000
-		if !s.Machine.IsGuestRAM(pt, 4096) {
+		if !m.IsGuestRAM(pt, 4096) {
 			return fmt.Errorf("the guest's page table for modules at %#x is at physical %#x, inside the kernel image's range; unsupported", g.VA, pt)
 		}
 	}
 	return nil
-}
-
-// ReadRecords reads a record device of the guest (e.g. /dev/kmsg, the guest's kernel log) one
-// record per read, without blocking.
-func (s *Session) ReadRecords(path string) ([][]byte, error) {
-	if err := s.fresh(); err != nil {
-		return nil, err
-	}
-	return s.Machine.ReadRecords(procPath(path))
 }

@@ -151,47 +151,60 @@ func (s *Session) tracker(snap *svm.Snapshot, pol *policy) (*taint.Tracker, erro
 	return tr, nil
 }
 
-// decideImage runs before each access to the kernel image's data or window completes.
+// decideImage runs before each access to the kernel image's data or window completes
+// (Slow-Bridge): it applies the taint engine's decision and learns it.
 func (s *Session) decideImage(a *taint.Access) {
-	m := s.Machine
+	region := s.apply(s.Machine, a.Phys, a.Size, a.Write, a.Decision)
+	if in(s.policy.data, a.Phys) {
+		if a.Decision == taint.Unknown {
+			s.Globals.count(region)
+		}
+		if a.Reason == taint.ReasonGVMPointer {
+			// Decided by provenance, not by the lists: Fast-Bridge must not re-derive it from them.
+			region += guestPointer
+		}
+	}
+	s.learn(a.PC, taintMemoDecision(a.Decision), region)
+}
+
+// apply carries out a decision for an access to the kernel image's data or window, or to aliased
+// struct pages, on machine m: a redirected access gets the guest's bytes swapped in for just that
+// access. It returns the region touched (the global's name in the data sections).
+func (s *Session) apply(m *svm.Machine, phys uint64, size int, write bool, d taint.Decision) string {
 	m.FlushWrites()
 	pol := s.policy
-	if al, ok := pol.alias(a.Phys); ok {
-		s.learn(a.PC, taintMemoDecision(a.Decision), "struct-pages")
-		if a.Decision == taint.Redirect {
+	if al, ok := pol.alias(phys); ok {
+		if d == taint.Redirect {
 			s.Counts[taint.Redirect]++
-			g := al.guest + (a.Phys - al.svm)
-			if err := m.SwapInAlias(a.Phys, m.RAM()[g:g+uint64(a.Size)], a.Write); err != nil {
+			g := al.guest + (phys - al.svm)
+			if err := m.SwapInAlias(phys, m.RAM()[g:g+uint64(size)], write); err != nil {
 				m.Stop(err.Error())
 			}
 		}
-		return
+		return "struct-pages"
 	}
 	region := "image-window"
-	if in(pol.data, a.Phys) {
-		name, _, ok := s.Globals.syms.Lookup(pol.virt(a.Phys))
+	if in(pol.data, phys) {
+		name, _, ok := s.Globals.syms.Lookup(pol.virt(phys))
 		if !ok {
 			name = "kernel-data"
 		}
 		region = name
-		if a.Decision == taint.Unknown {
-			s.Globals.count(name)
-		}
-		s.Counts[a.Decision]++
-	} else if a.Decision == taint.Redirect {
+		s.Counts[d]++
+	} else if d == taint.Redirect {
 		s.Counts[taint.Redirect]++
 	}
-	s.learn(a.PC, taintMemoDecision(a.Decision), region)
-	if a.Decision != taint.Redirect {
-		return
+	if d != taint.Redirect {
+		return region
 	}
 	var err error
-	if a.Write {
-		err = m.SwapInGuestForWrite(a.Phys, a.Size)
+	if write {
+		err = m.SwapInGuestForWrite(phys, size)
 	} else {
-		err = m.SwapInGuest(a.Phys, a.Size)
+		err = m.SwapInGuest(phys, size)
 	}
 	if err != nil {
 		m.Stop(err.Error())
 	}
+	return region
 }

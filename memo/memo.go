@@ -33,7 +33,7 @@ const (
 	// MaxRegions bounds the distinct regions kept per entry: a generic
 	// helper (memcpy, list_add) can touch hundreds of globals, and the
 	// first few are enough to explain a Both decision.
-	MaxRegions = 8
+	MaxRegions = 64
 	// maxPending bounds misses remembered for instructions not learned
 	// yet, so a stream of lookups that are never followed by training
 	// cannot grow the memo without limit.

@@ -1,0 +1,263 @@
+package bridge
+
+import (
+	"errors"
+	"fmt"
+	"time"
+
+	"golang.org/x/arch/x86/x86asm"
+
+	"hybridbridge/emu"
+	"hybridbridge/memo"
+	"hybridbridge/svm"
+	"hybridbridge/taint"
+)
+
+// Mode chooses the engines a session runs.
+type Mode string
+
+const (
+	// ModeAuto runs Fast-Bridge and falls back to Slow-Bridge for an operation that meets an
+	// instruction the memo cannot decide, learning it.
+	ModeAuto Mode = "auto"
+	// ModeFast runs Fast-Bridge only: a memo miss fails the operation (ErrMemoMiss).
+	ModeFast Mode = "fast"
+	// ModeSlow runs Slow-Bridge (taint) for everything.
+	ModeSlow Mode = "slow"
+)
+
+// ErrMemoMiss is returned in ModeFast when an operation needs a decision the memo does not have.
+var ErrMemoMiss = errors.New("memo miss (run with --mode auto or slow to learn it)")
+
+// Engine names, as the console shows them.
+const (
+	EngineFast  = "Unicorn-fast"
+	EngineTaint = "Unicorn-taint"
+)
+
+// FallBack is one switch from Fast-Bridge to Slow-Bridge: the access the memo could not decide.
+type FallBack struct {
+	Time        time.Time     `json:"time"`
+	View        string        `json:"view"`
+	Syscall     string        `json:"syscall"`
+	Path        string        `json:"path,omitempty"`
+	PC          uint64        `json:"pc"`
+	Symbol      string        `json:"symbol"`
+	Disassembly string        `json:"disassembly"`
+	Region      string        `json:"region"`
+	Reason      string        `json:"reason"`
+	Latency     time.Duration `json:"latency"` // the operation's Slow-Bridge re-run
+}
+
+// EngineStats count a session's work per engine.
+type EngineStats struct {
+	FastOps, SlowOps int           // file operations completed by each engine
+	FallBacks        int           // operations re-run by Slow-Bridge after a miss
+	Hits, Misses     uint64        // Fast-Bridge memo lookups
+	FastTime         time.Duration // in Fast-Bridge (including aborted runs)
+	SlowTime         time.Duration // in Slow-Bridge
+	Events           []FallBack
+	Engine           string // the engine that ran last
+}
+
+// fastRun is the state of the Fast-Bridge operation in progress.
+type fastRun struct {
+	miss *FallBack // the first access the memo could not decide
+}
+
+// Stats returns the session's engine counters.
+func (s *Session) Stats() EngineStats {
+	st := s.stats
+	st.Events = append([]FallBack(nil), st.Events...)
+	return st
+}
+
+// Mode is the session's engine mode.
+func (s *Session) Mode() Mode { return s.mode }
+
+// do runs one file operation from a clean machine: in Fast-Bridge unless the mode is slow; on a
+// memo miss in auto mode, again from a clean Slow-Bridge machine, which learns what was missing.
+// Each operation starts from the snapshot, so rolling back is a reset, and the re-run's output
+// replaces the aborted run's entirely.
+func (s *Session) do(op func(m *svm.Machine) error) error {
+	if s.mode != ModeSlow {
+		start := time.Now()
+		err := s.runFast(op)
+		s.stats.FastTime += time.Since(start)
+		miss := s.run.miss
+		if miss == nil {
+			s.stats.FastOps++
+			s.stats.Engine = EngineFast
+			return err
+		}
+		if s.mode == ModeFast {
+			return fmt.Errorf("%w: %s in %s (%s)", ErrMemoMiss, miss.Symbol, miss.Syscall, miss.Reason)
+		}
+		s.stats.FallBacks++
+		start = time.Now()
+		err = s.runSlow(op)
+		miss.Latency = time.Since(start)
+		s.stats.SlowTime += miss.Latency
+		s.stats.Events = append(s.stats.Events, *miss)
+		return err
+	}
+	start := time.Now()
+	err := s.runSlow(op)
+	s.stats.SlowTime += time.Since(start)
+	return err
+}
+
+func (s *Session) runFast(op func(m *svm.Machine) error) error {
+	if err := s.fast.Reset(); err != nil {
+		return err
+	}
+	s.run = fastRun{}
+	return op(s.fast)
+}
+
+func (s *Session) runSlow(op func(m *svm.Machine) error) error {
+	if s.Machine == nil {
+		m, err := s.openMachine(true)
+		if err != nil {
+			return fmt.Errorf("open Slow-Bridge: %w", err)
+		}
+		s.Machine = m
+		if s.Taint, err = s.tracker(s.snap, s.policy); err != nil {
+			return err
+		}
+	} else if err := s.Machine.Reset(); err != nil {
+		return err
+	}
+	s.stats.SlowOps++
+	s.stats.Engine = EngineTaint
+	return op(s.Machine)
+}
+
+// hookFast installs Fast-Bridge's only instrumentation: a memory hook bounded to the physical
+// ranges whose accesses need a decision (the kernel image's data and window, the aliased struct
+// pages), resolved from the memo by instruction address. Everything else — the guest's heap
+// through the overlay, the SVM's own memory — runs natively, without taint.
+func (s *Session) hookFast(m *svm.Machine) error {
+	e := m.Engine()
+	var ranges [][2]uint64
+	for _, r := range append(append([]svm.PhysSpan{}, s.policy.data...), s.policy.window...) {
+		if r.End > r.Start {
+			ranges = append(ranges, [2]uint64{r.Start, r.End - 1})
+		}
+	}
+	for _, a := range s.policy.aliases {
+		ranges = append(ranges, [2]uint64{a.svm, a.svm + a.size - 1})
+	}
+	for _, r := range ranges {
+		if _, err := e.HookMem(emu.HookMemRead|emu.HookMemWrite, r[0], r[1], func(acc emu.MemAccess, phys uint64, size int, _ int64) {
+			s.resolveFast(m, e, phys, size, acc == emu.MemWrite)
+		}); err != nil {
+			return fmt.Errorf("Fast-Bridge hook [%#x, %#x]: %w", r[0], r[1], err)
+		}
+	}
+	return nil
+}
+
+// resolveFast decides one access from the memo, or aborts the operation as a miss.
+func (s *Session) resolveFast(m *svm.Machine, e *emu.Engine, phys uint64, size int, write bool) {
+	if s.run.miss != nil {
+		return // already stopping
+	}
+	pc, err := e.Reg(emu.RIP)
+	if err != nil {
+		m.Stop("read RIP: " + err.Error())
+		return
+	}
+	syscall := svm.SyscallName(m.CurrentSyscall())
+	region := s.region(phys)
+	d, reason := s.fastDecision(pc, phys, region, syscall)
+	if reason != "" {
+		s.stats.Misses++
+		s.run.miss = &FallBack{Time: time.Now(), View: s.View, Syscall: syscall, PC: pc,
+			Symbol: s.Globals.syms.Format(pc), Disassembly: s.disassemble(m, pc), Region: region, Reason: reason}
+		m.Stop("memo miss")
+		return
+	}
+	s.stats.Hits++
+	s.apply(m, phys, size, write, d)
+}
+
+// guestPointer marks, in a memoized region, an access to a global through a guest-derived pointer
+// (decided by provenance, not by the lists).
+const guestPointer = " (guest pointer)"
+
+// fastDecision replays the memo for the instruction at pc touching region, or says why it cannot
+// (a miss). In the kernel image's data an instruction may touch several globals: its decision
+// holds only for globals it was seen with; one seen both redirected and local (a lock helper,
+// memcpy) is decided per global: by the lists for globals it reached by constant address, as
+// the guest's for globals it reached through guest pointers, and not at all (a miss) for a
+// global it reached both ways.
+func (s *Session) fastDecision(pc, phys uint64, region, syscall string) (taint.Decision, string) {
+	ent, ok := s.Memo.Lookup(pc, s.View, syscall)
+	if !ok {
+		if ent.PC == pc && ent.Decision == memo.Unknown {
+			return 0, "the global " + region + " is in neither list"
+		}
+		return 0, "instruction not in the memo"
+	}
+	data := in(s.policy.data, phys)
+	plain, viaGuest := false, false
+	if data {
+		for _, r := range append([]string{ent.Region}, ent.Regions...) {
+			plain = plain || r == region
+			viaGuest = viaGuest || r == region+guestPointer
+		}
+		if !plain && !viaGuest {
+			return 0, "instruction seen with other globals only, not " + region
+		}
+	}
+	switch ent.Decision {
+	case memo.Local:
+		return taint.Local, ""
+	case memo.Redirect:
+		return taint.Redirect, ""
+	case memo.Both:
+		switch {
+		case !data:
+			return 0, "the decision depends on the pointer's provenance (memo: both)"
+		case plain && viaGuest:
+			return 0, "reached both by constant address and by guest pointer: the decision depends on provenance"
+		case viaGuest:
+			return taint.Redirect, ""
+		}
+		switch s.Globals.decide(s.policy.virt(phys), pc) {
+		case svm.GlobalRedirect:
+			return taint.Redirect, ""
+		case svm.GlobalLocal:
+			return taint.Local, ""
+		}
+	}
+	return 0, fmt.Sprintf("memo says %s", ent.Decision)
+}
+
+// region names what a physical address of the kernel image holds.
+func (s *Session) region(phys uint64) string {
+	if _, ok := s.policy.alias(phys); ok {
+		return "struct-pages"
+	}
+	if in(s.policy.data, phys) {
+		if name, _, ok := s.Globals.syms.Lookup(s.policy.virt(phys)); ok {
+			return name
+		}
+		return "kernel-data"
+	}
+	return "image-window"
+}
+
+// disassemble renders the instruction at pc, for fall-back events.
+func (s *Session) disassemble(m *svm.Machine, pc uint64) string {
+	b := make([]byte, 15)
+	if m.ReadVirt(pc, b) != nil {
+		return "?"
+	}
+	in, err := x86asm.Decode(b, 64)
+	if err != nil {
+		return "?"
+	}
+	return x86asm.IntelSyntax(in, pc, nil)
+}

@@ -1,0 +1,145 @@
+package bridge
+
+import (
+	"errors"
+	"reflect"
+	"testing"
+	"time"
+
+	"hybridbridge/inspect"
+	"hybridbridge/memo"
+	"hybridbridge/vmm"
+)
+
+// allViews runs every view once (ps, lsmod, netstat and the everyday ones) on s. In fast mode a
+// view that meets a memo miss fails with ErrMemoMiss; it is reported in missed.
+func allViews(t *testing.T, s *Session) (v *viewSet, procs []inspect.Process, missed error) {
+	t.Helper()
+	s.View = "views"
+	v, err := readViews(s, -1)
+	if errors.Is(err, ErrMemoMiss) {
+		return nil, nil, err
+	}
+	if err != nil {
+		t.Fatalf("views (%s mode): %v", s.Mode(), err)
+	}
+	s.View = "ps"
+	procs, err = inspect.ListProcesses(s)
+	if errors.Is(err, ErrMemoMiss) {
+		return nil, nil, err
+	}
+	if err != nil {
+		t.Fatalf("ps (%s mode): %v", s.Mode(), err)
+	}
+	return v, procs, nil
+}
+
+// TestFastSlowAutoAgree: from an empty memo, auto falls back and learns; a second auto run
+// replays with a hit rate of at least 99.9 % and fewer fall-backs; auto, fast (where the memo
+// decides everything) and slow give identical views; a forced miss falls back exactly once and
+// the view stays right; the guest's memory is unchanged.
+func TestFastSlowAutoAgree(t *testing.T) {
+	ctx := need(t)
+	if err := demo.Pause(ctx); err != nil {
+		t.Fatal(err)
+	}
+	mem, err := demo.Memory()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer mem.Close()
+	before, err := vmm.Hash(ctx, mem)
+	if err != nil {
+		t.Fatal(err)
+	}
+	m := memo.New(MemoKey(snap))
+	attach := func(mode Mode) *Session {
+		s, err := AttachMode(ctx, demo, snap, syms, mode, m)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return s
+	}
+	// Close resumes the guest: pause it again so every run sees the same guest.
+	done := func(s *Session) {
+		s.Close(ctx)
+		if err := demo.Pause(ctx); err != nil {
+			t.Fatal(err)
+		}
+	}
+	run := func(mode Mode) (*viewSet, []inspect.Process, error, EngineStats, time.Duration) {
+		s := attach(mode)
+		defer done(s)
+		start := time.Now()
+		v, p, missed := allViews(t, s)
+		return v, p, missed, s.Stats(), time.Since(start)
+	}
+	autoV, autoP, _, st1, d1 := run(ModeAuto)
+	t.Logf("auto from an empty memo: %v, %d fall-backs, %d fast operations, hits %d misses %d, engine time fast %v slow %v",
+		d1.Round(time.Millisecond), st1.FallBacks, st1.FastOps, st1.Hits, st1.Misses, st1.FastTime.Round(time.Millisecond), st1.SlowTime.Round(time.Millisecond))
+	if st1.FallBacks == 0 {
+		t.Error("auto from an empty memo did not fall back")
+	}
+	_, _, _, st2, d2 := run(ModeAuto)
+	rate := float64(st2.Hits) / float64(st2.Hits+st2.Misses)
+	t.Logf("auto again: %v, %d fall-backs, hits %d misses %d (%.4f%%), engine time fast %v slow %v",
+		d2.Round(time.Millisecond), st2.FallBacks, st2.Hits, st2.Misses, 100*rate, st2.FastTime.Round(time.Millisecond), st2.SlowTime.Round(time.Millisecond))
+	for _, e := range st2.Events {
+		t.Logf("  still falls back: %s/%s %s  %s: %s", e.View, e.Syscall, e.Symbol, e.Disassembly, e.Reason)
+	}
+	if rate < 0.999 || st2.FallBacks >= st1.FallBacks {
+		t.Errorf("second auto run: %d fall-backs (first: %d), hit rate %.4f", st2.FallBacks, st1.FallBacks, rate)
+	}
+	slowV, slowP, _, _, d4 := run(ModeSlow)
+	t.Logf("slow: %v", d4.Round(time.Millisecond))
+	if !reflect.DeepEqual(autoV, slowV) || !reflect.DeepEqual(autoP, slowP) {
+		t.Error("auto and slow views differ")
+	}
+	fastV, fastP, missed, st3, d3 := run(ModeFast)
+	if missed != nil {
+		t.Logf("fast mode stops at a miss, as it must: %v", missed)
+	} else {
+		t.Logf("fast: %v (engine %v)", d3.Round(time.Millisecond), st3.FastTime.Round(time.Millisecond))
+		if !reflect.DeepEqual(fastV, slowV) || !reflect.DeepEqual(fastP, slowP) {
+			t.Error("fast and slow views differ")
+		}
+	}
+	// A forced miss: forget the instruction that reads the module list head, then lsmod once.
+	s := attach(ModeAuto)
+	s.View = "lsmod"
+	want, err := inspect.ListModules(s)
+	if err != nil || s.Stats().FallBacks != 0 {
+		t.Fatalf("lsmod with a trained memo: %v, %d fall-backs", err, s.Stats().FallBacks)
+	}
+	forgot := 0
+	for _, e := range m.Entries() {
+		if e.Region == "modules" {
+			m.Delete(e.PC)
+			forgot++
+			break
+		}
+	}
+	if forgot == 0 {
+		t.Fatal("no memoized instruction reads the module list")
+	}
+	got, err := inspect.ListModules(s)
+	st := s.Stats()
+	done(s)
+	if err != nil || !reflect.DeepEqual(got, want) {
+		t.Errorf("lsmod after a forced miss: %v\n got  %+v\n want %+v", err, got, want)
+	}
+	if st.FallBacks != 1 || len(st.Events) != 1 || st.Events[0].Region != "modules" {
+		t.Errorf("forced miss: %d fall-backs, events %+v", st.FallBacks, st.Events)
+	} else {
+		e := st.Events[0]
+		t.Logf("forced miss: %s %s %q (%s), fall-back latency %v", e.Syscall, e.Symbol, e.Disassembly, e.Reason, e.Latency.Round(time.Microsecond))
+	}
+	after, err := vmm.Hash(ctx, mem)
+	if err != nil {
+		t.Fatal(err)
+	}
+	demo.Resume(ctx)
+	if before != after {
+		t.Fatalf("guest memory changed: %s -> %s", before, after)
+	}
+}
