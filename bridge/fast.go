@@ -261,3 +261,19 @@ func (s *Session) disassemble(m *svm.Machine, pc uint64) string {
 	}
 	return x86asm.IntelSyntax(in, pc, nil)
 }
+
+// Work is the system calls both engines ran and the instructions executed under taint.
+func (s *Session) Work() (syscalls int, tainted uint64, swapped int) {
+	for _, m := range []*svm.Machine{s.fast, s.Machine} {
+		if m != nil {
+			st := m.Stats()
+			syscalls += st.Syscalls
+			swapped += st.WindowSwaps
+		}
+	}
+	if s.Taint != nil {
+		s.Taint.Drain()
+		tainted = s.Taint.Stats().Instructions
+	}
+	return syscalls, tainted, swapped
+}

@@ -28,6 +28,7 @@ func (e *ExitError) Error() string { return fmt.Sprintf("exit status %d", e.Stat
 type env struct {
 	runDir   string
 	cacheDir string
+	mode     string // engine mode of the views (bridge.Mode)
 	stdout   io.Writer
 	stderr   io.Writer
 }
@@ -66,6 +67,7 @@ Without a command it boots the built-in demo guest and shows what can be read fr
 	root.SetOut(stdout)
 	root.SetErr(stderr)
 	root.PersistentFlags().StringVar(&e.runDir, "run-dir", guest.DefaultRunDir(), "folder for running guests' sockets and logs ($HYBRIDBRIDGE_RUN)")
+	root.PersistentFlags().StringVar(&e.mode, "mode", "auto", "engine for views: auto (Fast-Bridge, falling back to Slow-Bridge on a memo miss), fast (a miss is an error) or slow (taint throughout)")
 	root.PersistentFlags().StringVar(&e.cacheDir, "cache", "", "folder made by scripts/setup.sh (default: found from the executable or working directory; $HYBRIDBRIDGE_CACHE)")
 	root.AddCommand(e.guestCommand(), e.svmCommand(), e.psCommand(), e.catCommand(), e.memoCommand())
 	root.AddCommand(e.viewCommands()...)

@@ -30,10 +30,12 @@ type viewRun struct {
 	window   int
 	unknown  []bridge.UnknownCount
 	memo     int
+	mode     bridge.Mode
+	engine   bridge.EngineStats
 }
 
-// inspectGuest attaches to a running guest (pausing it), runs fn, resumes the guest and saves the
-// memo. The snapshot is built first if needed.
+// inspectGuest attaches to a running guest (pausing it) in the engine mode of --mode, runs fn,
+// resumes the guest and saves the memo. The snapshot is built first if needed.
 func (e *env) inspectGuest(ctx context.Context, name, view string, fn func(*bridge.Session) error) (*viewRun, error) {
 	g, err := guest.Open(e.runDir, name)
 	if err != nil {
@@ -53,17 +55,19 @@ func (e *env) inspectGuest(ctx context.Context, name, view string, fn func(*brid
 		fmt.Fprintf(e.stderr, "memo rebuilt: %v\n", reason)
 	}
 	start := time.Now()
-	s, err := bridge.Attach(ctx, g, snap, syms)
+	mode := bridge.Mode(e.mode)
+	if mode == "" {
+		mode = bridge.ModeAuto
+	}
+	s, err := bridge.AttachMode(ctx, g, snap, syms, mode, mem)
 	if err != nil {
 		return nil, err
 	}
-	s.Memo, s.View = mem, view
+	s.View = view
 	ferr := fn(s)
-	run := &viewRun{name: view, elapsed: time.Since(start)}
-	st := s.Machine.Stats()
-	run.syscalls, run.globals, run.window = st.Syscalls, s.Counts, st.WindowSwaps
-	s.Taint.Drain()
-	run.insns = s.Taint.Stats().Instructions
+	run := &viewRun{name: view, elapsed: time.Since(start), mode: mode}
+	run.syscalls, run.insns, run.window = s.Work()
+	run.globals, run.engine = s.Counts, s.Stats()
 	run.unknown = s.Globals.Unknown()
 	cerr := s.Close(context.WithoutCancel(ctx))
 	if err := errors.Join(ferr, cerr); err != nil {
@@ -85,8 +89,15 @@ func (r *viewRun) summary() string {
 	for _, u := range r.unknown {
 		unknown = append(unknown, u.Symbol)
 	}
-	s := fmt.Sprintf("%s: %d system calls, %d instructions (Slow-Bridge, tainted), kernel-image accesses %d redirected / %d local / %d unknown, %d guest bytes swapped in, memo %d instructions, %v",
-		r.name, r.syscalls, r.insns, r.globals[1], r.globals[0], r.globals[2], r.window, r.memo, r.elapsed.Round(time.Millisecond))
+	en := r.engine
+	s := fmt.Sprintf("%s (mode %s): %d system calls; Fast-Bridge %d operations in %v, memo hits %d misses %d; Slow-Bridge %d operations (%d fall-backs) in %v, %d instructions tainted; kernel-image accesses %d redirected / %d local / %d unknown, memo %d instructions, %v in all",
+		r.name, r.mode, r.syscalls, en.FastOps, en.FastTime.Round(time.Millisecond), en.Hits, en.Misses,
+		en.SlowOps, en.FallBacks, en.SlowTime.Round(time.Millisecond), r.insns,
+		r.globals[1], r.globals[0], r.globals[2], r.memo, r.elapsed.Round(time.Millisecond))
+	for _, ev := range en.Events {
+		s += fmt.Sprintf("\n  fall-back: %s at %s (%s) touching %s: %s; re-run under taint in %v",
+			ev.Syscall, ev.Symbol, ev.Disassembly, ev.Region, ev.Reason, ev.Latency.Round(time.Millisecond))
+	}
 	if len(unknown) > 0 {
 		s += fmt.Sprintf("; unknown globals (executed on the SVM's copy): %s", strings.Join(unknown, ", "))
 	}
