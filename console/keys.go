@@ -54,7 +54,7 @@ func DefaultKeyMap() KeyMap {
 
 // ShortHelp is the help bar.
 func (k KeyMap) ShortHelp() []key.Binding {
-	return []key.Binding{k.NextPane, k.Refresh, k.Auto, k.Mode, k.Filter, k.Details, k.Sort, k.ClearMemo, k.Help, k.Quit}
+	return []key.Binding{k.Help, k.Quit, k.NextPane, k.Refresh, k.Auto, k.Mode, k.Filter, k.Details, k.Sort, k.ClearMemo}
 }
 
 // FullHelp is the `?` screen, one column per group.

@@ -25,9 +25,9 @@ var intervals = []time.Duration{2 * time.Second, 5 * time.Second, 10 * time.Seco
 
 const defaultInterval = 10 * time.Second
 
-// Layout: two header lines and the tab bar above the pane, status and help lines below.
+// Layout: three header lines and the tab bar above the pane, status and help lines below.
 const (
-	headerLines = 3
+	headerLines = 4
 	footerLines = 2
 )
 
@@ -38,11 +38,12 @@ type (
 		gen   int
 		frame *Frame
 		err   error
+		ch    <-chan tea.Msg // the stream it came from
 	}
 	progressMsg struct {
 		gen int
 		p   Progress
-		ch  <-chan Progress
+		ch  <-chan tea.Msg
 	}
 	tickMsg    struct{ gen int }
 	clearedMsg struct {
@@ -124,7 +125,9 @@ func (m *Model) layout() {
 	m.help.SetWidth(m.width)
 }
 
-// startRefresh begins a refresh in the background, abandoning any in flight.
+// startRefresh begins a refresh in the background, abandoning any in flight. The refresh's
+// progress reports and its result come through one channel, in the order they happened, so a
+// late progress report can never be applied after the result.
 func (m *Model) startRefresh() tea.Cmd {
 	if m.cancel != nil {
 		m.cancel()
@@ -135,29 +138,34 @@ func (m *Model) startRefresh() tea.Cmd {
 	m.cancel = cancel
 	m.refreshing = true
 	m.progress = Progress{}
-	ch := make(chan Progress, 16)
+	ch := make(chan tea.Msg, 16)
 	src, mode := m.src, m.mode
-	refresh := func() tea.Msg {
-		defer close(ch)
-		f, err := src.Refresh(ctx, mode, func(p Progress) {
-			select {
-			case ch <- p:
-			case <-ctx.Done():
-			}
-		})
-		return refreshMsg{gen: gen, frame: f, err: err}
+	send := func(msg tea.Msg) {
+		select {
+		case ch <- msg:
+		case <-ctx.Done(): // nobody will read a cancelled refresh's stream to its end
+		}
 	}
-	return tea.Batch(refresh, waitProgress(gen, ch), m.startSpinner())
+	start := func() tea.Msg {
+		go func() {
+			defer close(ch)
+			f, err := src.Refresh(ctx, mode, func(p Progress) { send(progressMsg{gen: gen, p: p, ch: ch}) })
+			send(refreshMsg{gen: gen, frame: f, err: err, ch: ch})
+		}()
+		return waitNext(ch)()
+	}
+	return tea.Batch(start, m.startSpinner())
 }
 
-// waitProgress delivers the next progress report; the model re-arms it until the channel closes.
-func waitProgress(gen int, ch <-chan Progress) tea.Cmd {
+// waitNext delivers the next message of a refresh's stream; the model re-arms it until the
+// stream closes.
+func waitNext(ch <-chan tea.Msg) tea.Cmd {
 	return func() tea.Msg {
-		p, ok := <-ch
+		msg, ok := <-ch
 		if !ok {
 			return nil
 		}
-		return progressMsg{gen: gen, p: p, ch: ch}
+		return msg
 	}
 }
 
@@ -201,8 +209,8 @@ func (m *Model) Update(msg tea.Msg) (tea.Model, tea.Cmd) {
 		if msg.gen == m.gen {
 			m.onProgress(msg.p)
 		}
-		// Keep draining even a stale channel so its refresh never blocks on a report.
-		return m, waitProgress(msg.gen, msg.ch)
+		// Keep draining even a stale stream so its refresh never blocks on a report.
+		return m, waitNext(msg.ch)
 	case refreshMsg:
 		if msg.gen != m.gen {
 			return m, nil
@@ -433,7 +441,7 @@ func (m *Model) View() tea.View {
 // Render is the screen's text, exactly height lines of at most width cells.
 func (m *Model) Render() string {
 	s := &m.styles
-	lines := []string{m.headerLine1(), m.headerLine2(), m.tabs()}
+	lines := append(m.header(), m.tabs())
 	body := ""
 	paneHeight := max(1, m.height-headerLines-footerLines)
 	if m.showHelp {
@@ -463,7 +471,8 @@ func fitLines(text string, h int) []string {
 	return ls
 }
 
-func (m *Model) headerLine1() string {
+// header is three lines: what is inspected; what runs it; what the last refresh found.
+func (m *Model) header() []string {
 	s := &m.styles
 	state := "?"
 	switch {
@@ -476,6 +485,12 @@ func (m *Model) headerLine1() string {
 	if m.frame != nil && m.frame.Kernel != "" {
 		kernel = m.frame.Kernel
 	}
+	line1 := strings.Join([]string{
+		s.Title.Render("hybridbridge"),
+		field(s, "guest", m.info.Guest+" ("+state+orEmpty(", ", m.info.Accel)+")"),
+		field(s, "kernel", kernel),
+	}, "  ")
+
 	engine := m.engine
 	switch {
 	case m.refreshing && m.progress.Engine != "":
@@ -490,22 +505,17 @@ func (m *Model) headerLine1() string {
 		// The last refresh could not run the engine its mode asks for: say so where the engine is.
 		engineField = s.Label.Render("engine") + " " + s.Warn.Render(engine+" (not "+m.frame.Mode.String()+")")
 	}
-	parts := []string{
-		s.Title.Render("hybridbridge"),
-		field(s, "guest", m.info.Guest+" ("+state+orEmpty(", ", m.info.Accel)+")"),
-		field(s, "kernel", kernel),
-		field(s, "mode", m.mode.String()),
-		engineField,
+	parts := []string{field(s, "mode", m.mode.String()), engineField}
+	if f := m.frame; f != nil {
+		parts = append(parts, field(s, "fall-backs", fmt.Sprint(f.Fallbacks)))
 	}
+	parts = append(parts, field(s, "switches", fmt.Sprint(m.switches)))
 	if m.lastSwitch != nil {
 		parts = append(parts, s.Switch.Render(fmt.Sprintf("⇄ %s→%s %s", m.lastSwitch.From, m.lastSwitch.To, m.lastSwitch.Time.Format("15:04:05"))))
 	}
-	return strings.Join(parts, "  ")
-}
+	line2 := strings.Join(parts, "  ")
 
-func (m *Model) headerLine2() string {
-	s := &m.styles
-	var parts []string
+	parts = parts[:0]
 	if f := m.frame; f != nil {
 		rate := "-"
 		if r, ok := f.Memo.HitRate(); ok {
@@ -515,8 +525,6 @@ func (m *Model) headerLine2() string {
 			field(s, "memo", fmt.Sprintf("%d insns", f.Memo.Entries)),
 			field(s, "hit rate", rate),
 			field(s, "misses", fmt.Sprint(f.Memo.Misses)),
-			field(s, "fall-backs", fmt.Sprint(f.Fallbacks)),
-			field(s, "switches", fmt.Sprint(m.switches)),
 			field(s, "refreshed", f.Time.Format("15:04:05")+" in "+f.Took.Round(10*time.Millisecond).String()),
 		)
 	} else {
@@ -537,7 +545,7 @@ func (m *Model) headerLine2() string {
 		}
 		parts = append(parts, m.spin.View()+" "+what)
 	}
-	return strings.Join(parts, "  ")
+	return []string{line1, line2, strings.Join(parts, "  ")}
 }
 
 func field(s *Styles, label, value string) string {

@@ -42,15 +42,15 @@ type tablePane[T any] struct {
 	cells      func(T) []string
 	details    func(T) string
 	// caption, if set, replaces the engine-work caption of viewName.
-	caption func(p *tablePane[T]) string
-	tbl        table
-	input      textinput.Model
-	typing     bool
-	detail     string // non-empty while the details of a record are shown
-	detailOff  int
-	frame      *Frame
-	width      int
-	height     int
+	caption   func(p *tablePane[T]) string
+	tbl       table
+	input     textinput.Model
+	typing    bool
+	detail    string // non-empty while the details of a record are shown
+	detailOff int
+	frame     *Frame
+	width     int
+	height    int
 }
 
 func newTablePane[T any](title, viewName string, cols []column, sortCol int, extract func(*Frame) []T, cells func(T) []string, details func(T) string) *tablePane[T] {

@@ -134,12 +134,12 @@ type ViewStats struct {
 
 // MemoSummary is the training memo's state after a refresh.
 type MemoSummary struct {
-	Entries              int
+	Entries               int
 	Lookups, Hits, Misses uint64 // since the memo was created
-	Decisions            map[string]int
-	TopSeen              []MemoEntry // most executed memoized instructions
-	TopHits              []MemoEntry
-	TopMisses            []MemoEntry
+	Decisions             map[string]int
+	TopSeen               []MemoEntry // most executed memoized instructions
+	TopHits               []MemoEntry
+	TopMisses             []MemoEntry
 }
 
 // HitRate is hits per lookup, and false when there were no lookups.
@@ -152,13 +152,13 @@ func (s MemoSummary) HitRate() (float64, bool) {
 
 // MemoEntry is one memoized instruction.
 type MemoEntry struct {
-	PC                  uint64
-	Symbol              string // symbol+offset, or empty when unknown
-	Disassembly         string
-	Decision            string
-	Region              string
-	Seen, Hits, Misses  uint64
-	View, Syscall       string // where it was first seen
+	PC                 uint64
+	Symbol             string // symbol+offset, or empty when unknown
+	Disassembly        string
+	Decision           string
+	Region             string
+	Seen, Hits, Misses uint64
+	View, Syscall      string // where it was first seen
 }
 
 // Event is one fall-back from Fast-Bridge to Slow-Bridge.
