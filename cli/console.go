@@ -226,7 +226,7 @@ func (c *consoleSource) Refresh(ctx context.Context, mode console.Mode, progress
 	f := &console.Frame{Time: time.Now(), Mode: mode, Engine: engineSlow, Notes: c.notes}
 	c.notes = nil
 	if mode != console.ModeSlow {
-		f.Notes = append(f.Notes, fmt.Sprintf("mode %s asked, but Fast-Bridge is not built yet: %s ran", mode, engineSlow))
+		f.Notes = append(f.Notes, fmt.Sprintf("Fast-Bridge is not built yet: mode %s ran %s", mode, engineSlow))
 	}
 	s, err := bridge.Attach(ctx, g, c.snap, c.syms)
 	if err != nil {
