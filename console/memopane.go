@@ -32,11 +32,11 @@ func (p *memoPane) setSize(w, h int) { p.width, p.height = w, h }
 func (p *memoPane) click(int)        {}
 func (p *memoPane) scroll(n int)     { p.off = max(0, p.off+n) }
 
-func (p *memoPane) count() int {
+func (p *memoPane) count() (int, int) {
 	if p.frame == nil {
-		return -1
+		return 0, -1
 	}
-	return p.frame.Memo.Entries
+	return p.frame.Memo.Entries, p.frame.Memo.Entries
 }
 
 func (p *memoPane) setFrame(f *Frame) {
@@ -105,11 +105,11 @@ func (p *memoPane) view(s *Styles) string {
 		fmt.Fprintf(&b, "  %-8s %-*s %s\n", v, historyLen, sparkline(h), last)
 	}
 	section := func(title string, es []MemoEntry) {
-		b.WriteString("\n" + s.Value.Render(title) + "\n")
 		if len(es) == 0 {
-			b.WriteString(s.Dim.Render("  none yet") + "\n")
+			b.WriteString("\n" + s.Value.Render(title+":") + s.Dim.Render(" none yet") + "\n")
 			return
 		}
+		b.WriteString("\n" + s.Value.Render(title) + "\n")
 		fmt.Fprintf(&b, "  %-34s %-36s %-8s %8s %8s %8s  %s\n", "SYMBOL+OFF", "INSTRUCTION", "DECISION", "SEEN", "HITS", "MISSES", "FIRST VIEW")
 		for _, e := range es {
 			sym := e.Symbol

@@ -574,8 +574,12 @@ func modeMatches(mode Mode, engine string) bool {
 
 func (m *Model) tabLabel(i int, p pane) string {
 	label := p.name()
-	if n := p.count(); n >= 0 {
-		label += fmt.Sprintf(" %d", n)
+	switch shown, total := p.count(); {
+	case total < 0:
+	case shown != total:
+		label += fmt.Sprintf(" %d/%d", shown, total)
+	default:
+		label += fmt.Sprintf(" %d", total)
 	}
 	if i == m.active {
 		return m.styles.ActiveTab.Render(label)

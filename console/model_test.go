@@ -331,7 +331,7 @@ func TestConsoleFilterAndSort(t *testing.T) {
 		t.Errorf("esc did not clear the filter:\n%s", s)
 	}
 	press(t, m, "/", "s", "t", "o", "p", "enter")
-	if s := screen(m); !strings.Contains(s, `filter "stop": 1 of 6 rows`) {
+	if s := screen(m); !strings.Contains(s, `filter "stop": 1 of 6 rows`) || !strings.Contains(s, "Processes 1/6") {
 		t.Errorf("applied filter:\n%s", s)
 	}
 	press(t, m, "esc", "s", "S")

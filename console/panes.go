@@ -18,7 +18,7 @@ import (
 // every pane.
 type pane interface {
 	name() string
-	count() int // the number shown in the tab, -1 for none
+	count() (shown, total int) // the numbers in the tab; total -1 for none
 	setFrame(f *Frame)
 	setSize(w, h int)
 	// key handles a key press; false means the root model should handle it.
@@ -63,11 +63,11 @@ func newTablePane[T any](title, viewName string, cols []column, sortCol int, ext
 
 func (p *tablePane[T]) name() string { return p.title }
 
-func (p *tablePane[T]) count() int {
+func (p *tablePane[T]) count() (int, int) {
 	if p.frame == nil && len(p.items) == 0 {
-		return -1
+		return 0, -1
 	}
-	return len(p.tbl.rows)
+	return len(p.tbl.rows), len(p.tbl.all)
 }
 
 func (p *tablePane[T]) setFrame(f *Frame) {
