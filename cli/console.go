@@ -84,7 +84,7 @@ func (e *env) runRoot(cmd *cobra.Command) error {
 		return e.console(cmd.Context(), "demo", true, console.Options{Interval: 10 * time.Second})
 	}
 	fmt.Fprintln(e.stderr, noTerminalMessage(cmd.Root()))
-	fmt.Fprintln(e.stderr, "(the console needs a terminal; printing the demo report instead)")
+	fmt.Fprintln(e.stderr, "printing the demo report instead:")
 	return e.demo(cmd.Context())
 }
 
