@@ -351,7 +351,9 @@ func (m *Model) onKey(msg tea.KeyPressMsg) tea.Cmd {
 	case key.Matches(msg, k.PrevPane):
 		m.active = (m.active + len(m.panes) - 1) % len(m.panes)
 	case key.Matches(msg, k.Refresh):
-		if m.clearing {
+		if m.refreshing || m.clearing {
+			// Restarting would throw away the work in flight; its result is as fresh.
+			m.setStatus("a refresh is already running", false)
 			return nil
 		}
 		return m.startRefresh()

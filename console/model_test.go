@@ -540,3 +540,20 @@ func TestModeNames(t *testing.T) {
 		t.Error("mode cycle does not wrap")
 	}
 }
+
+func TestConsoleRefreshKeyDuringRefresh(t *testing.T) {
+	src := &fakeSource{frame: demoFrame}
+	m := newTestModel(t, src)
+	cmd := m.startRefresh() // in flight: its command has not run yet
+	gen := m.gen
+	if c := m.onKey(keyMsg("r")); c != nil || m.gen != gen {
+		t.Fatal("r restarted the refresh in flight")
+	}
+	if s := screen(m); !strings.Contains(s, "a refresh is already running") {
+		t.Errorf("status:\n%s", s)
+	}
+	drive(t, m, cmd)
+	if m.refreshing || len(src.modes) != 2 {
+		t.Errorf("refreshing %v after %d refreshes", m.refreshing, len(src.modes))
+	}
+}

@@ -54,7 +54,8 @@ type Info struct {
 }
 
 // Progress reports what a refresh is doing now; the header shows it live. Empty fields mean
-// "unchanged".
+// "unchanged". A report naming another engine than the one running is a live switch (Fast-Bridge
+// falling back to Slow-Bridge and resuming): the console marks each one.
 type Progress struct {
 	View       string // the view running: ps, netstat, lsmod
 	Engine     string // the engine executing kernel code now (see Frame.Engine)
@@ -80,7 +81,6 @@ type Frame struct {
 	Took       time.Duration // how long it took, attach to resume
 	Mode       Mode          // the mode the refresh was asked to run in
 	Engine     string        // the engine that ran the views, e.g. "Unicorn-taint" (Slow-Bridge)
-	Switches   []Switch      // engine switches during the refresh, in order
 	GuestState string        // QEMU's run state after the refresh
 	Kernel     string        // the kernel build the guest was found to run
 
@@ -108,7 +108,7 @@ func (f *Frame) View(name string) *ViewStats {
 	return nil
 }
 
-// Switch is one live change of engine.
+// Switch is one live change of engine, as the console saw it in the progress reports.
 type Switch struct {
 	Time     time.Time
 	From, To string
