@@ -99,9 +99,6 @@ func (e *env) console(ctx context.Context, name string, bootDemo bool, opts cons
 		owned = err == nil
 	}
 	if err != nil {
-		if errors.Is(err, guest.ErrNotRunning) {
-			return fmt.Errorf("%w (start it with: hybridbridge guest start --name %s)", err, name)
-		}
 		return err
 	}
 	if owned {
