@@ -220,15 +220,16 @@ func (c *consoleSource) Refresh(ctx context.Context, mode console.Mode, progress
 	if err != nil {
 		return nil, err
 	}
-	f := &console.Frame{Time: time.Now(), Mode: mode, Engine: engineSlow, Notes: c.notes}
-	c.notes = nil
+	f := &console.Frame{Time: time.Now(), Mode: mode, Engine: engineSlow, Notes: slices.Clone(c.notes)}
 	if mode != console.ModeSlow {
 		f.Notes = append(f.Notes, fmt.Sprintf("Fast-Bridge is not built yet: mode %s ran %s", mode, engineSlow))
 	}
+	progress(console.Progress{View: "attach"})
 	s, err := bridge.Attach(ctx, g, c.snap, c.syms)
 	if err != nil {
 		return nil, fmt.Errorf("attach guest %s: %w", c.name, err)
 	}
+	c.notes = nil // they are in this frame
 	progress(console.Progress{GuestState: "paused", Engine: engineSlow})
 	s.Memo = c.memo
 	for _, v := range consoleViews {
@@ -269,7 +270,7 @@ func (c *consoleSource) runView(s *bridge.Session, v consoleView, f *console.Fra
 	s.View = v.name
 	before := c.counters(s)
 	start := time.Now()
-	err := v.run(s, f)
+	err := runRecovered(func() error { return v.run(s, f) })
 	st := console.ViewStats{Name: v.name, Engine: engineSlow, Elapsed: time.Since(start)}
 	if err != nil {
 		st.Err = err.Error()
@@ -292,6 +293,17 @@ func (c *consoleSource) runView(s *bridge.Session, v consoleView, f *console.Fra
 	st.Misses = mv.Misses - bv.Misses
 	st.Learned = mv.Learned - bv.Learned
 	return st
+}
+
+// runRecovered turns a panic of a view into its error: the session must still be closed, or the
+// guest would stay paused.
+func runRecovered(fn func() error) (err error) {
+	defer func() {
+		if r := recover(); r != nil {
+			err = fmt.Errorf("panic: %v", r)
+		}
+	}()
+	return fn()
 }
 
 type sessionCounters struct {

@@ -2,6 +2,7 @@ package console
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"strings"
 	"time"
@@ -149,12 +150,27 @@ func (m *Model) startRefresh() tea.Cmd {
 	start := func() tea.Msg {
 		go func() {
 			defer close(ch)
-			f, err := src.Refresh(ctx, mode, func(p Progress) { send(progressMsg{gen: gen, p: p, ch: ch}) })
+			f, err := refreshRecovered(ctx, src, mode, func(p Progress) { send(progressMsg{gen: gen, p: p, ch: ch}) })
 			send(refreshMsg{gen: gen, frame: f, err: err, ch: ch})
 		}()
 		return waitNext(ch)()
 	}
 	return tea.Batch(start, m.startSpinner())
+}
+
+// refreshRecovered runs a refresh; a panic becomes its error, so the status line shows it and the
+// terminal is not left in raw mode by a crash outside the program's own goroutine.
+func refreshRecovered(ctx context.Context, src Source, mode Mode, progress func(Progress)) (f *Frame, err error) {
+	defer func() {
+		if r := recover(); r != nil {
+			f, err = nil, fmt.Errorf("refresh panicked: %v", r)
+		}
+	}()
+	f, err = src.Refresh(ctx, mode, progress)
+	if err == nil && f == nil {
+		err = errors.New("refresh returned no frame")
+	}
+	return f, err
 }
 
 // waitNext delivers the next message of a refresh's stream; the model re-arms it until the

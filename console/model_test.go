@@ -25,7 +25,7 @@ const testWidth, testHeight = 100, 24
 // fakeSource returns frames made by the test; it records what the console asked for.
 type fakeSource struct {
 	mu       sync.Mutex
-	frame    func(mode Mode) *Frame
+	frame    func(mode Mode) *Frame // may panic, like a buggy view
 	err      error
 	progress []Progress // reported during each refresh
 	modes    []Mode
@@ -555,5 +555,15 @@ func TestConsoleRefreshKeyDuringRefresh(t *testing.T) {
 	drive(t, m, cmd)
 	if m.refreshing || len(src.modes) != 2 {
 		t.Errorf("refreshing %v after %d refreshes", m.refreshing, len(src.modes))
+	}
+}
+
+func TestConsoleRefreshPanicGoesToTheStatusLine(t *testing.T) {
+	m := newTestModel(t, &fakeSource{frame: func(Mode) *Frame { panic("index out of range") }})
+	if s := screen(m); !strings.Contains(s, "refresh failed: refresh panicked: index out of range") {
+		t.Errorf("status:\n%s", s)
+	}
+	if m.refreshing {
+		t.Error("still refreshing after the panic")
 	}
 }
