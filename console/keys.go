@@ -21,6 +21,10 @@ type KeyMap struct {
 	Confirm, Cancel    key.Binding
 	Help               key.Binding
 	Quit               key.Binding
+	// Interrupt quits even while typing a filter, where q is text.
+	Interrupt key.Binding
+	// While typing a filter.
+	ApplyFilter, ClearFilter key.Binding
 }
 
 // DefaultKeyMap is the console's key layout.
@@ -49,6 +53,10 @@ func DefaultKeyMap() KeyMap {
 		Cancel:    key.NewBinding(key.WithKeys("n", "esc"), key.WithHelp("n", "no")),
 		Help:      key.NewBinding(key.WithKeys("?"), key.WithHelp("?", "help")),
 		Quit:      key.NewBinding(key.WithKeys("q", "ctrl+c"), key.WithHelp("q", "quit")),
+		Interrupt: key.NewBinding(key.WithKeys("ctrl+c"), key.WithHelp("ctrl+c", "quit")),
+
+		ApplyFilter: key.NewBinding(key.WithKeys("enter"), key.WithHelp("enter", "apply filter")),
+		ClearFilter: key.NewBinding(key.WithKeys("esc"), key.WithHelp("esc", "clear filter")),
 	}
 }
 

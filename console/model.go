@@ -317,7 +317,7 @@ func (m *Model) onFrame(f *Frame) {
 
 func (m *Model) onKey(msg tea.KeyPressMsg) tea.Cmd {
 	k := m.keys
-	if msg.String() == "ctrl+c" {
+	if key.Matches(msg, k.Interrupt) {
 		return m.quit()
 	}
 	if m.confirm {
@@ -627,10 +627,7 @@ func (m *Model) statusLine() string {
 
 func (m *Model) helpLine() string {
 	if m.panes[m.active].capturing() {
-		return m.help.ShortHelpView([]key.Binding{
-			key.NewBinding(key.WithKeys("enter"), key.WithHelp("enter", "apply filter")),
-			key.NewBinding(key.WithKeys("esc"), key.WithHelp("esc", "clear filter")),
-		})
+		return m.help.ShortHelpView([]key.Binding{m.keys.ApplyFilter, m.keys.ClearFilter, m.keys.Interrupt})
 	}
 	if m.confirm {
 		return m.help.ShortHelpView([]key.Binding{m.keys.Confirm, m.keys.Cancel})

@@ -102,11 +102,11 @@ func (p *tablePane[T]) capturing() bool { return p.typing }
 func (p *tablePane[T]) key(msg tea.KeyPressMsg, k KeyMap) (bool, tea.Cmd) {
 	if p.typing {
 		switch {
-		case msg.String() == "enter":
+		case key.Matches(msg, k.ApplyFilter):
 			p.typing = false
 			p.input.Blur()
 			return true, nil
-		case key.Matches(msg, k.Back):
+		case key.Matches(msg, k.ClearFilter):
 			p.typing = false
 			p.input.Blur()
 			p.input.SetValue("")
