@@ -39,7 +39,7 @@ func (e *env) consoleCommand() *cobra.Command {
 		Long: `Open the interactive terminal console on a running guest: its processes, sockets and kernel
 modules, computed by the guest kernel's own code in the SVM, with the engine that ran, the memo's
 hit rate and the fall-back log. Each refresh pauses the guest for the time the views take and
-resumes it. Without a terminal, use the ps, lsmod and netstat subcommands instead.`,
+resumes it. Without a terminal it names the view subcommands (ps, ...) to use instead.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			m, ok := console.ParseMode(mode)
