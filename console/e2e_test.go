@@ -179,6 +179,17 @@ func TestConsoleEndToEndTmux(t *testing.T) {
 			}
 		}
 	})
+	t.Run("resize", func(t *testing.T) {
+		c.t = t
+		if out, err := c.tmux("resize-window", "-t", "hb", "-x", "90", "-y", "25"); err != nil {
+			t.Fatalf("resize-window: %v\n%s", err, out)
+		}
+		// The layout follows the terminal: the help bar is the last of the 25 lines.
+		c.waitFor("the help bar on the last line after a resize", 10*time.Second, func(s string) bool {
+			lines := strings.Split(strings.TrimRight(s, "\n"), "\n")
+			return len(lines) == 25 && strings.Contains(lines[24], "q quit") && strings.HasPrefix(lines[0], "hybridbridge")
+		})
+	})
 	t.Run("network", func(t *testing.T) {
 		c.t = t
 		c.keys("Tab")
