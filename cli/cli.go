@@ -56,12 +56,13 @@ func NewRoot(stdout, stderr io.Writer) *cobra.Command {
 modules - from outside it, with no agent in the guest and no symbol profiles (the HYBRID-BRIDGE
 approach, NDSS 2014).
 
-Without a command it boots the built-in demo guest and shows what can be read from it.`,
+Without a command it opens the console on the built-in demo guest (booting it if needed); without
+a terminal it prints what can be read from that guest instead.`,
 		SilenceUsage:  true,
 		SilenceErrors: true,
 		Args:          cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			return e.demo(cmd.Context())
+			return e.runRoot(cmd)
 		},
 	}
 	root.SetOut(stdout)
@@ -71,6 +72,7 @@ Without a command it boots the built-in demo guest and shows what can be read fr
 	root.PersistentFlags().StringVar(&e.cacheDir, "cache", "", "folder made by scripts/setup.sh (default: found from the executable or working directory; $HYBRIDBRIDGE_CACHE)")
 	root.AddCommand(e.guestCommand(), e.svmCommand(), e.psCommand(), e.catCommand(), e.memoCommand())
 	root.AddCommand(e.viewCommands()...)
+	root.AddCommand(e.consoleCommand())
 	return root
 }
 

@@ -14,7 +14,8 @@ import (
 )
 
 // demo boots the demo guest (or uses a running one named "demo") and prints what hybridbridge
-// reads from it from outside. The interactive console replaces this once it exists.
+// reads from it from outside: what hybridbridge without arguments prints when there is no terminal
+// for the console.
 func (e *env) demo(ctx context.Context) error {
 	g, err := guest.Open(e.runDir, "demo")
 	owned := false
@@ -92,6 +93,6 @@ func (e *env) demo(ctx context.Context) error {
 		return err
 	}
 	fmt.Fprintln(e.stdout, run.summary())
-	fmt.Fprintln(e.stdout, "network and module views, Fast-Bridge and the console are next.")
+	fmt.Fprintln(e.stdout, "network and module views and Fast-Bridge are next; on a terminal, hybridbridge opens the console.")
 	return nil
 }

@@ -1,0 +1,376 @@
+package cli
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/spf13/cobra"
+	"golang.org/x/term"
+
+	"hybridbridge/bridge"
+	"hybridbridge/console"
+	"hybridbridge/guest"
+	"hybridbridge/inspect"
+	"hybridbridge/memo"
+	"hybridbridge/svm"
+	"hybridbridge/vmm"
+)
+
+// engineSlow names Slow-Bridge's engine in the console: Unicorn with the taint engine attached.
+const engineSlow = "Unicorn-taint"
+
+// scriptViews are the subcommands that print what the console shows, for pipes and scripts.
+var scriptViews = []string{"ps", "lsmod", "netstat"}
+
+func (e *env) consoleCommand() *cobra.Command {
+	var name, mode string
+	var interval time.Duration
+	c := &cobra.Command{
+		Use:   "console",
+		Short: "Open the interactive console on a running guest",
+		Long: `Open the interactive terminal console on a running guest: its processes, sockets and kernel
+modules, computed by the guest kernel's own code in the SVM, with the engine that ran, the memo's
+hit rate and the fall-back log. Each refresh pauses the guest for the time the views take and
+resumes it. Without a terminal it names the view subcommands (ps, ...) to use instead.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			m, ok := console.ParseMode(mode)
+			if !ok {
+				return fmt.Errorf("--mode must be auto, fast or slow, not %q", mode)
+			}
+			if !e.interactive() {
+				return errors.New(noTerminalMessage(cmd.Root()))
+			}
+			return e.console(cmd.Context(), name, false, console.Options{Mode: m, Interval: interval})
+		},
+	}
+	c.Flags().StringVar(&name, "guest", "demo", "the running guest to inspect")
+	c.Flags().StringVar(&mode, "mode", "auto", "engine mode at start: auto, fast or slow (m cycles it)")
+	c.Flags().DurationVar(&interval, "refresh", 10*time.Second, "auto-refresh interval (0: start with auto-refresh off)")
+	return c
+}
+
+// interactive reports whether the console can run: it reads keys from stdin and draws on stdout.
+func (e *env) interactive() bool {
+	out, ok := e.stdout.(*os.File)
+	return ok && term.IsTerminal(int(out.Fd())) && term.IsTerminal(int(os.Stdin.Fd()))
+}
+
+// noTerminalMessage points to the subcommands that exist in this build.
+func noTerminalMessage(root *cobra.Command) string {
+	var cmds []string
+	for _, c := range root.Commands() {
+		if slices.Contains(scriptViews, c.Name()) {
+			cmds = append(cmds, "hybridbridge "+c.Name()+" [--guest NAME] [--json]")
+		}
+	}
+	return "the console needs a terminal (stdin and stdout are not both one); for scripts and pipes use:\n  " +
+		strings.Join(cmds, "\n  ")
+}
+
+// runRoot is hybridbridge without a command: the console on the demo guest when there is a
+// terminal; otherwise a pointer to the scripting subcommands, then the plain-text demo report
+// (which keeps non-interactive runs exercising the whole pipeline).
+func (e *env) runRoot(cmd *cobra.Command) error {
+	if e.interactive() {
+		return e.console(cmd.Context(), "demo", true, console.Options{Interval: 10 * time.Second})
+	}
+	fmt.Fprintln(e.stderr, noTerminalMessage(cmd.Root()))
+	fmt.Fprintln(e.stderr, "printing the demo report instead:")
+	return e.demo(cmd.Context())
+}
+
+// console runs the console on the named guest. With bootDemo, a demo guest that is not running is
+// booted first (progress on stderr, before the screen switches) and stopped when the console ends.
+func (e *env) console(ctx context.Context, name string, bootDemo bool, opts console.Options) error {
+	g, err := guest.Open(e.runDir, name)
+	owned := false
+	if errors.Is(err, guest.ErrNotRunning) && bootDemo {
+		fmt.Fprintf(e.stderr, "booting the %s guest...\n", name)
+		g, err = e.startDemo(ctx, name, "512M", false)
+		owned = err == nil
+	}
+	if err != nil {
+		return err
+	}
+	if owned {
+		defer func() {
+			sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
+			defer cancel()
+			if err := g.Stop(sctx); err != nil {
+				fmt.Fprintf(e.stderr, "stop guest %s: %v\n", name, err)
+			}
+		}()
+	}
+	src, err := e.newConsoleSource(ctx, g)
+	if err != nil {
+		return err
+	}
+	err = console.Run(ctx, src, opts)
+	// A refresh may still hold the guest paused: wait for it so the guest is resumed (or stopped
+	// by us) only once the SVM has let go of its memory.
+	src.wait()
+	return err
+}
+
+// consoleSource implements console.Source with the bridge: one attach per refresh runs every
+// view, so the guest is paused once per refresh and resumed between refreshes.
+type consoleSource struct {
+	runDir   string
+	name     string
+	accel    string
+	snap     *svm.Snapshot
+	syms     *vmm.Symbols
+	memoPath string
+	// mu serializes refreshes and memo clears: both use the memo and the guest.
+	mu    sync.Mutex
+	memo  *memo.Memo // Precondition: mu must be held.
+	notes []string   // said once, in the next frame. Precondition: mu must be held.
+}
+
+var _ console.Source = (*consoleSource)(nil)
+
+// newConsoleSource prepares everything a refresh needs that may print progress (the snapshot is
+// built here when missing), so nothing writes to the terminal once the console draws on it.
+func (e *env) newConsoleSource(ctx context.Context, g *guest.Guest) (*consoleSource, error) {
+	snap, err := e.snapshot(ctx)
+	if err != nil {
+		return nil, err
+	}
+	syms, err := g.Symbols(ctx, e.cacheDir)
+	if err != nil {
+		return nil, err
+	}
+	c := &consoleSource{runDir: e.runDir, name: g.Meta.Name, accel: g.Meta.Accel, snap: snap, syms: syms,
+		memoPath: bridge.MemoPath(e.cacheDir, snap)}
+	var reason error
+	c.memo, reason = memo.LoadOrNew(c.memoPath, bridge.MemoKey(snap))
+	if reason != nil && !errors.Is(reason, fs.ErrNotExist) {
+		c.notes = append(c.notes, "memo rebuilt: "+reason.Error())
+	}
+	return c, nil
+}
+
+func (c *consoleSource) Info() console.Info {
+	return console.Info{Guest: c.name, Kernel: c.snap.Release, Accel: c.accel}
+}
+
+// wait returns once no refresh or clear is running.
+func (c *consoleSource) wait() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+}
+
+func (c *consoleSource) ClearMemo(ctx context.Context) error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.memo.Clear()
+	return c.saveMemo()
+}
+
+func (c *consoleSource) saveMemo() error {
+	if err := os.MkdirAll(filepath.Dir(c.memoPath), 0o755); err != nil {
+		return fmt.Errorf("save memo: %w", err)
+	}
+	if err := c.memo.Save(c.memoPath); err != nil {
+		return fmt.Errorf("save memo: %w", err)
+	}
+	return nil
+}
+
+// consoleView is one view the console shows, and how to compute it.
+type consoleView struct {
+	name string
+	run  func(s *bridge.Session, f *console.Frame) error
+}
+
+var consoleViews = []consoleView{
+	{"ps", func(s *bridge.Session, f *console.Frame) (err error) {
+		f.Processes, err = inspect.ListProcesses(s)
+		return err
+	}},
+	{"netstat", func(s *bridge.Session, f *console.Frame) (err error) {
+		f.Sockets, err = inspect.ListSockets(s, true)
+		return err
+	}},
+	{"lsmod", func(s *bridge.Session, f *console.Frame) (err error) {
+		f.Modules, err = inspect.ListModules(s)
+		return err
+	}},
+}
+
+// Refresh attaches to the guest (pausing it), runs every view on Slow-Bridge, resumes the guest
+// and saves the memo. Fast-Bridge does not exist yet, so every mode runs Slow-Bridge; the frame
+// says so rather than pretending.
+func (c *consoleSource) Refresh(ctx context.Context, mode console.Mode, progress func(console.Progress)) (*console.Frame, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	g, err := guest.Open(c.runDir, c.name)
+	if err != nil {
+		return nil, err
+	}
+	f := &console.Frame{Time: time.Now(), Mode: mode, Engine: engineSlow, Notes: slices.Clone(c.notes)}
+	if mode != console.ModeSlow {
+		f.Notes = append(f.Notes, fmt.Sprintf("Fast-Bridge is not built yet: mode %s ran %s", mode, engineSlow))
+	}
+	progress(console.Progress{View: "attach"})
+	s, err := bridge.Attach(ctx, g, c.snap, c.syms)
+	if err != nil {
+		return nil, fmt.Errorf("attach guest %s: %w", c.name, err)
+	}
+	c.notes = nil // they are in this frame
+	progress(console.Progress{GuestState: "paused", Engine: engineSlow})
+	s.Memo = c.memo
+	for _, v := range consoleViews {
+		if ctx.Err() != nil {
+			f.Views = append(f.Views, console.ViewStats{Name: v.name, Engine: engineSlow, Err: "not run: refresh cancelled"})
+			continue
+		}
+		progress(console.Progress{View: v.name})
+		f.Views = append(f.Views, c.runView(s, v, f))
+	}
+	cerr := s.Close(context.WithoutCancel(ctx))
+	f.Took = time.Since(f.Time)
+	if cerr != nil {
+		return nil, fmt.Errorf("detach guest %s: %w", c.name, cerr)
+	}
+	sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+	defer cancel()
+	if f.GuestState, err = g.Status(sctx); err != nil {
+		f.GuestState = "unknown"
+		f.Notes = append(f.Notes, "guest state: "+err.Error())
+	}
+	progress(console.Progress{GuestState: f.GuestState})
+	if f.Kernel = c.snap.Release; s.Banner != "" {
+		if fields := strings.Fields(s.Banner); len(fields) > 2 {
+			f.Kernel = fields[2]
+		}
+	}
+	if err := c.saveMemo(); err != nil {
+		f.Notes = append(f.Notes, err.Error())
+	}
+	f.Memo = c.memoSummary()
+	return f, nil
+}
+
+// runView runs one view in the session and measures what it cost; the session's counters are
+// cumulative, so the view's share is the difference.
+func (c *consoleSource) runView(s *bridge.Session, v consoleView, f *console.Frame) console.ViewStats {
+	s.View = v.name
+	before := c.counters(s)
+	start := time.Now()
+	err := runRecovered(func() error { return v.run(s, f) })
+	st := console.ViewStats{Name: v.name, Engine: engineSlow, Elapsed: time.Since(start)}
+	if err != nil {
+		st.Err = err.Error()
+	}
+	after := c.counters(s)
+	st.Syscalls = after.syscalls - before.syscalls
+	st.Instructions = after.insns - before.insns
+	st.Local = after.globals[0] - before.globals[0]
+	st.Redirected = after.globals[1] - before.globals[1]
+	st.Unknown = after.globals[2] - before.globals[2]
+	for sym, n := range after.unknown {
+		if n > before.unknown[sym] {
+			st.UnknownGlobals = append(st.UnknownGlobals, sym)
+		}
+	}
+	slices.Sort(st.UnknownGlobals)
+	mv, bv := after.memo.Views[v.name], before.memo.Views[v.name]
+	st.Lookups = mv.Lookups - bv.Lookups
+	st.Hits = mv.Hits - bv.Hits
+	st.Misses = mv.Misses - bv.Misses
+	st.Learned = mv.Learned - bv.Learned
+	return st
+}
+
+// runRecovered turns a panic of a view into its error: the session must still be closed, or the
+// guest would stay paused.
+func runRecovered(fn func() error) (err error) {
+	defer func() {
+		if r := recover(); r != nil {
+			err = fmt.Errorf("panic: %v", r)
+		}
+	}()
+	return fn()
+}
+
+type sessionCounters struct {
+	syscalls int
+	insns    uint64
+	globals  [3]int
+	unknown  map[string]int // accesses per unknown global
+	memo     memo.Stats
+}
+
+func (c *consoleSource) counters(s *bridge.Session) sessionCounters {
+	s.Taint.Drain()
+	sc := sessionCounters{
+		syscalls: s.Machine.Stats().Syscalls,
+		insns:    s.Taint.Stats().Instructions,
+		globals:  s.Counts,
+		unknown:  make(map[string]int),
+		memo:     c.memo.Stats(),
+	}
+	for _, u := range s.Globals.Unknown() {
+		sc.unknown[u.Symbol] = u.Accesses
+	}
+	return sc
+}
+
+// topEntries is how many instructions each memo list shows.
+const topEntries = 10
+
+// memoSummary reads the memo's totals and its most used instructions.
+// Precondition: mu must be held.
+func (c *consoleSource) memoSummary() console.MemoSummary {
+	st := c.memo.Stats()
+	sum := console.MemoSummary{
+		Entries: st.Entries, Lookups: st.Total.Lookups, Hits: st.Total.Hits, Misses: st.Total.Misses,
+		Decisions: map[string]int{
+			memo.Local.String(): st.Decisions.Local, memo.Redirect.String(): st.Decisions.Redirect,
+			memo.Both.String(): st.Decisions.Both, memo.Unknown.String(): st.Decisions.Unknown,
+		},
+	}
+	entries := c.memo.Entries()
+	top := func(key func(memo.Entry) uint64) []console.MemoEntry {
+		slices.SortStableFunc(entries, func(a, b memo.Entry) int { return -cmpUint(key(a), key(b)) })
+		var out []console.MemoEntry
+		for _, en := range entries[:min(topEntries, len(entries))] {
+			if key(en) == 0 {
+				break
+			}
+			out = append(out, console.MemoEntry{
+				PC: en.PC, Symbol: c.syms.Format(en.PC), Disassembly: memo.Disassemble(en.PC, en.Bytes),
+				Decision: en.Decision.String(), Region: en.Region, Seen: en.Seen, Hits: en.Hits, Misses: en.Misses,
+				View: en.View, Syscall: en.Syscall,
+			})
+		}
+		return out
+	}
+	sum.TopSeen = top(func(e memo.Entry) uint64 { return e.Seen })
+	sum.TopHits = top(func(e memo.Entry) uint64 { return e.Hits })
+	sum.TopMisses = top(func(e memo.Entry) uint64 { return e.Misses })
+	return sum
+}
+
+func cmpUint(a, b uint64) int {
+	switch {
+	case a < b:
+		return -1
+	case a > b:
+		return 1
+	}
+	return 0
+}
