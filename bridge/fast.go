@@ -277,3 +277,12 @@ func (s *Session) Work() (syscalls int, tainted uint64, swapped int) {
 	}
 	return syscalls, tainted, swapped
 }
+
+// ReadKernel reads kernel virtual memory as the SVM maps it (e.g. code around a fall-back).
+func (s *Session) ReadKernel(va uint64, buf []byte) error {
+	m := s.fast
+	if m == nil {
+		m = s.Machine
+	}
+	return m.ReadVirt(va, buf)
+}

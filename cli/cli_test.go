@@ -233,7 +233,7 @@ func TestPsAndMemo(t *testing.T) {
 			t.Errorf("ps lacks %s", c)
 		}
 	}
-	if !strings.Contains(errOut, "ps: ") || !strings.Contains(errOut, "redirected") {
+	if !strings.Contains(errOut, "ps (mode auto): ") || !strings.Contains(errOut, "redirected") {
 		t.Errorf("no engine summary on stderr: %q", errOut)
 	}
 	// The guest runs again, and the memo learned the view's decisions.
@@ -255,7 +255,7 @@ func TestPsAndMemo(t *testing.T) {
 	if err := json.Unmarshal([]byte(out), &st); err != nil || st.Entries == 0 || st.Decisions.Redirect == 0 {
 		t.Fatalf("memo stats: %s %v", out, err)
 	}
-	out, _, err = run("memo", "show", "--decision", "redirect", "--limit", "3")
+	out, _, err = run("memo", "show", "--decision", "redirect", "--limit", "0")
 	if err != nil || !strings.Contains(out, "init_pid_ns") {
 		t.Fatalf("memo show: %q %v", out, err)
 	}

@@ -207,9 +207,8 @@ var consoleViews = []consoleView{
 	}},
 }
 
-// Refresh attaches to the guest (pausing it), runs every view on Slow-Bridge, resumes the guest
-// and saves the memo. Fast-Bridge does not exist yet, so every mode runs Slow-Bridge; the frame
-// says so rather than pretending.
+// Refresh attaches to the guest (pausing it), runs every view in the chosen mode, resumes the
+// guest and saves the memo. The frame names the engines that actually ran and every fall-back.
 func (c *consoleSource) Refresh(ctx context.Context, mode console.Mode, progress func(console.Progress)) (*console.Frame, error) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
@@ -220,25 +219,41 @@ func (c *consoleSource) Refresh(ctx context.Context, mode console.Mode, progress
 	if err != nil {
 		return nil, err
 	}
-	f := &console.Frame{Time: time.Now(), Mode: mode, Engine: engineSlow, Notes: slices.Clone(c.notes)}
-	if mode != console.ModeSlow {
-		f.Notes = append(f.Notes, fmt.Sprintf("Fast-Bridge is not built yet: mode %s ran %s", mode, engineSlow))
-	}
+	f := &console.Frame{Time: time.Now(), Mode: mode, Notes: slices.Clone(c.notes)}
 	progress(console.Progress{View: "attach"})
-	s, err := bridge.Attach(ctx, g, c.snap, c.syms)
+	s, err := bridge.AttachMode(ctx, g, c.snap, c.syms, bridge.Mode(mode.String()), c.memo)
 	if err != nil {
 		return nil, fmt.Errorf("attach guest %s: %w", c.name, err)
 	}
 	c.notes = nil // they are in this frame
-	progress(console.Progress{GuestState: "paused", Engine: engineSlow})
-	s.Memo = c.memo
+	first := bridge.EngineFast
+	if mode == console.ModeSlow {
+		first = engineSlow
+	}
+	progress(console.Progress{GuestState: "paused", Engine: first})
 	for _, v := range consoleViews {
 		if ctx.Err() != nil {
 			f.Views = append(f.Views, console.ViewStats{Name: v.name, Engine: engineSlow, Err: "not run: refresh cancelled"})
 			continue
 		}
 		progress(console.Progress{View: v.name})
-		f.Views = append(f.Views, c.runView(s, v, f))
+		vs := c.runView(s, v, f)
+		f.Views = append(f.Views, vs)
+		progress(console.Progress{View: v.name, Engine: vs.Engine})
+	}
+	est := s.Stats()
+	f.Fallbacks = est.FallBacks
+	f.Engine = engineOf(est.FastOps, est.SlowOps)
+	for _, ev := range est.Events {
+		e := console.Event{Time: ev.Time, View: ev.View, Syscall: ev.Syscall, PC: ev.PC, Symbol: ev.Symbol,
+			Disassembly: ev.Disassembly, Reason: ev.Reason + " (touching " + ev.Region + ")"}
+		if sym, off, ok := c.syms.LookupSymbol(ev.PC); ok && off < 4096 {
+			code := make([]byte, off+48)
+			if s.ReadKernel(sym.Addr, code) == nil {
+				e.CodeAddr, e.Code = sym.Addr, code
+			}
+		}
+		f.Events = append(f.Events, e)
 	}
 	cerr := s.Close(context.WithoutCancel(ctx))
 	f.Took = time.Since(f.Time)
@@ -269,9 +284,11 @@ func (c *consoleSource) Refresh(ctx context.Context, mode console.Mode, progress
 func (c *consoleSource) runView(s *bridge.Session, v consoleView, f *console.Frame) console.ViewStats {
 	s.View = v.name
 	before := c.counters(s)
+	eb := s.Stats()
 	start := time.Now()
 	err := runRecovered(func() error { return v.run(s, f) })
-	st := console.ViewStats{Name: v.name, Engine: engineSlow, Elapsed: time.Since(start)}
+	ea := s.Stats()
+	st := console.ViewStats{Name: v.name, Engine: engineOf(ea.FastOps-eb.FastOps, ea.SlowOps-eb.SlowOps), Elapsed: time.Since(start)}
 	if err != nil {
 		st.Err = err.Error()
 	}
@@ -315,10 +332,10 @@ type sessionCounters struct {
 }
 
 func (c *consoleSource) counters(s *bridge.Session) sessionCounters {
-	s.Taint.Drain()
+	syscalls, insns, _ := s.Work()
 	sc := sessionCounters{
-		syscalls: s.Machine.Stats().Syscalls,
-		insns:    s.Taint.Stats().Instructions,
+		syscalls: syscalls,
+		insns:    insns,
 		globals:  s.Counts,
 		unknown:  make(map[string]int),
 		memo:     c.memo.Stats(),
@@ -327,6 +344,19 @@ func (c *consoleSource) counters(s *bridge.Session) sessionCounters {
 		sc.unknown[u.Symbol] = u.Accesses
 	}
 	return sc
+}
+
+// engineOf names the engines that ran a number of file operations: Fast-Bridge, Slow-Bridge, or
+// both (Fast-Bridge with fall-backs).
+func engineOf(fast, slow int) string {
+	switch {
+	case slow == 0:
+		return bridge.EngineFast
+	case fast == 0:
+		return engineSlow
+	default:
+		return bridge.EngineFast + "+taint"
+	}
 }
 
 // topEntries is how many instructions each memo list shows.

@@ -173,7 +173,8 @@ func TestConsoleEndToEndTmux(t *testing.T) {
 		// The workload's processes are the last of some 70 rows: filter them into view.
 		c.keys("/", "hb-", "Enter")
 		c.waitFor("the workload's processes", 10*time.Second, contains("hb-parent", "hb-child", "hb-sleeper", `filter "hb-"`))
-		for _, want := range []string{"guest demo (running", "engine Unicorn-taint", "mode auto"} {
+		// The first refresh runs Fast-Bridge and falls back where the memo has nothing yet.
+		for _, want := range []string{"guest demo (running", "engine Unicorn-", "mode auto"} {
 			if !strings.Contains(s, want) {
 				t.Errorf("header lacks %q:\n%s", want, s)
 			}
@@ -202,10 +203,8 @@ func TestConsoleEndToEndTmux(t *testing.T) {
 		c.t = t
 		c.keys("Tab")
 		s := c.waitFor("the Modules pane", 10*time.Second, contains("lsmod", "MODULE"))
-		if !regexp.MustCompile(`(?m)^(dummy|tun|veth|loop)\s`).MatchString(s) {
-			// The console shows what the lsmod view returns; the view does not reach the guest's
-			// module area yet. Say so rather than fail the console's own test.
-			t.Skipf("the lsmod view returned none of dummy/tun/veth/loop (the guest's module area is not reachable from the SVM yet); the pane shows:\n%s", s)
+		if !regexp.MustCompile(`(?m)^\s*(dummy|tun|veth|loop)\s`).MatchString(s) {
+			t.Errorf("the Modules pane shows none of dummy/tun/veth/loop:\n%s", s)
 		}
 	})
 	t.Run("mode", func(t *testing.T) {

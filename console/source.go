@@ -20,7 +20,7 @@ type Mode int
 
 const (
 	ModeAuto Mode = iota // fast where the memo allows, slow elsewhere
-	ModeFast             // Fast-Bridge, falling back only when it must
+	ModeFast             // Fast-Bridge only: a memo miss fails the view
 	ModeSlow             // always Slow-Bridge (taint tracking, learns the memo)
 )
 
