@@ -10,6 +10,7 @@ import (
 	"os"
 	"strings"
 
+	"hybridbridge/emu"
 	"hybridbridge/guest"
 	"hybridbridge/memo"
 	"hybridbridge/svm"
@@ -50,8 +51,9 @@ type Session struct {
 	leaves  []svm.Graft // the guest's vmemmap mappings
 	mods    []svm.Graft // the guest's module-area directory entries
 	mode    Mode
-	fast    *svm.Machine // Fast-Bridge's machine (modes auto and fast)
-	run     fastRun      // the Fast-Bridge operation in progress
+	fast    *svm.Machine   // Fast-Bridge's machine (modes auto and fast)
+	filter  *emu.MemFilter // Fast-Bridge's hook, with the accesses it lets through in C
+	run     fastRun        // the Fast-Bridge operation in progress
 	stats   EngineStats
 	policy  *policy // decides the kernel image's data and window
 }

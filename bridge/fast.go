@@ -68,6 +68,10 @@ type fastRun struct {
 // Stats returns the session's engine counters.
 func (s *Session) Stats() EngineStats {
 	st := s.stats
+	if s.filter != nil {
+		skipped, _, _ := s.filter.Stats()
+		st.Hits += skipped
+	}
 	st.Events = append([]FallBack(nil), st.Events...)
 	return st
 }
@@ -96,6 +100,7 @@ func (s *Session) do(op func(m *svm.Machine) error) error {
 		s.stats.FallBacks++
 		start = time.Now()
 		err = s.runSlow(op)
+		s.filter.Clear() // the memo learned: replayed decisions may have changed
 		miss.Latency = time.Since(start)
 		s.stats.SlowTime += miss.Latency
 		s.stats.Events = append(s.stats.Events, *miss)
@@ -148,13 +153,18 @@ func (s *Session) hookFast(m *svm.Machine) error {
 	for _, a := range s.policy.aliases {
 		ranges = append(ranges, [2]uint64{a.svm, a.svm + a.size - 1})
 	}
+	f, err := e.NewMemFilter(1<<17, func(acc emu.MemAccess, phys uint64, size int, _ int64) {
+		s.resolveFast(m, e, phys, size, acc == emu.MemWrite)
+	})
+	if err != nil {
+		return fmt.Errorf("Fast-Bridge hook: %w", err)
+	}
 	for _, r := range ranges {
-		if _, err := e.HookMem(emu.HookMemRead|emu.HookMemWrite, r[0], r[1], func(acc emu.MemAccess, phys uint64, size int, _ int64) {
-			s.resolveFast(m, e, phys, size, acc == emu.MemWrite)
-		}); err != nil {
+		if err := f.Hook(emu.HookMemRead|emu.HookMemWrite, r[0], r[1]); err != nil {
 			return fmt.Errorf("Fast-Bridge hook [%#x, %#x]: %w", r[0], r[1], err)
 		}
 	}
+	s.filter = f
 	return nil
 }
 
@@ -179,6 +189,11 @@ func (s *Session) resolveFast(m *svm.Machine, e *emu.Engine, phys uint64, size i
 		return
 	}
 	s.stats.Hits++
+	if d == taint.Local {
+		// The same instruction at the same address decides the same way until the memo changes
+		// (a fall-back clears the filter): let it through in C from now on.
+		_ = s.filter.Add(pc, phys)
+	}
 	s.apply(m, phys, size, write, d)
 }
 

@@ -1,6 +1,7 @@
 package bridge
 
 import (
+	"context"
 	"errors"
 	"reflect"
 	"testing"
@@ -142,4 +143,40 @@ func TestFastSlowAutoAgree(t *testing.T) {
 	if before != after {
 		t.Fatalf("guest memory changed: %s -> %s", before, after)
 	}
+}
+
+// BenchmarkFastProcessView is the ps view on Fast-Bridge with a trained memo: engine time per
+// view, memo hits per view.
+func BenchmarkFastProcessView(b *testing.B) {
+	if setupErr != nil {
+		b.Fatalf("setup: %v", setupErr)
+	}
+	ctx := context.Background()
+	m := memo.New(MemoKey(snap))
+	s, err := AttachMode(ctx, demo, snap, syms, ModeAuto, m)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer s.Close(ctx)
+	s.View = "ps"
+	for range 2 { // train
+		if _, err := inspect.ListProcesses(s); err != nil {
+			b.Fatal(err)
+		}
+	}
+	st0 := s.Stats()
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		if _, err := inspect.ListProcesses(s); err != nil {
+			b.Fatal(err)
+		}
+	}
+	b.StopTimer()
+	st := s.Stats()
+	n := float64(b.N)
+	b.ReportMetric(float64(st.FastTime-st0.FastTime)/n/1e6, "fast-ms/op")
+	b.ReportMetric(float64(st.Hits-st0.Hits)/n, "hits/op")
+	b.ReportMetric(float64(st.FallBacks-st0.FallBacks)/n, "fallbacks/op")
+	skipped, passed, size := s.filter.Stats()
+	b.Logf("filter: %d accesses decided in C, %d in Go, %d pairs", skipped, passed, size)
 }

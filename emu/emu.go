@@ -139,6 +139,8 @@ type Engine struct {
 	excCtx *Context
 	// budgets are C allocations of NewBudget, freed by Close after the engine.
 	budgets []unsafe.Pointer
+	// filters are the C sets of NewMemFilter, freed by Close after the engine.
+	filters []*C.hb_pcset
 
 	stopRequested atomic.Bool
 	panicked      atomic.Bool
@@ -193,10 +195,13 @@ func (e *Engine) Close() error {
 		}
 		err = check("close", C.uc_close(e.uc))
 		e.uc = nil
+		for _, f := range e.filters {
+			C.hb_pcset_free(f)
+		}
 		for _, b := range e.budgets {
 			C.free(b)
 		}
-		e.budgets = nil
+		e.budgets, e.filters = nil, nil
 		for t := range traces {
 			t.free()
 		}

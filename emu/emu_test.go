@@ -697,3 +697,49 @@ func TestClearException(t *testing.T) {
 		}
 	}
 }
+
+// TestMemFilter: a pair added to the filter no longer reaches Go; other instructions or addresses
+// still do, and Clear lets everything through again.
+func TestMemFilter(t *testing.T) {
+	m := newFlat(t)
+	// Two loads of the same address from different instructions, then one of another address.
+	code := []byte{
+		0x48, 0x8b, 0x04, 0x25, 0x00, 0x60, 0x00, 0x00, // mov rax, [0x6000]
+		0x48, 0x8b, 0x1c, 0x25, 0x00, 0x60, 0x00, 0x00, // mov rbx, [0x6000]
+		0x48, 0x8b, 0x0c, 0x25, 0x08, 0x60, 0x00, 0x00, // mov rcx, [0x6008]
+	}
+	var seen []uint64
+	f, err := m.e.NewMemFilter(16, func(_ MemAccess, addr uint64, _ int, _ int64) {
+		pc, _ := m.e.Reg(RIP)
+		seen = append(seen, pc<<32|addr)
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := f.Hook(HookMemRead, 0x6000, 0x6fff); err != nil {
+		t.Fatal(err)
+	}
+	const base = 0x1000
+	end := m.load(base, code)
+	run := func() []uint64 {
+		seen = nil
+		must(t, m.e.Start(base, end, 0))
+		return seen
+	}
+	if got := run(); len(got) != 3 || got[0] != base<<32|0x6000 {
+		t.Fatalf("unfiltered: %#x", got)
+	}
+	if err := f.Add(base, 0x6000); err != nil {
+		t.Fatal(err)
+	}
+	if got := run(); len(got) != 2 || got[0] != (base+8)<<32|0x6000 || got[1] != (base+16)<<32|0x6008 {
+		t.Fatalf("filtered: %#x", got)
+	}
+	if skipped, passed, size := f.Stats(); skipped != 1 || passed != 5 || size != 1 {
+		t.Fatalf("stats: skipped %d passed %d size %d", skipped, passed, size)
+	}
+	f.Clear()
+	if got := run(); len(got) != 3 {
+		t.Fatalf("after Clear: %#x", got)
+	}
+}

@@ -1,3 +1,6 @@
+#include <stdlib.h>
+#include <string.h>
+
 #include "shim.h"
 #include "_cgo_export.h"
 
@@ -194,4 +197,104 @@ uc_err hb_reg_write_batch(uc_engine *uc, int *regs, uint64_t *vals, int n)
 		}
 	}
 	return UC_ERR_OK;
+}
+
+static inline uint32_t pcset_slot(const hb_pcset *s, uint64_t pc, uint64_t addr)
+{
+	uint64_t h = (pc ^ (addr * 0x9e3779b97f4a7c15ull)) * 0xff51afd7ed558ccdull;
+	return (uint32_t)(h >> 32) & (s->cap - 1);
+}
+
+hb_pcset *hb_pcset_new(uint32_t cap, uintptr_t id)
+{
+	hb_pcset *s = calloc(1, sizeof(*s));
+	if (!s)
+		return NULL;
+	s->pc = calloc(cap, sizeof(uint64_t));
+	s->addr = calloc(cap, sizeof(uint64_t));
+	if (!s->pc || !s->addr) {
+		hb_pcset_free(s);
+		return NULL;
+	}
+	s->cap = cap;
+	s->id = id;
+	return s;
+}
+
+void hb_pcset_free(hb_pcset *s)
+{
+	if (!s)
+		return;
+	free(s->pc);
+	free(s->addr);
+	free(s);
+}
+
+// hb_pcset_add returns 0 when the pair is in the set afterwards, -1 when the set is too full
+// (kept at most half full so probes stay short).
+int hb_pcset_add(hb_pcset *s, uint64_t pc, uint64_t addr)
+{
+	if (pc == 0)
+		return -1;
+	if (s->len * 2 >= s->cap)
+		return -1;
+	for (uint32_t i = pcset_slot(s, pc, addr);; i = (i + 1) & (s->cap - 1)) {
+		if (s->pc[i] == pc && s->addr[i] == addr)
+			return 0;
+		if (s->pc[i] == 0) {
+			s->pc[i] = pc;
+			s->addr[i] = addr;
+			s->len++;
+			return 0;
+		}
+	}
+}
+
+void hb_pcset_clear(hb_pcset *s)
+{
+	memset(s->pc, 0, s->cap * sizeof(uint64_t));
+	s->len = 0;
+}
+
+static inline int pcset_has(const hb_pcset *s, uint64_t pc, uint64_t addr)
+{
+	for (uint32_t i = pcset_slot(s, pc, addr);; i = (i + 1) & (s->cap - 1)) {
+		if (s->pc[i] == 0)
+			return 0;
+		if (s->pc[i] == pc && s->addr[i] == addr)
+			return 1;
+	}
+}
+
+static void cb_mem_filtered(uc_engine *uc, uc_mem_type type, uint64_t addr, int size,
+                            int64_t value, void *ud)
+{
+	hb_pcset *s = ud;
+	uint64_t pc;
+	if (s->len && uc_reg_read(uc, UC_X86_REG_RIP, &pc) == UC_ERR_OK && pcset_has(s, pc, addr)) {
+		s->skipped++;
+		return;
+	}
+	s->passed++;
+	hbGoMem(s->id, (int)type, addr, size, value);
+}
+
+uc_err hb_mem_filtered_add(uc_engine *uc, uc_hook *hh, int type, hb_pcset *s,
+                           uint64_t begin, uint64_t end)
+{
+	return uc_hook_add(uc, hh, type, (void *)cb_mem_filtered, s, begin, end);
+}
+
+static void cb_mem_gated(uc_engine *uc, uc_mem_type type, uint64_t addr, int size,
+                         int64_t value, void *ud)
+{
+	hb_gate *g = ud;
+	if (g->open)
+		hbGoMem(g->id, (int)type, addr, size, value);
+}
+
+uc_err hb_mem_gated_add(uc_engine *uc, uc_hook *hh, int type, hb_gate *g,
+                        uint64_t begin, uint64_t end)
+{
+	return uc_hook_add(uc, hh, type, (void *)cb_mem_gated, g, begin, end);
 }

@@ -55,6 +55,35 @@ typedef struct hb_budget {
 
 uc_err hb_budget_add(uc_engine *uc, uc_hook *hh, hb_budget *b);
 
+// A set of (instruction address, physical address) pairs whose accesses a filtered memory hook
+// lets through without calling Go: open addressing, power-of-two capacity, pc 0 = empty slot.
+typedef struct hb_pcset {
+	uint64_t *pc;
+	uint64_t *addr;
+	uint32_t cap;
+	uint32_t len;
+	uintptr_t id;     // the Go hook called for pairs not in the set
+	uint64_t skipped; // accesses let through in C
+	uint64_t passed;  // accesses handed to Go
+} hb_pcset;
+
+hb_pcset *hb_pcset_new(uint32_t cap, uintptr_t id);
+void hb_pcset_free(hb_pcset *s);
+int hb_pcset_add(hb_pcset *s, uint64_t pc, uint64_t addr);
+void hb_pcset_clear(hb_pcset *s);
+uc_err hb_mem_filtered_add(uc_engine *uc, uc_hook *hh, int type, hb_pcset *s,
+                           uint64_t begin, uint64_t end);
+
+// A memory hook that calls Go only while open (e.g. while a swapped-in value waits to be
+// restored): closed, an access costs one load in C.
+typedef struct hb_gate {
+	int open;
+	uintptr_t id;
+} hb_gate;
+
+uc_err hb_mem_gated_add(uc_engine *uc, uc_hook *hh, int type, hb_gate *g,
+                        uint64_t begin, uint64_t end);
+
 uc_err hb_hook_add(uc_engine *uc, uc_hook *hh, int type, int kind, uintptr_t id,
                    uint64_t begin, uint64_t end, int insn);
 uc_err hb_trace_add(uc_engine *uc, uc_hook *hh, int type, hb_trace *t,

@@ -101,9 +101,10 @@ type Machine struct {
 	phys vmm.PhysView
 	virt *vmm.VirtView // the agent's address space (the kernel half is every process's)
 
-	savedRegs []byte    // the agent's pt_regs as captured
-	tscBase   time.Time // when the virtual TSC was at Snapshot.TSC
-	tscSites  int       // RDTSC/RDTSCP hooks installed
+	savedRegs []byte       // the agent's pt_regs as captured
+	tscBase   time.Time    // when the virtual TSC was at Snapshot.TSC
+	tscSites  int          // RDTSC/RDTSCP hooks installed
+	gate      *emu.MemGate // the after-read hooks of swapped-in values, open while one waits
 
 	// Set by hooks during a run, read after Start returns.
 	stopErr    error
@@ -344,6 +345,7 @@ func (m *Machine) Reset() error {
 		return fmt.Errorf("reset SVM RAM: %w", err)
 	}
 	m.swaps, m.writes = m.swaps[:0], m.writes[:0]
+	m.pending()
 	for _, p := range scratchPages {
 		_ = m.eng.WritePhys(p, make([]byte, 4096))
 	}
@@ -407,6 +409,7 @@ func (m *Machine) Syscall(nr int, args ...uint64) (int64, error) {
 	}
 	m.stopErr, m.stopDetail = nil, ""
 	m.swaps = m.swaps[:0]
+	m.pending()
 	m.curNR = nr
 	m.stats.Syscalls++
 	entry := m.snap.Symbols["do_syscall_64"]

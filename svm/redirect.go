@@ -1,6 +1,7 @@
 package svm
 
 import (
+	"errors"
 	"fmt"
 
 	"hybridbridge/emu"
@@ -72,15 +73,29 @@ func (s *Snapshot) imagePhys(sym string) uint64 {
 // engine redirected (SwapInGuest) in the kernel image's data and freed pages: UC_HOOK_MEM_READ runs
 // before the load, UC_HOOK_MEM_READ_AFTER after it.
 func (m *Machine) hookSwaps() error {
+	// Behind a gate: most reads there need nothing undone, and a Go call for each would cost more
+	// than the rest of a Fast-Bridge run.
+	g, err := m.eng.NewMemGate(m.afterSwap)
+	if err != nil {
+		return err
+	}
+	m.gate = g
 	for _, r := range append(m.snap.WindowRanges(), m.snap.DataRanges()...) {
 		if r.End <= r.Start {
 			continue
 		}
-		if _, err := m.eng.HookMem(emu.HookMemReadAfter, r.Start, r.End-1, m.afterSwap); err != nil {
+		if err := g.Hook(emu.HookMemReadAfter, r.Start, r.End-1); err != nil {
 			return err
 		}
 	}
 	return nil
+}
+
+// pending opens the after-read gate while a swapped-in value or a redirected write waits.
+func (m *Machine) pending() {
+	if m.gate != nil {
+		m.gate.Set(len(m.swaps)+len(m.writes) > 0)
+	}
 }
 
 // SwapInGuest makes the read about to happen at phys (from a memory hook running before it) see
@@ -111,6 +126,7 @@ func (m *Machine) swapFrom(phys uint64, guest []byte) error {
 	copy(s.svm[:], m.ram[phys:phys+uint64(len(guest))])
 	copy(m.ram[phys:], guest)
 	m.swaps = append(m.swaps, s)
+	m.pending()
 	return nil
 }
 
@@ -163,6 +179,7 @@ func (m *Machine) FlushWrites() {
 		copy(m.ram[w.phys:], w.svm[:w.n])
 	}
 	m.writes = m.writes[:0]
+	m.pending()
 }
 
 func (m *Machine) afterSwap(_ emu.MemAccess, phys uint64, size int, _ int64) {
@@ -171,6 +188,7 @@ func (m *Machine) afterSwap(_ emu.MemAccess, phys uint64, size int, _ int64) {
 		if s := m.swaps[i]; s.phys == phys {
 			copy(m.ram[phys:], s.svm[:s.n])
 			m.swaps = append(m.swaps[:i], m.swaps[i+1:]...)
+			m.pending()
 			return
 		}
 	}
@@ -179,8 +197,11 @@ func (m *Machine) afterSwap(_ emu.MemAccess, phys uint64, size int, _ int64) {
 // WatchAliases installs the after-read hooks that undo SwapInAlias on the given ranges. Call it
 // before the first system call.
 func (m *Machine) WatchAliases(ranges []PhysSpan) error {
+	if m.gate == nil {
+		return errors.New("WatchAliases needs Options.Window")
+	}
 	for _, r := range ranges {
-		if _, err := m.eng.HookMem(emu.HookMemReadAfter, r.Start, r.End-1, m.afterSwap); err != nil {
+		if err := m.gate.Hook(emu.HookMemReadAfter, r.Start, r.End-1); err != nil {
 			return err
 		}
 	}

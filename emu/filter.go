@@ -1,0 +1,142 @@
+package emu
+
+/*
+#include <stdlib.h>
+#include "shim.h"
+*/
+import "C"
+
+import (
+	"errors"
+	"unsafe"
+)
+
+// MemFilter is a memory hook with a C-side set of (instruction, physical address) pairs whose
+// accesses never reach Go. A caller that has decided an access needs nothing done adds its pair;
+// the same instruction touching the same address again then costs a hash probe in C instead of
+// a Go call. Uses RIP as Unicorn reports it inside memory hooks.
+type MemFilter struct {
+	e   *Engine
+	set *C.hb_pcset
+	id  Hook
+}
+
+// ErrFilterFull means the filter holds as many pairs as it can; further pairs reach Go.
+var ErrFilterFull = errors.New("emu: memory filter full")
+
+// NewMemFilter registers fn for accesses the filter does not let through. capacity is rounded up
+// to a power of two; the set is freed with the engine. Add ranges with Hook.
+func (e *Engine) NewMemFilter(capacity int, fn MemFunc) (*MemFilter, error) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if e.closed {
+		return nil, ErrClosed
+	}
+	c := 1
+	for c < capacity {
+		c <<= 1
+	}
+	h := &hookEntry{e: e, mem: fn}
+	id := registerHook(h)
+	set := C.hb_pcset_new(C.uint32_t(c), C.uintptr_t(id))
+	if set == nil {
+		unregisterHook(id)
+		return nil, errors.New("emu: memory filter: out of memory")
+	}
+	e.hooks[id] = h
+	e.filters = append(e.filters, set) // freed by Close, after uc_close
+	return &MemFilter{e: e, set: set, id: id}, nil
+}
+
+// Hook adds a Unicorn memory hook of the given types (a subset of HookMemValid) over the
+// guest-physical range [begin, end], filtered by f.
+func (f *MemFilter) Hook(types MemHookType, begin, end uint64) error {
+	e := f.e
+	if types == 0 || types&^validMemHooks != 0 {
+		return &Error{Op: "hook_add", Code: errHookTypeRange}
+	}
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if e.closed {
+		return ErrClosed
+	}
+	var uch C.uc_hook
+	if rc := C.hb_mem_filtered_add(e.uc, &uch, C.int(types), f.set, C.uint64_t(begin), C.uint64_t(end)); rc != C.UC_ERR_OK {
+		return newError("hook_add", rc)
+	}
+	return nil
+}
+
+// Add lets accesses by the instruction at pc to physical address addr through in C from now on.
+func (f *MemFilter) Add(pc, addr uint64) error {
+	if C.hb_pcset_add(f.set, C.uint64_t(pc), C.uint64_t(addr)) != 0 {
+		return ErrFilterFull
+	}
+	return nil
+}
+
+// Clear empties the set: every access reaches Go again.
+func (f *MemFilter) Clear() { C.hb_pcset_clear(f.set) }
+
+// Stats returns how many accesses were let through in C and how many reached Go, and the set's
+// size.
+func (f *MemFilter) Stats() (skipped, passed uint64, size int) {
+	return uint64(f.set.skipped), uint64(f.set.passed), int(f.set.len)
+}
+
+// MemGate is a memory hook that calls Go only while open: a caller that needs to see accesses
+// only at times (e.g. while a value swapped into memory waits to be restored after the next read)
+// pays one load in C per access otherwise.
+type MemGate struct {
+	e    *Engine
+	gate *C.hb_gate
+}
+
+// NewMemGate registers fn for accesses while the gate is open. It starts closed; the gate is
+// freed with the engine. Add ranges with Hook.
+func (e *Engine) NewMemGate(fn MemFunc) (*MemGate, error) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if e.closed {
+		return nil, ErrClosed
+	}
+	h := &hookEntry{e: e, mem: fn}
+	id := registerHook(h)
+	g := (*C.hb_gate)(C.calloc(1, C.sizeof_hb_gate))
+	if g == nil {
+		unregisterHook(id)
+		return nil, errors.New("emu: memory gate: out of memory")
+	}
+	g.id = C.uintptr_t(id)
+	e.hooks[id] = h
+	e.budgets = append(e.budgets, unsafe.Pointer(g)) // freed by Close, after uc_close
+	return &MemGate{e: e, gate: g}, nil
+}
+
+// Hook adds a Unicorn memory hook of the given types over the guest-physical range [begin, end],
+// behind the gate.
+func (g *MemGate) Hook(types MemHookType, begin, end uint64) error {
+	e := g.e
+	if types == 0 || types&^validMemHooks != 0 {
+		return &Error{Op: "hook_add", Code: errHookTypeRange}
+	}
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if e.closed {
+		return ErrClosed
+	}
+	var uch C.uc_hook
+	if rc := C.hb_mem_gated_add(e.uc, &uch, C.int(types), g.gate, C.uint64_t(begin), C.uint64_t(end)); rc != C.UC_ERR_OK {
+		return newError("hook_add", rc)
+	}
+	return nil
+}
+
+// Set opens or closes the gate.
+func (g *MemGate) Set(open bool) {
+	if open {
+		g.gate.open = 1
+	} else {
+		g.gate.open = 0
+	}
+}
