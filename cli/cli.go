@@ -72,7 +72,7 @@ a terminal it prints what can be read from that guest instead.`,
 	root.PersistentFlags().StringVar(&e.cacheDir, "cache", "", "folder made by scripts/setup.sh (default: found from the executable or working directory; $HYBRIDBRIDGE_CACHE)")
 	root.AddCommand(e.guestCommand(), e.svmCommand(), e.psCommand(), e.catCommand(), e.memoCommand())
 	root.AddCommand(e.viewCommands()...)
-	root.AddCommand(e.consoleCommand())
+	root.AddCommand(e.consoleCommand(), e.benchCommand())
 	return root
 }
 

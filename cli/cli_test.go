@@ -315,3 +315,29 @@ func TestMemoSurvivesRestartAndCorruption(t *testing.T) {
 		t.Fatalf("memo not rebuilt: %v", err)
 	}
 }
+
+// TestBench runs the benchmark command briefly on the test guest: every number is there, and
+// training converges (the second snapshot falls back no more than the first).
+func TestBench(t *testing.T) {
+	needGuest(t)
+	out, errOut, err := run("bench", "--guest", "cli", "--json", "--snapshots", "2", "--processes", "70")
+	if err != nil {
+		t.Fatalf("bench: %v\n%s", err, errOut)
+	}
+	var rep benchReport
+	if err := json.Unmarshal([]byte(out), &rep); err != nil {
+		t.Fatalf("bench --json: %v\n%s", err, out)
+	}
+	if len(rep.Views) != 3 || len(rep.Snapshots) != 2 || rep.Processes < 70 {
+		t.Fatalf("bench report: %+v", rep)
+	}
+	for _, v := range rep.Views {
+		if v.Slow.Engine <= 0 || v.WarmFast.Engine <= 0 || v.ColdAuto.FallBacks == 0 || v.HitRate < 0.999 {
+			t.Errorf("%s: %+v", v.View, v)
+		}
+		t.Logf("%s: slow %v, cold auto %v (%d fall-backs), warm fast %v, %.1fx", v.View, v.Slow.Engine, v.ColdAuto.Engine, v.ColdAuto.FallBacks, v.WarmFast.Engine, v.Ratio)
+	}
+	if s := rep.Snapshots; s[1].FallBacks > s[0].FallBacks {
+		t.Errorf("training did not converge: %+v", s)
+	}
+}

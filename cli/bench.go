@@ -1,0 +1,314 @@
+package cli
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"hybridbridge/bridge"
+	"hybridbridge/guest"
+	"hybridbridge/inspect"
+	"hybridbridge/memo"
+)
+
+// benchViews are the views the benchmark measures.
+var benchViews = []struct {
+	name string
+	run  func(s *bridge.Session) error
+}{
+	{"ps", func(s *bridge.Session) error { _, err := inspect.ListProcesses(s); return err }},
+	{"lsmod", func(s *bridge.Session) error { _, err := inspect.ListModules(s); return err }},
+	{"netstat", func(s *bridge.Session) error { _, err := inspect.ListSockets(s, true); return err }},
+}
+
+// benchRun is one view run in one mode: engine time (in the engines) and whole time (attach,
+// run, detach: what a user waits for).
+type benchRun struct {
+	Engine    time.Duration `json:"engine_ns"`
+	Whole     time.Duration `json:"whole_ns"`
+	FallBacks int           `json:"fallbacks"`
+	Hits      uint64        `json:"hits"`
+	Misses    uint64        `json:"misses"`
+	Syscalls  int           `json:"syscalls"`
+}
+
+// HitRate is hits over memo lookups (1 when there were none).
+func (r benchRun) HitRate() float64 {
+	if r.Hits+r.Misses == 0 {
+		return 1
+	}
+	return float64(r.Hits) / float64(r.Hits+r.Misses)
+}
+
+type benchView struct {
+	View      string   `json:"view"`
+	Slow      benchRun `json:"slow"`
+	ColdAuto  benchRun `json:"cold_auto"`
+	WarmFast  benchRun `json:"warm_fast"`
+	Ratio     float64  `json:"slow_over_warm_fast"`
+	HitRate   float64  `json:"warm_hit_rate"`
+	FallBack  float64  `json:"fallback_latency_ms"`      // mean Slow-Bridge re-run per fall-back (engine)
+	FallWhole float64  `json:"fallback_whole_ms"`        // cold auto whole time minus warm whole time, per fall-back
+	WarmMiss  string   `json:"warm_fast_miss,omitempty"` // why a fast-only run could not finish
+}
+
+type benchSnapshot struct {
+	N         int     `json:"snapshot"`
+	Processes int     `json:"processes"`
+	Change    string  `json:"change"`
+	FallBacks int     `json:"fallbacks"`
+	Misses    uint64  `json:"misses"`
+	HitRate   float64 `json:"hit_rate"`
+	Memo      int     `json:"memo_instructions"`
+	EngineMS  float64 `json:"engine_ms"`
+	WholeMS   float64 `json:"whole_ms"`
+}
+
+type benchReport struct {
+	Guest     string          `json:"guest"`
+	Processes int             `json:"processes"`
+	Executor  string          `json:"executor"`
+	Views     []benchView     `json:"views"`
+	Snapshots []benchSnapshot `json:"snapshots"`
+}
+
+func (e *env) benchCommand() *cobra.Command {
+	var name string
+	var asJSON bool
+	var snapshots, procs int
+	c := &cobra.Command{
+		Use:   "bench",
+		Short: "Measure Slow-Bridge, Fast-Bridge and fall-back on ps, lsmod and netstat",
+		Long: `Measure the engines on a guest grown to about 100 processes (a demo guest is booted for it
+unless --guest names a running one, whose workload is then changed too). For ps, lsmod and
+netstat: Slow-Bridge time, cold auto time (empty memo: Fast-Bridge falling back and learning),
+warm Fast-Bridge time with the trained memo, their ratio, the hit rate and the fall-back latency,
+each as engine time and as whole time (attach, run, detach). Then a series of snapshots starting
+from an empty memo, the workload changing between them, shows how training converges (like
+HYBRID-BRIDGE's Fig. 5). The memo used here is private to the benchmark; the saved one is untouched.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			ctx := cmd.Context()
+			g, stop, err := e.benchGuest(ctx, name)
+			if err != nil {
+				return err
+			}
+			defer stop()
+			rep, err := e.bench(ctx, g, procs, snapshots)
+			if err != nil {
+				return err
+			}
+			if asJSON {
+				return writeJSON(e.stdout, rep)
+			}
+			return printBench(e.stdout, rep)
+		},
+	}
+	c.Flags().StringVar(&name, "guest", "", "a running guest to measure (default: boot a demo guest for the benchmark)")
+	c.Flags().BoolVar(&asJSON, "json", false, "print the numbers as JSON")
+	c.Flags().IntVar(&snapshots, "snapshots", 5, "snapshots in the training series")
+	c.Flags().IntVar(&procs, "processes", 100, "grow the guest to this many processes first")
+	return c
+}
+
+// benchGuest opens the named guest or boots a demo guest owned by the benchmark.
+func (e *env) benchGuest(ctx context.Context, name string) (*guest.Guest, func(), error) {
+	if name != "" {
+		g, err := guest.Open(e.runDir, name)
+		return g, func() {}, err
+	}
+	fmt.Fprintln(e.stderr, "booting a demo guest for the benchmark...")
+	g, err := e.startDemo(ctx, fmt.Sprintf("bench-%d", time.Now().UnixNano()%100000), "512M", false)
+	if err != nil {
+		return nil, nil, err
+	}
+	return g, func() {
+		sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
+		defer cancel()
+		g.Stop(sctx)
+	}, nil
+}
+
+func (e *env) bench(ctx context.Context, g *guest.Guest, procs, snapshots int) (*benchReport, error) {
+	snap, err := e.snapshot(ctx)
+	if err != nil {
+		return nil, err
+	}
+	syms, err := g.Symbols(ctx, e.cacheDir)
+	if err != nil {
+		return nil, err
+	}
+	n, err := growWorkload(ctx, g, procs)
+	if err != nil {
+		return nil, err
+	}
+	rep := &benchReport{Guest: g.Meta.Name, Processes: n, Executor: "Unicorn; host: " + guest.DetectAccel().Reason}
+	run := func(view int, mode bridge.Mode, m *memo.Memo) (benchRun, bridge.EngineStats, error) {
+		start := time.Now()
+		s, err := bridge.AttachMode(ctx, g, snap, syms, mode, m)
+		if err != nil {
+			return benchRun{}, bridge.EngineStats{}, err
+		}
+		s.View = benchViews[view].name
+		rerr := benchViews[view].run(s)
+		st := s.Stats()
+		sc, _, _ := s.Work()
+		cerr := s.Close(context.WithoutCancel(ctx))
+		r := benchRun{Engine: st.FastTime + st.SlowTime, Whole: time.Since(start), FallBacks: st.FallBacks, Hits: st.Hits, Misses: st.Misses, Syscalls: sc}
+		return r, st, errors.Join(rerr, cerr)
+	}
+	for i, v := range benchViews {
+		fmt.Fprintf(e.stderr, "bench %s...\n", v.name)
+		bv := benchView{View: v.name}
+		if bv.Slow, _, err = run(i, bridge.ModeSlow, memo.New(bridge.MemoKey(snap))); err != nil {
+			return nil, fmt.Errorf("%s slow: %w", v.name, err)
+		}
+		m := memo.New(bridge.MemoKey(snap))
+		var cold bridge.EngineStats
+		if bv.ColdAuto, cold, err = run(i, bridge.ModeAuto, m); err != nil {
+			return nil, fmt.Errorf("%s cold auto: %w", v.name, err)
+		}
+		// Warm: the memo trained; the best of three fast runs (the first may still learn).
+		for range 3 {
+			r, _, err := run(i, bridge.ModeAuto, m)
+			if err != nil {
+				return nil, fmt.Errorf("%s warm: %w", v.name, err)
+			}
+			if bv.WarmFast.Engine == 0 || r.Engine < bv.WarmFast.Engine {
+				bv.WarmFast = r
+			}
+		}
+		if _, _, err := run(i, bridge.ModeFast, m); errors.Is(err, bridge.ErrMemoMiss) {
+			bv.WarmMiss = err.Error()
+		} else if err != nil {
+			return nil, fmt.Errorf("%s fast: %w", v.name, err)
+		}
+		bv.Ratio = float64(bv.Slow.Engine) / float64(max(bv.WarmFast.Engine, 1))
+		bv.HitRate = bv.WarmFast.HitRate()
+		if len(cold.Events) > 0 {
+			var sum time.Duration
+			for _, ev := range cold.Events {
+				sum += ev.Latency
+			}
+			bv.FallBack = float64(sum.Microseconds()) / 1e3 / float64(len(cold.Events))
+			bv.FallWhole = float64((bv.ColdAuto.Whole - bv.WarmFast.Whole).Microseconds()) / 1e3 / float64(len(cold.Events))
+		}
+		rep.Views = append(rep.Views, bv)
+	}
+	// Training series: an empty memo, the workload changing between snapshots.
+	m := memo.New(bridge.MemoKey(snap))
+	r := rand.New(rand.NewPCG(uint64(time.Now().UnixNano()), 7))
+	for k := 1; k <= snapshots; k++ {
+		change := "as grown"
+		if k > 1 {
+			if change, err = changeWorkload(ctx, g, r); err != nil {
+				return nil, err
+			}
+		}
+		fmt.Fprintf(e.stderr, "snapshot %d (%s)...\n", k, change)
+		row := benchSnapshot{N: k, Change: change}
+		var hits, misses uint64
+		for i := range benchViews {
+			br, _, err := run(i, bridge.ModeAuto, m)
+			if err != nil {
+				return nil, fmt.Errorf("snapshot %d %s: %w", k, benchViews[i].name, err)
+			}
+			row.FallBacks += br.FallBacks
+			hits, misses = hits+br.Hits, misses+br.Misses
+			row.EngineMS += float64(br.Engine.Microseconds()) / 1e3
+			row.WholeMS += float64(br.Whole.Microseconds()) / 1e3
+		}
+		row.Misses, row.Memo = misses, m.Len()
+		row.HitRate = benchRun{Hits: hits, Misses: misses}.HitRate()
+		if row.Processes, err = countProcesses(ctx, g); err != nil {
+			return nil, err
+		}
+		rep.Snapshots = append(rep.Snapshots, row)
+	}
+	return rep, nil
+}
+
+// growWorkload starts sleepers until the guest has about n processes, and returns the count.
+func growWorkload(ctx context.Context, g *guest.Guest, n int) (int, error) {
+	res, err := g.Exec(ctx, fmt.Sprintf(`i=$(ls -d /proc/[0-9]* | wc -l); while [ $i -lt %d ]; do setsid sleep 36000 </dev/null >/dev/null 2>&1 & i=$((i+1)); done; sleep 0.3`, n))
+	if err != nil {
+		return 0, err
+	}
+	if res.Status != 0 {
+		return 0, fmt.Errorf("grow the workload: exit status %d: %s", res.Status, res.Stderr)
+	}
+	return countProcesses(ctx, g)
+}
+
+func countProcesses(ctx context.Context, g *guest.Guest) (int, error) {
+	res, err := g.Exec(ctx, `ls -d /proc/[0-9]* | wc -l`)
+	if err != nil {
+		return 0, err
+	}
+	var n int
+	_, err = fmt.Sscan(string(res.Stdout), &n)
+	return n, err
+}
+
+// changeWorkload starts and stops processes, opens a listener and a connection, and loads or
+// removes a module: what a guest does between two inspections.
+func changeWorkload(ctx context.Context, g *guest.Guest, r *rand.Rand) (string, error) {
+	var sc strings.Builder
+	var what []string
+	started := 3 + r.IntN(6)
+	for i := 0; i < started; i++ {
+		fmt.Fprintf(&sc, "setsid sh -c 'exec -a w%d sleep 36000' </dev/null >/dev/null 2>&1 &\n", r.IntN(100000))
+	}
+	what = append(what, fmt.Sprintf("+%d processes", started))
+	killed := 1 + r.IntN(3)
+	fmt.Fprintf(&sc, "for p in $(pgrep -f 'sleep 36000' | head -%d); do kill $p; done\n", killed)
+	what = append(what, fmt.Sprintf("-%d", killed))
+	port := 20000 + r.IntN(30000)
+	fmt.Fprintf(&sc, "setsid nc -ll -p %d -e /bin/cat </dev/null >/dev/null 2>&1 &\nsleep 0.2\n(sleep 36000 </dev/null 2>/dev/null | setsid nc 127.0.0.1 %d >/dev/null 2>&1 &)\n", port, port)
+	what = append(what, fmt.Sprintf("listener+connection :%d", port))
+	mod := guest.DemoSpareModules[r.IntN(len(guest.DemoSpareModules))]
+	fmt.Fprintf(&sc, "if grep -q '^%s ' /proc/modules; then rmmod %s; else insmod /lib/modules/%s.ko; fi\nsleep 0.3\n", mod, mod, mod)
+	what = append(what, "module "+mod+" toggled")
+	res, err := g.Exec(ctx, sc.String())
+	if err != nil {
+		return "", err
+	}
+	if res.Status != 0 {
+		return "", fmt.Errorf("change the workload: exit status %d: %s", res.Status, res.Stderr)
+	}
+	return strings.Join(what, ", "), nil
+}
+
+func ms(d time.Duration) string { return fmt.Sprintf("%.1f ms", float64(d.Microseconds())/1e3) }
+
+func printBench(w interface{ Write([]byte) (int, error) }, rep *benchReport) error {
+	fmt.Fprintf(w, "guest %s, %d processes; executor: %s\n\n", rep.Guest, rep.Processes, rep.Executor)
+	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', tabwriter.AlignRight)
+	fmt.Fprintln(tw, "view\tslow engine\tslow whole\tcold auto engine\tcold auto whole\tfall-backs\twarm fast engine\twarm fast whole\tslow/warm\twarm hit rate\tfall-back latency (engine)\tper fall-back (whole)\t")
+	for _, v := range rep.Views {
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%d\t%s\t%s\t%.1fx\t%.3f%%\t%.1f ms\t%.1f ms\t\n", v.View,
+			ms(v.Slow.Engine), ms(v.Slow.Whole), ms(v.ColdAuto.Engine), ms(v.ColdAuto.Whole), v.ColdAuto.FallBacks,
+			ms(v.WarmFast.Engine), ms(v.WarmFast.Whole), v.Ratio, 100*v.HitRate, v.FallBack, v.FallWhole)
+	}
+	if err := tw.Flush(); err != nil {
+		return err
+	}
+	for _, v := range rep.Views {
+		if v.WarmFast.FallBacks > 0 || v.WarmMiss != "" {
+			fmt.Fprintf(w, "%s: warm runs still fall back %d time(s); fast-only: %s\n", v.View, v.WarmFast.FallBacks, v.WarmMiss)
+		}
+	}
+	fmt.Fprintln(w, "\ntraining from an empty memo, the workload changing between snapshots (ps + lsmod + netstat, auto):")
+	tw = tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "snapshot\tprocesses\tfall-backs\tmisses\thit rate\tmemo\tengine\twhole\tchange")
+	for _, s := range rep.Snapshots {
+		fmt.Fprintf(tw, "%d\t%d\t%d\t%d\t%.3f%%\t%d\t%.0f ms\t%.0f ms\t%s\n", s.N, s.Processes, s.FallBacks, s.Misses, 100*s.HitRate, s.Memo, s.EngineMS, s.WholeMS, s.Change)
+	}
+	return tw.Flush()
+}
