@@ -322,8 +322,14 @@ func (s *Session) guestClock(virt *vmm.VirtView, snap *svm.Snapshot) (uint64, er
 	return 0, fmt.Errorf("no counter value near the snapshot's TSC %#x in the SVM's timekeeper (% x)", snap.TSC, mine)
 }
 
-// Close releases the machine and resumes the guest.
+// Close releases the machines and resumes the guest.
 func (s *Session) Close(ctx context.Context) error {
+	return errors.Join(s.Detach(), s.g.Resume(ctx))
+}
+
+// Detach releases the machines and leaves the guest paused (e.g. to inspect the same paused
+// guest again in another mode).
+func (s *Session) Detach() error {
 	var errs []error
 	if s.Machine != nil {
 		errs = append(errs, s.Machine.Close())
@@ -334,7 +340,7 @@ func (s *Session) Close(ctx context.Context) error {
 	if s.ram != nil {
 		errs = append(errs, s.ram.Close())
 	}
-	errs = append(errs, s.g.Resume(ctx))
+	s.Machine, s.fast, s.ram = nil, nil, nil
 	return errors.Join(errs...)
 }
 

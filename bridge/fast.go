@@ -234,7 +234,7 @@ func (s *Session) fastDecision(pc, phys uint64, region, syscall string) (taint.D
 	case memo.Both:
 		switch {
 		case !data:
-			return 0, "the decision depends on the pointer's provenance (memo: both)"
+			return addressDecision(ent, region, phys)
 		case plain && viaGuest:
 			return 0, "reached both by constant address and by guest pointer: the decision depends on provenance"
 		case viaGuest:
@@ -248,6 +248,32 @@ func (s *Session) fastDecision(pc, phys uint64, region, syscall string) (taint.D
 		}
 	}
 	return 0, fmt.Sprintf("memo says %s", ent.Decision)
+}
+
+// addressDecision replays an instruction seen both redirected and local in the image window or
+// the aliased struct pages from the decisions it got at this very address (the objects at an
+// address stay the guest's or the SVM's while the guest is paused).
+func addressDecision(ent memo.Entry, class string, phys uint64) (taint.Decision, string) {
+	var got []taint.Decision
+	for _, d := range []taint.Decision{taint.Local, taint.Redirect} {
+		want := addressRegion(class, phys, d)
+		for _, r := range append([]string{ent.Region}, ent.Regions...) {
+			if r == want {
+				got = append(got, d)
+				break
+			}
+		}
+	}
+	switch {
+	case len(got) == 1:
+		return got[0], ""
+	case len(got) == 2:
+		return 0, "the decision depends on the pointer's provenance (memo: both at this address)"
+	case ent.RegionsCapped:
+		return 0, "the decision depends on the pointer's provenance (memo: both; too many addresses to remember)"
+	default:
+		return 0, "the decision depends on the pointer's provenance (memo: both; not seen at this address)"
+	}
 }
 
 // region names what a physical address of the kernel image holds.

@@ -163,6 +163,10 @@ func (s *Session) decideImage(a *taint.Access) {
 			// Decided by provenance, not by the lists: Fast-Bridge must not re-derive it from them.
 			region += guestPointer
 		}
+	} else {
+		// Where both VMs keep objects at the same address, the decision is per access; the
+		// address it was made for lets Fast-Bridge replay an instruction seen both ways.
+		region = addressRegion(region, a.Phys, a.Decision)
 	}
 	s.learn(a.PC, taintMemoDecision(a.Decision), region)
 }
@@ -207,4 +211,10 @@ func (s *Session) apply(m *svm.Machine, phys uint64, size int, write bool, d tai
 		m.Stop(err.Error())
 	}
 	return region
+}
+
+// addressRegion names a decision at one physical address of the image window or the aliased
+// struct pages, as memoized: "image-window 0x1e05040 redirect".
+func addressRegion(class string, phys uint64, d taint.Decision) string {
+	return fmt.Sprintf("%s %#x %s", class, phys, taintMemoDecision(d))
 }

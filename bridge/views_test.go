@@ -378,6 +378,8 @@ func TestViewsRandomWorkload(t *testing.T) {
 	if len(unknown) > 0 {
 		t.Errorf("globals in neither list were used: %v", unknown)
 	}
+	// The same randomized guest through every engine mode.
+	modesAgree(t, ctx)
 }
 
 // BenchmarkViews reports, per view on the demo guest, the cold run (a fresh session: nothing

@@ -15,6 +15,7 @@ import (
 	"hybridbridge/guest"
 	"hybridbridge/inspect"
 	"hybridbridge/memo"
+	"hybridbridge/vmm"
 )
 
 // benchViews are the views the benchmark measures.
@@ -74,6 +75,7 @@ type benchReport struct {
 	Guest     string          `json:"guest"`
 	Processes int             `json:"processes"`
 	Executor  string          `json:"executor"`
+	KVM       vmm.KVMProbe    `json:"kvm_probe"`
 	Views     []benchView     `json:"views"`
 	Snapshots []benchSnapshot `json:"snapshots"`
 }
@@ -148,7 +150,11 @@ func (e *env) bench(ctx context.Context, g *guest.Guest, procs, snapshots int) (
 	if err != nil {
 		return nil, err
 	}
-	rep := &benchReport{Guest: g.Meta.Name, Processes: n, Executor: "Unicorn; host: " + guest.DetectAccel().Reason}
+	probe := vmm.ProbeKVM(guest.DetectAccel().KVM)
+	rep := &benchReport{Guest: g.Meta.Name, Processes: n, KVM: probe, Executor: "Unicorn (KVM probe: " + probe.Reason + ")"}
+	if probe.Usable {
+		rep.Executor = "Unicorn (hardware KVM is usable here, but Fast-Bridge has no KVM executor yet)"
+	}
 	run := func(view int, mode bridge.Mode, m *memo.Memo) (benchRun, bridge.EngineStats, error) {
 		start := time.Now()
 		s, err := bridge.AttachMode(ctx, g, snap, syms, mode, m)
