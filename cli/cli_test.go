@@ -341,3 +341,10 @@ func TestBench(t *testing.T) {
 		t.Errorf("training did not converge: %+v", s)
 	}
 }
+
+func TestBadMode(t *testing.T) {
+	_, _, err := run("lsmod", "--mode", "quick")
+	if err == nil || !strings.Contains(err.Error(), `unknown --mode "quick"`) {
+		t.Fatalf("lsmod --mode quick: %v", err)
+	}
+}

@@ -37,6 +37,11 @@ type viewRun struct {
 // inspectGuest attaches to a running guest (pausing it) in the engine mode of --mode, runs fn,
 // resumes the guest and saves the memo. The snapshot is built first if needed.
 func (e *env) inspectGuest(ctx context.Context, name, view string, fn func(*bridge.Session) error) (*viewRun, error) {
+	switch bridge.Mode(e.mode) {
+	case bridge.ModeAuto, bridge.ModeFast, bridge.ModeSlow, "":
+	default:
+		return nil, fmt.Errorf("unknown --mode %q (auto, fast or slow)", e.mode)
+	}
 	g, err := guest.Open(e.runDir, name)
 	if err != nil {
 		return nil, err
