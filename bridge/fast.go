@@ -144,22 +144,13 @@ func (s *Session) runSlow(op func(m *svm.Machine) error) error {
 // through the overlay, the SVM's own memory — runs natively, without taint.
 func (s *Session) hookFast(m *svm.Machine) error {
 	e := m.Engine()
-	var ranges [][2]uint64
-	for _, r := range append(append([]svm.PhysSpan{}, s.policy.data...), s.policy.window...) {
-		if r.End > r.Start {
-			ranges = append(ranges, [2]uint64{r.Start, r.End - 1})
-		}
-	}
-	for _, a := range s.policy.aliases {
-		ranges = append(ranges, [2]uint64{a.svm, a.svm + a.size - 1})
-	}
 	f, err := e.NewMemFilter(1<<17, func(acc emu.MemAccess, phys uint64, size int, _ int64) {
 		s.resolveFast(m, e, phys, size, acc == emu.MemWrite)
 	})
 	if err != nil {
 		return fmt.Errorf("Fast-Bridge hook: %w", err)
 	}
-	for _, r := range ranges {
+	for _, r := range s.policy.decided() {
 		if err := f.Hook(emu.HookMemRead|emu.HookMemWrite, r[0], r[1]); err != nil {
 			return fmt.Errorf("Fast-Bridge hook [%#x, %#x]: %w", r[0], r[1], err)
 		}

@@ -32,6 +32,22 @@ func newPolicy(snap *svm.Snapshot, g *Globals, aliases []alias) *policy {
 	return &policy{snap: snap, globals: g, data: snap.DataRanges(), window: snap.WindowRanges(), aliases: aliases}
 }
 
+// decided are the inclusive physical ranges whose accesses need a decision before they complete:
+// the kernel image's data and window, and the aliased struct pages. Slow-Bridge decides them by
+// taint, Fast-Bridge from the memo.
+func (p *policy) decided() [][2]uint64 {
+	var out [][2]uint64
+	for _, r := range append(append([]svm.PhysSpan{}, p.data...), p.window...) {
+		if r.End > r.Start {
+			out = append(out, [2]uint64{r.Start, r.End - 1})
+		}
+	}
+	for _, a := range p.aliases {
+		out = append(out, [2]uint64{a.svm, a.svm + a.size - 1})
+	}
+	return out
+}
+
 // alias returns the alias holding phys.
 func (p *policy) alias(phys uint64) (alias, bool) {
 	for _, a := range p.aliases {
@@ -124,15 +140,6 @@ func (s *Session) tracker(snap *svm.Snapshot, pol *policy) (*taint.Tracker, erro
 	for _, r := range pol.data {
 		mem = append(mem, taint.PhysRange{Begin: r.Start, End: r.End, Label: taint.LabelNone})
 	}
-	var ranges [][2]uint64
-	for _, r := range append(append([]svm.PhysSpan{}, pol.data...), pol.window...) {
-		if r.End > r.Start {
-			ranges = append(ranges, [2]uint64{r.Start, r.End - 1})
-		}
-	}
-	for _, a := range pol.aliases {
-		ranges = append(ranges, [2]uint64{a.svm, a.svm + a.size - 1})
-	}
 	tr := taint.New(taint.Config{
 		Policy:   pol,
 		Image:    []taint.VirtRange{{Begin: snap.Symbols["_text"], End: snap.Symbols["_end"]}},
@@ -143,7 +150,7 @@ func (s *Session) tracker(snap *svm.Snapshot, pol *policy) (*taint.Tracker, erro
 				s.OnAccess(a)
 			}
 		},
-		Sync: &taint.SyncConfig{More: ranges, Func: s.decideImage},
+		Sync: &taint.SyncConfig{More: pol.decided(), Func: s.decideImage},
 	})
 	if err := tr.Attach(m.Engine()); err != nil {
 		return nil, err

@@ -51,7 +51,14 @@ func (e *Engine) NewMemFilter(capacity int, fn MemFunc) (*MemFilter, error) {
 // Hook adds a Unicorn memory hook of the given types (a subset of HookMemValid) over the
 // guest-physical range [begin, end], filtered by f.
 func (f *MemFilter) Hook(types MemHookType, begin, end uint64) error {
-	e := f.e
+	return f.e.addCMemHook(types, func(uch *C.uc_hook) C.uc_err {
+		return C.hb_mem_filtered_add(f.e.uc, uch, C.int(types), f.set, C.uint64_t(begin), C.uint64_t(end))
+	})
+}
+
+// addCMemHook adds a memory hook whose callback and user data are C's own (add calls the shim):
+// the type check and the engine's lock are those of every hook.
+func (e *Engine) addCMemHook(types MemHookType, add func(*C.uc_hook) C.uc_err) error {
 	if types == 0 || types&^validMemHooks != 0 {
 		return &Error{Op: "hook_add", Code: errHookTypeRange}
 	}
@@ -61,7 +68,7 @@ func (f *MemFilter) Hook(types MemHookType, begin, end uint64) error {
 		return ErrClosed
 	}
 	var uch C.uc_hook
-	if rc := C.hb_mem_filtered_add(e.uc, &uch, C.int(types), f.set, C.uint64_t(begin), C.uint64_t(end)); rc != C.UC_ERR_OK {
+	if rc := add(&uch); rc != C.UC_ERR_OK {
 		return newError("hook_add", rc)
 	}
 	return nil
@@ -116,20 +123,9 @@ func (e *Engine) NewMemGate(fn MemFunc) (*MemGate, error) {
 // Hook adds a Unicorn memory hook of the given types over the guest-physical range [begin, end],
 // behind the gate.
 func (g *MemGate) Hook(types MemHookType, begin, end uint64) error {
-	e := g.e
-	if types == 0 || types&^validMemHooks != 0 {
-		return &Error{Op: "hook_add", Code: errHookTypeRange}
-	}
-	e.mu.Lock()
-	defer e.mu.Unlock()
-	if e.closed {
-		return ErrClosed
-	}
-	var uch C.uc_hook
-	if rc := C.hb_mem_gated_add(e.uc, &uch, C.int(types), g.gate, C.uint64_t(begin), C.uint64_t(end)); rc != C.UC_ERR_OK {
-		return newError("hook_add", rc)
-	}
-	return nil
+	return g.e.addCMemHook(types, func(uch *C.uc_hook) C.uc_err {
+		return C.hb_mem_gated_add(g.e.uc, uch, C.int(types), g.gate, C.uint64_t(begin), C.uint64_t(end))
+	})
 }
 
 // Set opens or closes the gate.
