@@ -138,9 +138,9 @@ func compareProcesses(t *testing.T, view, truth []inspect.Process, self int) {
 	}
 }
 
-// pausedSession pauses the demo guest, hashes its memory and attaches to it: hashing again before
-// the session closes (and resumes the guest) proves inspection wrote nothing.
-func pausedSession(t *testing.T, ctx context.Context) (*Session, *vmm.FileView, string) {
+// pauseAndHash pauses the demo guest and hashes its memory; the view of its RAM closes with the
+// test.
+func pauseAndHash(t *testing.T, ctx context.Context) (*vmm.FileView, string) {
 	t.Helper()
 	if err := demo.Pause(ctx); err != nil {
 		t.Fatal(err)
@@ -154,6 +154,14 @@ func pausedSession(t *testing.T, ctx context.Context) (*Session, *vmm.FileView, 
 	if err != nil {
 		t.Fatal(err)
 	}
+	return mem, before
+}
+
+// pausedSession pauses the demo guest, hashes its memory and attaches to it: hashing again before
+// the session closes (and resumes the guest) proves inspection wrote nothing.
+func pausedSession(t *testing.T, ctx context.Context) (*Session, *vmm.FileView, string) {
+	t.Helper()
+	mem, before := pauseAndHash(t, ctx)
 	s, err := Attach(ctx, demo, snap, syms)
 	if err != nil {
 		t.Fatal(err)

@@ -41,18 +41,7 @@ func allViews(t *testing.T, s *Session) (v *viewSet, procs []inspect.Process, mi
 // the view stays right; the guest's memory is unchanged.
 func TestFastSlowAutoAgree(t *testing.T) {
 	ctx := need(t)
-	if err := demo.Pause(ctx); err != nil {
-		t.Fatal(err)
-	}
-	mem, err := demo.Memory()
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer mem.Close()
-	before, err := vmm.Hash(ctx, mem)
-	if err != nil {
-		t.Fatal(err)
-	}
+	mem, before := pauseAndHash(t, ctx)
 	m := memo.New(MemoKey(snap))
 	attach := func(mode Mode) *Session {
 		s, err := AttachMode(ctx, demo, snap, syms, mode, m)
@@ -185,19 +174,8 @@ func BenchmarkFastProcessView(b *testing.B) {
 // falls back and the second does not. The guest's memory is unchanged.
 func modesAgree(t *testing.T, ctx context.Context) {
 	t.Helper()
-	if err := demo.Pause(ctx); err != nil {
-		t.Fatal(err)
-	}
+	mem, before := pauseAndHash(t, ctx)
 	defer demo.Resume(ctx)
-	mem, err := demo.Memory()
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer mem.Close()
-	before, err := vmm.Hash(ctx, mem)
-	if err != nil {
-		t.Fatal(err)
-	}
 	m := memo.New(MemoKey(snap))
 	type result struct {
 		v     *viewSet

@@ -130,19 +130,11 @@ func (e *env) benchGuest(ctx context.Context, name string) (*guest.Guest, func()
 	if err != nil {
 		return nil, nil, err
 	}
-	return g, func() {
-		sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
-		defer cancel()
-		g.Stop(sctx)
-	}, nil
+	return g, func() { stopOwned(ctx, g) }, nil
 }
 
 func (e *env) bench(ctx context.Context, g *guest.Guest, procs, snapshots int) (*benchReport, error) {
-	snap, err := e.snapshot(ctx)
-	if err != nil {
-		return nil, err
-	}
-	syms, err := g.Symbols(ctx, e.cacheDir)
+	snap, syms, err := e.kernelOf(ctx, g)
 	if err != nil {
 		return nil, err
 	}

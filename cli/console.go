@@ -103,9 +103,7 @@ func (e *env) console(ctx context.Context, name string, bootDemo bool, opts cons
 	}
 	if owned {
 		defer func() {
-			sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
-			defer cancel()
-			if err := g.Stop(sctx); err != nil {
+			if err := stopOwned(ctx, g); err != nil {
 				fmt.Fprintf(e.stderr, "stop guest %s: %v\n", name, err)
 			}
 		}()
@@ -141,11 +139,7 @@ var _ console.Source = (*consoleSource)(nil)
 // newConsoleSource prepares everything a refresh needs that may print progress (the snapshot is
 // built here when missing), so nothing writes to the terminal once the console draws on it.
 func (e *env) newConsoleSource(ctx context.Context, g *guest.Guest) (*consoleSource, error) {
-	snap, err := e.snapshot(ctx)
-	if err != nil {
-		return nil, err
-	}
-	syms, err := g.Symbols(ctx, e.cacheDir)
+	snap, syms, err := e.kernelOf(ctx, g)
 	if err != nil {
 		return nil, err
 	}

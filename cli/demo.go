@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"strings"
-	"time"
 
 	"hybridbridge/bridge"
 	"hybridbridge/guest"
@@ -28,11 +27,7 @@ func (e *env) demo(ctx context.Context) error {
 		return err
 	}
 	if owned {
-		defer func() {
-			sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
-			defer cancel()
-			g.Stop(sctx)
-		}()
+		defer stopOwned(ctx, g)
 		fmt.Fprintf(e.stdout, "demo guest ready in %.1fs (QEMU pid %d, %s)\n", g.Meta.ReadyIn, g.Meta.PID, g.Meta.Accel)
 	} else {
 		fmt.Fprintf(e.stdout, "using the running demo guest (QEMU pid %d)\n", g.Meta.PID)

@@ -18,6 +18,8 @@ import (
 	"hybridbridge/guest"
 	"hybridbridge/inspect"
 	"hybridbridge/memo"
+	"hybridbridge/svm"
+	"hybridbridge/vmm"
 )
 
 // viewRun is one view computed against a guest: the session's counters for the summary line.
@@ -46,11 +48,7 @@ func (e *env) inspectGuest(ctx context.Context, name, view string, fn func(*brid
 	if err != nil {
 		return nil, err
 	}
-	snap, err := e.snapshot(ctx)
-	if err != nil {
-		return nil, err
-	}
-	syms, err := g.Symbols(ctx, e.cacheDir)
+	snap, syms, err := e.kernelOf(ctx, g)
 	if err != nil {
 		return nil, err
 	}
@@ -86,6 +84,27 @@ func (e *env) inspectGuest(ctx context.Context, name, view string, fn func(*brid
 		return nil, fmt.Errorf("save memo: %w", err)
 	}
 	return run, nil
+}
+
+// kernelOf returns what inspecting g needs: the SVM snapshot (built first if missing) and the
+// guest kernel's symbols (fetched once per kernel build).
+func (e *env) kernelOf(ctx context.Context, g *guest.Guest) (*svm.Snapshot, *vmm.Symbols, error) {
+	snap, err := e.snapshot(ctx)
+	if err != nil {
+		return nil, nil, err
+	}
+	syms, err := g.Symbols(ctx, e.cacheDir)
+	if err != nil {
+		return nil, nil, err
+	}
+	return snap, syms, nil
+}
+
+// stopOwned stops a guest this command booted, even when ctx is already cancelled.
+func stopOwned(ctx context.Context, g *guest.Guest) error {
+	sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
+	defer cancel()
+	return g.Stop(sctx)
 }
 
 // summary is the one line of engine work a view prints on stderr.
