@@ -24,9 +24,6 @@ import (
 	"hybridbridge/vmm"
 )
 
-// engineSlow names Slow-Bridge's engine in the console: Unicorn with the taint engine attached.
-const engineSlow = "Unicorn-taint"
-
 // scriptViews are the subcommands that print what the console shows, for pipes and scripts.
 var scriptViews = []string{"ps", "lsmod", "netstat"}
 
@@ -222,12 +219,12 @@ func (c *consoleSource) Refresh(ctx context.Context, mode console.Mode, progress
 	c.notes = nil // they are in this frame
 	first := bridge.EngineFast
 	if mode == console.ModeSlow {
-		first = engineSlow
+		first = bridge.EngineTaint
 	}
 	progress(console.Progress{GuestState: "paused", Engine: first})
 	for _, v := range consoleViews {
 		if ctx.Err() != nil {
-			f.Views = append(f.Views, console.ViewStats{Name: v.name, Engine: engineSlow, Err: "not run: refresh cancelled"})
+			f.Views = append(f.Views, console.ViewStats{Name: v.name, Engine: bridge.EngineTaint, Err: "not run: refresh cancelled"})
 			continue
 		}
 		progress(console.Progress{View: v.name})
@@ -347,7 +344,7 @@ func engineOf(fast, slow int) string {
 	case slow == 0:
 		return bridge.EngineFast
 	case fast == 0:
-		return engineSlow
+		return bridge.EngineTaint
 	default:
 		return bridge.EngineFast + "+taint"
 	}
