@@ -45,6 +45,9 @@ type viewSet struct {
 	Environ    map[int][]string
 	OpenFiles  map[int][]inspect.OpenFile
 	Comm       map[int]string
+	// lateUptime is the guest's /proc/uptime read again at the end of a capture in the guest:
+	// the capture takes seconds, and the pause follows it.
+	lateUptime inspect.Uptime
 }
 
 // readViews computes every view from f; environment and open files for every process but skip.
@@ -124,6 +127,13 @@ func viewTruth(t *testing.T, ctx context.Context, g *guest.Guest) (*viewSet, []i
 	if err != nil {
 		t.Fatal(err)
 	}
+	res, err = g.Exec(ctx, "cat /proc/uptime")
+	if err != nil || res.Status != 0 {
+		t.Fatalf("uptime in the guest: %v %s", err, res.Stderr)
+	}
+	if _, err := fmt.Sscanf(string(res.Stdout), "%g %g", &v.lateUptime.Seconds, &v.lateUptime.IdleSeconds); err != nil {
+		t.Fatalf("uptime in the guest %q: %v", res.Stdout, err)
+	}
 	return v, log, fs.Self
 }
 
@@ -163,11 +173,13 @@ func compareViews(t *testing.T, got, want *viewSet, gotLog, wantLog []inspect.Lo
 		}
 	}
 	eq("ifconfig", gi, want.Interfaces)
-	if d := got.Uptime.Seconds - want.Uptime.Seconds; d < 0 || d > 5 {
-		t.Errorf("uptime %.2f s, the guest said %.2f s just before the pause", got.Uptime.Seconds, want.Uptime.Seconds)
+	// The view is the guest's clock at the pause: after the capture read it, and at most the
+	// pause's own latency after the capture's last reading.
+	if u, w, late := got.Uptime.Seconds, want.Uptime.Seconds, want.lateUptime.Seconds; u < w || u > late+2 {
+		t.Errorf("uptime %.2f s, the guest said %.2f s during the capture and %.2f s at its end", u, w, late)
 	}
-	if d := got.Uptime.IdleSeconds - want.Uptime.IdleSeconds; d < -0.5 || d > 5 {
-		t.Errorf("idle %.2f s, the guest said %.2f s just before the pause", got.Uptime.IdleSeconds, want.Uptime.IdleSeconds)
+	if u, w, late := got.Uptime.IdleSeconds, want.Uptime.IdleSeconds, want.lateUptime.IdleSeconds; u < w-0.5 || u > late+2 {
+		t.Errorf("idle %.2f s, the guest said %.2f s during the capture and %.2f s at its end", u, w, late)
 	}
 	gl, wl := got.LoadAvg, want.LoadAvg
 	if gl.Load1 != wl.Load1 && math.Abs(gl.Load1-wl.Load1) > 0.5 || gl.LastPID < wl.LastPID || gl.Threads < wl.Threads-5 || gl.Threads > wl.Threads {

@@ -141,6 +141,8 @@ type Engine struct {
 	budgets []unsafe.Pointer
 	// filters are the C sets of NewMemFilter, freed by Close after the engine.
 	filters []*C.hb_pcset
+	// writelogs are the C page sets of NewWriteLog, freed by Close after the engine.
+	writelogs []*C.hb_writelog
 
 	stopRequested atomic.Bool
 	panicked      atomic.Bool
@@ -201,7 +203,10 @@ func (e *Engine) Close() error {
 		for _, b := range e.budgets {
 			C.free(b)
 		}
-		e.budgets, e.filters = nil, nil
+		for _, w := range e.writelogs {
+			C.hb_writelog_free(w)
+		}
+		e.budgets, e.filters, e.writelogs = nil, nil, nil
 		for t := range traces {
 			t.free()
 		}

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/binary"
 	"errors"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -741,5 +742,48 @@ func TestMemFilter(t *testing.T) {
 	f.Clear()
 	if got := run(); len(got) != 3 {
 		t.Fatalf("after Clear: %#x", got)
+	}
+}
+
+// TestWriteLog: the pages executed stores wrote are listed once each, in first-write order,
+// including both pages of a store that straddles them; reads are not listed; Mark adds the
+// caller's own writes; Drain forgets what it returned.
+func TestWriteLog(t *testing.T) {
+	m := newFlat(t)
+	code := []byte{
+		0x48, 0x89, 0x04, 0x25, 0x00, 0x70, 0x00, 0x00, // mov [0x7000], rax
+		0x48, 0x89, 0x04, 0x25, 0x08, 0x70, 0x00, 0x00, // mov [0x7008], rax (same page)
+		0x48, 0x8b, 0x1c, 0x25, 0x00, 0x90, 0x00, 0x00, // mov rbx, [0x9000] (a read)
+		0x48, 0x89, 0x04, 0x25, 0xfc, 0x5f, 0x00, 0x00, // mov [0x5ffc], rax (pages 5 and 6)
+	}
+	w, err := m.e.NewWriteLog(0, ramSize)
+	if err != nil {
+		t.Fatal(err)
+	}
+	const base = 0x1000
+	end := m.load(base, code)
+	drain := func() []uint64 {
+		var got []uint64
+		w.Drain(func(p uint64) { got = append(got, p) })
+		return got
+	}
+	drain() // loading the code wrote from Go, unseen
+	must(t, m.e.Start(base, end, 0))
+	if got, want := drain(), []uint64{0x7000, 0x5000, 0x6000}; !slices.Equal(got, want) {
+		t.Fatalf("written pages %#x, want %#x", got, want)
+	}
+	w.Mark(0xa123, 0x1000)
+	if n := w.Len(); n != 2 {
+		t.Fatalf("Mark of a page-crossing range listed %d pages, want 2", n)
+	}
+	if got, want := drain(), []uint64{0xa000, 0xb000}; !slices.Equal(got, want) {
+		t.Fatalf("marked pages %#x, want %#x", got, want)
+	}
+	must(t, m.e.Start(base, end, 0))
+	if got := drain(); len(got) != 3 {
+		t.Fatalf("after a drain the same stores list %#x again, want 3 pages", got)
+	}
+	if _, err := m.e.NewWriteLog(0x123, 4096); err == nil {
+		t.Fatal("an unaligned range was accepted")
 	}
 }

@@ -298,3 +298,52 @@ uc_err hb_mem_gated_add(uc_engine *uc, uc_hook *hh, int type, hb_gate *g,
 {
 	return uc_hook_add(uc, hh, type, (void *)cb_mem_gated, g, begin, end);
 }
+
+hb_writelog *hb_writelog_new(uint64_t base, uint64_t pages)
+{
+	hb_writelog *w = calloc(1, sizeof(*w));
+	if (!w)
+		return NULL;
+	w->seen = calloc(pages, 1);
+	w->list = calloc(pages, sizeof(uint64_t));
+	if (!w->seen || !w->list) {
+		hb_writelog_free(w);
+		return NULL;
+	}
+	w->base = base;
+	w->pages = pages;
+	return w;
+}
+
+void hb_writelog_free(hb_writelog *w)
+{
+	if (!w)
+		return;
+	free(w->seen);
+	free(w->list);
+	free(w);
+}
+
+void hb_writelog_mark(hb_writelog *w, uint64_t addr, uint64_t size)
+{
+	if (addr < w->base || size == 0)
+		return;
+	uint64_t first = (addr - w->base) >> 12, last = (addr - w->base + size - 1) >> 12;
+	for (uint64_t p = first; p <= last && p < w->pages; p++) {
+		if (!w->seen[p]) {
+			w->seen[p] = 1;
+			w->list[w->len++] = p;
+		}
+	}
+}
+
+static void cb_mem_writelog(uc_engine *uc, uc_mem_type type, uint64_t addr, int size,
+                            int64_t value, void *ud)
+{
+	hb_writelog_mark(ud, addr, (uint64_t)size);
+}
+
+uc_err hb_writelog_add(uc_engine *uc, uc_hook *hh, hb_writelog *w, uint64_t begin, uint64_t end)
+{
+	return uc_hook_add(uc, hh, UC_HOOK_MEM_WRITE, (void *)cb_mem_writelog, w, begin, end);
+}

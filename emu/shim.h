@@ -84,6 +84,20 @@ typedef struct hb_gate {
 uc_err hb_mem_gated_add(uc_engine *uc, uc_hook *hh, int type, hb_gate *g,
                         uint64_t begin, uint64_t end);
 
+// The pages a memory-write hook saw written since the last drain, each listed once.
+typedef struct hb_writelog {
+	uint64_t base;  // physical address of page 0
+	uint64_t pages; // pages covered
+	uint8_t *seen;  // one byte per page
+	uint64_t *list; // page numbers in first-write order
+	uint64_t len;
+} hb_writelog;
+
+hb_writelog *hb_writelog_new(uint64_t base, uint64_t pages);
+void hb_writelog_free(hb_writelog *w);
+void hb_writelog_mark(hb_writelog *w, uint64_t addr, uint64_t size);
+uc_err hb_writelog_add(uc_engine *uc, uc_hook *hh, hb_writelog *w, uint64_t begin, uint64_t end);
+
 uc_err hb_hook_add(uc_engine *uc, uc_hook *hh, int type, int kind, uintptr_t id,
                    uint64_t begin, uint64_t end, int insn);
 uc_err hb_trace_add(uc_engine *uc, uc_hook *hh, int type, hb_trace *t,

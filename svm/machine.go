@@ -83,6 +83,7 @@ type Stats struct {
 	Exceptions   map[uint32]int
 	TSCReads     int
 	Resets       int
+	ResetPages   int // written RAM pages put back by resets (0 where all RAM is dropped)
 	Blocked      int
 	OverBudget   int
 	WindowSwaps  int // guest-derived reads in the image window given the guest's bytes
@@ -98,8 +99,12 @@ type Machine struct {
 	opts Options
 	eng  *emu.Engine
 	ram  []byte // MAP_PRIVATE mapping of ram.img; Unicorn runs on it directly
-	phys vmm.PhysView
-	virt *vmm.VirtView // the agent's address space (the kernel half is every process's)
+	// written finds the RAM pages an operation wrote, so Reset drops only those (nil: all).
+	written *writtenPages
+	wlog    *emu.WriteLog // the pages executed code wrote, on machines with memory hooks anyway
+	base    []byte        // read-only shared mapping of ram.img: what Reset copies back
+	phys    vmm.PhysView
+	virt    *vmm.VirtView // the agent's address space (the kernel half is every process's)
 
 	savedRegs []byte       // the agent's pt_regs as captured
 	tscBase   time.Time    // when the virtual TSC was at Snapshot.TSC
@@ -152,6 +157,12 @@ func (m *Machine) mapRAM() error {
 		return fmt.Errorf("map SVM RAM %s: %w", m.snap.RAMPath(), err)
 	}
 	m.ram = ram
+	if m.base, err = unix.Mmap(int(f.Fd()), 0, len(ram), unix.PROT_READ, unix.MAP_SHARED); err != nil {
+		unix.Munmap(ram)
+		m.ram = nil
+		return fmt.Errorf("map SVM RAM %s: %w", m.snap.RAMPath(), err)
+	}
+	m.written = openWrittenPages(ram)
 	if m.phys, err = vmm.NewBytesView("svm", ram, nil); err != nil {
 		unix.Munmap(ram)
 		m.ram = nil
@@ -165,13 +176,24 @@ func (m *Machine) unmapRAM() {
 		_ = unix.Munmap(m.ram)
 		m.ram = nil
 	}
+	if m.base != nil {
+		_ = unix.Munmap(m.base)
+		m.base = nil
+	}
+	if m.written != nil {
+		m.written.Close()
+		m.written = nil
+	}
 }
 
 // Close releases the engine and the RAM mapping, in that order.
 func (m *Machine) Close() error {
 	var err error
-	if m.overlay != nil && m.overlay.image != nil {
-		unix.Munmap(m.overlay.image)
+	if ov := m.overlay; ov != nil {
+		if ov.image != nil {
+			unix.Munmap(ov.image)
+		}
+		unix.Munmap(ov.guest)
 	}
 	if m.trace != nil {
 		m.trace.Close()
@@ -275,6 +297,9 @@ func (m *Machine) setup() error {
 		if err := m.hookSwaps(); err != nil {
 			return err
 		}
+		if m.wlog, err = e.NewWriteLog(0, m.snap.Layout.RAMSize); err != nil {
+			return err
+		}
 	}
 	if m.budget, err = e.NewBudget(); err != nil {
 		return err
@@ -341,7 +366,7 @@ var gprs = map[string]emu.Reg{
 // Reset drops every change the injected calls made to memory and restores the captured CPU
 // state: the machine is as freshly loaded (translated code stays cached).
 func (m *Machine) Reset() error {
-	if err := unix.Madvise(m.ram, unix.MADV_DONTNEED); err != nil {
+	if err := m.dropWrites(); err != nil {
 		return fmt.Errorf("reset SVM RAM: %w", err)
 	}
 	m.swaps, m.writes = m.swaps[:0], m.writes[:0]
@@ -358,6 +383,45 @@ func (m *Machine) Reset() error {
 	}
 	// Reloading CR3 flushes Unicorn's TLB, which still maps the dropped pages' old contents.
 	return m.loadCPU()
+}
+
+// pristine is the page at physical p as every operation starts with it: the guest's where the
+// overlay maps guest RAM, else the snapshot's.
+func (m *Machine) pristine(p uint64) []byte {
+	if ov := m.overlay; ov != nil {
+		for _, s := range ov.spans {
+			if p >= s.Start && p < s.End {
+				return ov.guest[p : p+4096]
+			}
+		}
+	}
+	return m.base[p : p+4096]
+}
+
+// wrote records a write into RAM made from Go, for Reset.
+func (m *Machine) wrote(pa, n uint64) {
+	if m.wlog != nil {
+		m.wlog.Mark(pa, n)
+	}
+}
+
+// dropWrites puts the snapshot's contents back into every RAM page written since the last reset.
+func (m *Machine) dropWrites() error {
+	if m.wlog != nil {
+		// Copying the snapshot's bytes back keeps the page mapped and private: dropping it
+		// (DONTNEED) would cost a copy-on-write fault at its next write, in every operation.
+		m.wlog.Drain(func(p uint64) {
+			copy(m.ram[p:p+4096], m.pristine(p))
+			m.stats.ResetPages++
+		})
+		return nil
+	}
+	if m.written == nil {
+		return unix.Madvise(m.ram, unix.MADV_DONTNEED)
+	}
+	n, err := m.written.scan(m.ram, func(run []byte) error { return unix.Madvise(run, unix.MADV_DONTNEED) })
+	m.stats.ResetPages += n
+	return err
 }
 
 func (m *Machine) stopWith(err error, detail string) {
@@ -462,6 +526,7 @@ func (m *Machine) writeVirt(va uint64, data []byte) error {
 		if pa+n > uint64(len(m.ram)) {
 			return fmt.Errorf("write %#x: physical %#x outside SVM RAM", va, pa)
 		}
+		m.wrote(pa, n)
 		copy(m.ram[pa:pa+n], data[:n])
 		data, va = data[n:], va+n
 	}

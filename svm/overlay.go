@@ -20,6 +20,7 @@ type Overlay struct {
 	size  uint64     // guest RAM bytes
 	spans []PhysSpan // page-aligned parts of the reserved ranges inside guest RAM, as mapped
 	image []byte     // private mapping of the guest's copy of the kernel-image range
+	guest []byte     // read-only shared mapping of the guest's RAM: what Reset copies back
 	// pte are the direct-map entries written into the SVM's page tables: Reset drops them with
 	// every other change, so they are written again.
 	pte []pteWrite
@@ -42,6 +43,11 @@ func (m *Machine) AttachOverlay(f *os.File, size uint64) error {
 		return fmt.Errorf("%w: %d MiB, at most %d MiB (rebuild with: hybridbridge svm build --gvm-max ...)", ErrGuestTooLarge, size>>20, l.GVMMax>>20)
 	}
 	ov := &Overlay{file: f, size: size}
+	guest, err := unix.Mmap(int(f.Fd()), 0, int(size), unix.PROT_READ, unix.MAP_SHARED)
+	if err != nil {
+		return fmt.Errorf("map guest RAM: %w", err)
+	}
+	ov.guest = guest
 	for _, r := range l.Reserved {
 		start := (r.Start + 4095) &^ 4095 // the page holding _end is the SVM's
 		end := min(r.End, size) &^ 4095
@@ -51,6 +57,7 @@ func (m *Machine) AttachOverlay(f *os.File, size uint64) error {
 		if _, err := unix.MmapPtr(int(f.Fd()), int64(start), unsafe.Pointer(&m.ram[start]), uintptr(end-start),
 			unix.PROT_READ|unix.PROT_WRITE, unix.MAP_PRIVATE|unix.MAP_FIXED); err != nil {
 			m.restoreSVM(ov.spans)
+			unix.Munmap(guest)
 			return fmt.Errorf("overlay guest RAM %#x-%#x: %w", start, end, err)
 		}
 		ov.spans = append(ov.spans, PhysSpan{start, end})
@@ -59,6 +66,7 @@ func (m *Machine) AttachOverlay(f *os.File, size uint64) error {
 	img, err := unix.Mmap(int(f.Fd()), int64(l.KernelStart), int((l.KernelEnd+4095)&^4095-l.KernelStart), unix.PROT_READ|unix.PROT_WRITE, unix.MAP_PRIVATE)
 	if err != nil {
 		m.restoreSVM(ov.spans)
+		unix.Munmap(guest)
 		return fmt.Errorf("map the guest's kernel-image range: %w", err)
 	}
 	ov.image = img
@@ -81,6 +89,7 @@ func (m *Machine) DetachOverlay() error {
 	if ov.image != nil {
 		err = errors.Join(err, unix.Munmap(ov.image))
 	}
+	err = errors.Join(err, unix.Munmap(ov.guest))
 	return errors.Join(err, m.Reset())
 }
 
@@ -257,6 +266,11 @@ func (m *Machine) applyOverlay() error {
 		return fmt.Errorf("reset the guest's image copy: %w", err)
 	}
 	for _, w := range ov.pte {
+		// The entries are part of the state every operation starts from, so they are not marked
+		// written: a page Reset keeps holds them still, and one it dropped gets them again here.
+		if m.readPhys64(w.at) == w.value {
+			continue
+		}
 		binary.LittleEndian.PutUint64(m.ram[w.at:], w.value)
 	}
 	return m.loadCPU()

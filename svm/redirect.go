@@ -124,6 +124,7 @@ func (m *Machine) swapFrom(phys uint64, guest []byte) error {
 	}
 	s := swapped{phys: phys, n: len(guest), guest: guest}
 	copy(s.svm[:], m.ram[phys:phys+uint64(len(guest))])
+	m.wrote(phys, uint64(len(guest)))
 	copy(m.ram[phys:], guest)
 	m.swaps = append(m.swaps, s)
 	m.pending()
@@ -176,6 +177,7 @@ func (m *Machine) SwapInGuestForWrite(phys uint64, size int) error {
 func (m *Machine) FlushWrites() {
 	for _, w := range m.writes {
 		copy(w.guest, m.ram[w.phys:w.phys+uint64(w.n)])
+		m.wrote(w.phys, uint64(w.n))
 		copy(m.ram[w.phys:], w.svm[:w.n])
 	}
 	m.writes = m.writes[:0]
@@ -186,6 +188,7 @@ func (m *Machine) afterSwap(_ emu.MemAccess, phys uint64, size int, _ int64) {
 	m.FlushWrites()
 	for i := len(m.swaps) - 1; i >= 0; i-- {
 		if s := m.swaps[i]; s.phys == phys {
+			m.wrote(phys, uint64(s.n))
 			copy(m.ram[phys:], s.svm[:s.n])
 			m.swaps = append(m.swaps[:i], m.swaps[i+1:]...)
 			m.pending()

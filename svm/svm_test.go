@@ -387,3 +387,41 @@ func must(t *testing.T, err error) {
 		t.Fatal(err)
 	}
 }
+
+// TestResetRestoresEveryPage: after system calls that change kernel memory, Reset puts every RAM
+// page back to the snapshot's bytes — on a machine with memory hooks, which lists the pages its
+// code wrote, and on a plain one, which asks the kernel which pages were written (or drops all).
+func TestResetRestoresEveryPage(t *testing.T) {
+	for _, opts := range []Options{{}, {Window: true}} {
+		t.Run(fmt.Sprintf("window=%v", opts.Window), func(t *testing.T) {
+			m := open(t, opts)
+			changed := func() []uint64 {
+				var pages []uint64
+				for p := uint64(0); p < uint64(len(m.ram)); p += 4096 {
+					if !bytes.Equal(m.ram[p:p+4096], m.base[p:p+4096]) {
+						pages = append(pages, p)
+					}
+				}
+				return pages
+			}
+			for range 2 { // the second round resets pages the first one already made private
+				if _, err := m.ReadDir("/proc"); err != nil {
+					t.Fatal(err)
+				}
+				if _, err := m.ReadFile("/proc/self/status"); err != nil {
+					t.Fatal(err)
+				}
+				if n := len(changed()); n < 10 {
+					t.Fatalf("only %d pages changed by the calls: the check below would prove nothing", n)
+				}
+				if err := m.Reset(); err != nil {
+					t.Fatal(err)
+				}
+				if pages := changed(); len(pages) > 0 {
+					t.Fatalf("%d pages differ from the snapshot after Reset, first %#x", len(pages), pages[0])
+				}
+			}
+			t.Logf("resets put back %d pages (0: the whole mapping was dropped)", m.Stats().ResetPages)
+		})
+	}
+}
