@@ -150,10 +150,8 @@ func (s *Session) hookFast(m *svm.Machine) error {
 	if err != nil {
 		return fmt.Errorf("Fast-Bridge hook: %w", err)
 	}
-	for _, r := range s.policy.decided() {
-		if err := f.Hook(emu.HookMemRead|emu.HookMemWrite, r[0], r[1]); err != nil {
-			return fmt.Errorf("Fast-Bridge hook [%#x, %#x]: %w", r[0], r[1], err)
-		}
+	if err := f.HookSpans(emu.HookMemRead|emu.HookMemWrite, s.policy.decided()); err != nil {
+		return fmt.Errorf("Fast-Bridge hook: %w", err)
 	}
 	s.filter = f
 	return nil

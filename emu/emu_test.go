@@ -745,6 +745,35 @@ func TestMemFilter(t *testing.T) {
 	}
 }
 
+// TestMemFilterSpans: one hook over several ranges sees the accesses inside them and none
+// between them, though the hook's hull covers those.
+func TestMemFilterSpans(t *testing.T) {
+	m := newFlat(t)
+	code := []byte{
+		0x48, 0x8b, 0x04, 0x25, 0x00, 0x60, 0x00, 0x00, // mov rax, [0x6000]  in the first range
+		0x48, 0x8b, 0x04, 0x25, 0x00, 0x70, 0x00, 0x00, // mov rax, [0x7000]  between the ranges
+		0x48, 0x8b, 0x04, 0x25, 0xf8, 0x8f, 0x00, 0x00, // mov rax, [0x8ff8]  last word of the second
+		0x48, 0x8b, 0x04, 0x25, 0x00, 0x90, 0x00, 0x00, // mov rax, [0x9000]  just after it
+	}
+	var seen []uint64
+	f, err := m.e.NewMemFilter(16, func(_ MemAccess, addr uint64, _ int, _ int64) { seen = append(seen, addr) })
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Given out of order, and the second range in two touching parts.
+	if err := f.HookSpans(HookMemRead, [][2]uint64{{0x8800, 0x8fff}, {0x6000, 0x6fff}, {0x8000, 0x87ff}}); err != nil {
+		t.Fatal(err)
+	}
+	end := m.load(0x1000, code)
+	must(t, m.e.Start(0x1000, end, 0))
+	if want := []uint64{0x6000, 0x8ff8}; !slices.Equal(seen, want) {
+		t.Fatalf("seen %#x, want %#x", seen, want)
+	}
+	if err := f.HookSpans(HookMemRead, [][2]uint64{{0x5000, 0x4000}}); err == nil {
+		t.Fatal("an empty range was accepted")
+	}
+}
+
 // TestWriteLog: the pages executed stores wrote are listed once each, in first-write order,
 // including both pages of a store that straddles them; reads are not listed; Mark adds the
 // caller's own writes; Drain forgets what it returned.

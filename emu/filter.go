@@ -7,7 +7,10 @@ package emu
 import "C"
 
 import (
+	"cmp"
 	"errors"
+	"fmt"
+	"slices"
 	"unsafe"
 )
 
@@ -51,9 +54,56 @@ func (e *Engine) NewMemFilter(capacity int, fn MemFunc) (*MemFilter, error) {
 // Hook adds a Unicorn memory hook of the given types (a subset of HookMemValid) over the
 // guest-physical range [begin, end], filtered by f.
 func (f *MemFilter) Hook(types MemHookType, begin, end uint64) error {
+	return f.HookSpans(types, [][2]uint64{{begin, end}})
+}
+
+// HookSpans adds one Unicorn memory hook of the given types for all of the guest-physical ranges
+// [begin, end] in spans, filtered by f: one hook costs every access in the engine less than one
+// per range.
+func (f *MemFilter) HookSpans(types MemHookType, spans [][2]uint64) error {
+	sp, err := f.e.newSpans(unsafe.Pointer(f.set), spans)
+	if err != nil {
+		return err
+	}
 	return f.e.addCMemHook(types, func(uch *C.uc_hook) C.uc_err {
-		return C.hb_mem_filtered_add(f.e.uc, uch, C.int(types), f.set, C.uint64_t(begin), C.uint64_t(end))
+		return C.hb_mem_filtered_add(f.e.uc, uch, C.int(types), sp)
 	})
+}
+
+// newSpans copies spans, sorted and merged, into C memory freed with the engine.
+func (e *Engine) newSpans(target unsafe.Pointer, spans [][2]uint64) (*C.hb_spans, error) {
+	sorted := slices.Clone(spans)
+	slices.SortFunc(sorted, func(a, b [2]uint64) int { return cmp.Compare(a[0], b[0]) })
+	var merged [][2]uint64
+	for _, r := range sorted {
+		if r[1] < r[0] {
+			return nil, fmt.Errorf("emu: hook range [%#x, %#x] is empty", r[0], r[1])
+		}
+		if n := len(merged); n > 0 && r[0] <= merged[n-1][1]+1 {
+			merged[n-1][1] = max(merged[n-1][1], r[1])
+			continue
+		}
+		merged = append(merged, r)
+	}
+	if len(merged) == 0 || len(merged) > C.HB_MAX_SPANS {
+		return nil, fmt.Errorf("emu: %d hook ranges, want 1 to %d", len(merged), C.HB_MAX_SPANS)
+	}
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if e.closed {
+		return nil, ErrClosed
+	}
+	sp := (*C.hb_spans)(C.calloc(1, C.sizeof_hb_spans))
+	if sp == nil {
+		return nil, errors.New("emu: hook ranges: out of memory")
+	}
+	e.budgets = append(e.budgets, unsafe.Pointer(sp)) // freed by Close, after uc_close
+	sp.target = target
+	sp.n = C.uint32_t(len(merged))
+	for i, r := range merged {
+		sp.lo[i], sp.hi[i] = C.uint64_t(r[0]), C.uint64_t(r[1])
+	}
+	return sp, nil
 }
 
 // addCMemHook adds a memory hook whose callback and user data are C's own (add calls the shim):
@@ -123,8 +173,18 @@ func (e *Engine) NewMemGate(fn MemFunc) (*MemGate, error) {
 // Hook adds a Unicorn memory hook of the given types over the guest-physical range [begin, end],
 // behind the gate.
 func (g *MemGate) Hook(types MemHookType, begin, end uint64) error {
+	return g.HookSpans(types, [][2]uint64{{begin, end}})
+}
+
+// HookSpans adds one Unicorn memory hook of the given types for all of the guest-physical ranges
+// [begin, end] in spans, behind the gate.
+func (g *MemGate) HookSpans(types MemHookType, spans [][2]uint64) error {
+	sp, err := g.e.newSpans(unsafe.Pointer(g.gate), spans)
+	if err != nil {
+		return err
+	}
 	return g.e.addCMemHook(types, func(uch *C.uc_hook) C.uc_err {
-		return C.hb_mem_gated_add(g.e.uc, uch, C.int(types), g.gate, C.uint64_t(begin), C.uint64_t(end))
+		return C.hb_mem_gated_add(g.e.uc, uch, C.int(types), sp)
 	})
 }
 

@@ -266,10 +266,26 @@ static inline int pcset_has(const hb_pcset *s, uint64_t pc, uint64_t addr)
 	}
 }
 
+static inline int spans_have(const hb_spans *sp, uint64_t addr)
+{
+	uint32_t lo = 0, hi = sp->n;
+	while (lo < hi) { // the first span whose end is at or above addr
+		uint32_t mid = (lo + hi) / 2;
+		if (sp->hi[mid] < addr)
+			lo = mid + 1;
+		else
+			hi = mid;
+	}
+	return lo < sp->n && sp->lo[lo] <= addr;
+}
+
 static void cb_mem_filtered(uc_engine *uc, uc_mem_type type, uint64_t addr, int size,
                             int64_t value, void *ud)
 {
-	hb_pcset *s = ud;
+	const hb_spans *sp = ud;
+	if (!spans_have(sp, addr))
+		return;
+	hb_pcset *s = sp->target;
 	uint64_t pc;
 	if (s->len && uc_reg_read(uc, UC_X86_REG_RIP, &pc) == UC_ERR_OK && pcset_has(s, pc, addr)) {
 		s->skipped++;
@@ -279,24 +295,27 @@ static void cb_mem_filtered(uc_engine *uc, uc_mem_type type, uint64_t addr, int 
 	hbGoMem(s->id, (int)type, addr, size, value);
 }
 
-uc_err hb_mem_filtered_add(uc_engine *uc, uc_hook *hh, int type, hb_pcset *s,
-                           uint64_t begin, uint64_t end)
+uc_err hb_mem_filtered_add(uc_engine *uc, uc_hook *hh, int type, hb_spans *sp)
 {
-	return uc_hook_add(uc, hh, type, (void *)cb_mem_filtered, s, begin, end);
+	if (sp->n == 0 || sp->n > HB_MAX_SPANS)
+		return UC_ERR_ARG;
+	return uc_hook_add(uc, hh, type, (void *)cb_mem_filtered, sp, sp->lo[0], sp->hi[sp->n - 1]);
 }
 
 static void cb_mem_gated(uc_engine *uc, uc_mem_type type, uint64_t addr, int size,
                          int64_t value, void *ud)
 {
-	hb_gate *g = ud;
-	if (g->open)
+	const hb_spans *sp = ud;
+	hb_gate *g = sp->target;
+	if (g->open && spans_have(sp, addr))
 		hbGoMem(g->id, (int)type, addr, size, value);
 }
 
-uc_err hb_mem_gated_add(uc_engine *uc, uc_hook *hh, int type, hb_gate *g,
-                        uint64_t begin, uint64_t end)
+uc_err hb_mem_gated_add(uc_engine *uc, uc_hook *hh, int type, hb_spans *sp)
 {
-	return uc_hook_add(uc, hh, type, (void *)cb_mem_gated, g, begin, end);
+	if (sp->n == 0 || sp->n > HB_MAX_SPANS)
+		return UC_ERR_ARG;
+	return uc_hook_add(uc, hh, type, (void *)cb_mem_gated, sp, sp->lo[0], sp->hi[sp->n - 1]);
 }
 
 hb_writelog *hb_writelog_new(uint64_t base, uint64_t pages)

@@ -71,8 +71,17 @@ hb_pcset *hb_pcset_new(uint32_t cap, uintptr_t id);
 void hb_pcset_free(hb_pcset *s);
 int hb_pcset_add(hb_pcset *s, uint64_t pc, uint64_t addr);
 void hb_pcset_clear(hb_pcset *s);
-uc_err hb_mem_filtered_add(uc_engine *uc, uc_hook *hh, int type, hb_pcset *s,
-                           uint64_t begin, uint64_t end);
+// A hook's physical ranges, sorted, inclusive ends. Unicorn checks every hook's bounds on every
+// access once any memory hook exists, so many small hooks cost more than one hook over their
+// hull that checks its own ranges in C.
+#define HB_MAX_SPANS 64
+typedef struct hb_spans {
+	void *target; // the hb_pcset or hb_gate the hook serves
+	uint32_t n;
+	uint64_t lo[HB_MAX_SPANS], hi[HB_MAX_SPANS];
+} hb_spans;
+
+uc_err hb_mem_filtered_add(uc_engine *uc, uc_hook *hh, int type, hb_spans *sp);
 
 // A memory hook that calls Go only while open (e.g. while a swapped-in value waits to be
 // restored): closed, an access costs one load in C.
@@ -81,8 +90,7 @@ typedef struct hb_gate {
 	uintptr_t id;
 } hb_gate;
 
-uc_err hb_mem_gated_add(uc_engine *uc, uc_hook *hh, int type, hb_gate *g,
-                        uint64_t begin, uint64_t end);
+uc_err hb_mem_gated_add(uc_engine *uc, uc_hook *hh, int type, hb_spans *sp);
 
 // The pages a memory-write hook saw written since the last drain, each listed once.
 typedef struct hb_writelog {

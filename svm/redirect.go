@@ -80,15 +80,18 @@ func (m *Machine) hookSwaps() error {
 		return err
 	}
 	m.gate = g
-	for _, r := range append(m.snap.WindowRanges(), m.snap.DataRanges()...) {
-		if r.End <= r.Start {
-			continue
-		}
-		if err := g.Hook(emu.HookMemReadAfter, r.Start, r.End-1); err != nil {
-			return err
+	return g.HookSpans(emu.HookMemReadAfter, spans(append(m.snap.WindowRanges(), m.snap.DataRanges()...)))
+}
+
+// spans are the non-empty ranges as inclusive hook bounds.
+func spans(ranges []PhysSpan) [][2]uint64 {
+	var out [][2]uint64
+	for _, r := range ranges {
+		if r.End > r.Start {
+			out = append(out, [2]uint64{r.Start, r.End - 1})
 		}
 	}
-	return nil
+	return out
 }
 
 // pending opens the after-read gate while a swapped-in value or a redirected write waits.
@@ -203,10 +206,8 @@ func (m *Machine) WatchAliases(ranges []PhysSpan) error {
 	if m.gate == nil {
 		return errors.New("WatchAliases needs Options.Window")
 	}
-	for _, r := range ranges {
-		if err := m.gate.Hook(emu.HookMemReadAfter, r.Start, r.End-1); err != nil {
-			return err
-		}
+	if len(ranges) == 0 {
+		return nil
 	}
-	return nil
+	return m.gate.HookSpans(emu.HookMemReadAfter, spans(ranges))
 }
