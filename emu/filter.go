@@ -57,53 +57,71 @@ func (f *MemFilter) Hook(types MemHookType, begin, end uint64) error {
 	return f.HookSpans(types, [][2]uint64{{begin, end}})
 }
 
-// HookSpans adds one Unicorn memory hook of the given types for all of the guest-physical ranges
-// [begin, end] in spans, filtered by f: one hook costs every access in the engine less than one
-// per range.
+// HookSpans adds Unicorn memory hooks of the given types for the guest-physical ranges
+// [begin, end] in spans, filtered by f: one hook per cluster of nearby ranges, which costs every
+// access in the engine less than one hook per range, and does not call C for accesses far away.
 func (f *MemFilter) HookSpans(types MemHookType, spans [][2]uint64) error {
-	sp, err := f.e.newSpans(unsafe.Pointer(f.set), spans)
-	if err != nil {
-		return err
-	}
-	return f.e.addCMemHook(types, func(uch *C.uc_hook) C.uc_err {
+	return f.e.hookSpans(types, unsafe.Pointer(f.set), spans, func(uch *C.uc_hook, sp *C.hb_spans) C.uc_err {
 		return C.hb_mem_filtered_add(f.e.uc, uch, C.int(types), sp)
 	})
 }
 
-// newSpans copies spans, sorted and merged, into C memory freed with the engine.
-func (e *Engine) newSpans(target unsafe.Pointer, spans [][2]uint64) (*C.hb_spans, error) {
+// spanGap is the distance between ranges beyond which they get hooks of their own: an access
+// inside a hook's hull but in none of its ranges costs a C call.
+const spanGap = 64 << 20
+
+// hookSpans sorts and merges spans, groups them into clusters, copies each into C memory freed
+// with the engine, and adds a hook for each.
+func (e *Engine) hookSpans(types MemHookType, target unsafe.Pointer, spans [][2]uint64, add func(*C.uc_hook, *C.hb_spans) C.uc_err) error {
 	sorted := slices.Clone(spans)
 	slices.SortFunc(sorted, func(a, b [2]uint64) int { return cmp.Compare(a[0], b[0]) })
-	var merged [][2]uint64
+	var clusters [][][2]uint64
 	for _, r := range sorted {
 		if r[1] < r[0] {
-			return nil, fmt.Errorf("emu: hook range [%#x, %#x] is empty", r[0], r[1])
+			return fmt.Errorf("emu: hook range [%#x, %#x] is empty", r[0], r[1])
 		}
-		if n := len(merged); n > 0 && r[0] <= merged[n-1][1]+1 {
-			merged[n-1][1] = max(merged[n-1][1], r[1])
+		n := len(clusters)
+		if n == 0 {
+			clusters = append(clusters, [][2]uint64{r})
 			continue
 		}
-		merged = append(merged, r)
+		c := clusters[n-1]
+		last := &c[len(c)-1]
+		switch {
+		case r[0] <= last[1]+1:
+			last[1] = max(last[1], r[1])
+		case r[0]-last[1] > spanGap || len(c) == C.HB_MAX_SPANS:
+			clusters = append(clusters, [][2]uint64{r})
+		default:
+			clusters[n-1] = append(c, r)
+		}
 	}
-	if len(merged) == 0 || len(merged) > C.HB_MAX_SPANS {
-		return nil, fmt.Errorf("emu: %d hook ranges, want 1 to %d", len(merged), C.HB_MAX_SPANS)
+	if len(clusters) == 0 {
+		return errors.New("emu: no hook ranges")
 	}
-	e.mu.Lock()
-	defer e.mu.Unlock()
-	if e.closed {
-		return nil, ErrClosed
+	for _, c := range clusters {
+		e.mu.Lock()
+		if e.closed {
+			e.mu.Unlock()
+			return ErrClosed
+		}
+		sp := (*C.hb_spans)(C.calloc(1, C.sizeof_hb_spans))
+		if sp == nil {
+			e.mu.Unlock()
+			return errors.New("emu: hook ranges: out of memory")
+		}
+		e.budgets = append(e.budgets, unsafe.Pointer(sp)) // freed by Close, after uc_close
+		e.mu.Unlock()
+		sp.target = target
+		sp.n = C.uint32_t(len(c))
+		for i, r := range c {
+			sp.lo[i], sp.hi[i] = C.uint64_t(r[0]), C.uint64_t(r[1])
+		}
+		if err := e.addCMemHook(types, func(uch *C.uc_hook) C.uc_err { return add(uch, sp) }); err != nil {
+			return err
+		}
 	}
-	sp := (*C.hb_spans)(C.calloc(1, C.sizeof_hb_spans))
-	if sp == nil {
-		return nil, errors.New("emu: hook ranges: out of memory")
-	}
-	e.budgets = append(e.budgets, unsafe.Pointer(sp)) // freed by Close, after uc_close
-	sp.target = target
-	sp.n = C.uint32_t(len(merged))
-	for i, r := range merged {
-		sp.lo[i], sp.hi[i] = C.uint64_t(r[0]), C.uint64_t(r[1])
-	}
-	return sp, nil
+	return nil
 }
 
 // addCMemHook adds a memory hook whose callback and user data are C's own (add calls the shim):
@@ -176,14 +194,10 @@ func (g *MemGate) Hook(types MemHookType, begin, end uint64) error {
 	return g.HookSpans(types, [][2]uint64{{begin, end}})
 }
 
-// HookSpans adds one Unicorn memory hook of the given types for all of the guest-physical ranges
-// [begin, end] in spans, behind the gate.
+// HookSpans adds Unicorn memory hooks of the given types for the guest-physical ranges
+// [begin, end] in spans, behind the gate (one per cluster of nearby ranges, as MemFilter.HookSpans).
 func (g *MemGate) HookSpans(types MemHookType, spans [][2]uint64) error {
-	sp, err := g.e.newSpans(unsafe.Pointer(g.gate), spans)
-	if err != nil {
-		return err
-	}
-	return g.e.addCMemHook(types, func(uch *C.uc_hook) C.uc_err {
+	return g.e.hookSpans(types, unsafe.Pointer(g.gate), spans, func(uch *C.uc_hook, sp *C.hb_spans) C.uc_err {
 		return C.hb_mem_gated_add(g.e.uc, uch, C.int(types), sp)
 	})
 }

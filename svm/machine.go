@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"os"
 	"time"
+	"unsafe"
 
 	"golang.org/x/arch/x86/x86asm"
 	"golang.org/x/sys/unix"
@@ -403,6 +404,42 @@ func (m *Machine) wrote(pa, n uint64) {
 	if m.wlog != nil {
 		m.wlog.Mark(pa, n)
 	}
+}
+
+// wroteSlice records a write from Go into b, if b is part of RAM.
+func (m *Machine) wroteSlice(b []byte) {
+	if m.wlog == nil || len(b) == 0 || len(m.ram) == 0 {
+		return
+	}
+	start := uintptr(unsafe.Pointer(unsafe.SliceData(m.ram)))
+	at := uintptr(unsafe.Pointer(unsafe.SliceData(b)))
+	if at >= start && at < start+uintptr(len(m.ram)) {
+		m.wlog.Mark(uint64(at-start), uint64(len(b)))
+	}
+}
+
+// Unrestored lists the RAM pages that differ from what Reset puts back: right after Reset, none
+// may (a check for tests; it reads all RAM).
+func (m *Machine) Unrestored() []uint64 {
+	// The overlay's page-table entries are part of that state.
+	entries := map[uint64][]pteWrite{}
+	if m.overlay != nil {
+		for _, w := range m.overlay.pte {
+			entries[w.at&^4095] = append(entries[w.at&^4095], w)
+		}
+	}
+	var pages []uint64
+	want := make([]byte, 4096)
+	for p := uint64(0); p < uint64(len(m.ram)); p += 4096 {
+		copy(want, m.pristine(p))
+		for _, w := range entries[p] {
+			binary.LittleEndian.PutUint64(want[w.at-p:], w.value)
+		}
+		if !bytes.Equal(m.ram[p:p+4096], want) {
+			pages = append(pages, p)
+		}
+	}
+	return pages
 }
 
 // dropWrites puts the snapshot's contents back into every RAM page written since the last reset.

@@ -179,6 +179,7 @@ func (m *Machine) SwapInGuestForWrite(phys uint64, size int) error {
 // FlushWrites completes the redirected writes made since the last flush.
 func (m *Machine) FlushWrites() {
 	for _, w := range m.writes {
+		m.wroteSlice(w.guest) // the guest's copy may be overlaid RAM (struct-page aliases)
 		copy(w.guest, m.ram[w.phys:w.phys+uint64(w.n)])
 		m.wrote(w.phys, uint64(w.n))
 		copy(m.ram[w.phys:], w.svm[:w.n])
