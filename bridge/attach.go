@@ -53,9 +53,13 @@ type Session struct {
 	mode    Mode
 	fast    *svm.Machine   // Fast-Bridge's machine (modes auto and fast)
 	filter  *emu.MemFilter // Fast-Bridge's hook, with the accesses it lets through in C
-	run     fastRun        // the Fast-Bridge operation in progress
-	stats   EngineStats
-	policy  *policy // decides the kernel image's data and window
+	// replay holds the redirect decisions Fast-Bridge replayed, by (instruction, physical
+	// address), until the memo changes: the filter's counterpart for what needs a swap in Go.
+	replay   map[[2]uint64]taint.Decision
+	replayed uint64  // the memo version the filter and replay were filled from
+	run      fastRun // the Fast-Bridge operation in progress
+	stats    EngineStats
+	policy   *policy // decides the kernel image's data and window
 }
 
 // Attach pauses the guest, checks that it runs the snapshot's kernel, and overlays its RAM into a

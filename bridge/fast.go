@@ -100,7 +100,6 @@ func (s *Session) do(op func(m *svm.Machine) error) error {
 		s.stats.FallBacks++
 		start = time.Now()
 		err = s.runSlow(op)
-		s.filter.Clear() // the memo learned: replayed decisions may have changed
 		miss.Latency = time.Since(start)
 		s.stats.SlowTime += miss.Latency
 		s.stats.Events = append(s.stats.Events, *miss)
@@ -115,6 +114,13 @@ func (s *Session) do(op func(m *svm.Machine) error) error {
 func (s *Session) runFast(op func(m *svm.Machine) error) error {
 	if err := s.fast.Reset(); err != nil {
 		return err
+	}
+	if v := s.Memo.Version(); v != s.replayed {
+		// The memo changed (a fall-back learned, or an entry was removed): decisions replayed
+		// from the old one may not hold.
+		s.filter.Clear()
+		clear(s.replay)
+		s.replayed = v
 	}
 	s.run = fastRun{}
 	return op(s.fast)
@@ -144,8 +150,9 @@ func (s *Session) runSlow(op func(m *svm.Machine) error) error {
 // through the overlay, the SVM's own memory — runs natively, without taint.
 func (s *Session) hookFast(m *svm.Machine) error {
 	e := m.Engine()
+	s.replay = map[[2]uint64]taint.Decision{}
 	f, err := e.NewMemFilter(1<<17, func(acc emu.MemAccess, phys uint64, size int, _ int64) {
-		s.resolveFast(m, e, phys, size, acc == emu.MemWrite)
+		s.resolveFast(m, phys, size, acc == emu.MemWrite)
 	})
 	if err != nil {
 		return fmt.Errorf("Fast-Bridge hook: %w", err)
@@ -158,13 +165,19 @@ func (s *Session) hookFast(m *svm.Machine) error {
 }
 
 // resolveFast decides one access from the memo, or aborts the operation as a miss.
-func (s *Session) resolveFast(m *svm.Machine, e *emu.Engine, phys uint64, size int, write bool) {
+func (s *Session) resolveFast(m *svm.Machine, phys uint64, size int, write bool) {
 	if s.run.miss != nil {
 		return // already stopping
 	}
-	pc, err := e.Reg(emu.RIP)
-	if err != nil {
-		m.Stop("read RIP: " + err.Error())
+	pc := s.filter.PC()
+	if pc == 0 {
+		m.Stop("Unicorn gave no instruction address for an access")
+		return
+	}
+	key := [2]uint64{pc, phys}
+	if d, ok := s.replay[key]; ok {
+		s.stats.Hits++
+		s.swap(m, phys, size, write, d)
 		return
 	}
 	syscall := svm.SyscallName(m.CurrentSyscall())
@@ -178,12 +191,13 @@ func (s *Session) resolveFast(m *svm.Machine, e *emu.Engine, phys uint64, size i
 		return
 	}
 	s.stats.Hits++
-	if d == taint.Local {
-		// The same instruction at the same address decides the same way until the memo changes
-		// (a fall-back clears the filter): let it through in C from now on.
-		_ = s.filter.Add(pc, phys)
+	// The same instruction at the same address decides the same way until the memo changes
+	// (runFast then clears both): a local access is let through in C from now on, a redirected one
+	// swapped without asking the memo again.
+	if d != taint.Local || s.filter.Add(pc, phys) != nil {
+		s.replay[key] = d
 	}
-	s.apply(m, phys, size, write, d)
+	s.swap(m, phys, size, write, d)
 }
 
 // guestPointer marks, in a memoized region, an access to a global through a guest-derived pointer

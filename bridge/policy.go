@@ -182,6 +182,13 @@ func (s *Session) decideImage(a *taint.Access) {
 // struct pages, on machine m: a redirected access gets the guest's bytes swapped in for just that
 // access. It returns the region touched (the global's name in the data sections).
 func (s *Session) apply(m *svm.Machine, phys uint64, size int, write bool, d taint.Decision) string {
+	s.swap(m, phys, size, write, d)
+	return s.region(phys)
+}
+
+// swap carries out decision d for an access about to happen: a redirected one is given the
+// guest's bytes (for a write, its result goes to the guest's private copy).
+func (s *Session) swap(m *svm.Machine, phys uint64, size int, write bool, d taint.Decision) {
 	m.FlushWrites()
 	pol := s.policy
 	if al, ok := pol.alias(phys); ok {
@@ -192,21 +199,15 @@ func (s *Session) apply(m *svm.Machine, phys uint64, size int, write bool, d tai
 				m.Stop(err.Error())
 			}
 		}
-		return "struct-pages"
+		return
 	}
-	region := "image-window"
 	if in(pol.data, phys) {
-		name, _, ok := s.Globals.syms.Lookup(pol.virt(phys))
-		if !ok {
-			name = "kernel-data"
-		}
-		region = name
 		s.Counts[d]++
 	} else if d == taint.Redirect {
 		s.Counts[taint.Redirect]++
 	}
 	if d != taint.Redirect {
-		return region
+		return
 	}
 	var err error
 	if write {
@@ -217,7 +218,6 @@ func (s *Session) apply(m *svm.Machine, phys uint64, size int, write bool, d tai
 	if err != nil {
 		m.Stop(err.Error())
 	}
-	return region
 }
 
 // addressRegion names a decision at one physical address of the image window or the aliased

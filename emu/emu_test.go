@@ -710,8 +710,12 @@ func TestMemFilter(t *testing.T) {
 		0x48, 0x8b, 0x0c, 0x25, 0x08, 0x60, 0x00, 0x00, // mov rcx, [0x6008]
 	}
 	var seen []uint64
+	var f *MemFilter
 	f, err := m.e.NewMemFilter(16, func(_ MemAccess, addr uint64, _ int, _ int64) {
 		pc, _ := m.e.Reg(RIP)
+		if f.PC() != pc {
+			t.Errorf("filter says pc %#x, RIP is %#x", f.PC(), pc)
+		}
 		seen = append(seen, pc<<32|addr)
 	})
 	if err != nil {

@@ -150,6 +150,10 @@ func (f *MemFilter) Add(pc, addr uint64) error {
 	return nil
 }
 
+// PC is the instruction address of the access being handed to Go (inside the callback; 0 if
+// Unicorn could not say): the C side read it already.
+func (f *MemFilter) PC() uint64 { return uint64(f.set.last_pc) }
+
 // Clear empties the set: every access reaches Go again.
 func (f *MemFilter) Clear() { C.hb_pcset_clear(f.set) }
 

@@ -286,12 +286,15 @@ static void cb_mem_filtered(uc_engine *uc, uc_mem_type type, uint64_t addr, int 
 	if (!spans_have(sp, addr))
 		return;
 	hb_pcset *s = sp->target;
-	uint64_t pc;
-	if (s->len && uc_reg_read(uc, UC_X86_REG_RIP, &pc) == UC_ERR_OK && pcset_has(s, pc, addr)) {
+	uint64_t pc = 0;
+	if (uc_reg_read(uc, UC_X86_REG_RIP, &pc) != UC_ERR_OK)
+		pc = 0;
+	if (s->len && pc && pcset_has(s, pc, addr)) {
 		s->skipped++;
 		return;
 	}
 	s->passed++;
+	s->last_pc = pc;
 	hbGoMem(s->id, (int)type, addr, size, value);
 }
 

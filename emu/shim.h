@@ -65,6 +65,7 @@ typedef struct hb_pcset {
 	uintptr_t id;     // the Go hook called for pairs not in the set
 	uint64_t skipped; // accesses let through in C
 	uint64_t passed;  // accesses handed to Go
+	uint64_t last_pc; // the instruction of the access being handed to Go
 } hb_pcset;
 
 hb_pcset *hb_pcset_new(uint32_t cap, uintptr_t id);

@@ -161,6 +161,8 @@ type Memo struct {
 	// pending counts misses of instructions not learned yet; Learn moves
 	// them to the new entry. Precondition: mu must be held for writing.
 	pending map[uint64]uint64
+	// version changes whenever an entry is added, changed or removed.
+	version atomic.Uint64
 }
 
 // New returns an empty memo for key.
@@ -211,17 +213,28 @@ func (m *Memo) Learn(pc uint64, o Observation) (Entry, error) {
 			delete(m.pending, pc)
 		}
 		m.entries[pc] = r
+		m.version.Add(1)
 		m.countersLocked(scope{o.View, o.Syscall}).learned.Add(1)
 		return r.entry(pc), nil
 	}
+	before := r.entry(pc)
 	r.decision = Merge(r.decision, o.Decision)
 	r.seen++
 	r.addRegion(o.Region)
 	if len(r.bytes) == 0 && len(o.Bytes) > 0 {
 		r.bytes = slices.Clone(o.Bytes)
 	}
-	return r.entry(pc), nil
+	after := r.entry(pc)
+	if after.Decision != before.Decision || after.Region != before.Region ||
+		len(after.Regions) != len(before.Regions) || after.RegionsCapped != before.RegionsCapped {
+		m.version.Add(1)
+	}
+	return after, nil
 }
+
+// Version changes whenever an entry is added, its decision or regions change, or it is removed:
+// decisions cached from the memo are valid while it stays the same.
+func (m *Memo) Version() uint64 { return m.version.Load() }
 
 // countersLocked returns the counters of s, creating them.
 // Precondition: mu must be held for writing.
@@ -298,6 +311,9 @@ func (m *Memo) Delete(pc uint64) bool {
 	_, ok := m.entries[pc]
 	delete(m.entries, pc)
 	delete(m.pending, pc)
+	if ok {
+		m.version.Add(1)
+	}
 	return ok
 }
 
@@ -339,6 +355,7 @@ func (m *Memo) Clear() {
 	m.entries = make(map[uint64]*record)
 	m.stats = make(map[scope]*counters)
 	m.pending = make(map[uint64]uint64)
+	m.version.Add(1)
 }
 
 // Counters are lookup statistics for a scope.

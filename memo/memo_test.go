@@ -276,3 +276,32 @@ func TestConcurrent(t *testing.T) {
 		t.Errorf("Len = %d, want 499", m.Len())
 	}
 }
+
+// TestVersion: the version moves exactly when what a cached decision rests on changes.
+func TestVersion(t *testing.T) {
+	m := New(testKey)
+	v := m.Version()
+	step := func(what string, changes bool, do func()) {
+		t.Helper()
+		do()
+		if got := m.Version(); (got != v) != changes {
+			t.Errorf("%s: version %d -> %d, want changed=%v", what, v, got, changes)
+		}
+		v = m.Version()
+	}
+	learn := func(d Decision, region string) func() {
+		return func() {
+			if _, err := m.Learn(0x1000, obs(d, region)); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	step("new entry", true, learn(Local, "jiffies"))
+	step("same observation", false, learn(Local, "jiffies"))
+	step("another region", true, learn(Local, "tk_core"))
+	step("decision merged", true, learn(Redirect, "jiffies"))
+	step("lookup", false, func() { m.Lookup(0x1000, "ps", "read") })
+	step("delete of an unknown address", false, func() { m.Delete(0x2000) })
+	step("delete", true, func() { m.Delete(0x1000) })
+	step("clear", true, m.Clear)
+}
