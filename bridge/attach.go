@@ -154,7 +154,8 @@ func AttachMode(ctx context.Context, g *guest.Guest, snap *svm.Snapshot, syms *v
 // mappings, the aliased struct pages watched. The first machine also settles the aliases and the
 // policy.
 func (s *Session) openMachine(slow bool) (*svm.Machine, error) {
-	opts := svm.Options{Symbols: s.Globals.syms, Window: true, ClockTSC: func() uint64 { return s.GuestTSC }}
+	// Every operation starts from a reset machine (do), so files need no closing.
+	opts := svm.Options{Symbols: s.Globals.syms, Window: true, LeaveOpen: true, ClockTSC: func() uint64 { return s.GuestTSC }}
 	if slow {
 		opts.OnReset = s.onReset
 	}

@@ -71,6 +71,10 @@ type Options struct {
 	// Window installs the hooks that undo SwapInGuest over the kernel image's data and freed
 	// pages, for a taint engine that redirects accesses there.
 	Window bool
+	// LeaveOpen: the caller resets the machine before every operation (ReadFile, ReadDir,
+	// ReadRecords), so they leave their file open for the reset to drop. Files opened in one
+	// operation without a reset accumulate.
+	LeaveOpen bool
 	// ClockTSC, if set, is the counter the kernel's TSC clocksource (read_tsc) reads, e.g. a
 	// paused guest's, whose timekeeper a view reads; other RDTSC sites (sched_clock, delays) keep
 	// the SVM's own running counter. Needs Symbols.

@@ -138,6 +138,16 @@ func (m *Machine) CloseFD(fd int) error {
 	return err
 }
 
+// done closes a file the machine has finished reading, unless the machine is reset before each
+// operation (Options.LeaveOpen): then the reset drops the open file with everything else, and
+// the close would only run the kernel's release path for nothing.
+func (m *Machine) done(fd int) error {
+	if m.opts.LeaveOpen {
+		return nil
+	}
+	return m.CloseFD(fd)
+}
+
 // Read reads once from fd into the agent's data area and returns what was read.
 func (m *Machine) Read(fd int, max int) ([]byte, error) {
 	va, size := m.dataBuf()
@@ -186,7 +196,7 @@ func (m *Machine) ReadFile(path string) ([]byte, error) {
 		}
 		out = append(out, chunk...)
 	}
-	return out, m.CloseFD(fd)
+	return out, m.done(fd)
 }
 
 // ReadLink reads a symbolic link of the SVM with an injected readlinkat.
@@ -233,7 +243,7 @@ func (m *Machine) ReadRecords(path string) ([][]byte, error) {
 		}
 		out = append(out, rec)
 	}
-	return out, m.CloseFD(fd)
+	return out, m.done(fd)
 }
 
 // DirEntry is one getdents64 record.
@@ -276,7 +286,7 @@ func (m *Machine) ReadDir(path string) ([]DirEntry, error) {
 		}
 		out = append(out, ents...)
 	}
-	return out, m.CloseFD(fd)
+	return out, m.done(fd)
 }
 
 // parseDirents decodes struct linux_dirent64 records: u64 ino, s64 off, u16 reclen, u8 type,
