@@ -152,16 +152,18 @@ func Open(snap *Snapshot, opts Options) (*Machine, error) {
 }
 
 func (m *Machine) mapRAM() error {
-	f, err := os.Open(m.snap.RAMPath())
+	ram, err := mapSnapshotRAM(m.snap)
 	if err != nil {
 		return err
 	}
-	defer f.Close()
-	ram, err := unix.Mmap(int(f.Fd()), 0, int(m.snap.Layout.RAMSize), unix.PROT_READ|unix.PROT_WRITE, unix.MAP_PRIVATE)
-	if err != nil {
-		return fmt.Errorf("map SVM RAM %s: %w", m.snap.RAMPath(), err)
-	}
 	m.ram = ram
+	f, err := os.Open(m.snap.RAMPath())
+	if err != nil {
+		unix.Munmap(ram)
+		m.ram = nil
+		return err
+	}
+	defer f.Close()
 	if m.base, err = unix.Mmap(int(f.Fd()), 0, len(ram), unix.PROT_READ, unix.MAP_SHARED); err != nil {
 		unix.Munmap(ram)
 		m.ram = nil
@@ -475,34 +477,13 @@ func (m *Machine) stopWith(err error, detail string) {
 // Syscall injects one system call and returns its return value (negative errno on failure, as
 // the kernel returns it). It is refused unless the call is on the allow-list.
 func (m *Machine) Syscall(nr int, args ...uint64) (int64, error) {
-	if !allowed[nr] {
-		return 0, fmt.Errorf("%w: %s (%d)", ErrNotAllowed, SyscallName(nr), nr)
-	}
-	if len(args) > 6 {
-		return 0, fmt.Errorf("%s: %d arguments, at most 6", SyscallName(nr), len(args))
-	}
-	regs := bytes.Clone(m.savedRegs)
-	put := func(off int, v uint64) { binary.LittleEndian.PutUint64(regs[off:], v) }
-	var a [6]uint64
-	copy(a[:], args)
-	put(ptOrigAX, uint64(nr))
-	negENOSYS := int64(-enosys)
-	put(ptAX, uint64(negENOSYS)) // as the entry code sets it
-	put(ptDI, a[0])
-	put(ptSI, a[1])
-	put(ptDX, a[2])
-	put(ptR10, a[3])
-	put(ptR8, a[4])
-	put(ptR9, a[5])
-	if err := m.writeVirt(m.snap.PtRegs, regs); err != nil {
+	if err := checkCall(nr, args); err != nil {
 		return 0, err
 	}
-	var ret [8]byte
-	binary.LittleEndian.PutUint64(ret[:], m.snap.ReturnAddr)
+	if err := placeCall(m.writeVirt, m.snap, m.savedRegs, nr, args); err != nil {
+		return 0, err
+	}
 	rsp := m.snap.CPU.GPR["rsp"]
-	if err := m.writeVirt(rsp, ret[:]); err != nil {
-		return 0, err
-	}
 	e := m.eng
 	if err := errors.Join(
 		e.SetReg(emu.RSP, rsp),
@@ -558,20 +539,7 @@ func (m *Machine) Syscall(nr int, args ...uint64) (int64, error) {
 
 // writeVirt writes into the SVM's memory at a virtual address of the agent's address space.
 func (m *Machine) writeVirt(va uint64, data []byte) error {
-	for len(data) > 0 {
-		pa, size, _, err := m.virt.Walker().Translate(va)
-		if err != nil {
-			return fmt.Errorf("write %#x: %w", va, err)
-		}
-		n := min(uint64(len(data)), size-(va&(size-1)))
-		if pa+n > uint64(len(m.ram)) {
-			return fmt.Errorf("write %#x: physical %#x outside SVM RAM", va, pa)
-		}
-		m.wrote(pa, n)
-		copy(m.ram[pa:pa+n], data[:n])
-		data, va = data[n:], va+n
-	}
-	return nil
+	return writeVirtRAM(m.virt.Walker(), m.ram, va, data, m.wrote)
 }
 
 // ReadVirt reads the SVM's memory at a virtual address of the agent's address space.

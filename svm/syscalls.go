@@ -97,16 +97,7 @@ const (
 	oNONBLOCK = 0o4000
 )
 
-func (m *Machine) putPath(path string) (uint64, error) {
-	if len(path)+1 > pathMax {
-		return 0, fmt.Errorf("path too long (%d bytes)", len(path))
-	}
-	if bytes.IndexByte([]byte(path), 0) >= 0 {
-		return 0, fmt.Errorf("path contains NUL")
-	}
-	va := m.snap.Agent.Buffer + pathArea
-	return va, m.writeVirt(va, append([]byte(path), 0))
-}
+func (m *Machine) putPath(path string) (uint64, error) { return placePath(m.writeVirt, m.snap, path) }
 
 func (m *Machine) dataBuf() (uint64, int) {
 	return m.snap.Agent.Buffer + dataArea, int(m.snap.Agent.Size - dataArea)
@@ -119,24 +110,11 @@ func (m *Machine) Open(path string, flags int) (int, error) {
 	if err != nil {
 		return 0, err
 	}
-	dirfd := int64(atFDCWD)
-	fd, err := m.Syscall(SysOpenat, uint64(dirfd), va, uint64(flags|oCLOEXEC), 0)
-	if err != nil {
-		return 0, err
-	}
-	fd, err = check("openat", path, fd)
-	return int(fd), err
+	return openAt(m, va, path, flags)
 }
 
 // Close closes a descriptor.
-func (m *Machine) CloseFD(fd int) error {
-	ret, err := m.Syscall(SysClose, uint64(fd))
-	if err != nil {
-		return err
-	}
-	_, err = check("close", "", ret)
-	return err
-}
+func (m *Machine) CloseFD(fd int) error { return closeFD(m, fd) }
 
 // done closes a file the machine has finished reading, unless the machine is reset before each
 // operation (Options.LeaveOpen): then the reset drops the open file with everything else, and
@@ -149,19 +127,7 @@ func (m *Machine) done(fd int) error {
 }
 
 // Read reads once from fd into the agent's data area and returns what was read.
-func (m *Machine) Read(fd int, max int) ([]byte, error) {
-	va, size := m.dataBuf()
-	n := min(size, max)
-	ret, err := m.Syscall(SysRead, uint64(fd), va, uint64(n))
-	if err != nil {
-		return nil, err
-	}
-	if _, err := check("read", "", ret); err != nil {
-		return nil, err
-	}
-	out := make([]byte, ret)
-	return out, m.virt.Read(va, out)
-}
+func (m *Machine) Read(fd int, max int) ([]byte, error) { return readAt(m, m.snap, fd, max) }
 
 // Pread reads up to max bytes at offset from fd.
 func (m *Machine) Pread(fd int, max int, offset int64) ([]byte, error) {
@@ -184,17 +150,10 @@ func (m *Machine) ReadFile(path string) ([]byte, error) {
 	if err != nil {
 		return nil, err
 	}
-	var out []byte
-	for {
-		chunk, err := m.Read(fd, 1<<20)
-		if err != nil {
-			m.CloseFD(fd)
-			return nil, fmt.Errorf("read %s: %w", path, err)
-		}
-		if len(chunk) == 0 {
-			break
-		}
-		out = append(out, chunk...)
+	out, err := readAll(m, m.snap, fd, path)
+	if err != nil {
+		m.CloseFD(fd)
+		return nil, err
 	}
 	return out, m.done(fd)
 }

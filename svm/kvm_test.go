@@ -1,0 +1,163 @@
+//go:build linux
+
+package svm
+
+import (
+	"bytes"
+	"encoding/binary"
+	"errors"
+	"testing"
+	"time"
+
+	"hybridbridge/guest"
+	"hybridbridge/vmm"
+)
+
+// openKVM opens the snapshot under KVM, or skips where /dev/kvm cannot be opened.
+func openKVM(t *testing.T) *KVMMachine {
+	t.Helper()
+	if buildErr != nil {
+		t.Fatalf("SVM snapshot build failed: %v", buildErr)
+	}
+	k, err := vmm.OpenKVM()
+	if err != nil {
+		t.Skipf("no KVM here: %v", err)
+	}
+	k.Close()
+	opts := KVMOptions{Timeout: 20 * time.Second}
+	if cache, err := guest.FindCacheDir(); err == nil {
+		// Symbols only name where a failing call stopped.
+		opts.Symbols, _ = vmm.LoadSymbols(cache + "/symbols/" + snap.KernelID + ".kallsyms")
+	}
+	m, err := OpenKVM(snap, opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if err := m.Close(); err != nil {
+			t.Errorf("close: %v", err)
+		}
+	})
+	return m
+}
+
+// TestKVMSyscallMatchesUnicorn: a call injected under KVM returns what the same call returns
+// under Unicorn, and neither writes the snapshot.
+func TestKVMSyscallMatchesUnicorn(t *testing.T) {
+	km := openKVM(t)
+	um := open(t, Options{})
+	before, _, _, err := checksumRAM(snap.RAMPath())
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	start := time.Now()
+	want, err := um.Syscall(SysGetpid)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("getpid under Unicorn: %d in %v", want, time.Since(start))
+	start, exits := time.Now(), km.Stats().Exits
+	got, err := km.Syscall(SysGetpid)
+	if err != nil {
+		t.Fatalf("getpid under KVM: %v (exits %v)", err, km.ExitsByReason())
+	}
+	t.Logf("getpid under KVM: %d in %v, %d exits", got, time.Since(start), km.Stats().Exits-exits)
+	if got != want || int(got) != snap.Agent.PID {
+		t.Fatalf("getpid: KVM %d, Unicorn %d, agent %d", got, want, snap.Agent.PID)
+	}
+
+	start = time.Now()
+	wantData, err := um.ReadFile("/proc/version")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("/proc/version under Unicorn: %v", time.Since(start))
+	calls, exits := km.Stats().Syscalls, km.Stats().Exits
+	start = time.Now()
+	gotData, err := km.ReadFile("/proc/version")
+	if err != nil {
+		t.Fatalf("/proc/version under KVM: %v (exits %v)", err, km.ExitsByReason())
+	}
+	n := km.Stats().Syscalls - calls
+	t.Logf("/proc/version under KVM: %d calls in %v (%v each), %d exits", n, time.Since(start),
+		time.Since(start)/time.Duration(n), km.Stats().Exits-exits)
+	if !bytes.Equal(gotData, wantData) {
+		t.Fatalf("/proc/version\nKVM:     %q\nUnicorn: %q", gotData, wantData)
+	}
+	// Warm: Unicorn's first read includes translating the code it runs.
+	const reps = 5
+	for name, read := range map[string]func(string) ([]byte, error){"Unicorn": um.ReadFile, "KVM": km.ReadFile} {
+		start := time.Now()
+		for i := 0; i < reps; i++ {
+			if data, err := read("/proc/version"); err != nil || !bytes.Equal(data, wantData) {
+				t.Fatalf("%s: /proc/version read %d: %q, %v", name, i+2, data, err)
+			}
+		}
+		t.Logf("/proc/version under %s, warm: %v per read", name, time.Since(start)/reps)
+	}
+	for name, call := range map[string]func(int, ...uint64) (int64, error){"Unicorn": um.Syscall, "KVM": km.Syscall} {
+		start := time.Now()
+		for i := 0; i < 4*reps; i++ {
+			if pid, err := call(SysGetpid); err != nil || pid != want {
+				t.Fatalf("%s: getpid %d: %d, %v", name, i+2, pid, err)
+			}
+		}
+		t.Logf("getpid under %s, warm: %v per call", name, time.Since(start)/(4*reps))
+	}
+	t.Logf("exits by reason: %v; instructions emulated in user space: %d", km.ExitsByReason(), km.Stats().Emulated)
+
+	after, _, _, err := checksumRAM(snap.RAMPath())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if before != after || after != snap.RAMCRC32C {
+		t.Fatalf("snapshot RAM changed: %08x -> %08x (recorded %08x)", before, after, snap.RAMCRC32C)
+	}
+}
+
+// TestKVMBlockedCallResets: a call that sleeps halts in the idle loop, which the machine reports
+// and recovers from with a reset.
+func TestKVMBlockedCallResets(t *testing.T) {
+	m := openKVM(t)
+	ts := make([]byte, 16)
+	binary.LittleEndian.PutUint64(ts, 1)
+	va := snap.Agent.Buffer + 8192
+	if err := m.writeVirt(va, ts); err != nil {
+		t.Fatal(err)
+	}
+	_, err := m.Syscall(SysNanosleep, va, 0)
+	t.Logf("nanosleep: %v", err)
+	var se *StopError
+	if !errors.Is(err, ErrBlocked) || !errors.As(err, &se) {
+		t.Fatalf("nanosleep: %v, want ErrBlocked", err)
+	}
+	if pid, err := m.Syscall(SysGetpid); err != nil || int(pid) != snap.Agent.PID {
+		t.Fatalf("getpid after a blocked call: %d, %v", pid, err)
+	}
+	if st := m.Stats(); st.Resets != 1 {
+		t.Fatalf("stats %+v, want 1 reset", st)
+	}
+}
+
+// TestKVMRunawayCallTimesOut: a call that spins without ever leaving the guest is pulled out by
+// the watchdog within its timeout, and the reset puts the kernel text back.
+func TestKVMRunawayCallTimesOut(t *testing.T) {
+	m := openKVM(t)
+	m.opts.Timeout = 300 * time.Millisecond
+	pa, err := m.Phys(snap.Symbols["do_syscall_64"])
+	if err != nil {
+		t.Fatal(err)
+	}
+	copy(m.ram[pa:], []byte{0xeb, 0xfe}) // jmp . : no exit to user space, ever
+	start := time.Now()
+	_, err = m.Syscall(SysGetpid)
+	took := time.Since(start)
+	t.Logf("spinning getpid: %v after %v", err, took)
+	if !errors.Is(err, ErrBudget) || took > 5*m.opts.Timeout {
+		t.Fatalf("spinning getpid: %v after %v, want ErrBudget after about %v", err, took, m.opts.Timeout)
+	}
+	if pid, err := m.Syscall(SysGetpid); err != nil || int(pid) != snap.Agent.PID {
+		t.Fatalf("getpid after the reset: %d, %v", pid, err)
+	}
+}
