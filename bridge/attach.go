@@ -86,7 +86,18 @@ func AttachMode(ctx context.Context, g *guest.Guest, snap *svm.Snapshot, syms *v
 	if err != nil {
 		return nil, err
 	}
-	if err := g.Pause(ctx); err != nil {
+	// A guest the caller paused stays as it is (its memory may have been hashed); one still
+	// running is paused where its clock is consistent.
+	status, err := g.Status(ctx)
+	if err != nil {
+		return nil, err
+	}
+	if status == "running" {
+		err = PauseSettled(ctx, g, snap, syms)
+	} else {
+		err = clockSettled(g, snap, syms)
+	}
+	if err != nil {
 		return nil, err
 	}
 	s := &Session{g: g, snap: snap, Memo: mem}

@@ -2,6 +2,7 @@ package bridge
 
 import (
 	"context"
+	"encoding/binary"
 	"fmt"
 	"math/rand/v2"
 	"os"
@@ -142,7 +143,7 @@ func compareProcesses(t *testing.T, view, truth []inspect.Process, self int) {
 // test.
 func pauseAndHash(t *testing.T, ctx context.Context) (*vmm.FileView, string) {
 	t.Helper()
-	if err := demo.Pause(ctx); err != nil {
+	if err := PauseSettled(ctx, demo, snap, syms); err != nil {
 		t.Fatal(err)
 	}
 	mem, err := demo.Memory()
@@ -395,4 +396,42 @@ func BenchmarkProcessView(b *testing.B) {
 	b.ReportMetric(insns, "insns/op")
 	b.ReportMetric(float64(s.Counts[taint.Redirect]-counts0[taint.Redirect])/float64(b.N), "redirected/op")
 	b.ReportMetric(insns/per/1e6, "M-insns/s")
+}
+
+// TestPauseSettled: the word PauseSettled watches is the guest's live clock sequence — even at
+// each settled pause, and moving while the guest runs (timer ticks update the clock).
+func TestPauseSettled(t *testing.T) {
+	ctx := need(t)
+	seq := func() uint32 {
+		t.Helper()
+		if err := PauseSettled(ctx, demo, snap, syms); err != nil {
+			t.Fatal(err)
+		}
+		tk, _ := syms.Addr("tk_core")
+		mem, err := demo.Memory()
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer mem.Close()
+		var b [4]byte
+		if err := mem.ReadPhys(snap.Layout.KernelStart+tk-snap.Symbols["_text"], b[:]); err != nil {
+			t.Fatal(err)
+		}
+		return binary.LittleEndian.Uint32(b[:])
+	}
+	first := seq()
+	if err := demo.Resume(ctx); err != nil {
+		t.Fatal(err)
+	}
+	// An idle guest does not tick (no clock updates); a busy one does.
+	res, err := demo.Exec(ctx, "i=0; while [ $i -lt 20000 ]; do i=$((i+1)); done")
+	if err != nil || res.Status != 0 {
+		t.Fatalf("busy loop in the guest: %v %s", err, res.Stderr)
+	}
+	second := seq()
+	defer demo.Resume(ctx)
+	if first%2 != 0 || second%2 != 0 || second == first {
+		t.Fatalf("clock sequence %d, then %d after the guest was busy: want even and moving", first, second)
+	}
+	t.Logf("clock sequence %d -> %d over a busy loop in the guest", first, second)
 }
