@@ -388,7 +388,8 @@ func (m *Machine) Reset() error {
 	if m.overlay != nil {
 		return m.applyOverlay()
 	}
-	// Reloading CR3 flushes Unicorn's TLB, which still maps the dropped pages' old contents.
+	// Reloading the CPU state flushes Unicorn's TLB: translations made through page tables the
+	// calls changed must not outlive the reset that put those tables back.
 	return m.loadCPU()
 }
 
