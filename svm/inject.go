@@ -13,19 +13,34 @@ import (
 
 // What both executors (Machine on Unicorn, KVMMachine on KVM) share of injecting calls.
 
-// mapSnapshotRAM maps ram.img private and writable: an executor runs on the mapping, and the
-// snapshot file is never written.
-func mapSnapshotRAM(snap *Snapshot) ([]byte, error) {
+// mapSnapshotRAM maps ram.img with prot and flags: private and writable for an executor to run
+// on (the snapshot file is never written), or shared and read-only for what a reset copies back.
+func mapSnapshotRAM(snap *Snapshot, prot, flags int) ([]byte, error) {
 	f, err := os.Open(snap.RAMPath())
 	if err != nil {
 		return nil, err
 	}
 	defer f.Close()
-	ram, err := unix.Mmap(int(f.Fd()), 0, int(snap.Layout.RAMSize), unix.PROT_READ|unix.PROT_WRITE, unix.MAP_PRIVATE)
+	ram, err := unix.Mmap(int(f.Fd()), 0, int(snap.Layout.RAMSize), prot, flags)
 	if err != nil {
 		return nil, fmt.Errorf("map SVM RAM %s: %w", snap.RAMPath(), err)
 	}
 	return ram, nil
+}
+
+// agentView is the agent's address space over the SVM's physical memory (the kernel half is every
+// process's), and the agent's pt_regs as captured, which every injected call starts from.
+func agentView(name string, phys vmm.PhysView, snap *Snapshot) (*vmm.VirtView, []byte, error) {
+	w, err := vmm.NewWalker(phys, snap.CPU.CR3, 4)
+	if err != nil {
+		return nil, nil, err
+	}
+	virt := vmm.NewVirtView(name, w)
+	saved := make([]byte, ptSize)
+	if err := virt.Read(snap.PtRegs, saved); err != nil {
+		return nil, nil, fmt.Errorf("snapshot pt_regs: %w", err)
+	}
+	return virt, saved, nil
 }
 
 // writeVirtRAM writes data at virtual address va of the agent's address space (walker w) into

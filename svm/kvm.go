@@ -84,7 +84,7 @@ func OpenKVM(snap *Snapshot, opts KVMOptions) (*KVMMachine, error) {
 // mapRAM maps ram.img privately and finds what the executor needs in it; the mapping outlives
 // the VM, which KVM requires of a memory slot's backing.
 func (m *KVMMachine) mapRAM() error {
-	ram, err := mapSnapshotRAM(m.snap)
+	ram, err := mapSnapshotRAM(m.snap, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_PRIVATE)
 	if err != nil {
 		return err
 	}
@@ -93,15 +93,10 @@ func (m *KVMMachine) mapRAM() error {
 	if err != nil {
 		return err
 	}
-	w, err := vmm.NewWalker(phys, m.snap.CPU.CR3, 4)
-	if err != nil {
+	if m.virt, m.savedRegs, err = agentView("svm-kvm", phys, m.snap); err != nil {
 		return err
 	}
-	m.virt = vmm.NewVirtView("svm-kvm", w)
-	m.savedRegs = make([]byte, ptSize)
-	if err := m.virt.Read(m.snap.PtRegs, m.savedRegs); err != nil {
-		return fmt.Errorf("snapshot pt_regs: %w", err)
-	}
+	w := m.virt.Walker()
 	if m.retPhys, _, _, err = w.Translate(m.snap.ReturnAddr); err != nil {
 		return fmt.Errorf("return address %#x: %w", m.snap.ReturnAddr, err)
 	}

@@ -5,7 +5,6 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
-	"os"
 	"time"
 	"unsafe"
 
@@ -151,31 +150,21 @@ func Open(snap *Snapshot, opts Options) (*Machine, error) {
 	return m, nil
 }
 
-func (m *Machine) mapRAM() error {
-	ram, err := mapSnapshotRAM(m.snap)
-	if err != nil {
+func (m *Machine) mapRAM() (err error) {
+	defer func() {
+		if err != nil {
+			m.unmapRAM()
+		}
+	}()
+	if m.ram, err = mapSnapshotRAM(m.snap, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_PRIVATE); err != nil {
 		return err
 	}
-	m.ram = ram
-	f, err := os.Open(m.snap.RAMPath())
-	if err != nil {
-		unix.Munmap(ram)
-		m.ram = nil
+	if m.base, err = mapSnapshotRAM(m.snap, unix.PROT_READ, unix.MAP_SHARED); err != nil {
 		return err
 	}
-	defer f.Close()
-	if m.base, err = unix.Mmap(int(f.Fd()), 0, len(ram), unix.PROT_READ, unix.MAP_SHARED); err != nil {
-		unix.Munmap(ram)
-		m.ram = nil
-		return fmt.Errorf("map SVM RAM %s: %w", m.snap.RAMPath(), err)
-	}
-	m.written = openWrittenPages(ram)
-	if m.phys, err = vmm.NewBytesView("svm", ram, nil); err != nil {
-		unix.Munmap(ram)
-		m.ram = nil
-		return err
-	}
-	return nil
+	m.written = openWrittenPages(m.ram)
+	m.phys, err = vmm.NewBytesView("svm", m.ram, nil)
+	return err
 }
 
 func (m *Machine) unmapRAM() {
@@ -240,14 +229,9 @@ func (m *Machine) setup() error {
 			return fmt.Errorf("map scratch page %#x: %w", p, err)
 		}
 	}
-	w, err := vmm.NewWalker(m.phys, m.snap.CPU.CR3, 4)
-	if err != nil {
+	var err error
+	if m.virt, m.savedRegs, err = agentView("svm", m.phys, m.snap); err != nil {
 		return err
-	}
-	m.virt = vmm.NewVirtView("svm", w)
-	m.savedRegs = make([]byte, ptSize)
-	if err := m.virt.Read(m.snap.PtRegs, m.savedRegs); err != nil {
-		return fmt.Errorf("snapshot pt_regs: %w", err)
 	}
 	// Every hook exists from the start: Unicorn compiles hook checks into translated code.
 	sym := m.snap.Symbols
