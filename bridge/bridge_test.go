@@ -158,6 +158,25 @@ func pauseAndHash(t *testing.T, ctx context.Context) (*vmm.FileView, string) {
 	return mem, before
 }
 
+// closeUnchanged hashes the guest's memory again and closes the session, which resumes the guest;
+// the test fails if the inspection failed (err) or the guest's memory changed.
+func closeUnchanged(t *testing.T, ctx context.Context, s *Session, mem *vmm.FileView, before string, err error) {
+	t.Helper()
+	after, herr := vmm.Hash(ctx, mem)
+	if cerr := s.Close(ctx); cerr != nil {
+		t.Error(cerr)
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	if herr != nil {
+		t.Fatal(herr)
+	}
+	if before != after {
+		t.Fatalf("guest memory changed during inspection: %s -> %s", before, after)
+	}
+}
+
 // pausedSession pauses the demo guest, hashes its memory and attaches to it: hashing again before
 // the session closes (and resumes the guest) proves inspection wrote nothing.
 func pausedSession(t *testing.T, ctx context.Context) (*Session, *vmm.FileView, string) {
@@ -178,19 +197,7 @@ func TestProcessViewMatchesGuest(t *testing.T) {
 	view, err := inspect.ListProcesses(s)
 	elapsed := time.Since(start)
 	st := s.Machine.Stats()
-	after, herr := vmm.Hash(ctx, mem)
-	if cerr := s.Close(ctx); cerr != nil {
-		t.Error(cerr)
-	}
-	if err != nil {
-		t.Fatal(err)
-	}
-	if herr != nil {
-		t.Fatal(herr)
-	}
-	if before != after {
-		t.Fatalf("guest memory changed during inspection: %s -> %s", before, after)
-	}
+	closeUnchanged(t, ctx, s, mem, before, err)
 	compareProcesses(t, view, truth, self)
 	names := map[string]bool{}
 	for _, p := range view {
@@ -338,16 +345,7 @@ func TestGuestNeverWritten(t *testing.T) {
 			t.Fatalf("view %d differs from the first of the same paused guest", i)
 		}
 	}
-	after, herr := vmm.Hash(ctx, mem)
-	if err := s.Close(ctx); err != nil {
-		t.Error(err)
-	}
-	if herr != nil {
-		t.Fatal(herr)
-	}
-	if before != after {
-		t.Fatalf("guest memory changed over 100 views: %s -> %s", before, after)
-	}
+	closeUnchanged(t, ctx, s, mem, before, nil)
 	t.Logf("100 views of %d processes, guest memory %s unchanged", len(first), before[:16])
 }
 

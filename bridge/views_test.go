@@ -13,7 +13,6 @@ import (
 
 	"hybridbridge/guest"
 	"hybridbridge/inspect"
-	"hybridbridge/vmm"
 )
 
 // viewFiles are the files the everyday views read, captured inside the guest in one pass for
@@ -247,20 +246,8 @@ func TestViewsMatchGuest(t *testing.T) {
 		gotLog, err = inspect.ReadKernelLog(s)
 	}
 	elapsed := time.Since(start)
-	after, herr := vmm.Hash(ctx, mem)
 	unknown := s.Globals.Unknown()
-	if cerr := s.Close(ctx); cerr != nil {
-		t.Error(cerr)
-	}
-	if err != nil {
-		t.Fatal(err)
-	}
-	if herr != nil {
-		t.Fatal(herr)
-	}
-	if before != after {
-		t.Fatalf("guest memory changed during inspection: %s -> %s", before, after)
-	}
+	closeUnchanged(t, ctx, s, mem, before, err)
 	compareViews(t, got, want, gotLog, wantLog)
 	mods := map[string]bool{}
 	for _, m := range got.Modules {
@@ -356,17 +343,8 @@ func TestViewsRandomWorkload(t *testing.T) {
 	if err == nil {
 		gotLog, err = inspect.ReadKernelLog(s)
 	}
-	after, herr := vmm.Hash(ctx, mem)
 	unknown := s.Globals.Unknown()
-	if cerr := s.Close(ctx); cerr != nil {
-		t.Error(cerr)
-	}
-	if err != nil {
-		t.Fatal(err)
-	}
-	if herr != nil || before != after {
-		t.Fatalf("guest memory changed during inspection (%v): %s -> %s", herr, before, after)
-	}
+	closeUnchanged(t, ctx, s, mem, before, err)
 	compareViews(t, got, want, gotLog, wantLog)
 	var names []string
 	for _, m := range got.Modules {
