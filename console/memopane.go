@@ -2,6 +2,7 @@ package console
 
 import (
 	"fmt"
+	"maps"
 	"slices"
 	"strings"
 
@@ -84,7 +85,7 @@ func (p *memoPane) view(s *Styles) string {
 	fmt.Fprintf(&b, "%s %d memoized instructions", s.Value.Render("memo:"), m.Entries)
 	if len(m.Decisions) > 0 {
 		var parts []string
-		for _, d := range sortedKeys(m.Decisions) {
+		for _, d := range slices.Sorted(maps.Keys(m.Decisions)) {
 			parts = append(parts, fmt.Sprintf("%s %d", d, m.Decisions[d]))
 		}
 		b.WriteString(" (" + strings.Join(parts, ", ") + ")")
@@ -147,15 +148,6 @@ func clip(s string, n int) string {
 		return s
 	}
 	return string(r[:n-1]) + "…"
-}
-
-func sortedKeys[V any](m map[string]V) []string {
-	ks := make([]string, 0, len(m))
-	for k := range m {
-		ks = append(ks, k)
-	}
-	slices.Sort(ks)
-	return ks
 }
 
 // eventDetails is the detail view of a fall-back: the instruction in its neighbourhood,

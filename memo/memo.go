@@ -3,8 +3,8 @@ package memo
 import (
 	"errors"
 	"fmt"
+	"maps"
 	"slices"
-	"sort"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -462,23 +462,14 @@ func FormatStats(s Stats) string {
 	fmt.Fprintf(&b, "memo for %v: %d entries (local %d, redirect %d, both %d, unknown %d)\n",
 		s.Key, s.Entries, s.Decisions.Local, s.Decisions.Redirect, s.Decisions.Both, s.Decisions.Unknown)
 	line("", "total", s.Total, "")
-	for _, vn := range sortedKeys(s.Views) {
+	for _, vn := range slices.Sorted(maps.Keys(s.Views)) {
 		v := s.Views[vn]
 		line("  ", orDash(vn), v.Counters, fmt.Sprintf("  entries %d", v.Entries))
-		for _, sn := range sortedKeys(v.Syscalls) {
+		for _, sn := range slices.Sorted(maps.Keys(v.Syscalls)) {
 			line("    ", orDash(sn), v.Syscalls[sn], "")
 		}
 	}
 	return b.String()
-}
-
-func sortedKeys[V any](m map[string]V) []string {
-	ks := make([]string, 0, len(m))
-	for k := range m {
-		ks = append(ks, k)
-	}
-	sort.Strings(ks)
-	return ks
 }
 
 func orDash(s string) string {
