@@ -16,197 +16,313 @@ import (
 	"hybridbridge/vmm"
 )
 
-// KVMOptions configure a KVMMachine.
+// KVMOptions make a Machine run its system calls under KVM instead of Unicorn (Options.KVM).
+// The machine's RAM, overlay, grafts and resets are the same; instead of memory hooks it has
+// intercepted ranges (Intercept), which KVM leaves without memory so that every access there
+// exits to user space.
 type KVMOptions struct {
 	// Timeout bounds one system call's wall-clock time (default 10 s). KVM runs the guest until
 	// it exits, and a kernel spinning with interrupts off may never exit on its own.
 	Timeout time.Duration
-	// MaxExits bounds one system call's exits to user space (default 100000): a call that
+	// MaxExits bounds one system call's exits to user space (default 1 000 000): a call that
 	// keeps exiting (port I/O from a console flood) is as stuck as one that spins.
 	MaxExits int
-	// Symbols, if set, renders stop addresses as symbol+offset.
-	Symbols *vmm.Symbols
 }
 
-// KVMStats are a KVMMachine's counters since it was opened.
-type KVMStats struct {
-	Syscalls int
-	Exits    int           // exits to user space, over all calls
-	Elapsed  time.Duration // time inside KVM_RUN loops, over all calls
-	Resets   int
-	Emulated int // instructions KVM could not emulate, carried out in user space
+// ErrUnsupported: KVM met an instruction it cannot carry out on this machine (a paravirtual KVM
+// emulates the guest and lacks some instructions); Unicorn runs the same call.
+var ErrUnsupported = errors.New("KVM cannot run an instruction")
+
+// kvmCPU is a Machine's KVM virtual machine: one vCPU loaded with the captured state, no
+// interrupt controller, the machine's RAM as memory slots except the intercepted ranges.
+type kvmCPU struct {
+	opts    KVMOptions
+	k       *vmm.KVM
+	vm      *vmm.VM
+	cpu     *vmm.VCPU
+	retPhys uint64    // physical address of Snapshot.ReturnAddr, where the halt is planted
+	halts   []kvmHalt // the other planted halts
+	// holes are the page-aligned intercepted ranges without memory slots; ranges are the
+	// intercepted bytes, which trap decides; the rest of a hole's pages are the SVM's.
+	holes, ranges []PhysSpan
+	kept          []PhysSpan // pages of the ranges the CPU itself reads: mapped, not intercepted
+	trap          func(*Trapped) error
+	slotted       bool // the memory slots exist: the holes are fixed
 }
 
-// KVMMachine is the SVM snapshot loaded into a KVM virtual machine with one vCPU and no
-// interrupt controller. Its RAM is a private copy-on-write mapping of the snapshot file: the
-// snapshot is never written. A KVMMachine is not safe for concurrent use.
-type KVMMachine struct {
-	snap      *Snapshot
-	opts      KVMOptions
-	ram       []byte // MAP_PRIVATE mapping of ram.img, the VM's only memory slot
-	virt      *vmm.VirtView
-	savedRegs []byte // the agent's pt_regs as captured
-	retPhys   uint64 // physical address of Snapshot.ReturnAddr, where the halt is planted
-	stops     []kvmStop
-
-	k   *vmm.KVM
-	vm  *vmm.VM
-	cpu *vmm.VCPU
-
-	stats KVMStats
+// kvmHalt is a kernel address where a planted halt stops the vCPU, and what it means: a call
+// ends (err), or an RDTSC/RDTSCP of the kernel's clocksource is answered (tsc: its length).
+type kvmHalt struct {
+	name string
+	addr uint64
+	phys uint64
+	err  error
+	tsc  uint64
+	aux  bool // RDTSCP: also sets RCX
 }
 
 // hltOpcode ends every call: the halt exits to user space because the VM has no interrupt
 // controller, which needs no breakpoint support from KVM (a paravirtual KVM reports int3 as an
 // emulation failure, not a debug exit).
-const hltOpcode = 0xf4
+const (
+	hltOpcode = 0xf4
+	nopOpcode = 0x90
+)
 
-// OpenKVM loads a snapshot into a new KVM virtual machine.
-func OpenKVM(snap *Snapshot, opts KVMOptions) (*KVMMachine, error) {
-	if opts.Timeout == 0 {
-		opts.Timeout = 10 * time.Second
-	}
-	if opts.MaxExits == 0 {
-		opts.MaxExits = 100_000
-	}
-	m := &KVMMachine{snap: snap, opts: opts}
-	if err := m.mapRAM(); err != nil {
-		m.Close()
-		return nil, err
-	}
-	if err := m.setup(); err != nil {
-		m.Close()
-		return nil, fmt.Errorf("SVM under KVM: %w", err)
-	}
-	return m, nil
+// Trapped is an access to an intercepted range, stopped before it completes. The handler fills
+// a read's Data or stores a write's.
+type Trapped struct {
+	Phys  uint64
+	Write bool
+	Data  []byte
+	// PC is the instruction of a read. KVM reports a write after the instruction completed, with
+	// RIP past it: PCs are then the instructions that can end there and write memory (decoding
+	// backwards is ambiguous; at most one of them is real code).
+	PC  uint64
+	PCs []uint64
 }
 
-// mapRAM maps ram.img privately and finds what the executor needs in it; the mapping outlives
-// the VM, which KVM requires of a memory slot's backing.
-func (m *KVMMachine) mapRAM() error {
-	ram, err := mapSnapshotRAM(m.snap, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_PRIVATE)
+// openKVM makes the machine's executor a KVM virtual machine. The memory slots are added at the
+// first call, once the overlay and the intercepted ranges are known.
+func (m *Machine) openKVM() error {
+	o := *m.opts.KVM
+	if o.Timeout == 0 {
+		o.Timeout = 10 * time.Second
+	}
+	if o.MaxExits == 0 {
+		o.MaxExits = 1_000_000
+	}
+	c := &kvmCPU{opts: o}
+	m.kvm = c
+	var err error
+	if m.virt, m.savedRegs, err = agentView("svm", m.phys, m.snap); err != nil {
+		return err
+	}
+	if err := m.findHalts(); err != nil {
+		return err
+	}
+	if c.k, err = vmm.OpenKVM(); err != nil {
+		return err
+	}
+	if c.vm, err = c.k.NewVM(); err != nil {
+		return err
+	}
+	if c.cpu, err = c.vm.NewVCPU(); err != nil {
+		return err
+	}
+	id, err := c.k.SupportedCPUID()
 	if err != nil {
 		return err
 	}
-	m.ram = ram
-	phys, err := vmm.NewBytesView("svm-kvm", ram, nil)
-	if err != nil {
+	if err := c.cpu.SetCPUID(id); err != nil {
 		return err
 	}
-	if m.virt, m.savedRegs, err = agentView("svm-kvm", phys, m.snap); err != nil {
-		return err
+	m.tscBase = time.Now()
+	if err := m.loadCPU(); err != nil {
+		return fmt.Errorf("SVM under KVM: %w", err)
 	}
-	w := m.virt.Walker()
-	if m.retPhys, _, _, err = w.Translate(m.snap.ReturnAddr); err != nil {
-		return fmt.Errorf("return address %#x: %w", m.snap.ReturnAddr, err)
-	}
-	if m.retPhys >= uint64(len(ram)) {
-		return fmt.Errorf("return address %#x at physical %#x, outside SVM RAM", m.snap.ReturnAddr, m.retPhys)
-	}
-	if err := m.findStops(w); err != nil {
-		return err
-	}
-	m.plantHalts()
 	return nil
 }
 
-// plantHalts writes the halts that end a call into the private copy of the kernel text: at the
-// return address, and at the entries where the Unicorn machine stops a call (a context switch
-// or the idle loop: nothing else runs in the SVM, so a call that sleeps never wakes; an oops).
-func (m *KVMMachine) plantHalts() {
-	m.ram[m.retPhys] = hltOpcode
-	for _, s := range m.stops {
-		m.ram[s.phys] = hltOpcode
+// findHalts translates where halts are planted: the return address; the entries where the
+// Unicorn machine stops a call (a context switch or the idle loop: nothing else runs in the SVM,
+// so a call that sleeps never wakes; an oops); with Options.ClockTSC, the clocksource's RDTSCs.
+func (m *Machine) findHalts() error {
+	c, w := m.kvm, m.virt.Walker()
+	var err error
+	if c.retPhys, _, _, err = w.Translate(m.snap.ReturnAddr); err != nil || c.retPhys >= uint64(len(m.ram)) {
+		return fmt.Errorf("return address %#x: not in SVM RAM (%v)", m.snap.ReturnAddr, err)
 	}
-}
-
-// kvmStop is a kernel entry where a call is stopped, and why.
-type kvmStop struct {
-	name string
-	addr uint64
-	phys uint64
-	err  error
-}
-
-// findStops translates the stop entries the snapshot names; oops_begin and panic may be absent.
-func (m *KVMMachine) findStops(w *vmm.Walker) error {
-	for _, s := range []kvmStop{
+	halts := []kvmHalt{
 		{name: "__switch_to_asm", err: ErrBlocked}, {name: "default_idle", err: ErrBlocked},
 		{name: "oops_begin", err: ErrFault}, {name: "panic", err: ErrFault},
-	} {
-		if s.addr = m.snap.Symbols[s.name]; s.addr == 0 {
+	}
+	for i := range halts {
+		halts[i].addr = m.snap.Symbols[halts[i].name] // oops_begin and panic may be absent
+	}
+	if m.opts.ClockTSC != nil {
+		if m.opts.Symbols == nil {
+			return errors.New("Options.ClockTSC needs Options.Symbols")
+		}
+		insn := make([]byte, 3)
+		for _, addr := range m.snap.TSCSites {
+			if fn, _, _ := m.opts.Symbols.Lookup(addr); fn != "read_tsc" {
+				continue // other sites read the vCPU's own counter, which continues the SVM's
+			}
+			if err := m.virt.Read(addr, insn); err != nil {
+				return fmt.Errorf("RDTSC site %#x: %w", addr, err)
+			}
+			h := kvmHalt{name: "read_tsc", addr: addr}
+			switch {
+			case insn[0] == 0x0f && insn[1] == 0x31:
+				h.tsc = 2
+			case insn[0] == 0x0f && insn[1] == 0x01 && insn[2] == 0xf9:
+				h.tsc, h.aux = 3, true
+			default:
+				return fmt.Errorf("RDTSC site %#x holds % x: snapshot does not match its kernel text", addr, insn)
+			}
+			halts = append(halts, h)
+		}
+	}
+	for _, h := range halts {
+		if h.addr == 0 {
 			continue
 		}
-		pa, _, _, err := w.Translate(s.addr)
+		pa, _, _, err := w.Translate(h.addr)
 		if err != nil || pa >= uint64(len(m.ram)) {
-			return fmt.Errorf("%s at %#x: not in SVM RAM (%v)", s.name, s.addr, err)
+			return fmt.Errorf("%s at %#x: not in SVM RAM (%v)", h.name, h.addr, err)
 		}
-		s.phys = pa
-		m.stops = append(m.stops, s)
+		h.phys = pa
+		c.halts = append(c.halts, h)
 	}
 	return nil
 }
 
-func (m *KVMMachine) setup() error {
-	k, err := vmm.OpenKVM()
-	if err != nil {
-		return err
+// plantHalts writes the halts into the private copy of the kernel text; a reset drops them with
+// every other write. An RDTSC's remaining bytes become NOPs.
+func (m *Machine) plantHalts() {
+	c := m.kvm
+	m.ram[c.retPhys] = hltOpcode
+	for _, h := range c.halts {
+		m.ram[h.phys] = hltOpcode
+		for i := uint64(1); i < h.tsc; i++ {
+			m.ram[h.phys+i] = nopOpcode
+		}
 	}
-	m.k = k
-	if m.vm, err = k.NewVM(); err != nil {
-		return err
-	}
-	if err := m.vm.AddMemory(0, m.ram, false); err != nil {
-		return err
-	}
-	if m.cpu, err = m.vm.NewVCPU(); err != nil {
-		return err
-	}
-	id, err := k.SupportedCPUID()
-	if err != nil {
-		return err
-	}
-	if err := m.cpu.SetCPUID(id); err != nil {
-		return err
-	}
-	return m.loadCPU()
 }
 
-// Close releases the VM, /dev/kvm and the RAM mapping, in that order: the VM's memory slot
-// points into the mapping until the VM is gone.
-func (m *KVMMachine) Close() error {
-	var errs []error
-	if m.vm != nil {
-		errs = append(errs, m.vm.Destroy())
-		m.vm, m.cpu = nil, nil
+// Intercept makes the physical ranges absent from the VM: every access there exits, and trap
+// carries it out (a read's answer or a write's target), or stops the call by returning an error.
+// Pages of the ranges that the CPU reads by itself (page tables, descriptor tables, the TSS)
+// cannot be absent: they stay mapped, unintercepted, and are returned. Call it before the first
+// system call.
+func (m *Machine) Intercept(ranges []PhysSpan, trap func(*Trapped) error) (kept []PhysSpan, err error) {
+	c := m.kvm
+	switch {
+	case c == nil:
+		return nil, errors.New("Intercept needs a machine on KVM (Options.KVM)")
+	case c.slotted:
+		return nil, errors.New("Intercept after the first system call")
 	}
-	if m.k != nil {
-		errs = append(errs, m.k.Close())
-		m.k = nil
+	cpuPages, err := m.cpuPages()
+	if err != nil {
+		return nil, err
 	}
-	if m.ram != nil {
-		errs = append(errs, unix.Munmap(m.ram))
-		m.ram = nil
+	var pages []PhysSpan
+	for _, r := range ranges {
+		if r.End > r.Start {
+			pages = append(pages, PhysSpan{r.Start &^ 4095, (r.End + 4095) &^ 4095})
+			c.ranges = append(c.ranges, r)
+		}
 	}
-	return errors.Join(errs...)
+	c.holes, c.kept = subtractPages(mergeSpans(pages), cpuPages)
+	c.trap = trap
+	return c.kept, nil
 }
 
-// Snapshot returns the snapshot the machine runs.
-func (m *KVMMachine) Snapshot() *Snapshot { return m.snap }
-
-// Stats returns the counters.
-func (m *KVMMachine) Stats() KVMStats { return m.stats }
-
-// ExitsByReason counts the vCPU's exits to user space by reason, since the machine was opened.
-func (m *KVMMachine) ExitsByReason() map[string]int {
-	out := map[string]int{}
-	if m.cpu == nil {
-		return out // closed
+// cpuPages are the physical pages the CPU reads without an instruction asking: every page-table
+// page reachable from CR3 (after the overlay's and grafts' entries), and the pages of the IDT,
+// GDT and TSS. KVM cannot walk tables or deliver an event through memory without a slot.
+func (m *Machine) cpuPages() (map[uint64]bool, error) {
+	pages := map[uint64]bool{}
+	var walk func(table uint64, level int) error
+	walk = func(table uint64, level int) error {
+		if pages[table] {
+			return nil
+		}
+		if table+4096 > uint64(len(m.ram)) {
+			return fmt.Errorf("page table at %#x outside SVM RAM", table)
+		}
+		pages[table] = true
+		if level == 1 {
+			return nil
+		}
+		for i := uint64(0); i < 512; i++ {
+			e := m.readPhys64(table + i*8)
+			if e&ptePresent == 0 || (level <= 3 && e&ptePS != 0) {
+				continue
+			}
+			next := e & pteAddr
+			if next+4096 > uint64(len(m.ram)) {
+				continue // a grafted guest table beyond SVM RAM is nobody's hole
+			}
+			if err := walk(next, level-1); err != nil {
+				return err
+			}
+		}
+		return nil
 	}
-	for r, n := range m.cpu.Exits {
-		out[r.String()] = n
+	if err := walk(m.snap.CPU.CR3&pteAddr, 4); err != nil {
+		return nil, err
 	}
-	return out
+	c := m.snap.CPU
+	for _, t := range []struct{ base, limit uint64 }{{c.IDT.Base, uint64(c.IDT.Limit)}, {c.GDT.Base, uint64(c.GDT.Limit)}, {c.TR.Base, uint64(c.TR.Limit)}} {
+		for va := t.base &^ 4095; va <= t.base+t.limit; va += 4096 {
+			if pa, err := m.Phys(va); err == nil {
+				pages[pa&^4095] = true
+			}
+		}
+	}
+	return pages, nil
+}
+
+// mergeSpans sorts spans and joins those that touch.
+func mergeSpans(spans []PhysSpan) []PhysSpan {
+	out := append([]PhysSpan(nil), spans...)
+	for i := 1; i < len(out); i++ {
+		for j := i; j > 0 && out[j].Start < out[j-1].Start; j-- {
+			out[j], out[j-1] = out[j-1], out[j]
+		}
+	}
+	var merged []PhysSpan
+	for _, s := range out {
+		if n := len(merged); n > 0 && s.Start <= merged[n-1].End {
+			merged[n-1].End = max(merged[n-1].End, s.End)
+			continue
+		}
+		merged = append(merged, s)
+	}
+	return merged
+}
+
+// subtractPages removes the given pages from page-aligned spans, returning what is left and the
+// removed pages that were inside them.
+func subtractPages(spans []PhysSpan, pages map[uint64]bool) (left, removed []PhysSpan) {
+	for _, s := range spans {
+		start := s.Start
+		for p := s.Start; p < s.End; p += 4096 {
+			if !pages[p] {
+				continue
+			}
+			if p > start {
+				left = append(left, PhysSpan{start, p})
+			}
+			removed = append(removed, PhysSpan{p, p + 4096})
+			start = p + 4096
+		}
+		if start < s.End {
+			left = append(left, PhysSpan{start, s.End})
+		}
+	}
+	return left, mergeSpans(removed)
+}
+
+// addSlots gives the VM the machine's RAM, without the holes, as memory slots. The slots point
+// into the machine's mapping: the overlay's guest pages and every reset's dropped pages are
+// followed by KVM through its MMU notifiers.
+func (m *Machine) addSlots() error {
+	c := m.kvm
+	start := uint64(0)
+	for _, h := range append(append([]PhysSpan(nil), c.holes...), PhysSpan{uint64(len(m.ram)), uint64(len(m.ram))}) {
+		if h.Start > start {
+			if err := c.vm.AddMemory(start, m.ram[start:h.Start], false); err != nil {
+				return err
+			}
+		}
+		start = h.End
+	}
+	c.slotted = true
+	return nil
 }
 
 // kvmSegment converts a segment as QEMU reports it (its descriptor-cache flags: the high dword
@@ -226,11 +342,14 @@ func kvmSegment(s Segment) kvm.Segment {
 // before LTR marked it busy; VM entry requires the busy type.
 const tssBusy = 0xb
 
-// loadCPU puts the captured CPU state into the vCPU: special registers, then MSRs, then the
-// general registers (the order KVM validates them in: EFER and CR4 before what depends on them).
-func (m *KVMMachine) loadCPU() error {
+// kvmLoadCPU plants the halts and puts the captured CPU state into the vCPU: special registers,
+// then MSRs, then the general registers (the order KVM validates them in: EFER and CR4 before
+// what depends on them).
+func (m *Machine) kvmLoadCPU() error {
+	m.plantHalts()
+	cpu := m.kvm.cpu
 	c := m.snap.CPU
-	s, err := m.cpu.Sregs()
+	s, err := cpu.Sregs()
 	if err != nil {
 		return err
 	}
@@ -242,22 +361,27 @@ func (m *KVMMachine) loadCPU() error {
 	s.GDT = kvm.Descriptor{Base: c.GDT.Base, Limit: uint16(c.GDT.Limit)}
 	s.IDT = kvm.Descriptor{Base: c.IDT.Base, Limit: uint16(c.IDT.Limit)}
 	s.CR0, s.CR2, s.CR3, s.CR4, s.EFER = c.CR0, c.CR2, c.CR3, c.CR4, c.EFER
-	if err := m.cpu.SetSregs(s); err != nil {
+	if err := cpu.SetSregs(s); err != nil {
 		return fmt.Errorf("load CR0 %#x CR4 %#x EFER %#x: %w", c.CR0, c.CR4, c.EFER, err)
 	}
-	// The TSC continues from the capture, so the kernel's clock does not jump back to the
-	// vCPU's zero.
-	if err := m.cpu.SetMSRs(map[uint32]uint64{
+	// The TSC continues the SVM's clock from the capture, as on the Unicorn machine.
+	if err := cpu.SetMSRs(map[uint32]uint64{
 		uint32(kvm.MSRKERNELGSBASE): c.KernelGSBase,
-		uint32(kvm.MSRIA32TSC):      m.snap.TSC,
+		uint32(kvm.MSRIA32TSC):      m.svmTSC(),
 	}); err != nil {
 		return err
 	}
-	return m.cpu.SetRegs(m.capturedRegs())
+	return cpu.SetRegs(m.capturedRegs())
+}
+
+// svmTSC is the SVM's own counter: the snapshot's TSC plus the time since the machine opened, at
+// the captured rate.
+func (m *Machine) svmTSC() uint64 {
+	return m.snap.TSC + uint64(time.Since(m.tscBase).Nanoseconds())*m.snap.TSCKHz/1e6
 }
 
 // capturedRegs are the general registers as captured.
-func (m *KVMMachine) capturedRegs() *kvm.Regs {
+func (m *Machine) capturedRegs() *kvm.Regs {
 	g := m.snap.CPU.GPR
 	return &kvm.Regs{
 		RAX: g["rax"], RBX: g["rbx"], RCX: g["rcx"], RDX: g["rdx"], RSI: g["rsi"], RDI: g["rdi"],
@@ -267,30 +391,34 @@ func (m *KVMMachine) capturedRegs() *kvm.Regs {
 	}
 }
 
-// Reset drops every change the calls made to memory and reloads the captured CPU state. KVM
-// follows the dropped pages through its MMU notifiers, so the VM sees the snapshot again.
-func (m *KVMMachine) Reset() error {
-	if err := unix.Madvise(m.ram, unix.MADV_DONTNEED); err != nil {
-		return fmt.Errorf("reset SVM RAM: %w", err)
+// kvmSyscall runs the call placed in the agent's pt_regs: the vCPU starts at do_syscall_64(regs,
+// nr), as the entry code would, with every other register as captured (a call then does not
+// depend on what the previous one left), and ends at the halt on the return address.
+func (m *Machine) kvmSyscall(nr int) (int64, error) {
+	c := m.kvm
+	if !c.slotted {
+		if err := m.addSlots(); err != nil {
+			return 0, fmt.Errorf("%s: %w", SyscallName(nr), err)
+		}
 	}
-	m.plantHalts()
-	m.stats.Resets++
-	return m.loadCPU()
-}
-
-// Syscall injects one system call and returns its return value (negative errno on failure, as
-// the kernel returns it). It is refused unless the call is on the allow-list. A call that stops
-// anywhere but its return leaves the kernel midway (locks held), so the machine resets itself
-// before reporting it.
-func (m *KVMMachine) Syscall(nr int, args ...uint64) (int64, error) {
-	if err := checkCall(nr, args); err != nil {
-		return 0, err
+	r := m.capturedRegs()
+	r.RSP, r.RDI, r.RSI = m.snap.CPU.GPR["rsp"], m.snap.PtRegs, uint64(nr)
+	r.RIP = m.snap.Symbols["do_syscall_64"]
+	if err := c.cpu.SetRegs(r); err != nil {
+		return 0, fmt.Errorf("%s: KVM_SET_REGS: %w", SyscallName(nr), err)
 	}
-	if err := m.prepare(nr, args); err != nil {
-		return 0, fmt.Errorf("%s: %w", SyscallName(nr), err)
-	}
+	m.curNR = nr
 	m.stats.Syscalls++
-	if err := m.run(nr); err != nil {
+	if err := m.kvmRun(nr); err != nil {
+		var se *StopError
+		if errors.As(err, &se) {
+			if errors.Is(err, ErrBlocked) {
+				m.stats.Blocked++
+			} else if errors.Is(err, ErrBudget) {
+				m.stats.OverBudget++
+			}
+		}
+		// A call stopped midway leaves the kernel with locks held.
 		if rerr := m.Reset(); rerr != nil {
 			return 0, errors.Join(err, rerr)
 		}
@@ -303,40 +431,23 @@ func (m *KVMMachine) Syscall(nr int, args ...uint64) (int64, error) {
 	return int64(ax), nil
 }
 
-// prepare writes the call into the agent's pt_regs and the return address on the kernel stack,
-// and points the vCPU at do_syscall_64(regs, nr), as the entry code would have.
-func (m *KVMMachine) prepare(nr int, args []uint64) error {
-	if err := placeCall(m.writeVirt, m.snap, m.savedRegs, nr, args); err != nil {
-		return err
-	}
-	rsp := m.snap.CPU.GPR["rsp"]
-	// Every general register from the capture, not only the arguments: a call then does not
-	// depend on what the previous one left in the vCPU.
-	r := m.capturedRegs()
-	r.RSP, r.RDI, r.RSI = rsp, m.snap.PtRegs, uint64(nr)
-	r.RIP = m.snap.Symbols["do_syscall_64"]
-	if err := m.cpu.SetRegs(r); err != nil {
-		return fmt.Errorf("KVM_SET_REGS: %w", err)
-	}
-	return nil
-}
-
-// run enters the vCPU until the call halts at its return address, and turns every other stop
+// kvmRun enters the vCPU until the call halts at its return address, and turns every other stop
 // into a *StopError.
-func (m *KVMMachine) run(nr int) error {
+func (m *Machine) kvmRun(nr int) error {
+	c := m.kvm
 	// The watchdog signals this very thread to pull it out of KVM_RUN.
 	runtime.LockOSThread()
 	defer runtime.UnlockOSThread()
-	stopWatch := kickAfter(unix.Gettid(), m.opts.Timeout)
+	stopWatch := kickAfter(unix.Gettid(), c.opts.Timeout)
 	defer stopWatch()
 	start := time.Now()
-	deadline := start.Add(m.opts.Timeout)
-	defer func() { m.stats.Elapsed += time.Since(start) }()
+	deadline := start.Add(c.opts.Timeout)
+	defer func() { m.stats.KVMTime += time.Since(start) }()
 	for exits := 1; ; exits++ {
-		e, err := m.cpu.Run()
+		e, err := c.cpu.Run()
 		m.stats.Exits++
 		if err != nil {
-			return m.stop(ErrFault, nr, err.Error())
+			return m.kvmStop(ErrFault, nr, err.Error())
 		}
 		done, err := m.handleExit(nr, e)
 		if done || err != nil {
@@ -344,61 +455,202 @@ func (m *KVMMachine) run(nr int) error {
 		}
 		switch {
 		case time.Now().After(deadline):
-			return m.stop(ErrBudget, nr, fmt.Sprintf("still running after %v (%d exits)", m.opts.Timeout, exits))
-		case exits >= m.opts.MaxExits:
-			return m.stop(ErrBudget, nr, fmt.Sprintf("%d exits to user space", exits))
+			return m.kvmStop(ErrBudget, nr, fmt.Sprintf("still running after %v (%d exits)", c.opts.Timeout, exits))
+		case exits >= c.opts.MaxExits:
+			return m.kvmStop(ErrBudget, nr, fmt.Sprintf("%d exits to user space", exits))
 		}
 	}
 }
 
 // handleExit reports whether the call is done, or why it cannot go on.
-func (m *KVMMachine) handleExit(nr int, e vmm.Exit) (done bool, err error) {
+func (m *Machine) handleExit(nr int, e vmm.Exit) (done bool, err error) {
+	cpu := m.kvm.cpu
 	switch e.Reason {
 	case kvm.EXITHLT:
-		r, err := m.cpu.Regs()
-		if err != nil {
-			return false, fmt.Errorf("KVM_GET_REGS: %w", err)
-		}
-		// KVM reports a halt with RIP past the one-byte instruction.
-		if r.RIP == m.snap.ReturnAddr+1 {
-			return true, nil
-		}
-		for _, s := range m.stops {
-			if r.RIP == s.addr+1 {
-				err := m.stop(s.err, nr, "reached "+s.name)
-				err.RIP, err.Symbol = s.addr, m.symbolize(s.addr) // the entry, not past the halt
-				return false, err
-			}
-		}
-		return false, m.stop(ErrFault, nr, "halted away from the return address")
+		return m.halted(nr)
 	case kvm.EXITINTR:
 		return false, nil // the watchdog's signal, or any other: the caller checks the time
 	case kvm.EXITIO:
 		return false, m.portIO(nr, e)
 	case kvm.EXITMMIO:
-		a := m.cpu.MMIO()
+		return false, m.mmio(nr)
+	case kvm.EXITSHUTDOWN:
+		return false, m.kvmStop(ErrFault, nr, "shutdown (triple fault)")
+	case kvm.EXITINTERNALERROR:
+		w := cpu.ExitWords()
+		if uint32(w[0]) == internalErrorEmulation {
+			return false, m.emulate(nr)
+		}
+		return false, m.kvmStop(ErrFault, nr, fmt.Sprintf("KVM internal error %d (data %#x %#x %#x)", uint32(w[0]), w[1], w[2], w[3]))
+	default:
+		w := cpu.ExitWords()
+		return false, m.kvmStop(ErrFault, nr, fmt.Sprintf("exit %v (reason %d, data %#x %#x %#x %#x)", e.Reason, uint32(e.Reason), w[0], w[1], w[2], w[3]))
+	}
+}
+
+// halted handles a planted halt (KVM reports it with RIP past the one-byte instruction).
+func (m *Machine) halted(nr int) (bool, error) {
+	cpu := m.kvm.cpu
+	r, err := cpu.Regs()
+	if err != nil {
+		return false, fmt.Errorf("KVM_GET_REGS: %w", err)
+	}
+	if r.RIP == m.snap.ReturnAddr+1 {
+		return true, nil
+	}
+	for _, h := range m.kvm.halts {
+		if r.RIP != h.addr+1 {
+			continue
+		}
+		if h.tsc == 0 {
+			err := m.kvmStop(h.err, nr, "reached "+h.name)
+			err.RIP, err.Symbol = h.addr, m.symbolize(h.addr) // the entry, not past the halt
+			return false, err
+		}
+		m.stats.TSCReads++
+		tsc := m.opts.ClockTSC()
+		r.RAX, r.RDX, r.RIP = tsc&0xffffffff, tsc>>32, h.addr+h.tsc
+		if h.aux {
+			r.RCX = 0
+		}
+		if err := cpu.SetRegs(r); err != nil {
+			return false, fmt.Errorf("KVM_SET_REGS: %w", err)
+		}
+		return false, nil
+	}
+	return false, m.kvmStop(ErrFault, nr, "halted away from the return address")
+}
+
+// mmio carries out an access to physical memory without a slot: an intercepted range's through
+// the trap, the rest of a hole's pages as the SVM's memory, the scratch pages (local APIC and
+// friends) as nothing that answers.
+func (m *Machine) mmio(nr int) error {
+	c := m.kvm
+	a := c.cpu.MMIO()
+	data := c.cpu.MMIOData()
+	m.stats.Trapped++
+	if a.Addr+uint64(len(data)) > uint64(len(m.ram)) {
+		for _, p := range scratchPages {
+			if a.Addr >= p && a.Addr+uint64(len(data)) <= p+4096 {
+				if !a.Write {
+					clear(data)
+				}
+				return nil
+			}
+		}
 		kind := "read"
 		if a.Write {
 			kind = "write"
 		}
-		return false, m.stop(ErrFault, nr, fmt.Sprintf("MMIO %s of %d bytes at physical %#x, outside SVM RAM", kind, a.Len, a.Addr))
-	case kvm.EXITSHUTDOWN:
-		return false, m.stop(ErrFault, nr, "shutdown (triple fault)")
-	case kvm.EXITINTERNALERROR:
-		w := m.cpu.ExitWords()
-		if uint32(w[0]) == internalErrorEmulation {
-			return false, m.emulate(nr)
-		}
-		return false, m.stop(ErrFault, nr, fmt.Sprintf("KVM internal error %d (data %#x %#x %#x)", uint32(w[0]), w[1], w[2], w[3]))
-	default:
-		w := m.cpu.ExitWords()
-		return false, m.stop(ErrFault, nr, fmt.Sprintf("exit %v (reason %d, data %#x %#x %#x %#x)", e.Reason, uint32(e.Reason), w[0], w[1], w[2], w[3]))
+		return m.kvmStop(ErrFault, nr, fmt.Sprintf("MMIO %s of %d bytes at physical %#x, outside SVM RAM", kind, a.Len, a.Addr))
 	}
+	if c.trap == nil || !inSpans(c.ranges, a.Addr) {
+		if a.Write {
+			copy(m.ram[a.Addr:], data)
+		} else {
+			copy(data, m.ram[a.Addr:])
+		}
+		return nil
+	}
+	r, err := c.cpu.Regs()
+	if err != nil {
+		return fmt.Errorf("KVM_GET_REGS: %w", err)
+	}
+	t := &Trapped{Phys: a.Addr, Write: a.Write, Data: data, PC: r.RIP}
+	if a.Write {
+		t.PC, t.PCs = 0, m.writers(r.RIP)
+	}
+	if err := c.trap(t); err != nil {
+		return m.kvmStop(ErrFault, nr, err.Error())
+	}
+	return nil
+}
+
+// inSpans reports whether phys lies in one of spans.
+func inSpans(spans []PhysSpan, phys uint64) bool {
+	for _, s := range spans {
+		if phys >= s.Start && phys < s.End {
+			return true
+		}
+	}
+	return false
+}
+
+// writers are the instructions that may have made a write KVM reports with RIP at next: those
+// that decode to exactly end there and have a memory operand, and a string instruction at next
+// itself (KVM keeps RIP on a repeated one until its last iteration).
+func (m *Machine) writers(next uint64) []uint64 {
+	const maxLen = 15
+	code := make([]byte, 2*maxLen)
+	if m.virt.Read(next-maxLen, code) != nil {
+		return nil
+	}
+	var out []uint64
+	for n := 1; n <= maxLen; n++ {
+		in, err := x86asm.Decode(code[maxLen-n:], 64)
+		if err == nil && in.Len == n && touchesMemory(in) {
+			out = append(out, next-uint64(n))
+		}
+	}
+	if in, err := x86asm.Decode(code[maxLen:], 64); err == nil && isString(in.Op) {
+		out = append(out, next)
+	}
+	return out
+}
+
+func touchesMemory(in x86asm.Inst) bool {
+	if isString(in.Op) {
+		return true
+	}
+	for _, a := range in.Args {
+		if _, ok := a.(x86asm.Mem); ok {
+			return true
+		}
+	}
+	return false
+}
+
+func isString(op x86asm.Op) bool {
+	switch op {
+	case x86asm.MOVSB, x86asm.MOVSW, x86asm.MOVSD, x86asm.MOVSQ, x86asm.STOSB, x86asm.STOSW, x86asm.STOSD, x86asm.STOSQ:
+		return true
+	}
+	return false
+}
+
+// ExitsByReason counts the vCPU's exits to user space by reason, since the machine was opened
+// (empty on Unicorn).
+func (m *Machine) ExitsByReason() map[string]int {
+	out := map[string]int{}
+	if m.kvm == nil || m.kvm.cpu == nil {
+		return out
+	}
+	for r, n := range m.kvm.cpu.Exits {
+		out[r.String()] = n
+	}
+	return out
+}
+
+// OnKVM reports whether the machine runs its calls under KVM.
+func (m *Machine) OnKVM() bool { return m.kvm != nil }
+
+// close releases the VM and /dev/kvm, before the RAM its memory slots point into.
+func (c *kvmCPU) close() error {
+	var errs []error
+	if c.vm != nil {
+		errs = append(errs, c.vm.Destroy())
+		c.vm, c.cpu = nil, nil
+	}
+	if c.k != nil {
+		errs = append(errs, c.k.Close())
+		c.k = nil
+	}
+	return errors.Join(errs...)
 }
 
 // portIO answers port I/O as the Unicorn machine does (a console write from a warning): output
 // goes nowhere, and the UART's line status always reports an empty transmitter.
-func (m *KVMMachine) portIO(nr int, e vmm.Exit) error {
+func (m *Machine) portIO(nr int, e vmm.Exit) error {
 	if e.IODir == kvm.EXITIOOUT {
 		return nil
 	}
@@ -408,25 +660,26 @@ func (m *KVMMachine) portIO(nr int, e vmm.Exit) error {
 			data[i] = 0x60
 		}
 	}
-	if err := m.cpu.AnswerIn(data); err != nil {
-		return m.stop(ErrFault, nr, err.Error())
+	if err := m.kvm.cpu.AnswerIn(data); err != nil {
+		return m.kvmStop(ErrFault, nr, err.Error())
 	}
 	return nil
 }
 
-// stop builds the StopError of a call that ended anywhere but its return.
-func (m *KVMMachine) stop(err error, nr int, detail string) *StopError {
+// kvmStop builds the StopError of a call that ended anywhere but its return.
+func (m *Machine) kvmStop(err error, nr int, detail string) *StopError {
 	se := &StopError{Err: err, NR: nr, Detail: detail}
-	if r, rerr := m.cpu.Regs(); rerr == nil {
+	if r, rerr := m.kvm.cpu.Regs(); rerr == nil {
 		se.RIP = r.RIP
 		se.Symbol = m.symbolize(r.RIP)
+		se.Stack = m.stackScan(r.RSP, 24)
 	}
 	return se
 }
 
 // symbolize renders addr with the full symbol table if there is one, else with the few symbols
 // the snapshot records, which still name the common stops (the scheduler, the idle loop).
-func (m *KVMMachine) symbolize(addr uint64) string {
+func (m *Machine) symbolize(addr uint64) string {
 	if m.opts.Symbols != nil {
 		return m.opts.Symbols.Format(addr)
 	}
@@ -470,33 +723,6 @@ func kickAfter(tid int, d time.Duration) (stop func()) {
 	return func() { close(done) }
 }
 
-// writeVirt writes into the VM's memory at a virtual address of the agent's address space.
-func (m *KVMMachine) writeVirt(va uint64, data []byte) error {
-	return writeVirtRAM(m.virt.Walker(), m.ram, va, data, nil)
-}
-
-// ReadVirt reads the VM's memory at a virtual address of the agent's address space.
-func (m *KVMMachine) ReadVirt(va uint64, buf []byte) error { return m.virt.Read(va, buf) }
-
-// ReadFile reads a whole file of the SVM with openat, read and close, all injected, with paths
-// and data where the Unicorn machine puts them.
-func (m *KVMMachine) ReadFile(path string) ([]byte, error) {
-	va, err := placePath(m.writeVirt, m.snap, path)
-	if err != nil {
-		return nil, fmt.Errorf("open %s: %w", path, err)
-	}
-	fd, err := openAt(m, va, path, oRDONLY)
-	if err != nil {
-		return nil, err
-	}
-	out, err := readAll(m, m.snap, fd, path)
-	if err != nil {
-		_ = closeFD(m, fd)
-		return nil, err
-	}
-	return out, closeFD(m, fd)
-}
-
 // internalErrorEmulation is KVM_INTERNAL_ERROR_EMULATION: KVM met an instruction it had to
 // emulate and cannot.
 const internalErrorEmulation = 1
@@ -508,27 +734,28 @@ const rflagsZF = 1 << 6
 // guest after it. A KVM that emulates the guest (a paravirtual one) lacks some instructions
 // the kernel uses: CMPXCHG16B in SLUB's lockless fast path runs in nearly every call that
 // allocates. With one vCPU, stopped, doing it here is as atomic as the instruction.
-func (m *KVMMachine) emulate(nr int) error {
-	r, err := m.cpu.Regs()
+func (m *Machine) emulate(nr int) error {
+	cpu := m.kvm.cpu
+	r, err := cpu.Regs()
 	if err != nil {
 		return fmt.Errorf("KVM_GET_REGS: %w", err)
 	}
 	code := make([]byte, 15)
 	if err := m.virt.Read(r.RIP, code); err != nil {
-		return m.stop(ErrFault, nr, fmt.Sprintf("KVM cannot emulate the instruction at %#x, unreadable: %v", r.RIP, err))
+		return m.kvmStop(ErrUnsupported, nr, fmt.Sprintf("the instruction at %#x, unreadable: %v", r.RIP, err))
 	}
 	in, err := x86asm.Decode(code, 64)
 	if err != nil {
-		return m.stop(ErrFault, nr, fmt.Sprintf("KVM cannot emulate % x", code))
+		return m.kvmStop(ErrUnsupported, nr, fmt.Sprintf("% x", code))
 	}
 	if in.Op != x86asm.CMPXCHG16B {
-		return m.stop(ErrFault, nr, fmt.Sprintf("KVM cannot emulate %v (% x)", in, code[:in.Len]))
+		return m.kvmStop(ErrUnsupported, nr, fmt.Sprintf("%v (% x)", in, code[:in.Len]))
 	}
 	if err := m.cmpxchg16b(in, r); err != nil {
-		return m.stop(ErrFault, nr, fmt.Sprintf("emulate %v: %v", in, err))
+		return m.kvmStop(ErrUnsupported, nr, fmt.Sprintf("%v: %v", in, err))
 	}
 	r.RIP += uint64(in.Len)
-	if err := m.cpu.SetRegs(r); err != nil {
+	if err := cpu.SetRegs(r); err != nil {
 		return fmt.Errorf("KVM_SET_REGS: %w", err)
 	}
 	m.stats.Emulated++
@@ -536,14 +763,18 @@ func (m *KVMMachine) emulate(nr int) error {
 }
 
 // cmpxchg16b compares RDX:RAX with the 16 bytes at the operand: equal, it stores RCX:RBX and
-// sets ZF; else it loads them into RDX:RAX and clears ZF.
-func (m *KVMMachine) cmpxchg16b(in x86asm.Inst, r *kvm.Regs) error {
+// sets ZF; else it loads them into RDX:RAX and clears ZF. An operand in an intercepted range
+// would need a decision this path cannot ask for.
+func (m *Machine) cmpxchg16b(in x86asm.Inst, r *kvm.Regs) error {
 	va, err := m.effectiveAddr(in, r)
 	if err != nil {
 		return err
 	}
 	if va%16 != 0 {
 		return fmt.Errorf("operand %#x not 16-byte aligned (the CPU raises #GP)", va)
+	}
+	if pa, err := m.Phys(va); err == nil && inSpans(m.kvm.ranges, pa) {
+		return fmt.Errorf("operand %#x in an intercepted range", va)
 	}
 	cur := make([]byte, 16)
 	if err := m.virt.Read(va, cur); err != nil {
@@ -563,7 +794,7 @@ func (m *KVMMachine) cmpxchg16b(in x86asm.Inst, r *kvm.Regs) error {
 
 // effectiveAddr computes a memory operand's virtual address. The translation uses the
 // snapshot's page tables, so the vCPU must still be on them (it is: nothing switches tasks).
-func (m *KVMMachine) effectiveAddr(in x86asm.Inst, r *kvm.Regs) (uint64, error) {
+func (m *Machine) effectiveAddr(in x86asm.Inst, r *kvm.Regs) (uint64, error) {
 	mem, ok := in.Args[0].(x86asm.Mem)
 	if !ok {
 		return 0, errors.New("no memory operand")
@@ -571,7 +802,7 @@ func (m *KVMMachine) effectiveAddr(in x86asm.Inst, r *kvm.Regs) (uint64, error) 
 	if in.AddrSize != 64 {
 		return 0, fmt.Errorf("%d-bit addressing", in.AddrSize)
 	}
-	s, err := m.cpu.Sregs()
+	s, err := m.kvm.cpu.Sregs()
 	if err != nil {
 		return 0, err
 	}
@@ -612,10 +843,4 @@ func gpr64(r *kvm.Regs, reg x86asm.Reg) (uint64, bool) {
 		return 0, false
 	}
 	return *regs[reg-x86asm.RAX], true
-}
-
-// Phys translates a virtual address of the agent's address space to physical.
-func (m *KVMMachine) Phys(va uint64) (uint64, error) {
-	pa, _, _, err := m.virt.Walker().Translate(va)
-	return pa, err
 }

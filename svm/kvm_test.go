@@ -14,7 +14,7 @@ import (
 )
 
 // openKVM opens the snapshot under KVM, or skips where /dev/kvm cannot be opened.
-func openKVM(t *testing.T) *KVMMachine {
+func openKVM(t *testing.T) *Machine {
 	t.Helper()
 	if buildErr != nil {
 		t.Fatalf("SVM snapshot build failed: %v", buildErr)
@@ -24,12 +24,12 @@ func openKVM(t *testing.T) *KVMMachine {
 		t.Skipf("no KVM here: %v", err)
 	}
 	k.Close()
-	opts := KVMOptions{Timeout: 20 * time.Second}
+	opts := Options{KVM: &KVMOptions{Timeout: 20 * time.Second}}
 	if cache, err := guest.FindCacheDir(); err == nil {
 		// Symbols only name where a failing call stopped.
 		opts.Symbols, _ = vmm.LoadSymbols(cache + "/symbols/" + snap.KernelID + ".kallsyms")
 	}
-	m, err := OpenKVM(snap, opts)
+	m, err := Open(snap, opts)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -144,7 +144,7 @@ func TestKVMBlockedCallResets(t *testing.T) {
 // the watchdog within its timeout, and the reset puts the kernel text back.
 func TestKVMRunawayCallTimesOut(t *testing.T) {
 	m := openKVM(t)
-	m.opts.Timeout = 300 * time.Millisecond
+	m.kvm.opts.Timeout = 300 * time.Millisecond
 	pa, err := m.Phys(snap.Symbols["do_syscall_64"])
 	if err != nil {
 		t.Fatal(err)
@@ -154,8 +154,8 @@ func TestKVMRunawayCallTimesOut(t *testing.T) {
 	_, err = m.Syscall(SysGetpid)
 	took := time.Since(start)
 	t.Logf("spinning getpid: %v after %v", err, took)
-	if !errors.Is(err, ErrBudget) || took > 5*m.opts.Timeout {
-		t.Fatalf("spinning getpid: %v after %v, want ErrBudget after about %v", err, took, m.opts.Timeout)
+	if !errors.Is(err, ErrBudget) || took > 5*m.kvm.opts.Timeout {
+		t.Fatalf("spinning getpid: %v after %v, want ErrBudget after about %v", err, took, m.kvm.opts.Timeout)
 	}
 	if pid, err := m.Syscall(SysGetpid); err != nil || int(pid) != snap.Agent.PID {
 		t.Fatalf("getpid after the reset: %d, %v", pid, err)

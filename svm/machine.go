@@ -78,6 +78,10 @@ type Options struct {
 	// paused guest's, whose timekeeper a view reads; other RDTSC sites (sched_clock, delays) keep
 	// the SVM's own running counter. Needs Symbols.
 	ClockTSC func() uint64
+	// KVM, if set, runs the calls under KVM instead of Unicorn: the machine then has no engine
+	// and no hooks (Engine is nil; Window and CountInstructions do nothing; Budget gives way to
+	// the KVM options' timeout), and Intercept decides which accesses exit.
+	KVM *KVMOptions
 }
 
 // Stats are a Machine's counters since it was opened.
@@ -93,6 +97,10 @@ type Stats struct {
 	WindowSwaps  int // guest-derived reads in the image window given the guest's bytes
 	// LeftoverSwaps counts redirected reads whose after-read hook never came (the access faulted).
 	LeftoverSwaps int
+	// On KVM: exits to user space, accesses to memory without a slot (intercepted ranges),
+	// instructions KVM could not emulate and were carried out here, time inside KVM_RUN loops.
+	Exits, Trapped, Emulated int
+	KVMTime                  time.Duration
 }
 
 // Machine is the SVM snapshot loaded into Unicorn. Its RAM is a private copy-on-write mapping of
@@ -124,6 +132,7 @@ type Machine struct {
 	swaps      []swapped // redirected reads between their two hooks
 	writes     []swapped // redirected writes waiting for FlushWrites
 	curNR      int       // the system call running, for hooks that report it
+	kvm        *kvmCPU   // the executor, if KVM (else the engine is)
 
 	stats Stats
 }
@@ -136,6 +145,13 @@ func Open(snap *Snapshot, opts Options) (*Machine, error) {
 	m := &Machine{snap: snap, opts: opts, stats: Stats{Exceptions: map[uint32]int{}}}
 	if err := m.mapRAM(); err != nil {
 		return nil, err
+	}
+	if opts.KVM != nil {
+		if err := m.openKVM(); err != nil {
+			m.Close()
+			return nil, err
+		}
+		return m, nil
 	}
 	eng, err := emu.Open(emu.CPUDefault)
 	if err != nil {
@@ -197,6 +213,9 @@ func (m *Machine) Close() error {
 	if m.eng != nil {
 		err = m.eng.Close()
 		m.eng = nil
+	}
+	if m.kvm != nil {
+		err = errors.Join(err, m.kvm.close())
 	}
 	m.unmapRAM()
 	return err
@@ -311,6 +330,9 @@ func (m *Machine) setup() error {
 // writing CR2 also sets CR3, so CR2 goes first; descriptor tables precede the selectors that
 // index them.
 func (m *Machine) loadCPU() error {
+	if m.kvm != nil {
+		return m.kvmLoadCPU()
+	}
 	c := m.snap.CPU
 	e := m.eng
 	seg := func(s Segment) emu.DescTable {
@@ -362,8 +384,10 @@ func (m *Machine) Reset() error {
 	}
 	m.swaps, m.writes = m.swaps[:0], m.writes[:0]
 	m.pending()
-	for _, p := range scratchPages {
-		_ = m.eng.WritePhys(p, make([]byte, 4096))
+	if m.eng != nil {
+		for _, p := range scratchPages {
+			_ = m.eng.WritePhys(p, make([]byte, 4096))
+		}
 	}
 	m.stats.Resets++
 	if m.opts.OnReset != nil {
@@ -456,7 +480,9 @@ func (m *Machine) stopWith(err error, detail string) {
 	if m.stopErr == nil {
 		m.stopErr, m.stopDetail = err, detail
 	}
-	_ = m.eng.Stop()
+	if m.eng != nil {
+		_ = m.eng.Stop()
+	}
 }
 
 // Syscall injects one system call and returns its return value (negative errno on failure, as
@@ -467,6 +493,9 @@ func (m *Machine) Syscall(nr int, args ...uint64) (int64, error) {
 	}
 	if err := placeCall(m.writeVirt, m.snap, m.savedRegs, nr, args); err != nil {
 		return 0, err
+	}
+	if m.kvm != nil {
+		return m.kvmSyscall(nr)
 	}
 	rsp := m.snap.CPU.GPR["rsp"]
 	e := m.eng
@@ -497,7 +526,9 @@ func (m *Machine) Syscall(nr int, args ...uint64) (int64, error) {
 		if m.opts.Symbols != nil {
 			se.Symbol = m.opts.Symbols.Format(rip)
 		}
-		se.Stack = m.stackScan(24)
+		if sp, err := e.Reg(emu.RSP); err == nil {
+			se.Stack = m.stackScan(sp, 24)
+		}
 		if rerr := m.Reset(); rerr != nil {
 			return 0, errors.Join(se, rerr)
 		}
@@ -643,12 +674,8 @@ func (m *Machine) Phys(va uint64) (uint64, error) {
 	return pa, err
 }
 
-// stackScan returns up to n kernel text addresses found in the 4 KiB above RSP.
-func (m *Machine) stackScan(n int) []string {
-	rsp, err := m.eng.Reg(emu.RSP)
-	if err != nil {
-		return nil
-	}
+// stackScan returns up to n kernel text addresses found in the 4 KiB above rsp.
+func (m *Machine) stackScan(rsp uint64, n int) []string {
 	// Up to 4 KiB, stopping at the first unmapped page (the stack's guard page).
 	var buf []byte
 	for va := rsp; va < rsp+4096; va = (va + 4096) &^ 4095 {

@@ -17,3 +17,13 @@ func runData(run []byte) *kvm.RunData {
 func sliceAddr(b []byte) uint64 {
 	return uint64(uintptr(unsafe.Pointer(&b[0])))
 }
+
+// MMIOData is the data of the last exit's access, which must have been KVM_EXIT_MMIO: a write's
+// bytes, or where a read's answer goes (KVM completes the read from it when the vCPU runs again).
+// It aliases the run area.
+func (c *VCPU) MMIOData() []byte {
+	// struct kvm_run's mmio: u64 phys_addr; u8 data[8]; u32 len; u8 is_write.
+	off := unsafe.Offsetof(kvm.RunData{}.Data) + 8
+	n := min(c.MMIO().Len, 8)
+	return c.run[off : off+uintptr(n)]
+}
