@@ -58,6 +58,8 @@ type Session struct {
 	replay   map[[2]uint64]taint.Decision
 	replayed uint64  // the memo version the filter and replay were filled from
 	run      fastRun // the Fast-Bridge operation in progress
+	onKVM    bool    // Fast-Bridge runs under KVM
+	kept     []svm.PhysSpan // on KVM: decided pages the CPU reads itself, left unintercepted
 	stats    EngineStats
 	policy   *policy // decides the kernel image's data and window
 }
@@ -72,7 +74,23 @@ func Attach(ctx context.Context, g *guest.Guest, snap *svm.Snapshot, syms *vmm.S
 // AttachMode is Attach with an engine mode: Slow-Bridge only, Fast-Bridge only (a memo miss is an
 // error), or Fast-Bridge falling back to Slow-Bridge on a miss and learning (auto). The memo
 // holds the decisions Fast-Bridge replays and Slow-Bridge learns; nil starts an empty one.
-func AttachMode(ctx context.Context, g *guest.Guest, snap *svm.Snapshot, syms *vmm.Symbols, mode Mode, mem *memo.Memo) (_ *Session, err error) {
+func AttachMode(ctx context.Context, g *guest.Guest, snap *svm.Snapshot, syms *vmm.Symbols, mode Mode, mem *memo.Memo) (*Session, error) {
+	return AttachWith(ctx, g, snap, syms, Options{Mode: mode, Memo: mem})
+}
+
+// Options configure a session.
+type Options struct {
+	Mode Mode
+	Memo *memo.Memo // nil starts an empty one
+	// KVM runs Fast-Bridge under KVM instead of Unicorn: the decided ranges are left without
+	// memory, so each access there exits and is resolved from the memo. Only fast where KVM is
+	// hardware (vmm.ProbeKVM); elsewhere it works, slowly.
+	KVM bool
+}
+
+// AttachWith is AttachMode with every option.
+func AttachWith(ctx context.Context, g *guest.Guest, snap *svm.Snapshot, syms *vmm.Symbols, o Options) (_ *Session, err error) {
+	mode, mem := o.Mode, o.Memo
 	switch mode {
 	case ModeAuto, ModeFast, ModeSlow:
 	default:
@@ -100,7 +118,7 @@ func AttachMode(ctx context.Context, g *guest.Guest, snap *svm.Snapshot, syms *v
 	if err != nil {
 		return nil, err
 	}
-	s := &Session{g: g, snap: snap, Memo: mem}
+	s := &Session{g: g, snap: snap, Memo: mem, onKVM: o.KVM && mode != ModeSlow}
 	if s.Memo == nil {
 		s.Memo = memo.New(MemoKey(snap))
 	}
@@ -169,6 +187,8 @@ func (s *Session) openMachine(slow bool) (*svm.Machine, error) {
 	opts := svm.Options{Symbols: s.Globals.syms, Window: true, LeaveOpen: true, ClockTSC: func() uint64 { return s.GuestTSC }}
 	if slow {
 		opts.OnReset = s.onReset
+	} else if s.onKVM {
+		opts.KVM = &svm.KVMOptions{}
 	}
 	m, err := svm.Open(s.snap, opts)
 	if err != nil {
@@ -203,8 +223,11 @@ func (s *Session) openMachine(slow bool) (*svm.Machine, error) {
 	for _, a := range s.policy.aliases {
 		spans = append(spans, svm.PhysSpan{Start: a.svm, End: a.svm + a.size})
 	}
-	if err := m.WatchAliases(spans); err != nil {
-		return nil, err
+	if !m.OnKVM() {
+		// On KVM the aliases are intercepted ranges instead (hookFast).
+		if err := m.WatchAliases(spans); err != nil {
+			return nil, err
+		}
 	}
 	ok = true
 	return m, nil

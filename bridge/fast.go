@@ -32,8 +32,17 @@ var ErrMemoMiss = errors.New("memo miss (run with --mode auto or slow to learn i
 // Engine names, as the console shows them.
 const (
 	EngineFast  = "Unicorn-fast"
+	EngineKVM   = "KVM-fast"
 	EngineTaint = "Unicorn-taint"
 )
+
+// FastEngine names the engine Fast-Bridge runs on in this session.
+func (s *Session) FastEngine() string {
+	if s.onKVM {
+		return EngineKVM
+	}
+	return EngineFast
+}
 
 // FallBack is one switch from Fast-Bridge to Slow-Bridge: the access the memo could not decide.
 type FallBack struct {
@@ -89,9 +98,15 @@ func (s *Session) do(op func(m *svm.Machine) error) error {
 		err := s.runFast(op)
 		s.stats.FastTime += time.Since(start)
 		miss := s.run.miss
+		var se *svm.StopError
+		if miss == nil && errors.Is(err, svm.ErrUnsupported) && errors.As(err, &se) {
+			// KVM cannot run an instruction Unicorn can: the operation needs Slow-Bridge, like a miss.
+			miss = &FallBack{Time: time.Now(), View: s.View, Syscall: svm.SyscallName(se.NR), PC: se.RIP,
+				Symbol: se.Symbol, Disassembly: s.disassemble(s.fast, se.RIP), Reason: err.Error()}
+		}
 		if miss == nil {
 			s.stats.FastOps++
-			s.stats.Engine = EngineFast
+			s.stats.Engine = s.FastEngine()
 			return err
 		}
 		if s.mode == ModeFast {
@@ -118,7 +133,9 @@ func (s *Session) runFast(op func(m *svm.Machine) error) error {
 	if v := s.Memo.Version(); v != s.replayed {
 		// The memo changed (a fall-back learned, or an entry was removed): decisions replayed
 		// from the old one may not hold.
-		s.filter.Clear()
+		if s.filter != nil {
+			s.filter.Clear()
+		}
 		clear(s.replay)
 		s.replayed = v
 	}
@@ -149,8 +166,11 @@ func (s *Session) runSlow(op func(m *svm.Machine) error) error {
 // pages), resolved from the memo by instruction address. Everything else — the guest's heap
 // through the overlay, the SVM's own memory — runs natively, without taint.
 func (s *Session) hookFast(m *svm.Machine) error {
-	e := m.Engine()
 	s.replay = map[[2]uint64]taint.Decision{}
+	if m.OnKVM() {
+		return s.interceptFast(m)
+	}
+	e := m.Engine()
 	f, err := e.NewMemFilter(1<<17, func(acc emu.MemAccess, phys uint64, size int, _ int64) {
 		s.resolveFast(m, phys, size, acc == emu.MemWrite)
 	})

@@ -1,0 +1,111 @@
+package bridge
+
+import (
+	"reflect"
+	"testing"
+	"time"
+
+	"hybridbridge/inspect"
+	"hybridbridge/memo"
+	"hybridbridge/vmm"
+)
+
+// TestKVMFastBridge: Fast-Bridge under KVM (the decided ranges without memory, each access there
+// resolved from the memo) gives the views Unicorn's Fast-Bridge gives with the same memo, without
+// a fall-back; a forced miss falls back once and the view stays right; the guest is unchanged.
+// It runs wherever /dev/kvm opens: a paravirtual KVM is slow, not wrong.
+func TestKVMFastBridge(t *testing.T) {
+	ctx := need(t)
+	k, err := vmm.OpenKVM()
+	if err != nil {
+		t.Skipf("no KVM here: %v", err)
+	}
+	k.Close()
+	mem, before := pauseAndHash(t, ctx)
+	defer demo.Resume(ctx)
+	m := memo.New(MemoKey(snap))
+	run := func(o Options) (*viewSet, []inspect.Process, EngineStats, time.Duration) {
+		s, err := AttachWith(ctx, demo, snap, syms, o)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer func() {
+			if err := s.Detach(); err != nil {
+				t.Fatal(err)
+			}
+		}()
+		start := time.Now()
+		v, p, missed := allViews(t, s)
+		if missed != nil {
+			t.Fatalf("%s mode (KVM %v): %v", o.Mode, o.KVM, missed)
+		}
+		if o.KVM {
+			ex := s.fast.ExitsByReason()
+			st := s.fast.Stats()
+			t.Logf("KVM: %d calls, %d exits %v, %d intercepted accesses, %d emulated here, %v in KVM_RUN; %d decided pages left mapped (page tables, descriptor tables)",
+				st.Syscalls, st.Exits, ex, st.Trapped, st.Emulated, st.KVMTime.Round(time.Millisecond), pages(s))
+		}
+		return v, p, s.Stats(), time.Since(start)
+	}
+	run(Options{Mode: ModeAuto, Memo: m}) // train
+	uv, up, ust, ud := run(Options{Mode: ModeAuto, Memo: m})
+	t.Logf("Unicorn-fast: %v (engine %v), %d fall-backs, %d hits", ud.Round(time.Millisecond), ust.FastTime.Round(time.Millisecond), ust.FallBacks, ust.Hits)
+	kv, kp, kst, kd := run(Options{Mode: ModeAuto, Memo: m, KVM: true})
+	t.Logf("KVM-fast: %v (engine %v), %d fall-backs, %d hits, %d misses, engine %s", kd.Round(time.Millisecond), kst.FastTime.Round(time.Millisecond), kst.FallBacks, kst.Hits, kst.Misses, kst.Engine)
+	for _, e := range kst.Events {
+		t.Logf("  fell back: %s/%s %s  %s: %s", e.View, e.Syscall, e.Symbol, e.Disassembly, e.Reason)
+	}
+	if !reflect.DeepEqual(kv, uv) || !reflect.DeepEqual(kp, up) {
+		t.Error("KVM and Unicorn Fast-Bridge views differ")
+	}
+	if kst.FallBacks != 0 || kst.Engine != EngineKVM {
+		t.Errorf("KVM with a trained memo: %d fall-backs, last engine %q", kst.FallBacks, kst.Engine)
+	}
+
+	// A forced miss: forget the instruction that reads the module list head, then lsmod once.
+	s, err := AttachWith(ctx, demo, snap, syms, Options{Mode: ModeAuto, Memo: m, KVM: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	s.View = "lsmod"
+	want, err := inspect.ListModules(s)
+	if err != nil || s.Stats().FallBacks != 0 {
+		t.Fatalf("lsmod on KVM with a trained memo: %v, %d fall-backs", err, s.Stats().FallBacks)
+	}
+	for _, e := range m.Entries() {
+		if e.Region == "modules" {
+			m.Delete(e.PC)
+			break
+		}
+	}
+	got, err := inspect.ListModules(s)
+	st := s.Stats()
+	if derr := s.Detach(); derr != nil {
+		t.Fatal(derr)
+	}
+	if err != nil || !reflect.DeepEqual(got, want) {
+		t.Errorf("lsmod on KVM after a forced miss: %v\n got  %+v\n want %+v", err, got, want)
+	}
+	if st.FallBacks != 1 || len(st.Events) != 1 || st.Events[0].Region != "modules" {
+		t.Errorf("forced miss on KVM: %d fall-backs, events %+v", st.FallBacks, st.Events)
+	} else {
+		e := st.Events[0]
+		t.Logf("forced miss on KVM: %s %s %q (%s), fall-back latency %v", e.Syscall, e.Symbol, e.Disassembly, e.Reason, e.Latency.Round(time.Microsecond))
+	}
+	after, err := vmm.Hash(ctx, mem)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if before != after {
+		t.Fatalf("guest memory changed: %s -> %s", before, after)
+	}
+}
+
+// pages counts the pages of spans.
+func pages(s *Session) int {
+	n := 0
+	for _, k := range s.kept {
+		n += int((k.End - k.Start) / 4096)
+	}
+	return n
+}
