@@ -56,9 +56,9 @@ type Session struct {
 	// replay holds the redirect decisions Fast-Bridge replayed, by (instruction, physical
 	// address), until the memo changes: the filter's counterpart for what needs a swap in Go.
 	replay   map[[2]uint64]taint.Decision
-	replayed uint64  // the memo version the filter and replay were filled from
-	run      fastRun // the Fast-Bridge operation in progress
-	onKVM    bool    // Fast-Bridge runs under KVM
+	replayed uint64         // the memo version the filter and replay were filled from
+	run      fastRun        // the Fast-Bridge operation in progress
+	onKVM    bool           // Fast-Bridge runs under KVM
 	kept     []svm.PhysSpan // on KVM: decided pages the CPU reads itself, left unintercepted
 	stats    EngineStats
 	policy   *policy // decides the kernel image's data and window
