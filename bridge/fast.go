@@ -67,6 +67,7 @@ type EngineStats struct {
 	SlowTime         time.Duration // in Slow-Bridge
 	Events           []FallBack
 	Engine           string // the engine that ran last
+	FastEngine       string // the engine Fast-Bridge runs on (EngineFast or EngineKVM)
 }
 
 // fastRun is the state of the Fast-Bridge operation in progress.
@@ -82,6 +83,7 @@ func (s *Session) Stats() EngineStats {
 		st.Hits += skipped
 	}
 	st.Events = append([]FallBack(nil), st.Events...)
+	st.FastEngine = s.FastEngine()
 	return st
 }
 

@@ -142,14 +142,14 @@ func (e *env) bench(ctx context.Context, g *guest.Guest, procs, snapshots int) (
 	if err != nil {
 		return nil, err
 	}
-	probe := vmm.ProbeKVM(guest.DetectAccel().KVM)
-	rep := &benchReport{Guest: g.Meta.Name, Processes: n, KVM: probe, Executor: "Unicorn (KVM probe: " + probe.Reason + ")"}
-	if probe.Usable {
-		rep.Executor = "Unicorn (hardware KVM is usable here, but Fast-Bridge has no KVM executor yet)"
+	onKVM, why, err := e.fastOnKVM()
+	if err != nil {
+		return nil, err
 	}
+	rep := &benchReport{Guest: g.Meta.Name, Processes: n, KVM: e.kvmProbe(), Executor: why}
 	run := func(view int, mode bridge.Mode, m *memo.Memo) (benchRun, bridge.EngineStats, error) {
 		start := time.Now()
-		s, err := bridge.AttachMode(ctx, g, snap, syms, mode, m)
+		s, err := bridge.AttachWith(ctx, g, snap, syms, bridge.Options{Mode: mode, Memo: m, KVM: onKVM})
 		if err != nil {
 			return benchRun{}, bridge.EngineStats{}, err
 		}

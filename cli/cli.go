@@ -16,6 +16,7 @@ import (
 	"golang.org/x/term"
 
 	"hybridbridge/guest"
+	"hybridbridge/vmm"
 )
 
 // ExitError carries an exit status that is not a failure of hybridbridge itself (the status of a
@@ -29,8 +30,11 @@ type env struct {
 	runDir   string
 	cacheDir string
 	mode     string // engine mode of the views (bridge.Mode)
-	stdout   io.Writer
-	stderr   io.Writer
+	// fastEngine is --fast-engine; probe is the KVM probe, run once when needed.
+	fastEngine string
+	probe      *vmm.KVMProbe
+	stdout     io.Writer
+	stderr     io.Writer
 }
 
 // assets finds the setup's cache lazily, so commands that need none (help, guest list) work on a
@@ -69,6 +73,7 @@ a terminal it prints what can be read from that guest instead.`,
 	root.SetErr(stderr)
 	root.PersistentFlags().StringVar(&e.runDir, "run-dir", guest.DefaultRunDir(), "folder for running guests' sockets and logs ($HYBRIDBRIDGE_RUN)")
 	root.PersistentFlags().StringVar(&e.mode, "mode", "auto", "engine for views: auto (Fast-Bridge, falling back to Slow-Bridge on a memo miss), fast (a miss is an error) or slow (taint throughout)")
+	root.PersistentFlags().StringVar(&e.fastEngine, "fast-engine", "auto", "executor of Fast-Bridge: auto (KVM if a probe finds hardware KVM, else Unicorn), unicorn, or kvm (even a slow, paravirtual one: for tests and demos)")
 	root.PersistentFlags().StringVar(&e.cacheDir, "cache", "", "folder made by scripts/setup.sh (default: found from the executable or working directory; $HYBRIDBRIDGE_CACHE)")
 	root.AddCommand(e.guestCommand(), e.svmCommand(), e.psCommand(), e.catCommand(), e.memoCommand())
 	root.AddCommand(e.viewCommands()...)
@@ -141,4 +146,39 @@ func progress(w io.Writer) (func(stage string, elapsed time.Duration), func()) {
 		}
 	}
 	return report, done
+}
+
+// fastOnKVM resolves --fast-engine: whether Fast-Bridge runs under KVM, and why.
+func (e *env) fastOnKVM() (bool, string, error) {
+	probe := e.kvmProbe
+	switch e.fastEngine {
+	case "unicorn":
+		return false, "Unicorn (--fast-engine unicorn)", nil
+	case "kvm":
+		p := probe()
+		if !p.RunsCode {
+			return false, "", fmt.Errorf("--fast-engine kvm: KVM does not run here: %s", p.Reason)
+		}
+		why := "KVM (--fast-engine kvm)"
+		if !p.Usable {
+			why += "; the probe says it is slow here: " + p.Reason
+		}
+		return true, why, nil
+	case "auto", "":
+		if p := probe(); p.Usable {
+			return true, "KVM (" + p.Reason + ")", nil
+		}
+		return false, "Unicorn (KVM probe: " + probe().Reason + ")", nil
+	default:
+		return false, "", fmt.Errorf("unknown --fast-engine %q (auto, unicorn or kvm)", e.fastEngine)
+	}
+}
+
+// kvmProbe runs the KVM probe once (a few milliseconds) and remembers its answer.
+func (e *env) kvmProbe() vmm.KVMProbe {
+	if e.probe == nil {
+		p := vmm.ProbeKVM(guest.DetectAccel().KVM)
+		e.probe = &p
+	}
+	return *e.probe
 }

@@ -125,6 +125,7 @@ type consoleSource struct {
 	snap     *svm.Snapshot
 	syms     *vmm.Symbols
 	memoPath string
+	kvm      bool // Fast-Bridge runs under KVM
 	// mu serializes refreshes and memo clears: both use the memo and the guest.
 	mu    sync.Mutex
 	memo  *memo.Memo // Precondition: mu must be held.
@@ -140,8 +141,12 @@ func (e *env) newConsoleSource(ctx context.Context, g *guest.Guest) (*consoleSou
 	if err != nil {
 		return nil, err
 	}
+	onKVM, why, err := e.fastOnKVM()
+	if err != nil {
+		return nil, err
+	}
 	c := &consoleSource{runDir: e.runDir, name: g.Meta.Name, accel: g.Meta.Accel, snap: snap, syms: syms,
-		memoPath: bridge.MemoPath(e.cacheDir, snap)}
+		memoPath: bridge.MemoPath(e.cacheDir, snap), kvm: onKVM, notes: []string{"Fast-Bridge executor: " + why}}
 	var reason error
 	c.memo, reason = memo.LoadOrNew(c.memoPath, bridge.MemoKey(snap))
 	if reason != nil && !errors.Is(reason, fs.ErrNotExist) {
@@ -212,12 +217,12 @@ func (c *consoleSource) Refresh(ctx context.Context, mode console.Mode, progress
 	}
 	f := &console.Frame{Time: time.Now(), Mode: mode, Notes: slices.Clone(c.notes)}
 	progress(console.Progress{View: "attach"})
-	s, err := bridge.AttachMode(ctx, g, c.snap, c.syms, bridge.Mode(mode.String()), c.memo)
+	s, err := bridge.AttachWith(ctx, g, c.snap, c.syms, bridge.Options{Mode: bridge.Mode(mode.String()), Memo: c.memo, KVM: c.kvm})
 	if err != nil {
 		return nil, fmt.Errorf("attach guest %s: %w", c.name, err)
 	}
 	c.notes = nil // they are in this frame
-	first := bridge.EngineFast
+	first := s.FastEngine()
 	if mode == console.ModeSlow {
 		first = bridge.EngineTaint
 	}
@@ -234,7 +239,7 @@ func (c *consoleSource) Refresh(ctx context.Context, mode console.Mode, progress
 	}
 	est := s.Stats()
 	f.Fallbacks = est.FallBacks
-	f.Engine = engineOf(est.FastOps, est.SlowOps)
+	f.Engine = engineOf(est.FastEngine, est.FastOps, est.SlowOps)
 	for _, ev := range est.Events {
 		e := console.Event{Time: ev.Time, View: ev.View, Syscall: ev.Syscall, PC: ev.PC, Symbol: ev.Symbol,
 			Disassembly: ev.Disassembly, Reason: ev.Reason + " (touching " + ev.Region + ")"}
@@ -279,7 +284,7 @@ func (c *consoleSource) runView(s *bridge.Session, v consoleView, f *console.Fra
 	start := time.Now()
 	err := runRecovered(func() error { return v.run(s, f) })
 	ea := s.Stats()
-	st := console.ViewStats{Name: v.name, Engine: engineOf(ea.FastOps-eb.FastOps, ea.SlowOps-eb.SlowOps), Elapsed: time.Since(start)}
+	st := console.ViewStats{Name: v.name, Engine: engineOf(ea.FastEngine, ea.FastOps-eb.FastOps, ea.SlowOps-eb.SlowOps), Elapsed: time.Since(start)}
 	if err != nil {
 		st.Err = err.Error()
 	}
@@ -339,14 +344,14 @@ func (c *consoleSource) counters(s *bridge.Session) sessionCounters {
 
 // engineOf names the engines that ran a number of file operations: Fast-Bridge, Slow-Bridge, or
 // both (Fast-Bridge with fall-backs).
-func engineOf(fast, slow int) string {
+func engineOf(fastEngine string, fast, slow int) string {
 	switch {
 	case slow == 0:
-		return bridge.EngineFast
+		return fastEngine
 	case fast == 0:
 		return bridge.EngineTaint
 	default:
-		return bridge.EngineFast + "+taint"
+		return fastEngine + "+taint"
 	}
 }
 

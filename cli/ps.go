@@ -62,7 +62,13 @@ func (e *env) inspectGuest(ctx context.Context, name, view string, fn func(*brid
 	if mode == "" {
 		mode = bridge.ModeAuto
 	}
-	s, err := bridge.AttachMode(ctx, g, snap, syms, mode, mem)
+	onKVM := false
+	if mode != bridge.ModeSlow {
+		if onKVM, _, err = e.fastOnKVM(); err != nil {
+			return nil, err
+		}
+	}
+	s, err := bridge.AttachWith(ctx, g, snap, syms, bridge.Options{Mode: mode, Memo: mem, KVM: onKVM})
 	if err != nil {
 		return nil, err
 	}
@@ -114,8 +120,8 @@ func (r *viewRun) summary() string {
 		unknown = append(unknown, u.Symbol)
 	}
 	en := r.engine
-	s := fmt.Sprintf("%s (mode %s): %d system calls; Fast-Bridge %d operations in %v, memo hits %d misses %d; Slow-Bridge %d operations (%d fall-backs) in %v, %d instructions tainted; kernel-image accesses %d redirected / %d local / %d unknown, memo %d instructions, %v in all",
-		r.name, r.mode, r.syscalls, en.FastOps, en.FastTime.Round(time.Millisecond), en.Hits, en.Misses,
+	s := fmt.Sprintf("%s (mode %s): %d system calls; Fast-Bridge (%s) %d operations in %v, memo hits %d misses %d; Slow-Bridge %d operations (%d fall-backs) in %v, %d instructions tainted; kernel-image accesses %d redirected / %d local / %d unknown, memo %d instructions, %v in all",
+		r.name, r.mode, r.syscalls, en.FastEngine, en.FastOps, en.FastTime.Round(time.Millisecond), en.Hits, en.Misses,
 		en.SlowOps, en.FallBacks, en.SlowTime.Round(time.Millisecond), r.insns,
 		r.globals[1], r.globals[0], r.globals[2], r.memo, r.elapsed.Round(time.Millisecond))
 	for _, ev := range en.Events {

@@ -191,6 +191,27 @@ func (m *Machine) plantHalts() {
 	}
 }
 
+// haltsIn writes the planted halts that fall in the page at p into page (a copy of it), for
+// Unrestored: on KVM they are part of the state every call starts from.
+func (m *Machine) haltsIn(p uint64, page []byte) {
+	c := m.kvm
+	if c == nil {
+		return
+	}
+	put := func(at uint64, b byte) {
+		if at >= p && at < p+uint64(len(page)) {
+			page[at-p] = b
+		}
+	}
+	put(c.retPhys, hltOpcode)
+	for _, h := range c.halts {
+		put(h.phys, hltOpcode)
+		for i := uint64(1); i < h.tsc; i++ {
+			put(h.phys+i, nopOpcode)
+		}
+	}
+}
+
 // Intercept makes the physical ranges absent from the VM: every access there exits, and trap
 // carries it out (a read's answer or a write's target), or stops the call by returning an error.
 // Pages of the ranges that the CPU reads by itself (page tables, descriptor tables, the TSS)

@@ -450,6 +450,7 @@ func (m *Machine) Unrestored() []uint64 {
 		for _, w := range entries[p] {
 			binary.LittleEndian.PutUint64(want[w.at-p:], w.value)
 		}
+		m.haltsIn(p, want)
 		if !bytes.Equal(m.ram[p:p+4096], want) {
 			pages = append(pages, p)
 		}
