@@ -48,6 +48,7 @@ type kvmCPU struct {
 	kept          []PhysSpan // pages of the ranges the CPU itself reads: mapped, not intercepted
 	trap          func(*Trapped) error
 	slotted       bool // the memory slots exist: the holes are fixed
+	synced        bool // KVM stores the registers at every exit (vmm.VCPU.SyncRegs)
 }
 
 // kvmHalt is a kernel address where a planted halt stops the vCPU, and what it means: a call
@@ -117,6 +118,7 @@ func (m *Machine) openKVM() error {
 	if err := c.cpu.SetCPUID(id); err != nil {
 		return err
 	}
+	c.synced = c.cpu.SyncRegs(c.k)
 	m.tscBase = time.Now()
 	if err := m.loadCPU(); err != nil {
 		return fmt.Errorf("SVM under KVM: %w", err)
@@ -512,7 +514,7 @@ func (m *Machine) handleExit(nr int, e vmm.Exit) (done bool, err error) {
 // halted handles a planted halt (KVM reports it with RIP past the one-byte instruction).
 func (m *Machine) halted(nr int) (bool, error) {
 	cpu := m.kvm.cpu
-	r, err := cpu.Regs()
+	r, err := cpu.ExitRegs()
 	if err != nil {
 		return false, fmt.Errorf("KVM_GET_REGS: %w", err)
 	}
@@ -573,7 +575,7 @@ func (m *Machine) mmio(nr int) error {
 		}
 		return nil
 	}
-	r, err := c.cpu.Regs()
+	r, err := c.cpu.ExitRegs()
 	if err != nil {
 		return fmt.Errorf("KVM_GET_REGS: %w", err)
 	}

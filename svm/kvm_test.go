@@ -63,6 +63,23 @@ func TestKVMSyscallMatchesUnicorn(t *testing.T) {
 		t.Fatalf("getpid under KVM: %v (exits %v)", err, km.ExitsByReason())
 	}
 	t.Logf("getpid under KVM: %d in %v, %d exits", got, time.Since(start), km.Stats().Exits-exits)
+	if km.kvm.synced {
+		// The registers KVM stored at the last exit (the halt at the return address) are the
+		// vCPU's.
+		synced, err := km.kvm.cpu.ExitRegs()
+		if err != nil {
+			t.Fatal(err)
+		}
+		regs, err := km.kvm.cpu.Regs()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if *synced != *regs || synced.RIP != snap.ReturnAddr+1 {
+			t.Fatalf("registers synced at the exit %+v, KVM_GET_REGS %+v", synced, regs)
+		}
+	} else {
+		t.Log("KVM cannot sync registers at exits (KVM_CAP_SYNC_REGS): each exit that needs them asks")
+	}
 	if got != want || int(got) != snap.Agent.PID {
 		t.Fatalf("getpid: KVM %d, Unicorn %d, agent %d", got, want, snap.Agent.PID)
 	}

@@ -87,9 +87,10 @@ func (vm *VM) Destroy() error {
 
 // VCPU owns a vCPU descriptor, its mapped run area and its exit counters.
 type VCPU struct {
-	fd    int
-	run   []byte
-	Exits map[kvm.ExitType]int // exits seen, by reason
+	fd     int
+	run    []byte
+	Exits  map[kvm.ExitType]int // exits seen, by reason
+	synced bool                 // KVM stores the registers in run at every exit (SyncRegs)
 }
 
 // NewVCPU creates a vCPU and maps its run area.
