@@ -68,6 +68,8 @@ type EngineStats struct {
 	Events           []FallBack
 	Engine           string // the engine that ran last
 	FastEngine       string // the engine Fast-Bridge runs on (EngineFast or EngineKVM)
+	// On KVM: the vCPU's exits to user space, of which accesses to the decided ranges.
+	KVMExits, KVMTrapped int
 }
 
 // fastRun is the state of the Fast-Bridge operation in progress.
@@ -84,6 +86,10 @@ func (s *Session) Stats() EngineStats {
 	}
 	st.Events = append([]FallBack(nil), st.Events...)
 	st.FastEngine = s.FastEngine()
+	if s.onKVM && s.fast != nil {
+		ms := s.fast.Stats()
+		st.KVMExits, st.KVMTrapped = ms.Exits, ms.Trapped
+	}
 	return st
 }
 

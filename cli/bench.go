@@ -37,6 +37,8 @@ type benchRun struct {
 	Hits      uint64        `json:"hits"`
 	Misses    uint64        `json:"misses"`
 	Syscalls  int           `json:"syscalls"`
+	Exits     int           `json:"kvm_exits,omitempty"`   // on KVM: exits to user space
+	Trapped   int           `json:"kvm_trapped,omitempty"` // of which accesses to the decided ranges
 }
 
 // HitRate is hits over memo lookups (1 when there were none).
@@ -57,6 +59,9 @@ type benchView struct {
 	FallBack  float64  `json:"fallback_latency_ms"`      // mean Slow-Bridge re-run per fall-back (engine)
 	FallWhole float64  `json:"fallback_whole_ms"`        // cold auto whole time minus warm whole time, per fall-back
 	WarmMiss  string   `json:"warm_fast_miss,omitempty"` // why a fast-only run could not finish
+	// WarmOther is a warm Fast-Bridge run on the other executor (Report.Other), where both run:
+	// what the executor choice gains.
+	WarmOther *benchRun `json:"warm_fast_other,omitempty"`
 }
 
 type benchSnapshot struct {
@@ -75,6 +80,7 @@ type benchReport struct {
 	Guest     string          `json:"guest"`
 	Processes int             `json:"processes"`
 	Executor  string          `json:"executor"`
+	Other     string          `json:"other_executor,omitempty"` // the executor of WarmOther runs
 	KVM       vmm.KVMProbe    `json:"kvm_probe"`
 	Views     []benchView     `json:"views"`
 	Snapshots []benchSnapshot `json:"snapshots"`
@@ -147,9 +153,15 @@ func (e *env) bench(ctx context.Context, g *guest.Guest, procs, snapshots int) (
 		return nil, err
 	}
 	rep := &benchReport{Guest: g.Meta.Name, Processes: n, KVM: e.kvmProbe(), Executor: why}
-	run := func(view int, mode bridge.Mode, m *memo.Memo) (benchRun, bridge.EngineStats, error) {
+	switch {
+	case onKVM:
+		rep.Other = "Unicorn"
+	case rep.KVM.RunsCode:
+		rep.Other = "this machine's KVM, which the probe turned down"
+	}
+	runOn := func(view int, mode bridge.Mode, m *memo.Memo, kvm bool) (benchRun, bridge.EngineStats, error) {
 		start := time.Now()
-		s, err := bridge.AttachWith(ctx, g, snap, syms, bridge.Options{Mode: mode, Memo: m, KVM: onKVM})
+		s, err := bridge.AttachWith(ctx, g, snap, syms, bridge.Options{Mode: mode, Memo: m, KVM: kvm})
 		if err != nil {
 			return benchRun{}, bridge.EngineStats{}, err
 		}
@@ -158,8 +170,12 @@ func (e *env) bench(ctx context.Context, g *guest.Guest, procs, snapshots int) (
 		st := s.Stats()
 		sc, _, _ := s.Work()
 		cerr := s.Close(context.WithoutCancel(ctx))
-		r := benchRun{Engine: st.FastTime + st.SlowTime, Whole: time.Since(start), FallBacks: st.FallBacks, Hits: st.Hits, Misses: st.Misses, Syscalls: sc}
+		r := benchRun{Engine: st.FastTime + st.SlowTime, Whole: time.Since(start), FallBacks: st.FallBacks, Hits: st.Hits, Misses: st.Misses, Syscalls: sc,
+			Exits: st.KVMExits, Trapped: st.KVMTrapped}
 		return r, st, errors.Join(rerr, cerr)
+	}
+	run := func(view int, mode bridge.Mode, m *memo.Memo) (benchRun, bridge.EngineStats, error) {
+		return runOn(view, mode, m, onKVM)
 	}
 	for i, v := range benchViews {
 		fmt.Fprintf(e.stderr, "bench %s...\n", v.name)
@@ -186,6 +202,14 @@ func (e *env) bench(ctx context.Context, g *guest.Guest, procs, snapshots int) (
 			bv.WarmMiss = err.Error()
 		} else if err != nil {
 			return nil, fmt.Errorf("%s fast: %w", v.name, err)
+		}
+		if rep.Other != "" {
+			fmt.Fprintf(e.stderr, "bench %s on %s...\n", v.name, rep.Other)
+			r, _, err := runOn(i, bridge.ModeAuto, m, !onKVM)
+			if err != nil {
+				return nil, fmt.Errorf("%s warm on %s: %w", v.name, rep.Other, err)
+			}
+			bv.WarmOther = &r
 		}
 		bv.Ratio = float64(bv.Slow.Engine) / float64(max(bv.WarmFast.Engine, 1))
 		bv.HitRate = bv.WarmFast.HitRate()
@@ -300,6 +324,22 @@ func printBench(w interface{ Write([]byte) (int, error) }, rep *benchReport) err
 	for _, v := range rep.Views {
 		if v.WarmFast.FallBacks > 0 || v.WarmMiss != "" {
 			fmt.Fprintf(w, "%s: warm runs still fall back %d time(s); fast-only: %s\n", v.View, v.WarmFast.FallBacks, v.WarmMiss)
+		}
+	}
+	if rep.Other != "" {
+		fmt.Fprintf(w, "\nwarm Fast-Bridge on %s (KVM probe: %s):\n", rep.Other, rep.KVM.Reason)
+		tw = tabwriter.NewWriter(w, 0, 4, 2, ' ', tabwriter.AlignRight)
+		fmt.Fprintln(tw, "view\tengine\twhole\tfall-backs\tKVM exits\tintercepted accesses\tengine time per exit\tover the executor's warm\t")
+		for _, v := range rep.Views {
+			o, k := v.WarmOther, v.WarmOther
+			if o.Exits == 0 {
+				k = &v.WarmFast // the executor is KVM
+			}
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%d\t%d\t%.1f µs\t%.2fx\t\n", v.View, ms(o.Engine), ms(o.Whole), o.FallBacks, k.Exits, k.Trapped,
+				float64(k.Engine.Microseconds())/float64(max(k.Exits, 1)), float64(o.Engine)/float64(max(v.WarmFast.Engine, 1)))
+		}
+		if err := tw.Flush(); err != nil {
+			return err
 		}
 	}
 	fmt.Fprintln(w, "\ntraining from an empty memo, the workload changing between snapshots (ps + lsmod + netstat, auto):")
