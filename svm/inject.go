@@ -11,7 +11,7 @@ import (
 	"hybridbridge/vmm"
 )
 
-// What both executors (Machine on Unicorn, KVMMachine on KVM) share of injecting calls.
+// What injecting calls needs, whichever executor (Unicorn or KVM) runs them.
 
 // mapSnapshotRAM maps ram.img with prot and flags: private and writable for an executor to run
 // on (the snapshot file is never written), or shared and read-only for what a reset copies back.
