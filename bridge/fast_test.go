@@ -94,46 +94,7 @@ func TestFastSlowAutoAgree(t *testing.T) {
 			t.Error("fast and slow views differ")
 		}
 	}
-	// A forced miss: forget the instruction that reads the module list head, then lsmod once.
-	s := attach(ModeAuto)
-	s.View = "lsmod"
-	want, err := inspect.ListModules(s)
-	if err != nil || s.Stats().FallBacks != 0 {
-		t.Fatalf("lsmod with a trained memo: %v, %d fall-backs", err, s.Stats().FallBacks)
-	}
-	forgot := 0
-	for _, e := range m.Entries() {
-		if e.Region == "modules" {
-			m.Delete(e.PC)
-			forgot++
-			break
-		}
-	}
-	if forgot == 0 {
-		t.Fatal("no memoized instruction reads the module list")
-	}
-	got, err := inspect.ListModules(s)
-	st := s.Stats()
-	// Both machines ran (the miss opened Slow-Bridge's): a reset puts back every page of each,
-	// the overlaid guest's included, or one operation could see what another left.
-	for _, sm := range []*svm.Machine{s.fast, s.Machine} {
-		if rerr := sm.Reset(); rerr != nil {
-			t.Fatal(rerr)
-		}
-		if pages := sm.Unrestored(); len(pages) > 0 {
-			t.Errorf("%d pages differ from the snapshot and the guest after Reset, first %#x", len(pages), pages[0])
-		}
-	}
-	done(s)
-	if err != nil || !reflect.DeepEqual(got, want) {
-		t.Errorf("lsmod after a forced miss: %v\n got  %+v\n want %+v", err, got, want)
-	}
-	if st.FallBacks != 1 || len(st.Events) != 1 || st.Events[0].Region != "modules" {
-		t.Errorf("forced miss: %d fall-backs, events %+v", st.FallBacks, st.Events)
-	} else {
-		e := st.Events[0]
-		t.Logf("forced miss: %s %s %q (%s), fall-back latency %v", e.Syscall, e.Symbol, e.Disassembly, e.Reason, e.Latency.Round(time.Microsecond))
-	}
+	forcedMiss(t, attach(ModeAuto), m)
 	after, err := vmm.Hash(ctx, mem)
 	if err != nil {
 		t.Fatal(err)
@@ -228,5 +189,53 @@ func modesAgree(t *testing.T, ctx context.Context) {
 	}
 	if before != after {
 		t.Fatalf("guest memory changed: %s -> %s", before, after)
+	}
+}
+
+// forcedMiss forgets the memoized instruction that reads the module list head and runs lsmod on
+// s, trained: exactly one fall-back, touching the module list, and the same modules as before.
+// Both machines then reset to exactly the snapshot and the guest. It detaches s.
+func forcedMiss(t *testing.T, s *Session, m *memo.Memo) {
+	t.Helper()
+	s.View = "lsmod"
+	want, err := inspect.ListModules(s)
+	if err != nil || s.Stats().FallBacks != 0 {
+		t.Fatalf("lsmod with a trained memo (%s): %v, %d fall-backs", s.FastEngine(), err, s.Stats().FallBacks)
+	}
+	forgot := 0
+	for _, e := range m.Entries() {
+		if e.Region == "modules" {
+			m.Delete(e.PC)
+			forgot++
+			break
+		}
+	}
+	if forgot == 0 {
+		t.Fatal("no memoized instruction reads the module list")
+	}
+	got, err := inspect.ListModules(s)
+	st := s.Stats()
+	// Both machines ran (the miss opened Slow-Bridge's): a reset puts back every page of each,
+	// the overlaid guest's included, or one operation could see what another left (on KVM no
+	// hook sees the writes: Linux's record of written pages does).
+	for _, sm := range []*svm.Machine{s.fast, s.Machine} {
+		if rerr := sm.Reset(); rerr != nil {
+			t.Fatal(rerr)
+		}
+		if pages := sm.Unrestored(); len(pages) > 0 {
+			t.Errorf("%d pages differ from the snapshot and the guest after Reset (KVM %v), first %#x", len(pages), sm.OnKVM(), pages[0])
+		}
+	}
+	if derr := s.Detach(); derr != nil {
+		t.Fatal(derr)
+	}
+	if err != nil || !reflect.DeepEqual(got, want) {
+		t.Errorf("lsmod after a forced miss (%s): %v\n got  %+v\n want %+v", s.FastEngine(), err, got, want)
+	}
+	if st.FallBacks != 1 || len(st.Events) != 1 || st.Events[0].Region != "modules" {
+		t.Errorf("forced miss (%s): %d fall-backs, events %+v", s.FastEngine(), st.FallBacks, st.Events)
+	} else {
+		e := st.Events[0]
+		t.Logf("forced miss (%s): %s %s %q (%s), fall-back latency %v", s.FastEngine(), e.Syscall, e.Symbol, e.Disassembly, e.Reason, e.Latency.Round(time.Microsecond))
 	}
 }

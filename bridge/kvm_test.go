@@ -7,7 +7,6 @@ import (
 
 	"hybridbridge/inspect"
 	"hybridbridge/memo"
-	"hybridbridge/svm"
 	"hybridbridge/vmm"
 )
 
@@ -63,46 +62,11 @@ func TestKVMFastBridge(t *testing.T) {
 		t.Errorf("KVM with a trained memo: %d fall-backs, last engine %q", kst.FallBacks, kst.Engine)
 	}
 
-	// A forced miss: forget the instruction that reads the module list head, then lsmod once.
 	s, err := AttachWith(ctx, demo, snap, syms, Options{Mode: ModeAuto, Memo: m, KVM: true})
 	if err != nil {
 		t.Fatal(err)
 	}
-	s.View = "lsmod"
-	want, err := inspect.ListModules(s)
-	if err != nil || s.Stats().FallBacks != 0 {
-		t.Fatalf("lsmod on KVM with a trained memo: %v, %d fall-backs", err, s.Stats().FallBacks)
-	}
-	for _, e := range m.Entries() {
-		if e.Region == "modules" {
-			m.Delete(e.PC)
-			break
-		}
-	}
-	got, err := inspect.ListModules(s)
-	st := s.Stats()
-	// Both machines ran: a reset puts back every page of each (on KVM without a hook seeing the
-	// writes: Linux's record of written pages, or the whole mapping dropped).
-	for _, sm := range []*svm.Machine{s.fast, s.Machine} {
-		if rerr := sm.Reset(); rerr != nil {
-			t.Fatal(rerr)
-		}
-		if pages := sm.Unrestored(); len(pages) > 0 {
-			t.Errorf("%d pages differ from the snapshot and the guest after Reset (KVM %v), first %#x", len(pages), sm.OnKVM(), pages[0])
-		}
-	}
-	if derr := s.Detach(); derr != nil {
-		t.Fatal(derr)
-	}
-	if err != nil || !reflect.DeepEqual(got, want) {
-		t.Errorf("lsmod on KVM after a forced miss: %v\n got  %+v\n want %+v", err, got, want)
-	}
-	if st.FallBacks != 1 || len(st.Events) != 1 || st.Events[0].Region != "modules" {
-		t.Errorf("forced miss on KVM: %d fall-backs, events %+v", st.FallBacks, st.Events)
-	} else {
-		e := st.Events[0]
-		t.Logf("forced miss on KVM: %s %s %q (%s), fall-back latency %v", e.Syscall, e.Symbol, e.Disassembly, e.Reason, e.Latency.Round(time.Microsecond))
-	}
+	forcedMiss(t, s, m)
 	after, err := vmm.Hash(ctx, mem)
 	if err != nil {
 		t.Fatal(err)
