@@ -103,8 +103,9 @@ type Stats struct {
 	KVMTime                  time.Duration
 }
 
-// Machine is the SVM snapshot loaded into Unicorn. Its RAM is a private copy-on-write mapping of
-// the snapshot file: the snapshot is never written, and Reset drops every change.
+// Machine is the SVM snapshot loaded into Unicorn, or into KVM (Options.KVM). Its RAM is a private
+// copy-on-write mapping of the snapshot file that the executor runs on directly: the snapshot is
+// never written, and Reset drops every change.
 // A Machine is not safe for concurrent use.
 type Machine struct {
 	snap *Snapshot
