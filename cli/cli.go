@@ -71,6 +71,13 @@ a terminal it prints what can be read from that guest instead.`,
 	}
 	root.SetOut(stdout)
 	root.SetErr(stderr)
+	root.PersistentPreRunE = func(*cobra.Command, []string) error {
+		switch e.fastEngine {
+		case "auto", "unicorn", "kvm":
+			return nil
+		}
+		return fmt.Errorf("unknown --fast-engine %q (auto, unicorn or kvm)", e.fastEngine)
+	}
 	root.PersistentFlags().StringVar(&e.runDir, "run-dir", guest.DefaultRunDir(), "folder for running guests' sockets and logs ($HYBRIDBRIDGE_RUN)")
 	root.PersistentFlags().StringVar(&e.mode, "mode", "auto", "engine for views: auto (Fast-Bridge, falling back to Slow-Bridge on a memo miss), fast (a miss is an error) or slow (taint throughout)")
 	root.PersistentFlags().StringVar(&e.fastEngine, "fast-engine", "auto", "executor of Fast-Bridge: auto (KVM if a probe finds hardware KVM, else Unicorn), unicorn, or kvm (even a slow, paravirtual one: for tests and demos)")

@@ -336,9 +336,33 @@ func TestBench(t *testing.T) {
 			t.Errorf("%s: %+v", v.View, v)
 		}
 		t.Logf("%s: slow %v, cold auto %v (%d fall-backs), warm fast %v, %.1fx", v.View, v.Slow.Engine, v.ColdAuto.Engine, v.ColdAuto.FallBacks, v.WarmFast.Engine, v.Ratio)
+		// Where KVM runs code, the executor the probe did not pick runs too, trained, without a
+		// fall-back; KVM's exits include every intercepted access.
+		if rep.KVM.RunsCode {
+			o := v.WarmOther
+			if o == nil || o.FallBacks != 0 || o.Engine <= 0 {
+				t.Errorf("%s on %q: %+v", v.View, rep.Other, o)
+				continue
+			}
+			kvm := o
+			if rep.KVM.Usable {
+				kvm = &v.WarmFast
+			}
+			if kvm.Trapped == 0 || kvm.Exits < kvm.Trapped {
+				t.Errorf("%s on KVM: %d exits, %d intercepted accesses", v.View, kvm.Exits, kvm.Trapped)
+			}
+			t.Logf("%s on %s: %v, %d exits", v.View, rep.Other, o.Engine, kvm.Exits)
+		}
 	}
 	if s := rep.Snapshots; s[1].FallBacks > s[0].FallBacks {
 		t.Errorf("training did not converge: %+v", s)
+	}
+}
+
+func TestBadFastEngine(t *testing.T) {
+	_, _, err := run("lsmod", "--fast-engine", "quantum")
+	if err == nil || !strings.Contains(err.Error(), `unknown --fast-engine "quantum"`) {
+		t.Fatalf("lsmod --fast-engine quantum: %v", err)
 	}
 }
 
