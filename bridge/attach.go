@@ -38,7 +38,8 @@ type Session struct {
 	Globals      *Globals       // the per-global lists, with the unknown globals seen
 	Taint        *taint.Tracker // provenance for the image window
 	// Counts are the accesses to kernel globals by decision (taint.Local, Redirect, Unknown),
-	// plus guest-derived accesses in the image window under Redirect.
+	// plus guest-derived accesses in the image window under Redirect. On Unicorn Fast-Bridge, the
+	// local ones let through in C are added by Accesses (and Stats).
 	Counts [3]int
 	// OnAccess, if set, sees every memory access the taint engine decided (slow; for debugging
 	// a view). a is valid only during the call.

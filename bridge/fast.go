@@ -79,6 +79,7 @@ type fastRun struct {
 
 // Stats returns the session's engine counters.
 func (s *Session) Stats() EngineStats {
+	s.settleFilter()
 	st := s.stats
 	if s.filter != nil {
 		skipped, _, _ := s.filter.Stats()
@@ -91,6 +92,27 @@ func (s *Session) Stats() EngineStats {
 		st.KVMExits, st.KVMTrapped = ms.Exits, ms.Trapped
 	}
 	return st
+}
+
+// settleFilter credits the accesses Unicorn's filter let through in C (local decisions replayed
+// for an (instruction, address) pair) to the counts Go keeps for decided accesses: the globals'
+// local count, as Slow-Bridge and KVM count every access, and the memo's per-instruction hits.
+func (s *Session) settleFilter() {
+	if s.filter == nil {
+		return
+	}
+	s.filter.DrainHits(func(pc, addr, n uint64) {
+		if _, ok := s.policy.alias(addr); !ok && in(s.policy.data, addr) {
+			s.Counts[taint.Local] += int(n)
+		}
+		s.Memo.AddHits(pc, n)
+	})
+}
+
+// Accesses are Counts, with every access Fast-Bridge decided so far included.
+func (s *Session) Accesses() [3]int {
+	s.settleFilter()
+	return s.Counts
 }
 
 // Mode is the session's engine mode.
@@ -142,6 +164,7 @@ func (s *Session) runFast(op func(m *svm.Machine) error) error {
 		// The memo changed (a fall-back learned, or an entry was removed): decisions replayed
 		// from the old one may not hold.
 		if s.filter != nil {
+			s.settleFilter()
 			s.filter.Clear()
 		}
 		clear(s.replay)

@@ -332,7 +332,7 @@ func (c *consoleSource) counters(s *bridge.Session) sessionCounters {
 	sc := sessionCounters{
 		syscalls: syscalls,
 		insns:    insns,
-		globals:  s.Counts,
+		globals:  s.Accesses(),
 		unknown:  make(map[string]int),
 		memo:     c.memo.Stats(),
 	}

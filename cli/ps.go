@@ -76,7 +76,7 @@ func (e *env) inspectGuest(ctx context.Context, name, view string, fn func(*brid
 	ferr := fn(s)
 	run := &viewRun{name: view, elapsed: time.Since(start), mode: mode}
 	run.syscalls, run.insns, run.window = s.Work()
-	run.globals, run.engine = s.Counts, s.Stats()
+	run.globals, run.engine = s.Accesses(), s.Stats()
 	run.unknown = s.Globals.Unknown()
 	cerr := s.Close(context.WithoutCancel(ctx))
 	if err := errors.Join(ferr, cerr); err != nil {

@@ -743,6 +743,18 @@ func TestMemFilter(t *testing.T) {
 	if skipped, passed, size := f.Stats(); skipped != 1 || passed != 5 || size != 1 {
 		t.Fatalf("stats: skipped %d passed %d size %d", skipped, passed, size)
 	}
+	run()
+	// The pair let its access through twice; drained, the count starts again.
+	for want := uint64(2); ; want = 0 {
+		var got []uint64
+		f.DrainHits(func(pc, addr, n uint64) { got = append(got, pc, addr, n) })
+		if (want == 0 && len(got) != 0) || (want != 0 && (len(got) != 3 || got[0] != base || got[1] != 0x6000 || got[2] != want)) {
+			t.Fatalf("drained hits %#x, want %d for the pair", got, want)
+		}
+		if want == 0 {
+			break
+		}
+	}
 	f.Clear()
 	if got := run(); len(got) != 3 {
 		t.Fatalf("after Clear: %#x", got)

@@ -154,6 +154,21 @@ func (f *MemFilter) Add(pc, addr uint64) error {
 // Unicorn could not say): the C side read it already.
 func (f *MemFilter) PC() uint64 { return uint64(f.set.last_pc) }
 
+// DrainHits calls fn for each pair in the set with the accesses it let through since the last
+// drain, and zeroes those counts: what the pairs decided, counted by whoever decided them.
+func (f *MemFilter) DrainHits(fn func(pc, addr, n uint64)) {
+	n := int(f.set.cap)
+	pcs := unsafe.Slice((*uint64)(unsafe.Pointer(f.set.pc)), n)
+	addrs := unsafe.Slice((*uint64)(unsafe.Pointer(f.set.addr)), n)
+	hits := unsafe.Slice((*uint64)(unsafe.Pointer(f.set.hits)), n)
+	for i, h := range hits {
+		if h != 0 && pcs[i] != 0 {
+			fn(pcs[i], addrs[i], h)
+		}
+		hits[i] = 0
+	}
+}
+
 // Clear empties the set: every access reaches Go again.
 func (f *MemFilter) Clear() { C.hb_pcset_clear(f.set) }
 

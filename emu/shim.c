@@ -212,7 +212,8 @@ hb_pcset *hb_pcset_new(uint32_t cap, uintptr_t id)
 		return NULL;
 	s->pc = calloc(cap, sizeof(uint64_t));
 	s->addr = calloc(cap, sizeof(uint64_t));
-	if (!s->pc || !s->addr) {
+	s->hits = calloc(cap, sizeof(uint64_t));
+	if (!s->pc || !s->addr || !s->hits) {
 		hb_pcset_free(s);
 		return NULL;
 	}
@@ -227,6 +228,7 @@ void hb_pcset_free(hb_pcset *s)
 		return;
 	free(s->pc);
 	free(s->addr);
+	free(s->hits);
 	free(s);
 }
 
@@ -253,16 +255,18 @@ int hb_pcset_add(hb_pcset *s, uint64_t pc, uint64_t addr)
 void hb_pcset_clear(hb_pcset *s)
 {
 	memset(s->pc, 0, s->cap * sizeof(uint64_t));
+	memset(s->hits, 0, s->cap * sizeof(uint64_t));
 	s->len = 0;
 }
 
-static inline int pcset_has(const hb_pcset *s, uint64_t pc, uint64_t addr)
+// pcset_find returns the pair's slot, or -1.
+static inline int64_t pcset_find(const hb_pcset *s, uint64_t pc, uint64_t addr)
 {
 	for (uint32_t i = pcset_slot(s, pc, addr);; i = (i + 1) & (s->cap - 1)) {
 		if (s->pc[i] == 0)
-			return 0;
+			return -1;
 		if (s->pc[i] == pc && s->addr[i] == addr)
-			return 1;
+			return i;
 	}
 }
 
@@ -289,7 +293,9 @@ static void cb_mem_filtered(uc_engine *uc, uc_mem_type type, uint64_t addr, int 
 	uint64_t pc = 0;
 	if (uc_reg_read(uc, UC_X86_REG_RIP, &pc) != UC_ERR_OK)
 		pc = 0;
-	if (s->len && pc && pcset_has(s, pc, addr)) {
+	int64_t i;
+	if (s->len && pc && (i = pcset_find(s, pc, addr)) >= 0) {
+		s->hits[i]++;
 		s->skipped++;
 		return;
 	}

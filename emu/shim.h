@@ -60,6 +60,7 @@ uc_err hb_budget_add(uc_engine *uc, uc_hook *hh, hb_budget *b);
 typedef struct hb_pcset {
 	uint64_t *pc;
 	uint64_t *addr;
+	uint64_t *hits; // accesses let through per pair, until Go drains them
 	uint32_t cap;
 	uint32_t len;
 	uintptr_t id;     // the Go hook called for pairs not in the set

@@ -303,6 +303,17 @@ func (m *Memo) Peek(pc uint64) (Entry, bool) {
 	return r.entry(pc), true
 }
 
+// AddHits counts n more hits of pc's decision that were replayed without a lookup (a cache of
+// decisions outside the memo), for its per-instruction count; the per-view lookup counts are
+// not changed. An unknown pc is ignored.
+func (m *Memo) AddHits(pc, n uint64) {
+	m.mu.RLock()
+	defer m.mu.RUnlock()
+	if r := m.entries[pc]; r != nil {
+		r.hits.Add(n)
+	}
+}
+
 // Delete forgets pc, so its next lookup misses. It reports whether pc was
 // memoized.
 func (m *Memo) Delete(pc uint64) bool {
