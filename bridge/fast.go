@@ -228,6 +228,7 @@ func (s *Session) resolveFast(m *svm.Machine, phys uint64, size int, write bool)
 	key := [2]uint64{pc, phys}
 	if d, ok := s.replay[key]; ok {
 		s.stats.Hits++
+		s.Memo.AddHits(pc, 1)
 		s.swap(m, phys, size, write, d)
 		return
 	}

@@ -54,6 +54,8 @@ func (s *Session) trapFast(m *svm.Machine, t *svm.Trapped) error {
 			return errMiss
 		}
 		s.replay[key] = d
+	} else {
+		s.Memo.AddHits(pc, 1) // replayed without a lookup
 	}
 	s.stats.Hits++
 	return s.carryOut(m, t, d)

@@ -48,9 +48,18 @@ func TestKVMFastBridge(t *testing.T) {
 		return v, p, s.Stats(), s.Accesses(), time.Since(start)
 	}
 	run(Options{Mode: ModeAuto, Memo: m}) // train
+	memoHits := func() (n uint64) {
+		for _, e := range m.Entries() {
+			n += e.Hits
+		}
+		return n
+	}
+	h0 := memoHits()
 	uv, up, ust, uacc, ud := run(Options{Mode: ModeAuto, Memo: m})
+	h1 := memoHits()
 	t.Logf("Unicorn-fast: %v (engine %v), %d fall-backs, %d hits", ud.Round(time.Millisecond), ust.FastTime.Round(time.Millisecond), ust.FallBacks, ust.Hits)
 	kv, kp, kst, kacc, kd := run(Options{Mode: ModeAuto, Memo: m, KVM: true})
+	h2 := memoHits()
 	t.Logf("KVM-fast: %v (engine %v), %d fall-backs, %d hits, %d misses, engine %s", kd.Round(time.Millisecond), kst.FastTime.Round(time.Millisecond), kst.FallBacks, kst.Hits, kst.Misses, kst.Engine)
 	for _, e := range kst.Events {
 		t.Logf("  fell back: %s/%s %s  %s: %s", e.View, e.Syscall, e.Symbol, e.Disassembly, e.Reason)
@@ -65,6 +74,12 @@ func TestKVMFastBridge(t *testing.T) {
 	t.Logf("kernel-global accesses (local, redirected, unknown): Unicorn %v, KVM %v", uacc, kacc)
 	if d := uacc[0] - kacc[0]; uacc[1] != kacc[1] || uacc[2] != kacc[2] || d*d*1e6 > uacc[0]*uacc[0] {
 		t.Errorf("kernel-global accesses (local, redirected, unknown): Unicorn %v, KVM %v", uacc, kacc)
+	}
+	// The memo's per-instruction hits count every decided access too, however it was replayed.
+	uh, kh := float64(h1-h0), float64(h2-h1)
+	t.Logf("memo hits per instruction, summed: Unicorn %.0f, KVM %.0f (engine hits %d, %d)", uh, kh, ust.Hits, kst.Hits)
+	if d := uh - kh; d*d*1e6 > uh*uh || uh < float64(ust.Hits) {
+		t.Errorf("memo hits per instruction, summed: Unicorn %.0f, KVM %.0f (engine hits %d, %d)", uh, kh, ust.Hits, kst.Hits)
 	}
 	if kst.FallBacks != 0 || kst.Engine != EngineKVM {
 		t.Errorf("KVM with a trained memo: %d fall-backs, last engine %q", kst.FallBacks, kst.Engine)
