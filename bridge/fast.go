@@ -102,8 +102,8 @@ func (s *Session) settleFilter() {
 		return
 	}
 	s.filter.DrainHits(func(pc, addr, n uint64) {
-		if _, ok := s.policy.alias(addr); !ok && in(s.policy.data, addr) {
-			s.Counts[taint.Local] += int(n)
+		if _, ok := s.policy.alias(addr); !ok && svm.InSpans(s.policy.data, addr) {
+			s.Counts[taint.Local] += int(n) // as count does for each
 		}
 		s.Memo.AddHits(pc, n)
 	})
@@ -270,7 +270,7 @@ func (s *Session) fastDecision(pc, phys uint64, region, syscall string) (taint.D
 		}
 		return 0, "instruction not in the memo"
 	}
-	data := in(s.policy.data, phys)
+	data := svm.InSpans(s.policy.data, phys)
 	plain, viaGuest := false, false
 	if data {
 		for _, r := range append([]string{ent.Region}, ent.Regions...) {
@@ -336,7 +336,7 @@ func (s *Session) region(phys uint64) string {
 	if _, ok := s.policy.alias(phys); ok {
 		return "struct-pages"
 	}
-	if in(s.policy.data, phys) {
+	if svm.InSpans(s.policy.data, phys) {
 		if name, _, ok := s.Globals.syms.Lookup(s.policy.virt(phys)); ok {
 			return name
 		}

@@ -84,29 +84,22 @@ func (s *Session) writer(pcs []uint64) (uint64, string) {
 }
 
 // carryOut performs an intercepted access as decided: on the SVM's bytes, or for a redirected
-// one on the guest's (its copy of the kernel image, or its struct pages in its overlaid RAM). The
-// counts match Slow-Bridge's and Unicorn Fast-Bridge's (swap).
+// one on the guest's (its copy of the kernel image, or its struct pages in its overlaid RAM),
+// counted as swap counts it.
 func (s *Session) carryOut(m *svm.Machine, t *svm.Trapped, d taint.Decision) error {
-	pol, n := s.policy, uint64(len(t.Data))
+	s.count(t.Phys, d)
+	n := uint64(len(t.Data))
 	ram := m.RAM()
 	target := ram[t.Phys : t.Phys+n]
-	if al, ok := pol.alias(t.Phys); ok {
+	if al, ok := s.policy.alias(t.Phys); ok {
 		if d == taint.Redirect {
-			s.Counts[taint.Redirect]++
 			g := al.guest + (t.Phys - al.svm)
 			target = ram[g : g+n]
 		}
-	} else {
-		if in(pol.data, t.Phys) {
-			s.Counts[d]++
-		} else if d == taint.Redirect {
-			s.Counts[taint.Redirect]++
-		}
-		if d == taint.Redirect {
-			var ok bool
-			if target, ok = m.GuestImage(t.Phys, int(n)); !ok {
-				return fmt.Errorf("redirected access of %d bytes at %#x outside the guest's image copy", n, t.Phys)
-			}
+	} else if d == taint.Redirect {
+		var ok bool
+		if target, ok = m.GuestImage(t.Phys, int(n)); !ok {
+			return fmt.Errorf("redirected access of %d bytes at %#x outside the guest's image copy", n, t.Phys)
 		}
 	}
 	if t.Write {

@@ -61,15 +61,6 @@ func (p *policy) alias(phys uint64) (alias, bool) {
 // svmSide are the labels of the SVM's own data: its kernel's and the inspecting process's.
 const svmSide = taint.LabelSVM | taint.LabelUser
 
-func in(spans []svm.PhysSpan, phys uint64) bool {
-	for _, s := range spans {
-		if phys >= s.Start && phys < s.End {
-			return true
-		}
-	}
-	return false
-}
-
 func (p *policy) virt(phys uint64) uint64 {
 	return phys - p.snap.Layout.KernelStart + p.snap.Symbols["_text"]
 }
@@ -77,7 +68,7 @@ func (p *policy) virt(phys uint64) uint64 {
 func (p *policy) Decide(a *taint.Access) (taint.Decision, taint.Reason) {
 	// The inspecting process's memory (user-labelled) is the SVM's as much as its kernel's is.
 	guestOnly := a.Addr&taint.LabelGVM != 0 && a.Addr&svmSide == 0 && a.Seg != x86asm.GS && a.Base != x86asm.RSP
-	if in(p.data, a.Phys) {
+	if svm.InSpans(p.data, a.Phys) {
 		if guestOnly && !a.DispGlobal {
 			return taint.Redirect, taint.ReasonGVMPointer
 		}
@@ -90,7 +81,7 @@ func (p *policy) Decide(a *taint.Access) (taint.Decision, taint.Reason) {
 			return taint.Unknown, taint.ReasonGlobalUnknown
 		}
 	}
-	if _, ok := p.alias(a.Phys); ok || in(p.window, a.Phys) {
+	if _, ok := p.alias(a.Phys); ok || svm.InSpans(p.window, a.Phys) {
 		return p.shared(a, guestOnly)
 	}
 	return taint.VMST{}.Decide(a)
@@ -162,7 +153,7 @@ func (s *Session) tracker(snap *svm.Snapshot, pol *policy) (*taint.Tracker, erro
 // (Slow-Bridge): it applies the taint engine's decision and learns it.
 func (s *Session) decideImage(a *taint.Access) {
 	region := s.apply(s.Machine, a.Phys, a.Size, a.Write, a.Decision)
-	if in(s.policy.data, a.Phys) {
+	if svm.InSpans(s.policy.data, a.Phys) {
 		if a.Decision == taint.Unknown {
 			s.Globals.count(region)
 		}
@@ -190,21 +181,15 @@ func (s *Session) apply(m *svm.Machine, phys uint64, size int, write bool, d tai
 // guest's bytes (for a write, its result goes to the guest's private copy).
 func (s *Session) swap(m *svm.Machine, phys uint64, size int, write bool, d taint.Decision) {
 	m.FlushWrites()
-	pol := s.policy
-	if al, ok := pol.alias(phys); ok {
+	s.count(phys, d)
+	if al, ok := s.policy.alias(phys); ok {
 		if d == taint.Redirect {
-			s.Counts[taint.Redirect]++
 			g := al.guest + (phys - al.svm)
 			if err := m.SwapInAlias(phys, m.RAM()[g:g+uint64(size)], write); err != nil {
 				m.Stop(err.Error())
 			}
 		}
 		return
-	}
-	if in(pol.data, phys) {
-		s.Counts[d]++
-	} else if d == taint.Redirect {
-		s.Counts[taint.Redirect]++
 	}
 	if d != taint.Redirect {
 		return
@@ -217,6 +202,16 @@ func (s *Session) swap(m *svm.Machine, phys uint64, size int, write bool, d tain
 	}
 	if err != nil {
 		m.Stop(err.Error())
+	}
+}
+
+// count adds a decided access to Counts: every access to a global by its decision, and in the
+// image window and the aliased struct pages the redirected ones.
+func (s *Session) count(phys uint64, d taint.Decision) {
+	if _, ok := s.policy.alias(phys); !ok && svm.InSpans(s.policy.data, phys) {
+		s.Counts[d]++
+	} else if d == taint.Redirect {
+		s.Counts[taint.Redirect]++
 	}
 }
 

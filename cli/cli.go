@@ -157,12 +157,11 @@ func progress(w io.Writer) (func(stage string, elapsed time.Duration), func()) {
 
 // fastOnKVM resolves --fast-engine: whether Fast-Bridge runs under KVM, and why.
 func (e *env) fastOnKVM() (bool, string, error) {
-	probe := e.kvmProbe
 	switch e.fastEngine {
 	case "unicorn":
 		return false, "Unicorn (--fast-engine unicorn)", nil
 	case "kvm":
-		p := probe()
+		p := e.kvmProbe()
 		if !p.RunsCode {
 			return false, "", fmt.Errorf("--fast-engine kvm: KVM does not run here: %s", p.Reason)
 		}
@@ -172,10 +171,11 @@ func (e *env) fastOnKVM() (bool, string, error) {
 		}
 		return true, why, nil
 	case "auto", "":
-		if p := probe(); p.Usable {
+		p := e.kvmProbe()
+		if p.Usable {
 			return true, "KVM (" + p.Reason + ")", nil
 		}
-		return false, "Unicorn (KVM probe: " + probe().Reason + ")", nil
+		return false, "Unicorn (KVM probe: " + p.Reason + ")", nil
 	default:
 		return false, "", fmt.Errorf("unknown --fast-engine %q (auto, unicorn or kvm)", e.fastEngine)
 	}

@@ -3,10 +3,12 @@
 package svm
 
 import (
+	"cmp"
 	"encoding/binary"
 	"errors"
 	"fmt"
 	"runtime"
+	"slices"
 	"time"
 
 	"github.com/bobuhiro11/gokvm/kvm"
@@ -48,7 +50,9 @@ type kvmCPU struct {
 	kept          []PhysSpan // pages of the ranges the CPU itself reads: mapped, not intercepted
 	trap          func(*Trapped) error
 	slotted       bool // the memory slots exist: the holes are fixed
-	synced        bool // KVM stores the registers at every exit (vmm.VCPU.SyncRegs)
+	// writerAt caches writers by the RIP KVM reports: the kernel text does not change.
+	writerAt map[uint64][]uint64
+	synced   bool // KVM stores the registers at every exit (vmm.VCPU.SyncRegs)
 }
 
 // kvmHalt is a kernel address where a planted halt stops the vCPU, and what it means: a call
@@ -183,28 +187,11 @@ func (m *Machine) findHalts() error {
 // plantHalts writes the halts into the private copy of the kernel text; a reset drops them with
 // every other write. An RDTSC's remaining bytes become NOPs.
 func (m *Machine) plantHalts() {
-	c := m.kvm
-	m.ram[c.retPhys] = hltOpcode
-	for _, h := range c.halts {
-		m.ram[h.phys] = hltOpcode
-		for i := uint64(1); i < h.tsc; i++ {
-			m.ram[h.phys+i] = nopOpcode
-		}
-	}
+	m.kvm.haltBytes(func(at uint64, b byte) { m.ram[at] = b })
 }
 
-// haltsIn writes the planted halts that fall in the page at p into page (a copy of it), for
-// Unrestored: on KVM they are part of the state every call starts from.
-func (m *Machine) haltsIn(p uint64, page []byte) {
-	c := m.kvm
-	if c == nil {
-		return
-	}
-	put := func(at uint64, b byte) {
-		if at >= p && at < p+uint64(len(page)) {
-			page[at-p] = b
-		}
-	}
+// haltBytes calls put with every byte the planted halts change, by physical address.
+func (c *kvmCPU) haltBytes(put func(at uint64, b byte)) {
 	put(c.retPhys, hltOpcode)
 	for _, h := range c.halts {
 		put(h.phys, hltOpcode)
@@ -212,6 +199,19 @@ func (m *Machine) haltsIn(p uint64, page []byte) {
 			put(h.phys+i, nopOpcode)
 		}
 	}
+}
+
+// haltsIn writes the planted halts that fall in the page at p into page (a copy of it), for
+// Unrestored: on KVM they are part of the state every call starts from.
+func (m *Machine) haltsIn(p uint64, page []byte) {
+	if m.kvm == nil {
+		return
+	}
+	m.kvm.haltBytes(func(at uint64, b byte) {
+		if at >= p && at < p+uint64(len(page)) {
+			page[at-p] = b
+		}
+	})
 }
 
 // Intercept makes the physical ranges absent from the VM: every access there exits, and trap
@@ -291,12 +291,7 @@ func (m *Machine) cpuPages() (map[uint64]bool, error) {
 
 // mergeSpans sorts spans and joins those that touch.
 func mergeSpans(spans []PhysSpan) []PhysSpan {
-	out := append([]PhysSpan(nil), spans...)
-	for i := 1; i < len(out); i++ {
-		for j := i; j > 0 && out[j].Start < out[j-1].Start; j-- {
-			out[j], out[j-1] = out[j-1], out[j]
-		}
-	}
+	out := slices.SortedFunc(slices.Values(spans), func(a, b PhysSpan) int { return cmp.Compare(a.Start, b.Start) })
 	var merged []PhysSpan
 	for _, s := range out {
 		if n := len(merged); n > 0 && s.Start <= merged[n-1].End {
@@ -567,7 +562,7 @@ func (m *Machine) mmio(nr int) error {
 		}
 		return m.kvmStop(ErrFault, nr, fmt.Sprintf("MMIO %s of %d bytes at physical %#x, outside SVM RAM", kind, a.Len, a.Addr))
 	}
-	if c.trap == nil || !inSpans(c.ranges, a.Addr) {
+	if c.trap == nil || !InSpans(c.ranges, a.Addr) {
 		if a.Write {
 			copy(m.ram[a.Addr:], data)
 		} else {
@@ -589,20 +584,24 @@ func (m *Machine) mmio(nr int) error {
 	return nil
 }
 
-// inSpans reports whether phys lies in one of spans.
-func inSpans(spans []PhysSpan, phys uint64) bool {
-	for _, s := range spans {
-		if phys >= s.Start && phys < s.End {
-			return true
-		}
-	}
-	return false
-}
-
 // writers are the instructions that may have made a write KVM reports with RIP at next: those
 // that decode to exactly end there and have a memory operand, and a string instruction at next
 // itself (KVM keeps RIP on a repeated one until its last iteration).
 func (m *Machine) writers(next uint64) []uint64 {
+	c := m.kvm
+	if w, ok := c.writerAt[next]; ok {
+		return w
+	}
+	if c.writerAt == nil {
+		c.writerAt = map[uint64][]uint64{}
+	}
+	w := m.decodeWriters(next)
+	c.writerAt[next] = w
+	return w
+}
+
+// decodeWriters is writers without the cache.
+func (m *Machine) decodeWriters(next uint64) []uint64 {
 	const maxLen = 15
 	code := make([]byte, 2*maxLen)
 	if m.virt.Read(next-maxLen, code) != nil {
@@ -796,7 +795,7 @@ func (m *Machine) cmpxchg16b(in x86asm.Inst, r *kvm.Regs) error {
 	if va%16 != 0 {
 		return fmt.Errorf("operand %#x not 16-byte aligned (the CPU raises #GP)", va)
 	}
-	if pa, err := m.Phys(va); err == nil && inSpans(m.kvm.ranges, pa) {
+	if pa, err := m.Phys(va); err == nil && InSpans(m.kvm.ranges, pa) {
 		return fmt.Errorf("operand %#x in an intercepted range", va)
 	}
 	cur := make([]byte, 16)

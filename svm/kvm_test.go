@@ -4,7 +4,6 @@ package svm
 
 import (
 	"bytes"
-	"encoding/binary"
 	"errors"
 	"testing"
 	"time"
@@ -137,13 +136,7 @@ func TestKVMSyscallMatchesUnicorn(t *testing.T) {
 // and recovers from with a reset.
 func TestKVMBlockedCallResets(t *testing.T) {
 	m := openKVM(t)
-	ts := make([]byte, 16)
-	binary.LittleEndian.PutUint64(ts, 1)
-	va := snap.Agent.Buffer + 8192
-	if err := m.writeVirt(va, ts); err != nil {
-		t.Fatal(err)
-	}
-	_, err := m.Syscall(SysNanosleep, va, 0)
+	err := sleepOneSecond(t, m)
 	t.Logf("nanosleep: %v", err)
 	var se *StopError
 	if !errors.Is(err, ErrBlocked) || !errors.As(err, &se) {

@@ -79,6 +79,16 @@ type PhysSpan struct {
 	End   uint64 `json:"end"`
 }
 
+// InSpans reports whether phys lies in one of spans.
+func InSpans(spans []PhysSpan, phys uint64) bool {
+	for _, s := range spans {
+		if phys >= s.Start && phys < s.End {
+			return true
+		}
+	}
+	return false
+}
+
 // Agent is where the agent process is.
 type Agent struct {
 	PID    int    `json:"pid"`

@@ -160,14 +160,7 @@ func TestPreadRepeatedIsStable(t *testing.T) {
 
 func TestBlockingCallsStopAndReset(t *testing.T) {
 	m := open(t, Options{})
-	// nanosleep({1, 0}): the timespec goes into the agent's buffer.
-	ts := make([]byte, 16)
-	binary.LittleEndian.PutUint64(ts, 1)
-	va := snap.Agent.Buffer + 8192
-	if err := m.WriteVirt(va, ts); err != nil {
-		t.Fatal(err)
-	}
-	_, err := m.Syscall(SysNanosleep, va, 0)
+	err := sleepOneSecond(t, m)
 	var se *StopError
 	if !errors.Is(err, ErrBlocked) || !errors.As(err, &se) {
 		t.Fatalf("nanosleep: %v, want ErrBlocked", err)
@@ -178,6 +171,7 @@ func TestBlockingCallsStopAndReset(t *testing.T) {
 	}
 
 	// read() of an empty pipe.
+	va := snap.Agent.Buffer + 8192
 	if ret, err := m.Syscall(SysPipe2, va, 0); err != nil || ret != 0 {
 		t.Fatalf("pipe2: %d %v", ret, err)
 	}
@@ -439,4 +433,17 @@ func TestResetRestoresRedirectedWrites(t *testing.T) {
 	if pages := m.Unrestored(); len(pages) > 0 {
 		t.Fatalf("pages %#x differ from the snapshot after Reset", pages)
 	}
+}
+
+// sleepOneSecond injects nanosleep({1, 0}), the timespec in the agent's buffer: a call that blocks.
+func sleepOneSecond(t *testing.T, m *Machine) error {
+	t.Helper()
+	ts := make([]byte, 16)
+	binary.LittleEndian.PutUint64(ts, 1)
+	va := snap.Agent.Buffer + 8192
+	if err := m.WriteVirt(va, ts); err != nil {
+		t.Fatal(err)
+	}
+	_, err := m.Syscall(SysNanosleep, va, 0)
+	return err
 }
