@@ -10,7 +10,7 @@
 set -euo pipefail
 
 root=$(cd "$(dirname "$0")/.." && pwd)
-# Go installed from go.dev lives here and is not always on a non-interactive PATH.
+# Go installed from its release archive lives here and is not always on a non-interactive PATH.
 [ -d /usr/local/go/bin ] && PATH="$PATH:/usr/local/go/bin"
 cache="$root/.cache"
 mkdir -p "$cache"
@@ -37,7 +37,14 @@ if [ ${#missing[@]} -gt 0 ]; then
 else
 	step "Debian packages present"
 fi
-command -v go >/dev/null || die "Go is not on PATH; install Go 1.22 or newer (https://go.dev/doc/install)"
+# go.mod names the oldest Go that builds the project; an older go would try to download a newer
+# toolchain, which is not reachable everywhere.
+need_go=$(awk '$1 == "go" {print $2; exit}' "$root/go.mod")
+command -v go >/dev/null || die "Go is not on PATH; install Go $need_go or newer"
+have_go=$(GOTOOLCHAIN=local go env GOVERSION)
+have_go=${have_go#go}
+[ "$(printf '%s\n%s\n' "$need_go" "$have_go" | sort -V | head -n 1)" = "$need_go" ] ||
+	die "Go $have_go is too old: go.mod needs Go $need_go or newer"
 
 # 2. The guest kernel: the concrete package linux-image-amd64 depends on, never installed on the
 # host, only unpacked.
@@ -73,8 +80,9 @@ if [ ! -f "$udir/lib/libunicorn.a" ] || [ ! -f "$udir/include/unicorn/unicorn.h"
 	step "fetching Unicorn 2.1 (libunicorn-dev from Debian 13) with a private apt configuration"
 	apt="$cache/apt-trixie"
 	mkdir -p "$apt/state/lists/partial" "$apt/cache/archives/partial" "$apt/etc/preferences.d" "$apt/etc/sources.list.d"
+	mirror=$("$root/scripts/debian-mirror.sh") || die "no Debian mirror to fetch Unicorn from (see above)"
 	cat >"$apt/etc/sources.list" <<-EOF
-		deb [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] http://deb.debian.org/debian trixie main
+		deb [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] $mirror trixie main
 	EOF
 	aptopts=(-o "Dir::Etc=$apt/etc" -o "Dir::Etc::sourcelist=$apt/etc/sources.list"
 		-o "Dir::Etc::sourceparts=$apt/etc/sources.list.d" -o "Dir::Etc::preferencesparts=$apt/etc/preferences.d"
