@@ -22,9 +22,16 @@ import (
 var ErrKernelMismatch = errors.New("the guest runs another kernel build than the SVM")
 
 // Session is one inspection: the guest paused and overlaid into an SVM machine. Close resumes
-// the guest.
+// the guest if the session paused it.
 type Session struct {
-	g       *guest.Guest
+	g *guest.Guest
+	// paused is set when Attach paused a running guest: only that pause is the session's to undo.
+	// A guest the user (or a test hashing its memory) paused stays paused after Close.
+	paused bool
+	// ctx is Attach's: the views read through inspect.Files, which carries no context, so every
+	// file operation checks this one first and a cancelled inspection stops within one operation
+	// instead of running its view to the end with the guest paused.
+	ctx     context.Context
 	Machine *svm.Machine
 	ram     *os.File
 	Banner  string         // the guest's linux_banner
@@ -119,7 +126,7 @@ func AttachWith(ctx context.Context, g *guest.Guest, snap *svm.Snapshot, syms *v
 	if err != nil {
 		return nil, err
 	}
-	s := &Session{g: g, snap: snap, Memo: mem, onKVM: o.KVM && mode != ModeSlow}
+	s := &Session{g: g, snap: snap, Memo: mem, onKVM: o.KVM && mode != ModeSlow, paused: status == "running", ctx: ctx}
 	if s.Memo == nil {
 		s.Memo = memo.New(MemoKey(snap))
 	}
@@ -362,9 +369,15 @@ func (s *Session) guestClock(virt *vmm.VirtView, snap *svm.Snapshot) (uint64, er
 	return 0, fmt.Errorf("no counter value near the snapshot's TSC %#x in the SVM's timekeeper (% x)", snap.TSC, mine)
 }
 
-// Close releases the machines and resumes the guest.
+// Close releases the machines and resumes the guest if Attach paused it; a guest that was already
+// paused when the session began stays paused.
 func (s *Session) Close(ctx context.Context) error {
-	return errors.Join(s.Detach(), s.g.Resume(ctx))
+	err := s.Detach()
+	if s.paused {
+		s.paused = false
+		err = errors.Join(err, s.g.Resume(ctx))
+	}
+	return err
 }
 
 // Detach releases the machines and leaves the guest paused (e.g. to inspect the same paused

@@ -123,6 +123,9 @@ func (s *Session) Mode() Mode { return s.mode }
 // Each operation starts from the snapshot, so rolling back is a reset, and the re-run's output
 // replaces the aborted run's entirely.
 func (s *Session) do(op func(m *svm.Machine) error) error {
+	if err := s.ctx.Err(); err != nil {
+		return fmt.Errorf("inspection stopped: %w", err)
+	}
 	if s.mode != ModeSlow {
 		start := time.Now()
 		err := s.runFast(op)

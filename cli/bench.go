@@ -39,41 +39,96 @@ type benchRun struct {
 	Syscalls  int           `json:"syscalls"`
 	Exits     int           `json:"kvm_exits,omitempty"`   // on KVM: exits to user space
 	Trapped   int           `json:"kvm_trapped,omitempty"` // of which accesses to the decided ranges
+	// InsnHits and InsnMisses count distinct kernel instructions: those whose memo entry replayed a
+	// decision, and those the memo could not decide (the paper's hit rate is per instruction; Hits
+	// and Misses count accesses).
+	InsnHits   int `json:"insn_hits"`
+	InsnMisses int `json:"insn_misses"`
 }
 
-// HitRate is hits over memo lookups (1 when there were none).
-func (r benchRun) HitRate() float64 {
-	if r.Hits+r.Misses == 0 {
-		return 1
+// rate is n over n+m, nil when there was nothing to count: "no lookups" is not a 100 % hit rate.
+func rate[T int | uint64](n, m T) *float64 {
+	if n+m == 0 {
+		return nil
 	}
-	return float64(r.Hits) / float64(r.Hits+r.Misses)
+	r := float64(n) / float64(n+m)
+	return &r
+}
+
+// HitRate is hits over memo lookups, per access; nil without lookups.
+func (r benchRun) HitRate() *float64 { return rate(r.Hits, r.Misses) }
+
+// InsnHitRate is the share of distinct instructions decided by the memo; nil without any.
+func (r benchRun) InsnHitRate() *float64 { return rate(r.InsnHits, r.InsnMisses) }
+
+// percent prints a rate, or n/a when there was nothing to count.
+func percent(r *float64) string {
+	if r == nil {
+		return "n/a"
+	}
+	return fmt.Sprintf("%.3f%%", 100**r)
+}
+
+// insnCounts counts the distinct instructions a run hit and missed: entries whose hit or miss
+// counters moved between two copies of the memo, and the instructions of fall-backs (a miss on an
+// instruction the memo did not hold has no entry to count it).
+func insnCounts(before, after []memo.Entry, events []bridge.FallBack) (hits, misses int) {
+	old := make(map[uint64]memo.Entry, len(before))
+	for _, e := range before {
+		old[e.PC] = e
+	}
+	missed := map[uint64]bool{}
+	for _, ev := range events {
+		missed[ev.PC] = true
+	}
+	hit := map[uint64]bool{}
+	for _, e := range after {
+		o := old[e.PC]
+		if e.Misses > o.Misses {
+			missed[e.PC] = true
+		}
+		if e.Hits > o.Hits {
+			hit[e.PC] = true
+		}
+	}
+	for pc := range hit {
+		if !missed[pc] {
+			hits++
+		}
+	}
+	return hits, len(missed)
 }
 
 type benchView struct {
-	View      string   `json:"view"`
-	Slow      benchRun `json:"slow"`
-	ColdAuto  benchRun `json:"cold_auto"`
-	WarmFast  benchRun `json:"warm_fast"`
-	Ratio     float64  `json:"slow_over_warm_fast"`
-	HitRate   float64  `json:"warm_hit_rate"`
-	FallBack  float64  `json:"fallback_latency_ms"`      // mean Slow-Bridge re-run per fall-back (engine)
-	FallWhole float64  `json:"fallback_whole_ms"`        // cold auto whole time minus warm whole time, per fall-back
-	WarmMiss  string   `json:"warm_fast_miss,omitempty"` // why a fast-only run could not finish
+	View     string   `json:"view"`
+	Slow     benchRun `json:"slow"`
+	ColdAuto benchRun `json:"cold_auto"`
+	WarmFast benchRun `json:"warm_fast"`
+	// WarmFast is the fastest of three auto runs with the trained memo; WarmFallBacks counts the
+	// fall-backs of all three.
+	WarmFallBacks int      `json:"warm_fallbacks"`
+	Ratio         float64  `json:"slow_over_warm_fast"`
+	HitRate       *float64 `json:"warm_hit_rate"`       // per access; null without lookups
+	InsnHitRate   *float64 `json:"warm_insn_hit_rate"`  // per distinct instruction; null without any
+	FallBack      float64  `json:"fallback_latency_ms"` // mean Slow-Bridge re-run per fall-back (engine), measured
+	// FallWhole is derived, not measured: cold auto whole time minus warm whole time, per fall-back.
+	FallWhole float64 `json:"fallback_whole_ms"`
+	WarmMiss  string  `json:"warm_fast_miss,omitempty"` // why a fast-only run could not finish
 	// WarmOther is a warm Fast-Bridge run on the other executor (Report.Other), where both run:
 	// what the executor choice gains.
 	WarmOther *benchRun `json:"warm_fast_other,omitempty"`
 }
 
 type benchSnapshot struct {
-	N         int     `json:"snapshot"`
-	Processes int     `json:"processes"`
-	Change    string  `json:"change"`
-	FallBacks int     `json:"fallbacks"`
-	Misses    uint64  `json:"misses"`
-	HitRate   float64 `json:"hit_rate"`
-	Memo      int     `json:"memo_instructions"`
-	EngineMS  float64 `json:"engine_ms"`
-	WholeMS   float64 `json:"whole_ms"`
+	N         int      `json:"snapshot"`
+	Processes int      `json:"processes"`
+	Change    string   `json:"change"`
+	FallBacks int      `json:"fallbacks"`
+	Misses    uint64   `json:"misses"`
+	HitRate   *float64 `json:"hit_rate"` // null without lookups
+	Memo      int      `json:"memo_instructions"`
+	EngineMS  float64  `json:"engine_ms"`
+	WholeMS   float64  `json:"whole_ms"`
 }
 
 type benchReport struct {
@@ -166,12 +221,14 @@ func (e *env) bench(ctx context.Context, g *guest.Guest, procs, snapshots int) (
 			return benchRun{}, bridge.EngineStats{}, err
 		}
 		s.View = benchViews[view].name
+		before := m.Entries()
 		rerr := benchViews[view].run(s)
-		st := s.Stats()
+		st := s.Stats() // settles the hits replayed in C into the memo's entries
 		sc, _, _ := s.Work()
 		cerr := s.Close(context.WithoutCancel(ctx))
 		r := benchRun{Engine: st.FastTime + st.SlowTime, Whole: time.Since(start), FallBacks: st.FallBacks, Hits: st.Hits, Misses: st.Misses, Syscalls: sc,
 			Exits: st.KVMExits, Trapped: st.KVMTrapped}
+		r.InsnHits, r.InsnMisses = insnCounts(before, m.Entries(), st.Events)
 		return r, st, errors.Join(rerr, cerr)
 	}
 	run := func(view int, mode bridge.Mode, m *memo.Memo) (benchRun, bridge.EngineStats, error) {
@@ -188,12 +245,14 @@ func (e *env) bench(ctx context.Context, g *guest.Guest, procs, snapshots int) (
 		if bv.ColdAuto, cold, err = run(i, bridge.ModeAuto, m); err != nil {
 			return nil, fmt.Errorf("%s cold auto: %w", v.name, err)
 		}
-		// Warm: the memo trained; the best of three fast runs (the first may still learn).
+		// Warm: the memo trained; the best of three auto runs (the first may still learn, and
+		// its fall-backs are shown).
 		for range 3 {
 			r, _, err := run(i, bridge.ModeAuto, m)
 			if err != nil {
 				return nil, fmt.Errorf("%s warm: %w", v.name, err)
 			}
+			bv.WarmFallBacks += r.FallBacks
 			if bv.WarmFast.Engine == 0 || r.Engine < bv.WarmFast.Engine {
 				bv.WarmFast = r
 			}
@@ -212,7 +271,7 @@ func (e *env) bench(ctx context.Context, g *guest.Guest, procs, snapshots int) (
 			bv.WarmOther = &r
 		}
 		bv.Ratio = float64(bv.Slow.Engine) / float64(max(bv.WarmFast.Engine, 1))
-		bv.HitRate = bv.WarmFast.HitRate()
+		bv.HitRate, bv.InsnHitRate = bv.WarmFast.HitRate(), bv.WarmFast.InsnHitRate()
 		if len(cold.Events) > 0 {
 			var sum time.Duration
 			for _, ev := range cold.Events {
@@ -312,15 +371,17 @@ func ms(d time.Duration) string { return fmt.Sprintf("%.1f ms", float64(d.Micros
 func printBench(w interface{ Write([]byte) (int, error) }, rep *benchReport) error {
 	fmt.Fprintf(w, "guest %s, %d processes; executor: %s\n\n", rep.Guest, rep.Processes, rep.Executor)
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', tabwriter.AlignRight)
-	fmt.Fprintln(tw, "view\tslow engine\tslow whole\tcold auto engine\tcold auto whole\tfall-backs\twarm fast engine\twarm fast whole\tslow/warm\twarm hit rate\tfall-back latency (engine)\tper fall-back (whole)\t")
+	fmt.Fprintln(tw, "view\tslow engine\tslow whole\tcold auto engine\tcold auto whole\tfall-backs\twarm engine (min of 3)\twarm whole\twarm fall-backs (all 3)\tslow/warm\twarm hit rate (accesses)\t(instructions)\tfall-back latency (engine)\tper fall-back (whole, derived)\t")
 	for _, v := range rep.Views {
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%d\t%s\t%s\t%.1fx\t%.3f%%\t%.1f ms\t%.1f ms\t\n", v.View,
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%d\t%s\t%s\t%d\t%.1fx\t%s\t%s\t%.1f ms\t%.1f ms\t\n", v.View,
 			ms(v.Slow.Engine), ms(v.Slow.Whole), ms(v.ColdAuto.Engine), ms(v.ColdAuto.Whole), v.ColdAuto.FallBacks,
-			ms(v.WarmFast.Engine), ms(v.WarmFast.Whole), v.Ratio, 100*v.HitRate, v.FallBack, v.FallWhole)
+			ms(v.WarmFast.Engine), ms(v.WarmFast.Whole), v.WarmFallBacks, v.Ratio, percent(v.HitRate), percent(v.InsnHitRate), v.FallBack, v.FallWhole)
 	}
 	if err := tw.Flush(); err != nil {
 		return err
 	}
+	fmt.Fprintln(w, "warm: Fast-Bridge falling back (auto) with the trained memo, the fastest of three runs; hit rates of that run.")
+	fmt.Fprintln(w, "per fall-back (whole) is not measured: (cold auto whole - warm whole) / cold fall-backs.")
 	for _, v := range rep.Views {
 		if v.WarmFast.FallBacks > 0 || v.WarmMiss != "" {
 			fmt.Fprintf(w, "%s: warm runs still fall back %d time(s); fast-only: %s\n", v.View, v.WarmFast.FallBacks, v.WarmMiss)
@@ -346,7 +407,7 @@ func printBench(w interface{ Write([]byte) (int, error) }, rep *benchReport) err
 	tw = tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
 	fmt.Fprintln(tw, "snapshot\tprocesses\tfall-backs\tmisses\thit rate\tmemo\tengine\twhole\tchange")
 	for _, s := range rep.Snapshots {
-		fmt.Fprintf(tw, "%d\t%d\t%d\t%d\t%.3f%%\t%d\t%.0f ms\t%.0f ms\t%s\n", s.N, s.Processes, s.FallBacks, s.Misses, 100*s.HitRate, s.Memo, s.EngineMS, s.WholeMS, s.Change)
+		fmt.Fprintf(tw, "%d\t%d\t%d\t%d\t%s\t%d\t%.0f ms\t%.0f ms\t%s\n", s.N, s.Processes, s.FallBacks, s.Misses, percent(s.HitRate), s.Memo, s.EngineMS, s.WholeMS, s.Change)
 	}
 	return tw.Flush()
 }

@@ -83,11 +83,11 @@ func (e *env) demo(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	fmt.Fprintf(e.stdout, "\nprocesses, computed by the guest's own kernel code in the SVM (Slow-Bridge):\n")
+	fmt.Fprintf(e.stdout, "\nprocesses, computed by the guest's own kernel code in the SVM (mode %s; the engines that ran are in the last line):\n", run.mode)
 	if err := printProcesses(e.stdout, procs); err != nil {
 		return err
 	}
 	fmt.Fprintln(e.stdout, run.summary())
-	fmt.Fprintln(e.stdout, "network and module views and Fast-Bridge are next; on a terminal, hybridbridge opens the console.")
+	fmt.Fprintln(e.stdout, "\nmore views: hybridbridge netstat, lsmod, uptime, free, mounts, dmesg, ... (see --help); on a terminal, hybridbridge opens the console.")
 	return nil
 }

@@ -16,7 +16,8 @@ func (e *env) catCommand() *cobra.Command {
 		Use:   "cat PATH...",
 		Short: "Print files of a guest as its own kernel code produces them (e.g. /proc/uptime)",
 		Long: `Print files of a running guest, read from outside: the guest is paused and each file is read by
-system calls injected into the SVM against the guest's memory (Slow-Bridge). Paths under /proc are
+system calls injected into the SVM against the guest's memory (--mode: Fast-Bridge falling back to
+Slow-Bridge by default). Paths under /proc are
 the guest's procfs. The engine's work, including kernel globals not yet classified (whose SVM copy
 was used), is summarised on stderr.`,
 		Args: cobra.MinimumNArgs(1),
