@@ -14,9 +14,10 @@ func MemoKey(snap *svm.Snapshot) memo.Key {
 	return memo.Key{Kernel: snap.KernelID + " " + snap.Release, Policy: PolicyVersion()}
 }
 
-// MemoPath is where the memo of a kernel build lives in the cache.
-func MemoPath(cacheDir string, snap *svm.Snapshot) string {
-	return filepath.Join(cacheDir, "memo", snap.KernelID+".memo")
+// MemoPath is where the memo of a kernel build (its ID, as svm.Snapshot.KernelID) lives in the
+// cache, unless the user names another file.
+func MemoPath(cacheDir, kernelID string) string {
+	return filepath.Join(cacheDir, "memo", kernelID+".memo")
 }
 
 // learn records one decision for the instruction at pc, reading its bytes the first time so the

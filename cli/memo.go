@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io/fs"
 	"os"
+	"path/filepath"
 	"sort"
 
 	"github.com/spf13/cobra"
@@ -23,18 +24,57 @@ func (e *env) memoCommand() *cobra.Command {
 	return c
 }
 
-// memoFile is the memo of the current kernel build, and its symbols when cached.
+// memoPath resolves the memo file of the kernel build kernelID: --memo, else $HYBRIDBRIDGE_MEMO,
+// else the cache's file for that build. Every command that loads, saves or clears the memo asks it.
+// Precondition: e.cacheDir is set (e.assets has run).
+func (e *env) memoPath(kernelID string) string {
+	if p := e.memoNamed(); p != "" {
+		return p
+	}
+	return bridge.MemoPath(e.cacheDir, kernelID)
+}
+
+// memoNamed is the memo file the user named (--memo, $HYBRIDBRIDGE_MEMO), or "".
+func (e *env) memoNamed() string {
+	if e.memoFlag != "" {
+		return e.memoFlag
+	}
+	return os.Getenv("HYBRIDBRIDGE_MEMO")
+}
+
+// memoFile is the memo of the current kernel build, and its symbols when cached. A memo the user
+// named is shown even without the cache (then without symbols).
 func (e *env) memoFile() (string, *vmm.Symbols, error) {
 	a, err := e.assets()
-	if err != nil {
-		return "", nil, err
+	var id string
+	if err == nil {
+		id, err = a.KernelID()
 	}
-	id, err := a.KernelID()
 	if err != nil {
+		if p := e.memoNamed(); p != "" {
+			return p, nil, nil
+		}
 		return "", nil, err
 	}
 	syms, _ := vmm.LoadSymbols(e.cacheDir + "/symbols/" + id + ".kallsyms")
-	return e.cacheDir + "/memo/" + id + ".memo", syms, nil
+	return e.memoPath(id), syms, nil
+}
+
+// saveMemo merges m into the memo file at path, where other runs may have saved since m was
+// loaded, and returns what the user must be told: that a file which could not be merged with was
+// replaced.
+func saveMemo(m *memo.Memo, path string) (note string, err error) {
+	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
+		return "", fmt.Errorf("save memo: %w", err)
+	}
+	res, err := m.Save(path)
+	if err != nil {
+		return "", fmt.Errorf("save memo: %w", err)
+	}
+	if res.Replaced != nil {
+		return fmt.Sprintf("memo rebuilt: the file could not be merged with and was replaced: %v", res.Replaced), nil
+	}
+	return "", nil
 }
 
 func (e *env) loadMemo() (*memo.Memo, *vmm.Symbols, error) {
@@ -139,7 +179,8 @@ func (e *env) memoClear() *cobra.Command {
 			if err != nil {
 				return err
 			}
-			if err := os.Remove(path); err != nil && !errors.Is(err, fs.ErrNotExist) {
+			// Under the lock saves take, so a view saving meanwhile cannot write it back.
+			if err := memo.Remove(path); err != nil {
 				return err
 			}
 			fmt.Fprintf(e.stdout, "memo cleared (%s)\n", path)

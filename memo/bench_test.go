@@ -85,7 +85,7 @@ func BenchmarkSaveLoad100k(b *testing.B) {
 	m := bigMemo(b, 100000)
 	path := filepath.Join(b.TempDir(), "memo.bin")
 	for b.Loop() {
-		if err := m.Save(path); err != nil {
+		if _, err := m.Save(path); err != nil {
 			b.Fatal(err)
 		}
 		if _, err := Load(path, testKey); err != nil {

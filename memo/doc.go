@@ -25,4 +25,8 @@
 // Load checks, in order: magic, version, total size, CRC, key, payload; each
 // rejection has its own error type (see errors.go). Nothing after the framing
 // is decoded before the CRC has been verified.
+//
+// Several processes may hold one memo file at once (the console and CLI
+// views): Save merges what each learned into the file under a lock instead of
+// overwriting it, so none loses the others' learning (see save.go).
 package memo

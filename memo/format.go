@@ -256,9 +256,11 @@ func decodePayload(key Key, payload []byte) (*Memo, error) {
 		if b := d.bytes(uint64(nb)); nb > 0 {
 			r.bytes = bytes.Clone(b)
 		}
+		r.synced, r.base = true, r.counts()
 		m.entries[pc] = r
 	}
 	ns := d.count(6)
+	m.baseStats = make(map[scope]Counters, ns)
 	for i := 0; i < ns && d.err == nil; i++ {
 		s := scope{str(), str()}
 		c := m.countersLocked(s)
@@ -266,25 +268,12 @@ func decodePayload(key Key, payload []byte) (*Memo, error) {
 		c.hits.Store(d.uvarint())
 		c.misses.Store(d.uvarint())
 		c.learned.Store(d.uvarint())
+		m.baseStats[s] = c.snapshot()
 	}
 	if err := d.finish(); err != nil {
 		return nil, err
 	}
 	return m, nil
-}
-
-// Save writes the memo to path atomically: a crash or failure leaves either
-// the previous file or the new one, never a mix.
-func (m *Memo) Save(path string) error {
-	data := m.Marshal()
-	err := writeFileAtomic(path, func(w io.Writer) error {
-		_, err := w.Write(data)
-		return err
-	})
-	if err != nil {
-		return fmt.Errorf("memo: save %s: %w", path, err)
-	}
-	return nil
 }
 
 // writeFileAtomic writes a temporary file next to path (rename is only
@@ -338,32 +327,47 @@ func writeFileAtomic(path string, write func(io.Writer) error) (err error) {
 // Load reads a memo saved for key. Besides I/O errors (fs.ErrNotExist for a
 // missing file), it returns the typed errors of Unmarshal, wrapped with the
 // path.
-func Load(path string, key Key) (*Memo, error) { return load(path, &key) }
+func Load(path string, key Key) (*Memo, error) {
+	m, _, err := load(path, &key)
+	return m, err
+}
 
 // LoadAny is Load without the key check (see UnmarshalAny).
-func LoadAny(path string) (*Memo, error) { return load(path, nil) }
+func LoadAny(path string) (*Memo, error) {
+	m, _, err := load(path, nil)
+	return m, err
+}
 
-func load(path string, key *Key) (*Memo, error) {
+// load also returns the file's content when it was read but rejected.
+func load(path string, key *Key) (*Memo, []byte, error) {
 	data, err := os.ReadFile(path)
 	if err != nil {
-		return nil, fmt.Errorf("memo: load: %w", err)
+		return nil, nil, fmt.Errorf("memo: load: %w", err)
 	}
 	m, err := unmarshal(data, key)
 	if err != nil {
-		return nil, fmt.Errorf("memo: load %s: %w", path, err)
+		return nil, data, fmt.Errorf("memo: load %s: %w", path, err)
 	}
-	return m, nil
+	m.syncPath = absPath(path)
+	return m, nil, nil
 }
 
 // LoadOrNew loads the memo at path for key. If that fails for any reason
 // (missing, corrupt, other version, other key, unreadable) it returns a new
 // empty memo and the reason, which is not fatal: the caller reports "memo
 // rebuilt because: ..." and trains from scratch. Saving will replace the
-// rejected file.
+// rejected file without reporting it again; a file that changes to
+// something else unreadable by then is reported by Save.
 func LoadOrNew(path string, key Key) (*Memo, error) {
-	m, err := Load(path, key)
+	m, rejected, err := load(path, &key)
 	if err != nil {
-		return New(key), err
+		m = New(key)
+		m.syncPath = absPath(path)
+		if rejected != nil {
+			fp := fingerprintOf(rejected)
+			m.rejected = &fp
+		}
+		return m, err
 	}
 	return m, nil
 }

@@ -103,7 +103,7 @@ func TestRoundTripMemory(t *testing.T) {
 func TestRoundTripFile(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "memo.bin")
 	m := sample(t, false)
-	if err := m.Save(path); err != nil {
+	if _, err := m.Save(path); err != nil {
 		t.Fatal(err)
 	}
 	got, err := Load(path, testKey)
@@ -293,7 +293,7 @@ func TestLoadOrNew(t *testing.T) {
 	if m == nil || m.Len() != 0 || !errors.Is(err, fs.ErrNotExist) {
 		t.Fatalf("missing: %v, %v", m, err)
 	}
-	if err := sample(t, false).Save(path); err != nil {
+	if _, err := sample(t, false).Save(path); err != nil {
 		t.Fatal(err)
 	}
 	if m, err = LoadOrNew(path, testKey); err != nil || m.Len() != 4 {
@@ -310,19 +310,22 @@ func TestSaveAtomic(t *testing.T) {
 	dir := t.TempDir()
 	path := filepath.Join(dir, "memo.bin")
 	old := sample(t, false)
-	if err := old.Save(path); err != nil {
+	if _, err := old.Save(path); err != nil {
 		t.Fatal(err)
 	}
 	before, _ := os.ReadFile(path)
+	// Saves take a lock on a file beside the memo, which stays.
 	onlyMemo := func() {
 		t.Helper()
 		ents, _ := os.ReadDir(dir)
-		if len(ents) != 1 || ents[0].Name() != "memo.bin" {
-			var names []string
-			for _, e := range ents {
+		var names []string
+		for _, e := range ents {
+			if !strings.HasSuffix(e.Name(), ".lock") {
 				names = append(names, e.Name())
 			}
-			t.Errorf("directory holds %v, want only memo.bin", names)
+		}
+		if len(names) != 1 || names[0] != "memo.bin" {
+			t.Errorf("directory holds %v, want only memo.bin (and lock files)", names)
 		}
 		after, _ := os.ReadFile(path)
 		if !bytes.Equal(before, after) {
@@ -341,7 +344,7 @@ func TestSaveAtomic(t *testing.T) {
 		onlyMemo()
 	})
 	t.Run("directory missing", func(t *testing.T) {
-		if err := New(testKey).Save(filepath.Join(dir, "nope", "memo.bin")); !errors.Is(err, fs.ErrNotExist) {
+		if _, err := New(testKey).Save(filepath.Join(dir, "nope", "memo.bin")); !errors.Is(err, fs.ErrNotExist) {
 			t.Errorf("err = %v", err)
 		}
 		onlyMemo()
@@ -352,21 +355,40 @@ func TestSaveAtomic(t *testing.T) {
 		block := filepath.Join(dir, "blocked")
 		os.MkdirAll(filepath.Join(block, "x"), 0o755)
 		defer os.RemoveAll(block)
-		if err := New(testKey).Save(block); err == nil {
-			t.Error("save over a directory succeeded")
+		err := writeFileAtomic(block, func(w io.Writer) error {
+			_, err := w.Write(New(testKey).Marshal())
+			return err
+		})
+		if err == nil {
+			t.Error("write over a directory succeeded")
 		}
 		os.RemoveAll(block)
 		onlyMemo()
 	})
-	t.Run("replace", func(t *testing.T) {
+	t.Run("file unreadable", func(t *testing.T) {
+		// What cannot be read cannot be merged, and replacing it would
+		// lose it: the save fails.
+		block := filepath.Join(dir, "blocked")
+		os.MkdirAll(filepath.Join(block, "x"), 0o755)
+		defer os.RemoveAll(block)
+		if _, err := New(testKey).Save(block); err == nil || !strings.Contains(err.Error(), "merge") {
+			t.Errorf("save over a directory: %v", err)
+		}
+		if fi, err := os.Stat(filepath.Join(block, "x")); err != nil || !fi.IsDir() {
+			t.Errorf("the directory in the way changed: %v", err)
+		}
+		os.RemoveAll(block)
+		onlyMemo()
+	})
+	t.Run("merge", func(t *testing.T) {
 		m := New(testKey)
 		m.Learn(42, obs(Local, "stack"))
-		if err := m.Save(path); err != nil {
+		if _, err := m.Save(path); err != nil {
 			t.Fatal(err)
 		}
 		got, err := Load(path, testKey)
-		if err != nil || got.Len() != 1 {
-			t.Errorf("after replace: %v, %v", got, err)
+		if err != nil || got.Len() != old.Len()+1 {
+			t.Errorf("after merge: %v entries, %v; want %d", got.Len(), err, old.Len()+1)
 		}
 	})
 }

@@ -95,6 +95,19 @@ type record struct {
 	// hits and misses change under the read lock. This must be accessed
 	// atomically.
 	hits, misses atomic.Uint64
+	// synced says the record was in the memo file when it was last loaded
+	// or saved, with the counts in base; Save merges only what was counted
+	// since. Written only with Memo.mu held for writing.
+	synced bool
+	base   entryCounts
+}
+
+// entryCounts are an entry's counters.
+type entryCounts struct{ seen, hits, misses uint64 }
+
+// counts snapshots r's counters. Precondition: mu must be held (read or write).
+func (r *record) counts() entryCounts {
+	return entryCounts{seen: r.seen, hits: r.hits.Load(), misses: r.misses.Load()}
 }
 
 // entry snapshots r. Precondition: mu must be held (read or write).
@@ -163,6 +176,23 @@ type Memo struct {
 	pending map[uint64]uint64
 	// version changes whenever an entry is added, changed or removed.
 	version atomic.Uint64
+
+	// What Save needs to merge with the file (see save.go); all written
+	// only with mu held for writing.
+	//
+	// syncPath is the file this memo was last loaded from or saved to;
+	// the records' base counts and baseStats describe that file then.
+	syncPath  string
+	baseStats map[scope]Counters
+	// dropped are the addresses Delete forgot since then; Save removes
+	// them from the file too.
+	dropped map[uint64]struct{}
+	// cleared says Clear ran since then: Save replaces the file's content.
+	cleared bool
+	// rejected identifies the file content LoadOrNew could not read (nil
+	// if it read it, or found none); the caller reported it already, so
+	// Save replaces that content without reporting it again.
+	rejected *fingerprint
 }
 
 // New returns an empty memo for key.
@@ -325,6 +355,12 @@ func (m *Memo) Delete(pc uint64) bool {
 	if ok {
 		m.version.Add(1)
 	}
+	// Even an address this memo does not hold may be in the file, learned
+	// by another process: forgetting it means there too.
+	if m.dropped == nil {
+		m.dropped = make(map[uint64]struct{})
+	}
+	m.dropped[pc] = struct{}{}
 	return ok
 }
 
@@ -359,13 +395,17 @@ func (m *Memo) sortedPCsLocked() []uint64 {
 	return pcs
 }
 
-// Clear forgets all entries and statistics; the key stays.
+// Clear forgets all entries and statistics; the key stays. The next Save
+// replaces the file's content, including what other processes saved to it,
+// rather than merging with it: clearing is how a user asks for retraining.
 func (m *Memo) Clear() {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	m.entries = make(map[uint64]*record)
 	m.stats = make(map[scope]*counters)
 	m.pending = make(map[uint64]uint64)
+	m.dropped = nil
+	m.cleared = true
 	m.version.Add(1)
 }
 
