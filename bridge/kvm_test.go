@@ -6,6 +6,7 @@ import (
 	"time"
 
 	"hybridbridge/inspect"
+	"hybridbridge/internal/testenv"
 	"hybridbridge/memo"
 	"hybridbridge/vmm"
 )
@@ -18,7 +19,7 @@ func TestKVMFastBridge(t *testing.T) {
 	ctx := need(t)
 	k, err := vmm.OpenKVM()
 	if err != nil {
-		t.Skipf("no KVM here: %v", err)
+		testenv.SkipNoKVM(t, err.Error())
 	}
 	k.Close()
 	mem, before := pauseAndHash(t, ctx)

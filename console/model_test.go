@@ -6,11 +6,13 @@ import (
 	"flag"
 	"os"
 	"path/filepath"
+	"reflect"
 	"strings"
 	"sync"
 	"testing"
 	"time"
 
+	"charm.land/bubbles/v2/cursor"
 	"charm.land/bubbles/v2/spinner"
 	tea "charm.land/bubbletea/v2"
 	"github.com/charmbracelet/x/ansi"
@@ -95,9 +97,23 @@ func newTestModel(t *testing.T, src *fakeSource) *Model {
 	return m
 }
 
+// timerCode holds the code of the commands that wait on the clock: tea.Tick's (auto-refresh
+// ticks, spinner frames after the first) and the filter cursor's blink. Each library returns one
+// closure for all its commands of a kind, so one sample of each identifies them all.
+var timerCode = func() map[uintptr]bool {
+	c := cursor.New()
+	return map[uintptr]bool{
+		reflect.ValueOf(tea.Tick(time.Hour, nil)).Pointer(): true,
+		reflect.ValueOf(c.Blink()).Pointer():                true,
+	}
+}()
+
+// isTimer reports whether cmd waits on the clock: such a command is dropped rather than run.
+func isTimer(cmd tea.Cmd) bool { return timerCode[reflect.ValueOf(cmd).Pointer()] }
+
 // drive runs cmd and every command its messages return, as the program would, until nothing is
-// left. Timer-based commands (spinner frames, auto-refresh ticks) are given a short while and
-// then abandoned, so tests never wait on the clock.
+// left. Timer commands are dropped unrun, so tests never wait on the clock; every other command
+// is waited for, however slow the machine, so none is lost. One that never returns is a hang.
 func drive(t *testing.T, m *Model, cmd tea.Cmd) {
 	t.Helper()
 	queue := []tea.Cmd{cmd}
@@ -107,7 +123,7 @@ func drive(t *testing.T, m *Model, cmd tea.Cmd) {
 		}
 		c := queue[0]
 		queue = queue[1:]
-		if c == nil {
+		if c == nil || isTimer(c) {
 			continue
 		}
 		done := make(chan tea.Msg, 1)
@@ -115,8 +131,8 @@ func drive(t *testing.T, m *Model, cmd tea.Cmd) {
 		var msg tea.Msg
 		select {
 		case msg = <-done:
-		case <-time.After(50 * time.Millisecond):
-			continue
+		case <-time.After(time.Minute):
+			t.Fatal("a command has not returned after a minute")
 		}
 		switch msg := msg.(type) {
 		case nil:
@@ -129,6 +145,26 @@ func drive(t *testing.T, m *Model, cmd tea.Cmd) {
 			_, next := m.Update(msg)
 			queue = append(queue, next)
 		}
+	}
+}
+
+// TestDriveKnowsTimers: drive must recognise the model's clock-driven commands, or it would wait
+// for each tick and follow the chain of ticks it re-arms.
+func TestDriveKnowsTimers(t *testing.T) {
+	m := New(context.Background(), &fakeSource{frame: demoFrame}, Options{})
+	if !isTimer(m.armTick()) {
+		t.Error("the auto-refresh tick is not recognised as a timer")
+	}
+	_, next := m.spin.Update(m.spin.Tick())
+	if next == nil || !isTimer(next) {
+		t.Error("the spinner's next frame is not recognised as a timer")
+	}
+	m.Update(tea.WindowSizeMsg{Width: testWidth, Height: testHeight})
+	if blink := m.onKey(keyMsg("/")); blink == nil || !isTimer(blink) {
+		t.Error("the filter cursor's blink is not recognised as a timer")
+	}
+	if isTimer(m.startRefresh()) || isTimer(waitNext(make(chan tea.Msg))) {
+		t.Error("a refresh's command is taken for a timer")
 	}
 }
 

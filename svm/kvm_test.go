@@ -9,10 +9,12 @@ import (
 	"time"
 
 	"hybridbridge/guest"
+	"hybridbridge/internal/testenv"
 	"hybridbridge/vmm"
 )
 
-// openKVM opens the snapshot under KVM, or skips where /dev/kvm cannot be opened.
+// openKVM opens the snapshot under KVM, or skips where /dev/kvm cannot be opened (fails under
+// CI). A paravirtual /dev/kvm is enough: it is slow, not wrong.
 func openKVM(t *testing.T) *Machine {
 	t.Helper()
 	if buildErr != nil {
@@ -20,7 +22,7 @@ func openKVM(t *testing.T) *Machine {
 	}
 	k, err := vmm.OpenKVM()
 	if err != nil {
-		t.Skipf("no KVM here: %v", err)
+		testenv.SkipNoKVM(t, err.Error())
 	}
 	k.Close()
 	opts := Options{KVM: &KVMOptions{Timeout: 20 * time.Second}}
@@ -151,11 +153,15 @@ func TestKVMBlockedCallResets(t *testing.T) {
 }
 
 // TestKVMRunawayCallTimesOut: a call that spins without ever leaving the guest is pulled out by
-// the watchdog within its timeout, and the reset puts the kernel text back.
+// the watchdog, and the reset puts the kernel text back. The spin never ends by itself, so the
+// call returning ErrBudget from the spin's address is the watchdog's work; how late the watchdog
+// fired depends on the host's load and is only logged; the bound catches a watchdog that ignores
+// the timeout set here and waits for openKVM's 20 s.
 func TestKVMRunawayCallTimesOut(t *testing.T) {
 	m := openKVM(t)
 	m.kvm.opts.Timeout = 300 * time.Millisecond
-	pa, err := m.Phys(snap.Symbols["do_syscall_64"])
+	spin := snap.Symbols["do_syscall_64"]
+	pa, err := m.Phys(spin)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -163,9 +169,16 @@ func TestKVMRunawayCallTimesOut(t *testing.T) {
 	start := time.Now()
 	_, err = m.Syscall(SysGetpid)
 	took := time.Since(start)
-	t.Logf("spinning getpid: %v after %v", err, took)
-	if !errors.Is(err, ErrBudget) || took > 5*m.kvm.opts.Timeout {
-		t.Fatalf("spinning getpid: %v after %v, want ErrBudget after about %v", err, took, m.kvm.opts.Timeout)
+	t.Logf("spinning getpid: %v after %v (timeout %v)", err, took, m.kvm.opts.Timeout)
+	var se *StopError
+	if !errors.Is(err, ErrBudget) || !errors.As(err, &se) || se.RIP != spin {
+		t.Fatalf("spinning getpid: %v, want ErrBudget at the spin (%#x)", err, spin)
+	}
+	if st := m.Stats(); st.OverBudget != 1 || st.Resets != 1 {
+		t.Fatalf("stats %+v, want 1 over budget and 1 reset", st)
+	}
+	if took > 15*time.Second {
+		t.Fatalf("the watchdog took %v to stop a call with a %v timeout", took, m.kvm.opts.Timeout)
 	}
 	if pid, err := m.Syscall(SysGetpid); err != nil || int(pid) != snap.Agent.PID {
 		t.Fatalf("getpid after the reset: %d, %v", pid, err)

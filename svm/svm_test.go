@@ -191,6 +191,8 @@ func TestBlockingCallsStopAndReset(t *testing.T) {
 	}
 }
 
+// TestBudgetOverrun: the budget counts instructions, so the stop is checked by counts; how long
+// it took depends on the host and is only logged.
 func TestBudgetOverrun(t *testing.T) {
 	m := open(t, Options{Budget: 2000})
 	start := time.Now()
@@ -198,8 +200,9 @@ func TestBudgetOverrun(t *testing.T) {
 	if !errors.Is(err, ErrBudget) {
 		t.Fatalf("2000-instruction budget: %v, want ErrBudget", err)
 	}
-	if d := time.Since(start); d > 10*time.Second {
-		t.Fatalf("budget stop took %v", d)
+	t.Logf("budget stop after %v", time.Since(start))
+	if st := m.Stats(); st.OverBudget != 1 || st.Resets != 1 {
+		t.Fatalf("stats %+v, want 1 over budget and 1 reset", st)
 	}
 	// A trivial call fits the same budget after the automatic reset.
 	if pid, err := m.Syscall(SysGetpid); err != nil || int(pid) != snap.Agent.PID {
@@ -256,6 +259,9 @@ func TestResetDropsChanges(t *testing.T) {
 }
 
 func TestClockContinuesTheGuests(t *testing.T) {
+	// The virtual clock advances with the host's time since the machine opened, so the bounds
+	// below are host time measured around the reads, never a guess at how long a read takes.
+	opened := time.Now()
 	m := open(t, Options{})
 	read := func() float64 {
 		data, err := m.ReadFile("/proc/uptime")
@@ -268,12 +274,25 @@ func TestClockContinuesTheGuests(t *testing.T) {
 		}
 		return up
 	}
+	first := time.Now()
 	u1 := read()
-	time.Sleep(500 * time.Millisecond)
+	const pause = 500 * time.Millisecond
+	time.Sleep(pause)
 	u2 := read()
-	// The clock continues from the SVM's own at capture (not the host's uptime), and runs.
-	if u1 < snap.UptimeBeforeCapture || u1 > snap.UptimeBeforeCapture+60 || u2-u1 < 0.3 || u2-u1 > 2 {
-		t.Fatalf("uptime %.2f then %.2f after 0.5s; the SVM said %.2f just before the capture", u1, u2, snap.UptimeBeforeCapture)
+	last := time.Now()
+	sinceOpen, across := last.Sub(opened), last.Sub(first)
+	t.Logf("uptime %.2f -> %.2f; the SVM said %.2f before the capture; host: %v since open, %v across both reads",
+		u1, u2, snap.UptimeBeforeCapture, sinceOpen.Round(time.Millisecond), across.Round(time.Millisecond))
+	// It continues from the SVM's own clock at the capture, neither from zero nor from the host's
+	// uptime. The slack covers the SVM's time between its uptime read and the capture, spent
+	// while the snapshot was built.
+	if u1 < snap.UptimeBeforeCapture || u1 > snap.UptimeBeforeCapture+sinceOpen.Seconds()+60 {
+		t.Fatalf("first uptime %.2f; the SVM said %.2f before the capture, opened %v ago", u1, snap.UptimeBeforeCapture, sinceOpen)
+	}
+	// It runs at the host's pace: at least the pause, at most the host time across both reads
+	// (give or take /proc/uptime's 10 ms steps).
+	if d := u2 - u1; d < pause.Seconds()-0.02 || d > across.Seconds()+0.02 {
+		t.Fatalf("uptime advanced %.2f s over a %v pause within %v of host time", d, pause, across)
 	}
 	if m.Stats().TSCReads == 0 {
 		t.Fatal("no RDTSC went through the virtual TSC")

@@ -9,6 +9,7 @@ import (
 	"github.com/bobuhiro11/gokvm/kvm"
 
 	"hybridbridge/guest"
+	"hybridbridge/internal/testenv"
 	"hybridbridge/vmm"
 )
 
@@ -17,7 +18,7 @@ import (
 func TestKVMLongModeProgram(t *testing.T) {
 	k, err := vmm.OpenKVM()
 	if err != nil {
-		t.Skipf("no usable /dev/kvm here: %v", err)
+		testenv.SkipNoKVM(t, err.Error())
 	}
 	defer k.Close()
 	const n = 100
@@ -37,7 +38,7 @@ func TestKVMProbe(t *testing.T) {
 	p := vmm.ProbeKVM(hw)
 	t.Logf("probe: %+v", p)
 	if !p.Opens {
-		t.Skipf("no /dev/kvm here: %s", p.Reason)
+		testenv.SkipNoKVM(t, p.Reason)
 	}
 	if !p.RunsCode {
 		t.Fatalf("the probe's program did not run: %s", p.Reason)
