@@ -57,7 +57,7 @@ an established loopback connection, kernel modules) under QEMU. The guest keeps 
 command returns; stop it with 'hybridbridge guest stop NAME'.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			g, err := e.startDemo(cmd.Context(), name, mem, true)
+			g, err := e.startDemo(cmd.Context(), name, mem, e.detachGuests)
 			if err != nil {
 				return err
 			}
@@ -131,11 +131,19 @@ func (e *env) guestStop() *cobra.Command {
 func (e *env) guestExec() *cobra.Command {
 	var timeout time.Duration
 	c := &cobra.Command{
-		Use:   "exec NAME -- COMMAND [ARG...]",
-		Short: "Run a shell command inside a guest; print its output and exit with its status",
+		Use:   "exec NAME -- 'COMMAND LINE' | PROGRAM [ARG...]",
+		Short: "Run a command inside a guest; print its output and exit with its status",
 		Long: `Run a command inside the guest over its command channel (a second serial port) and print its
-standard output and error. hybridbridge exits with the command's exit status. The words after --
-are joined with spaces and run by the guest's /bin/sh -c.`,
+standard output and error. hybridbridge exits with the command's exit status.
+
+One word after -- is a shell command line, run by the guest's /bin/sh -c as it is:
+  hybridbridge guest exec demo -- 'ps | grep httpd; exit 3'
+Several words are a program and its arguments, passed on unchanged (each word is quoted for the
+guest's shell, so spaces, quotes and $ in them mean nothing to it):
+  hybridbridge guest exec demo -- sh -c 'exit 7'     exits with status 7
+
+The command's reply comes when its shell exits: output that processes it leaves in the background
+write later is not shown. Flags of exec (--timeout) go before --.`,
 		Args: cobra.MinimumNArgs(2),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			g, err := guest.Open(e.runDir, args[0])
@@ -144,7 +152,7 @@ are joined with spaces and run by the guest's /bin/sh -c.`,
 			}
 			ctx, cancel := context.WithTimeout(cmd.Context(), timeout)
 			defer cancel()
-			res, err := g.Exec(ctx, strings.Join(args[1:], " "))
+			res, err := g.Exec(ctx, shellCommand(args[1:]))
 			if err != nil {
 				return err
 			}
@@ -158,6 +166,25 @@ are joined with spaces and run by the guest's /bin/sh -c.`,
 	}
 	c.Flags().DurationVar(&timeout, "timeout", time.Minute, "give up waiting after this long")
 	return c
+}
+
+// shellCommand is the command line for the guest's /bin/sh -c: one word is one already, several
+// are an argument vector that must reach the program as it is.
+func shellCommand(words []string) string {
+	if len(words) == 1 {
+		return words[0]
+	}
+	quoted := make([]string, len(words))
+	for i, w := range words {
+		quoted[i] = shellQuote(w)
+	}
+	return strings.Join(quoted, " ")
+}
+
+// shellQuote quotes s for a POSIX shell. Every word is quoted, even a plain one: unquoted, a
+// first word such as "if" or "A=b" would be shell syntax rather than a program's name.
+func shellQuote(s string) string {
+	return "'" + strings.ReplaceAll(s, "'", `'\''`) + "'"
 }
 
 func (e *env) guestRead() *cobra.Command {

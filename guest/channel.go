@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"context"
 	"fmt"
+	"io"
 	"net"
 	"sync"
 	"sync/atomic"
@@ -20,13 +21,15 @@ type Result struct {
 }
 
 // Channel runs shell commands inside a guest over its second serial port (see package wire).
-// One reader goroutine parses replies and hands each to the command waiting for its id.
+// Commands may run at the same time, from any goroutines: the guest runs each as it arrives and
+// replies when it ends, and one reader goroutine hands each reply to the command waiting for its
+// id.
 type Channel struct {
 	conn    net.Conn
-	mu      sync.Mutex                  // serialises commands: the guest runs one at a time
+	writeMu sync.Mutex                  // one request line at a time, each with its own write deadline
 	nextID  atomic.Uint64               // ids of requests; replies to other ids are stale and dropped
 	waitMu  sync.Mutex                  // guards waiting
-	waiting map[uint64]chan *wire.Reply // the command in flight, by id
+	waiting map[uint64]chan *wire.Reply // the commands in flight, by id
 	done    chan struct{}               // closed when the reader exits
 	err     error                       // why the reader exited; read only after done is closed
 }
@@ -72,10 +75,10 @@ func (c *Channel) read() {
 }
 
 // Exec runs command with /bin/sh -c inside the guest and returns its output and exit status.
-// When ctx ends first the command may still be running in the guest; its late reply is dropped.
+// The reply comes when the shell exits: output that processes it left in the background write
+// later is not part of it. When ctx ends first the command may still be running in the guest; its
+// late reply is dropped.
 func (c *Channel) Exec(ctx context.Context, command string) (*Result, error) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
 	id := c.nextID.Add(1)
 	ch := make(chan *wire.Reply, 1)
 	c.waitMu.Lock()
@@ -86,11 +89,8 @@ func (c *Channel) Exec(ctx context.Context, command string) (*Result, error) {
 		delete(c.waiting, id)
 		c.waitMu.Unlock()
 	}()
-	if dl, ok := ctx.Deadline(); ok {
-		_ = c.conn.SetWriteDeadline(dl)
-	}
-	if _, err := c.conn.Write([]byte(wire.FormatCommand(id, command))); err != nil {
-		return nil, fmt.Errorf("send command: %w", err)
+	if err := c.send(ctx, id, command); err != nil {
+		return nil, fmt.Errorf("send command %.60q: %w", command, err)
 	}
 	select {
 	case rep := <-ch:
@@ -100,6 +100,18 @@ func (c *Channel) Exec(ctx context.Context, command string) (*Result, error) {
 	case <-ctx.Done():
 		return nil, fmt.Errorf("command %.60q: %w", command, ctx.Err())
 	}
+}
+
+func (c *Channel) send(ctx context.Context, id uint64, command string) error {
+	c.writeMu.Lock()
+	defer c.writeMu.Unlock()
+	// Without a deadline in ctx the zero time clears the one an earlier command set.
+	dl, _ := ctx.Deadline()
+	if err := c.conn.SetWriteDeadline(dl); err != nil {
+		return err
+	}
+	_, err := io.WriteString(c.conn, wire.FormatCommand(id, command))
+	return err
 }
 
 // Close closes the connection and waits for the reader.

@@ -9,7 +9,9 @@ import (
 	"strings"
 )
 
-// Exec runs a shell command inside the guest over a fresh channel connection.
+// Exec runs a shell command inside the guest over a fresh channel connection. QEMU serves one
+// connection to the channel at a time, so commands that must run at the same time share one
+// Channel (DialChannel) rather than call Exec from several goroutines.
 func (g *Guest) Exec(ctx context.Context, command string) (*Result, error) {
 	ch, err := DialChannel(ctx, g.ChannelSocket())
 	if err != nil {

@@ -10,6 +10,7 @@ import (
 	"sort"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -65,7 +66,27 @@ func needDemo(t *testing.T) *Guest {
 	if setupErr != nil {
 		t.Fatalf("demo guest did not start: %v", setupErr)
 	}
+	t.Cleanup(func() { resumeIfPaused(t, demo) })
 	return demo
+}
+
+// resumeIfPaused gives the next test a running guest even when this one stopped (failed) between
+// a pause and its resume.
+func resumeIfPaused(t *testing.T, g *Guest) {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	st, err := g.Status(ctx)
+	if err != nil {
+		t.Errorf("status of guest %s after the test: %v", g.Meta.Name, err)
+		return
+	}
+	if st != "paused" {
+		return
+	}
+	t.Logf("the test left guest %s paused; resuming it", g.Meta.Name)
+	if err := g.Resume(ctx); err != nil {
+		t.Errorf("resume guest %s after the test: %v", g.Meta.Name, err)
+	}
 }
 
 func ctxT(t *testing.T) context.Context {
@@ -334,7 +355,7 @@ func waitDead(pid int, d time.Duration) bool {
 func TestStopLeavesNothing(t *testing.T) {
 	needDemo(t)
 	ctx := ctxT(t)
-	g, err := Start(ctx, Config{Name: "stopme", MemMiB: 128, Image: demoImg, RunDir: runDir, Detached: true})
+	g, err := Start(ctx, Config{Name: "stopme", MemMiB: 128, Image: demoImg, RunDir: runDir})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -501,4 +522,145 @@ func BenchmarkBoot(b *testing.B) {
 	b.ReportMetric(times[len(times)/2], "s/boot-median")
 	b.ReportMetric(times[0], "s/boot-min")
 	b.ReportMetric(times[len(times)-1], "s/boot-max")
+}
+
+func TestPausedGuestIsResumedAfterTest(t *testing.T) {
+	g := needDemo(t)
+	t.Run("pauses and stops", func(t *testing.T) {
+		// What a test that fails between Pause and Resume does.
+		needDemo(t)
+		if err := g.Pause(ctxT(t)); err != nil {
+			t.Fatal(err)
+		}
+	})
+	if st, err := g.Status(ctxT(t)); err != nil || st != "running" {
+		t.Fatalf("guest %q after a test left it paused (%v)", st, err)
+	}
+}
+
+// sleepers is the background work of the tests below: a sleep no workload process uses, so they
+// can be counted and killed without touching the workload's own sleeps.
+const sleepers = `ps -o pid,args | awk '$2 == "sleep" && $3 == "9000" && NF == 3 {print $1}'`
+
+func killSleepers(t *testing.T, g *Guest) {
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	res, err := g.Exec(ctx, "pids=$("+sleepers+"); [ -z \"$pids\" ] || kill $pids; sleep 1; "+sleepers+" | wc -l")
+	if err != nil {
+		t.Errorf("kill the background sleeps: %v", err)
+		return
+	}
+	if left := strings.TrimSpace(string(res.Stdout)); res.Status != 0 || left != "0" {
+		t.Errorf("background sleeps left after kill: %s (status %d, %s)", left, res.Status, res.Stderr)
+	}
+}
+
+// TestExecReturnsWhenShellExits: a command that leaves processes behind which hold its output
+// open completes when its shell exits, and the channel goes on serving commands.
+func TestExecReturnsWhenShellExits(t *testing.T) {
+	g := needDemo(t)
+	t.Cleanup(func() { killSleepers(t, g) })
+	ctx, cancel := context.WithTimeout(ctxT(t), 2*time.Minute)
+	defer cancel()
+	start := time.Now()
+	// More output than a pipe holds, after the background processes have started: all of it
+	// arrives although they keep the pipes open.
+	res, err := g.Exec(ctx, "for i in $(seq 900); do (sleep 9000 &); done; seq 50000; echo warn >&2; exit 5")
+	if err != nil {
+		t.Fatalf("command with background processes: %v", err)
+	}
+	var want strings.Builder
+	for i := 1; i <= 50000; i++ {
+		fmt.Fprintln(&want, i)
+	}
+	if string(res.Stdout) != want.String() || string(res.Stderr) != "warn\n" || res.Status != 5 {
+		t.Fatalf("got %d bytes of stdout (want %d), stderr %q, status %d", len(res.Stdout), want.Len(), res.Stderr, res.Status)
+	}
+	t.Logf("900 background processes started in %v", time.Since(start).Round(time.Millisecond))
+	ctx, cancel = context.WithTimeout(ctxT(t), 30*time.Second)
+	defer cancel()
+	res, err = g.Exec(ctx, sleepers+" | wc -l")
+	if err != nil {
+		t.Fatalf("the next command: %v", err)
+	}
+	if n := strings.TrimSpace(string(res.Stdout)); n != "900" {
+		t.Fatalf("%s background sleeps, want 900 (stderr %q)", n, res.Stderr)
+	}
+}
+
+// TestExecConcurrent: commands sent together on one connection run at the same time, and each
+// gets its own reply. Every command waits until all have started, so commands run one after
+// another would never finish.
+func TestExecConcurrent(t *testing.T) {
+	g := needDemo(t)
+	ctx, cancel := context.WithTimeout(ctxT(t), 90*time.Second)
+	defer cancel()
+	ch, err := DialChannel(ctx, g.ChannelSocket())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ch.Close()
+	const n = 6
+	dir := fmt.Sprintf("/tmp/hb-concurrent-%d", time.Now().UnixNano())
+	results := make([]*Result, n)
+	errs := make([]error, n)
+	var wg sync.WaitGroup
+	for i := range n {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			results[i], errs[i] = ch.Exec(ctx, fmt.Sprintf(`mkdir -p %[1]s; touch %[1]s/%[2]d
+for try in $(seq 600); do [ $(ls %[1]s | wc -l) -ge %[3]d ] && break; usleep 50000; done
+[ $(ls %[1]s | wc -l) -ge %[3]d ] || exit 99
+seq %[2]d; echo err-%[2]d >&2; exit %[2]d`, dir, i+1, n))
+		}()
+	}
+	wg.Wait()
+	for i := range n {
+		if errs[i] != nil {
+			t.Errorf("command %d: %v", i+1, errs[i])
+			continue
+		}
+		r := results[i]
+		var want strings.Builder
+		for k := 1; k <= i+1; k++ {
+			fmt.Fprintln(&want, k)
+		}
+		if string(r.Stdout) != want.String() || string(r.Stderr) != fmt.Sprintf("err-%d\n", i+1) || r.Status != i+1 {
+			t.Errorf("command %d: stdout %q stderr %q status %d", i+1, r.Stdout, r.Stderr, r.Status)
+		}
+	}
+	rmCtx, rmCancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer rmCancel()
+	if _, err := ch.Exec(rmCtx, "rm -rf "+dir); err != nil {
+		t.Error(err)
+	}
+}
+
+// BenchmarkExec measures the command channel: a trivial command's round trip (a fresh connection
+// each, as Guest.Exec makes), and moving a large output (the guest's compressed kallsyms) through
+// it.
+func BenchmarkExec(b *testing.B) {
+	if setupErr != nil {
+		b.Fatalf("demo guest did not start: %v", setupErr)
+	}
+	ctx := context.Background()
+	b.Run("true", func(b *testing.B) {
+		for i := 0; i < b.N; i++ {
+			if res, err := demo.Exec(ctx, "true"); err != nil || res.Status != 0 {
+				b.Fatalf("true: %v %+v", err, res)
+			}
+		}
+	})
+	b.Run("kallsyms.gz", func(b *testing.B) {
+		var n int
+		for i := 0; i < b.N; i++ {
+			res, err := demo.Exec(ctx, "gzip -c /proc/kallsyms")
+			if err != nil || res.Status != 0 {
+				b.Fatalf("gzip -c /proc/kallsyms: %v", err)
+			}
+			n = len(res.Stdout)
+		}
+		b.ReportMetric(float64(n)/1e3, "kB-out")
+	})
 }

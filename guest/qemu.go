@@ -9,6 +9,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"runtime"
 	"strconv"
 	"strings"
 	"syscall"
@@ -173,16 +174,31 @@ func Start(ctx context.Context, cfg Config) (*Guest, error) {
 		cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
 	}
 	start := time.Now()
-	if err := cmd.Start(); err != nil {
+	g.cmd = cmd
+	g.exited = make(chan struct{})
+	started := make(chan error, 1)
+	go func() {
+		defer close(g.exited)
+		if !cfg.Detached {
+			// The death signal comes when the thread that forked QEMU ends, not the process,
+			// and Go ends a thread when a goroutine locked to it returns: any goroutine that
+			// later ran locked on the forking thread could take QEMU down with it. This
+			// goroutine keeps the thread to itself until QEMU has exited; it returns still
+			// locked, so the thread ends only then.
+			runtime.LockOSThread()
+		}
+		if err := cmd.Start(); err != nil {
+			g.waitErr = err
+			started <- err
+			return
+		}
+		started <- nil
+		g.waitErr = cmd.Wait()
+	}()
+	if err := <-started; err != nil {
 		os.RemoveAll(dir)
 		return nil, fmt.Errorf("start QEMU: %w", err)
 	}
-	g.cmd = cmd
-	g.exited = make(chan struct{})
-	go func() {
-		g.waitErr = cmd.Wait()
-		close(g.exited)
-	}()
 	g.Meta.PID = cmd.Process.Pid
 	g.Meta.StartedAt = start
 	if err := g.writeMeta(); err != nil {

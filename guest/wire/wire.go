@@ -8,7 +8,8 @@
 //	               "O <base64 chunk of stdout>\n" / "E <base64 chunk of stderr>\n" ...
 //	               "@@HB-END <id> <exit status>\n"
 //
-// An exit status of 128+N means the command was killed by signal N, as in a shell.
+// An exit status of 128+N means the command was killed by signal N, as in a shell. Commands run
+// at the same time: replies come whole, in the order the commands finish, not in request order.
 package wire
 
 import (
