@@ -23,9 +23,9 @@ var benchViews = []struct {
 	name string
 	run  func(s *bridge.Session) error
 }{
-	{"ps", func(s *bridge.Session) error { _, err := inspect.ListProcesses(s); return err }},
+	{"ps", func(s *bridge.Session) error { _, _, err := inspect.ListProcesses(s); return err }},
 	{"lsmod", func(s *bridge.Session) error { _, err := inspect.ListModules(s); return err }},
-	{"netstat", func(s *bridge.Session) error { _, err := inspect.ListSockets(s, true); return err }},
+	{"netstat", func(s *bridge.Session) error { _, _, err := inspect.ListSockets(s, true); return err }},
 }
 
 // benchRun is one view run in one mode: engine time (in the engines) and whole time (attach,

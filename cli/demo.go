@@ -75,14 +75,16 @@ func (e *env) demo(ctx context.Context) error {
 	fmt.Fprintf(e.stdout, "/proc/version inside the guest: %s\n", same)
 	fmt.Fprintf(e.stdout, "guest memory hash while paused: %s (twice: %v)\n", hash1[:16], hash1 == hash2)
 	var procs []inspect.Process
+	var gone inspect.Vanished
 	run, err := e.inspectGuest(ctx, g.Meta.Name, "ps", func(s *bridge.Session) error {
 		var err error
-		procs, err = inspect.ListProcesses(s)
+		procs, gone, err = inspect.ListProcesses(s)
 		return err
 	})
 	if err != nil {
 		return err
 	}
+	run.vanished = gone
 	fmt.Fprintf(e.stdout, "\nprocesses, computed by the guest's own kernel code in the SVM (mode %s; the engines that ran are in the last line):\n", run.mode)
 	if err := printProcesses(e.stdout, procs); err != nil {
 		return err

@@ -6,8 +6,6 @@ import (
 	"fmt"
 	"io"
 	"io/fs"
-	"os"
-	"path/filepath"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -34,6 +32,7 @@ type viewRun struct {
 	memo     int
 	mode     bridge.Mode
 	engine   bridge.EngineStats
+	vanished inspect.Vanished // what the view left out because it was gone when read
 }
 
 // inspectGuest attaches to a running guest (pausing it) in the engine mode of --mode, runs fn,
@@ -52,7 +51,7 @@ func (e *env) inspectGuest(ctx context.Context, name, view string, fn func(*brid
 	if err != nil {
 		return nil, err
 	}
-	memoPath := bridge.MemoPath(e.cacheDir, snap)
+	memoPath := e.memoPath(snap.KernelID)
 	mem, reason := memo.LoadOrNew(memoPath, bridge.MemoKey(snap))
 	if reason != nil && !errors.Is(reason, fs.ErrNotExist) {
 		fmt.Fprintf(e.stderr, "memo rebuilt: %v\n", reason)
@@ -83,11 +82,12 @@ func (e *env) inspectGuest(ctx context.Context, name, view string, fn func(*brid
 		return nil, err
 	}
 	run.memo = mem.Len()
-	if err := os.MkdirAll(filepath.Dir(memoPath), 0o755); err != nil {
+	note, err := saveMemo(mem, memoPath)
+	if err != nil {
 		return nil, err
 	}
-	if err := mem.Save(memoPath); err != nil {
-		return nil, fmt.Errorf("save memo: %w", err)
+	if note != "" {
+		fmt.Fprintln(e.stderr, note)
 	}
 	return run, nil
 }
@@ -131,6 +131,9 @@ func (r *viewRun) summary() string {
 	if len(unknown) > 0 {
 		s += fmt.Sprintf("; unknown globals (executed on the SVM's copy): %s", strings.Join(unknown, ", "))
 	}
+	if !r.vanished.Zero() {
+		s += "; " + r.vanished.String()
+	}
 	return s
 }
 
@@ -142,19 +145,23 @@ func (e *env) psCommand() *cobra.Command {
 		Short: "List a guest's processes, computed by its own kernel code in the SVM",
 		Long: `List the processes of a running guest from outside it. The guest is paused; its kernel's own
 code, run in the secure VM against the guest's memory, produces /proc/<pid>/{stat,status,cmdline},
-which are parsed as ps does; then the guest resumes. A field that could not be read is listed under
-"missing", never guessed. One line of engine work goes to stderr.`,
+which are parsed as ps does; then the guest resumes. A process that exited while being read is left
+out and counted on stderr; any other failure to read fails the command, with no table printed. A
+command line the kernel returned cut short is shown as "?" with the reason, never guessed. One line
+of engine work goes to stderr.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			var procs []inspect.Process
+			var gone inspect.Vanished
 			run, err := e.inspectGuest(cmd.Context(), name, "ps", func(s *bridge.Session) error {
 				var err error
-				procs, err = inspect.ListProcesses(s)
+				procs, gone, err = inspect.ListProcesses(s)
 				return err
 			})
 			if err != nil {
 				return err
 			}
+			run.vanished = gone
 			fmt.Fprintln(e.stderr, run.summary())
 			if asJSON {
 				if procs == nil {
@@ -162,7 +169,7 @@ which are parsed as ps does; then the guest resumes. A field that could not be r
 				}
 				return writeJSON(e.stdout, procs)
 			}
-			return printProcesses(e.stdout, procs)
+			return printWhole(e.stdout, func(w io.Writer) error { return printProcesses(w, procs) })
 		},
 	}
 	c.Flags().StringVar(&name, "guest", "demo", "the running guest to inspect")
@@ -170,14 +177,15 @@ which are parsed as ps does; then the guest resumes. A field that could not be r
 	return c
 }
 
-// printProcesses renders the ps table.
+// printProcesses renders the ps table. A command line that cannot be decided shows as "?" with
+// the reason and the name from stat, so it is neither guessed nor mistaken for a kernel thread.
 func printProcesses(w io.Writer, procs []inspect.Process) error {
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
 	fmt.Fprintln(tw, "PID\tPPID\tUID\tSTAT\tTHR\tRSS\tSTART\tCOMMAND")
 	for _, p := range procs {
-		cmdline := p.Command()
+		cmdline := cell(p.Command())
 		if len(p.Missing) > 0 {
-			cmdline += "  (missing: " + strings.Join(p.Missing, "; ") + ")"
+			cmdline += fmt.Sprintf("  (comm %q; unknown: %s)", p.Comm, strings.Join(p.Missing, "; "))
 		}
 		fmt.Fprintf(tw, "%d\t%d\t%d\t%s\t%d\t%d\t%d\t%s\n", p.PID, p.PPID, p.UID, p.State, p.Threads, p.RSSKiB, p.StartTicks, cmdline)
 	}

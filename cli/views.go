@@ -1,6 +1,7 @@
 package cli
 
 import (
+	"bytes"
 	"fmt"
 	"io"
 	"strings"
@@ -12,73 +13,85 @@ import (
 	"hybridbridge/inspect"
 )
 
-// view is one inspection command: how to compute its records from a session and how to print
-// them as a table.
+// view is one inspection command: how to compute its records from a session (and what vanished
+// while they were read) and how to print them as a table.
 type view struct {
 	use, short, long string
 	pid              bool // takes --pid
-	run              func(s *bridge.Session, pid int) (any, error)
+	run              func(s *bridge.Session, pid int) (any, inspect.Vanished, error)
 	print            func(w io.Writer, v any) error
 }
 
-// Views computes each view's records; the console and the benchmark use them too.
+// views are the inspection commands besides ps. The console and the benchmark run their own
+// lists of walkers (consoleViews, benchViews) and print differently.
 var views = []view{
 	{use: "lsmod", short: "List the guest's kernel modules (/proc/modules)",
-		run:   func(s *bridge.Session, _ int) (any, error) { return inspect.ListModules(s) },
+		run:   func(s *bridge.Session, _ int) (any, inspect.Vanished, error) { return whole(inspect.ListModules(s)) },
 		print: printModules},
 	{use: "netstat", short: "List the guest's TCP, UDP and Unix sockets with the processes holding them",
 		long: `Sockets from /proc/net/{tcp,tcp6,udp,udp6,unix} of the guest's initial network namespace, and
 the processes holding each one (from every /proc/<pid>/fd link socket:[inode]).`,
-		run:   func(s *bridge.Session, _ int) (any, error) { return nonNil(inspect.ListSockets(s, true)) },
+		run: func(s *bridge.Session, _ int) (any, inspect.Vanished, error) {
+			return nonNil(inspect.ListSockets(s, true))
+		},
 		print: printSockets},
 	{use: "uptime", short: "The guest's uptime and load (its clock, not the host's)",
 		long: `The guest's time since boot and idle time (/proc/uptime) and load averages (/proc/loadavg).
 The guest is paused while it is read: its clock is shown as of its last timekeeping update.`,
-		run: func(s *bridge.Session, _ int) (any, error) {
+		run: func(s *bridge.Session, _ int) (any, inspect.Vanished, error) {
 			u, err := inspect.ReadUptime(s)
 			if err != nil {
-				return nil, err
+				return nil, inspect.Vanished{}, err
 			}
 			l, err := inspect.ReadLoadAvg(s)
-			return uptimeView{u, l}, err
+			return whole(uptimeView{u, l}, err)
 		},
 		print: printUptime},
 	{use: "uname", short: "The guest's kernel and host names (uname -a)",
-		run:   func(s *bridge.Session, _ int) (any, error) { return inspect.ReadUname(s) },
+		run:   func(s *bridge.Session, _ int) (any, inspect.Vanished, error) { return whole(inspect.ReadUname(s)) },
 		print: printUname},
 	{use: "free", short: "The guest's memory (/proc/meminfo)",
-		run:   func(s *bridge.Session, _ int) (any, error) { return inspect.ReadMeminfo(s) },
+		run:   func(s *bridge.Session, _ int) (any, inspect.Vanished, error) { return whole(inspect.ReadMeminfo(s)) },
 		print: printMeminfo},
 	{use: "mounts", short: "The guest's mounted file systems (/proc/mounts of its init)",
-		run:   func(s *bridge.Session, _ int) (any, error) { return inspect.ReadMounts(s) },
+		run:   func(s *bridge.Session, _ int) (any, inspect.Vanished, error) { return whole(inspect.ReadMounts(s)) },
 		print: printMounts},
 	{use: "lsof", short: "Open files of a guest process (/proc/PID/fd and fdinfo)", pid: true,
-		run:   func(s *bridge.Session, pid int) (any, error) { return nonNil(inspect.ListOpenFiles(s, s, pid)) },
+		run: func(s *bridge.Session, pid int) (any, inspect.Vanished, error) {
+			return nonNil(inspect.ListOpenFiles(s, s, pid))
+		},
 		print: printOpenFiles},
 	{use: "env", short: "The environment of a guest process (/proc/PID/environ)", pid: true,
-		run:   func(s *bridge.Session, pid int) (any, error) { return inspect.ReadEnviron(s, pid) },
+		run: func(s *bridge.Session, pid int) (any, inspect.Vanished, error) {
+			return whole(inspect.ReadEnviron(s, pid))
+		},
 		print: printLines},
 	{use: "dmesg", short: "The guest's kernel log (its /dev/kmsg)",
-		run:   func(s *bridge.Session, _ int) (any, error) { return inspect.ReadKernelLog(s) },
+		run:   func(s *bridge.Session, _ int) (any, inspect.Vanished, error) { return whole(inspect.ReadKernelLog(s)) },
 		print: printLog},
 	{use: "arp", short: "The guest's neighbour table (/proc/net/arp)",
-		run:   func(s *bridge.Session, _ int) (any, error) { return inspect.ListNeighbours(s) },
+		run:   func(s *bridge.Session, _ int) (any, inspect.Vanished, error) { return whole(inspect.ListNeighbours(s)) },
 		print: printNeighbours},
 	{use: "ifconfig", short: "The guest's network interfaces, counters and addresses",
 		long: `Interfaces and counters from /proc/net/dev, IPv6 addresses from /proc/net/if_inet6, IPv4
 addresses from the local routing table (/proc/net/fib_trie). procfs does not say which interface
 an IPv4 address belongs to: it is placed on the interface of the connected route that covers it
 (/proc/net/route), and listed as unassigned otherwise.`,
-		run:   func(s *bridge.Session, _ int) (any, error) { return inspect.ListInterfaces(s) },
+		run:   func(s *bridge.Session, _ int) (any, inspect.Vanished, error) { return whole(inspect.ListInterfaces(s)) },
 		print: printInterfaces},
 }
 
 // nonNil keeps empty lists as [] in JSON.
-func nonNil[T any](v []T, err error) ([]T, error) {
+func nonNil[T any](v []T, gone inspect.Vanished, err error) (any, inspect.Vanished, error) {
 	if v == nil {
 		v = []T{}
 	}
-	return v, err
+	return v, gone, err
+}
+
+// whole adapts a walker that reads fixed files: nothing it reads can vanish.
+func whole[T any](v T, err error) (any, inspect.Vanished, error) {
+	return v, inspect.Vanished{}, err
 }
 
 type uptimeView struct {
@@ -99,26 +112,30 @@ func (e *env) viewCommands() []*cobra.Command {
 			Long: v.long + `
 
 The guest is paused while its own kernel code, run in the SVM against its memory (Slow-Bridge),
-produces the files; then it resumes. One line of engine work goes to stderr.`,
+produces the files; then it resumes. One line of engine work goes to stderr, with what vanished
+while it was read (a process that exited, a descriptor closed), which is left out. Any other
+failure to read fails the command: no records are printed.`,
 			Args: cobra.NoArgs,
 			RunE: func(cmd *cobra.Command, _ []string) error {
 				if v.pid && pid <= 0 {
 					return fmt.Errorf("%s needs --pid PID (a process of the guest; see hybridbridge ps)", v.use)
 				}
 				var res any
+				var gone inspect.Vanished
 				run, err := e.inspectGuest(cmd.Context(), name, v.use, func(s *bridge.Session) error {
 					var err error
-					res, err = v.run(s, pid)
+					res, gone, err = v.run(s, pid)
 					return err
 				})
 				if err != nil {
 					return err
 				}
+				run.vanished = gone
 				fmt.Fprintln(e.stderr, run.summary())
 				if asJSON {
 					return writeJSON(e.stdout, res)
 				}
-				return v.print(e.stdout, res)
+				return printWhole(e.stdout, func(w io.Writer) error { return v.print(w, res) })
 			},
 		}
 		c.Flags().StringVar(&name, "guest", "demo", "the running guest to inspect")
@@ -130,6 +147,42 @@ produces the files; then it resumes. One line of engine work goes to stderr.`,
 	}
 	return out
 }
+
+// printWhole renders a view before writing any of it, so a view that fails to render prints
+// nothing rather than part of a table.
+func printWhole(w io.Writer, render func(io.Writer) error) error {
+	var buf bytes.Buffer
+	if err := render(&buf); err != nil {
+		return err
+	}
+	_, err := w.Write(buf.Bytes())
+	return err
+}
+
+// cell escapes the control characters of a name taken from the guest (a path, an argument, an
+// environment value): a tab would shift a table's columns and a newline would pass for another
+// row. JSON output keeps the exact value.
+func cell(s string) string {
+	if !strings.ContainsFunc(s, isControl) {
+		return s
+	}
+	var b strings.Builder
+	for _, r := range s {
+		switch {
+		case r == '\t':
+			b.WriteString(`\t`)
+		case r == '\n':
+			b.WriteString(`\n`)
+		case isControl(r):
+			fmt.Fprintf(&b, `\x%02x`, r)
+		default:
+			b.WriteRune(r)
+		}
+	}
+	return b.String()
+}
+
+func isControl(r rune) bool { return r < 0x20 || r == 0x7f }
 
 func table(w io.Writer, header string, rows func(tw io.Writer)) error {
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
@@ -157,7 +210,7 @@ func printSockets(w io.Writer, v any) error {
 			if s.Type != "" {
 				state = s.Type + " " + state
 			}
-			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%d\t%d\t%d\t%d\t%s\n", s.Proto, s.Local, s.Remote, state, s.RxQueue, s.TxQueue, s.UID, s.Inode, strings.Join(pids, ","))
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%d\t%d\t%d\t%d\t%s\n", s.Proto, cell(s.Local), s.Remote, state, s.RxQueue, s.TxQueue, s.UID, s.Inode, strings.Join(pids, ","))
 		}
 	})
 }
@@ -188,7 +241,7 @@ func printMeminfo(w io.Writer, v any) error {
 func printMounts(w io.Writer, v any) error {
 	return table(w, "DEVICE\tMOUNT POINT\tTYPE\tOPTIONS", func(tw io.Writer) {
 		for _, m := range v.([]inspect.Mount) {
-			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\n", m.Device, m.Point, m.Type, m.Options)
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\n", cell(m.Device), cell(m.Point), m.Type, m.Options)
 		}
 	})
 }
@@ -196,14 +249,14 @@ func printMounts(w io.Writer, v any) error {
 func printOpenFiles(w io.Writer, v any) error {
 	return table(w, "FD\tPOS\tFLAGS\tTARGET", func(tw io.Writer) {
 		for _, o := range v.([]inspect.OpenFile) {
-			fmt.Fprintf(tw, "%d\t%d\t%s\t%s\n", o.FD, o.Pos, o.Flags, o.Target)
+			fmt.Fprintf(tw, "%d\t%d\t%s\t%s\n", o.FD, o.Pos, o.Flags, cell(o.Target))
 		}
 	})
 }
 
 func printLines(w io.Writer, v any) error {
 	for _, l := range v.([]string) {
-		if _, err := fmt.Fprintln(w, l); err != nil {
+		if _, err := fmt.Fprintln(w, cell(l)); err != nil {
 			return err
 		}
 	}

@@ -275,7 +275,7 @@ func newProcessesPane() pane {
 		func(p inspect.Process) []string {
 			cmd := p.Command()
 			if len(p.Missing) > 0 {
-				cmd += "  (missing: " + strings.Join(p.Missing, "; ") + ")"
+				cmd += fmt.Sprintf("  (comm %q; unknown: %s)", p.Comm, strings.Join(p.Missing, "; "))
 			}
 			return []string{strconv.Itoa(p.PID), strconv.Itoa(p.PPID), strconv.Itoa(p.UID), p.State,
 				strconv.Itoa(p.Threads), strconv.Itoa(p.RSSKiB), strconv.FormatUint(p.StartTicks, 10), cmd}

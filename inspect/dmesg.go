@@ -30,42 +30,65 @@ func ReadKernelLog(r Records) ([]LogLine, error) {
 	}
 	out := []LogLine{}
 	for _, rec := range recs {
-		head, body, ok := strings.Cut(string(rec), ";")
-		f := strings.Split(head, ",")
-		if !ok || len(f) < 4 {
-			return nil, fmt.Errorf("/dev/kmsg record %q", rec)
+		lines, err := parseKmsg(rec)
+		if err != nil {
+			return nil, fmt.Errorf("/dev/kmsg: %w", err)
 		}
-		var v [3]uint64
-		for i := range v {
-			if v[i], err = strconv.ParseUint(f[i], 10, 64); err != nil {
-				return nil, fmt.Errorf("/dev/kmsg record %q", rec)
-			}
-		}
-		text, _, _ := strings.Cut(body, "\n")
-		for _, line := range strings.Split(unescapeHex(text), "\n") {
-			out = append(out, LogLine{Seq: v[1], Level: int(v[0] & 7), Facility: int(v[0] >> 3), Micros: v[2], Text: line})
-		}
+		out = append(out, lines...)
 	}
 	return out, nil
 }
 
-// unescapeHex undoes /dev/kmsg's \xNN escapes.
-func unescapeHex(s string) string {
-	if !strings.Contains(s, `\x`) {
-		return s
+// parseKmsg reads one /dev/kmsg record (devkmsg_read in kernel/printk/printk.c). Every record
+// ends with a newline; one without it was cut short.
+func parseKmsg(rec []byte) ([]LogLine, error) {
+	head, body, ok := strings.Cut(string(rec), ";")
+	f := strings.Split(head, ",")
+	if !ok || len(f) < 4 || !strings.HasSuffix(body, "\n") {
+		return nil, fmt.Errorf("record %.80q", rec)
+	}
+	var v [3]uint64
+	for i := range v {
+		var err error
+		if v[i], err = strconv.ParseUint(f[i], 10, 64); err != nil {
+			return nil, fmt.Errorf("record %.80q: field %d", rec, i+1)
+		}
+	}
+	text, _, _ := strings.Cut(body, "\n")
+	text, err := unescapeHex(text)
+	if err != nil {
+		return nil, fmt.Errorf("record %d: %w", v[1], err)
+	}
+	var out []LogLine
+	for _, line := range strings.Split(text, "\n") {
+		out = append(out, LogLine{Seq: v[1], Level: int(v[0] & 7), Facility: int(v[0] >> 3), Micros: v[2], Text: line})
+	}
+	return out, nil
+}
+
+// unescapeHex undoes /dev/kmsg's \xNN escapes. The kernel escapes every backslash, so one that
+// starts no escape means the text is not what the kernel printed.
+func unescapeHex(s string) (string, error) {
+	if !strings.Contains(s, `\`) {
+		return s, nil
 	}
 	var b strings.Builder
 	for i := 0; i < len(s); i++ {
-		if s[i] == '\\' && i+4 <= len(s) && s[i+1] == 'x' {
-			if v, err := strconv.ParseUint(s[i+2:i+4], 16, 8); err == nil {
-				b.WriteByte(byte(v))
-				i += 3
-				continue
-			}
+		if s[i] != '\\' {
+			b.WriteByte(s[i])
+			continue
 		}
-		b.WriteByte(s[i])
+		if i+4 > len(s) || s[i+1] != 'x' {
+			return "", fmt.Errorf("bad escape at %d in %.80q", i, s)
+		}
+		v, err := strconv.ParseUint(s[i+2:i+4], 16, 8)
+		if err != nil {
+			return "", fmt.Errorf("bad escape %q in %.80q", s[i:i+4], s)
+		}
+		b.WriteByte(byte(v))
+		i += 3
 	}
-	return b.String()
+	return b.String(), nil
 }
 
 // ParseSyslog parses dmesg -r output ("<prio>[secs.micros] text" per line), as printed inside a

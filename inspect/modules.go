@@ -1,6 +1,7 @@
 package inspect
 
 import (
+	"errors"
 	"fmt"
 	"strconv"
 	"strings"
@@ -30,34 +31,53 @@ func ListModules(f Files) ([]Module, error) {
 // users being "-" or a comma-terminated list (m_show in kernel/module/procfs.c).
 func ParseModules(data []byte) ([]Module, error) {
 	out := []Module{}
-	for i, line := range strings.Split(strings.TrimRight(string(data), "\n"), "\n") {
-		if line == "" {
-			continue
-		}
-		f := strings.Fields(line)
-		if len(f) < 6 {
-			return nil, fmt.Errorf("/proc/modules line %d: %d fields in %q", i+1, len(f), line)
-		}
-		m := Module{Name: f[0], State: f[4], Users: []string{}}
-		var err error
-		if m.Size, err = strconv.ParseUint(f[1], 10, 64); err != nil {
-			return nil, fmt.Errorf("/proc/modules line %d: size %q", i+1, f[1])
-		}
-		if m.Refs, err = strconv.Atoi(f[2]); err != nil {
-			return nil, fmt.Errorf("/proc/modules line %d: use count %q", i+1, f[2])
-		}
-		if f[3] != "-" {
-			for _, u := range strings.Split(strings.TrimSuffix(f[3], ","), ",") {
-				m.Users = append(m.Users, u)
-			}
-		}
-		if m.Addr, err = strconv.ParseUint(strings.TrimPrefix(f[5], "0x"), 16, 64); err != nil {
-			return nil, fmt.Errorf("/proc/modules line %d: address %q", i+1, f[5])
-		}
-		if len(f) > 6 {
-			m.Taint = strings.Trim(f[6], "()")
+	if len(data) == 0 {
+		return out, nil // no module loaded
+	}
+	text, ok := strings.CutSuffix(string(data), "\n")
+	if !ok {
+		return nil, errors.New("/proc/modules: no final newline")
+	}
+	for i, line := range strings.Split(text, "\n") {
+		m, err := parseModule(line)
+		if err != nil {
+			return nil, fmt.Errorf("/proc/modules line %d: %w", i+1, err)
 		}
 		out = append(out, m)
 	}
 	return out, nil
+}
+
+func parseModule(line string) (Module, error) {
+	f := strings.Fields(line)
+	if len(f) != 6 && len(f) != 7 {
+		return Module{}, fmt.Errorf("%d fields in %q", len(f), line)
+	}
+	m := Module{Name: f[0], State: f[4], Users: []string{}}
+	var err error
+	if m.Size, err = strconv.ParseUint(f[1], 10, 64); err != nil {
+		return Module{}, fmt.Errorf("size %q", f[1])
+	}
+	if m.Refs, err = strconv.Atoi(f[2]); err != nil {
+		return Module{}, fmt.Errorf("use count %q", f[2])
+	}
+	if f[3] != "-" {
+		users, ok := strings.CutSuffix(f[3], ",")
+		if !ok {
+			return Module{}, fmt.Errorf("users %q", f[3])
+		}
+		m.Users = strings.Split(users, ",")
+	}
+	addr, ok := strings.CutPrefix(f[5], "0x")
+	if m.Addr, err = strconv.ParseUint(addr, 16, 64); err != nil || !ok {
+		return Module{}, fmt.Errorf("address %q", f[5])
+	}
+	if len(f) == 7 {
+		t := f[6]
+		if len(t) < 3 || t[0] != '(' || t[len(t)-1] != ')' {
+			return Module{}, fmt.Errorf("taint %q", t)
+		}
+		m.Taint = t[1 : len(t)-1]
+	}
+	return m, nil
 }

@@ -2,8 +2,10 @@ package inspect
 
 import (
 	"encoding/hex"
+	"errors"
 	"fmt"
 	"net/netip"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -25,7 +27,7 @@ type Socket struct {
 	Refs    int    `json:"refs,omitempty"` // Unix: reference count
 	Flags   uint32 `json:"flags,omitempty"`
 	// PIDs hold the socket open, from /proc/<pid>/fd links (socket:[inode]); empty when no
-	// process holds it (TIME_WAIT, kernel sockets) or the links were not read.
+	// process holds it (TIME_WAIT, kernel sockets) or owners were not asked for.
 	PIDs []int `json:"pids,omitempty"`
 }
 
@@ -37,13 +39,14 @@ type Links interface {
 // NetFiles are the files the socket view reads.
 var NetFiles = []string{"/proc/net/tcp", "/proc/net/tcp6", "/proc/net/udp", "/proc/net/udp6", "/proc/net/unix"}
 
-// ListSockets reads the socket tables and, with owners, which processes hold each socket.
-func ListSockets(f Files, owners bool) ([]Socket, error) {
+// ListSockets reads the socket tables and, with owners, which processes hold each socket (f must
+// then implement Links). What vanished while the owners were read is counted in Vanished.
+func ListSockets(f Files, owners bool) ([]Socket, Vanished, error) {
 	var out []Socket
 	for _, path := range NetFiles {
 		data, err := f.ReadFile(path)
 		if err != nil {
-			return nil, fmt.Errorf("read %s: %w", path, err)
+			return nil, Vanished{}, fmt.Errorf("read %s: %w", path, err)
 		}
 		proto := path[len("/proc/net/"):]
 		var socks []Socket
@@ -53,49 +56,65 @@ func ListSockets(f Files, owners bool) ([]Socket, error) {
 			socks, err = parseInet(proto, data)
 		}
 		if err != nil {
-			return nil, fmt.Errorf("%s: %w", path, err)
+			return nil, Vanished{}, fmt.Errorf("parse %s: %w", path, err)
 		}
 		out = append(out, socks...)
 	}
-	if owners {
-		if l, ok := f.(Links); ok {
-			holders, err := SocketHolders(f, l)
-			if err != nil {
-				return nil, err
-			}
-			for i := range out {
-				out[i].PIDs = holders[out[i].Inode]
-			}
-		}
+	if !owners {
+		return out, Vanished{}, nil
 	}
-	return out, nil
+	l, ok := f.(Links)
+	if !ok {
+		return nil, Vanished{}, fmt.Errorf("socket owners: %T cannot read symbolic links", f)
+	}
+	holders, gone, err := SocketHolders(f, l)
+	if err != nil {
+		return nil, gone, err
+	}
+	for i := range out {
+		out[i].PIDs = holders[out[i].Inode]
+	}
+	return out, gone, nil
 }
 
 // SocketHolders maps socket inodes to the pids holding them, from every /proc/<pid>/fd/<n>
-// link of the form socket:[inode]. A process that exits while being read is skipped.
-func SocketHolders(f Files, l Links) (map[uint64][]int, error) {
+// link of the form socket:[inode]. A process that exits, or a descriptor closed, while being
+// read is left out and counted; any other failure fails the whole map.
+func SocketHolders(f Files, l Links) (map[uint64][]int, Vanished, error) {
+	var gone Vanished
 	names, err := f.ReadDir("/proc")
 	if err != nil {
-		return nil, fmt.Errorf("list /proc: %w", err)
+		return nil, gone, fmt.Errorf("list /proc: %w", err)
 	}
 	out := map[uint64][]int{}
 	for _, n := range names {
 		pid, err := strconv.Atoi(n)
 		if err != nil || pid <= 0 {
-			continue
+			continue // not a process: /proc/net, /proc/self, ...
 		}
 		dir := "/proc/" + n + "/fd"
 		fds, err := f.ReadDir(dir)
+		if IsVanished(err) {
+			gone.Processes++
+			continue
+		}
 		if err != nil {
-			continue // a kernel thread's fd directory, or the process is gone
+			return nil, gone, fmt.Errorf("list %s: %w", dir, err)
 		}
 		for _, fd := range fds {
 			target, err := l.ReadLink(dir + "/" + fd)
-			if err != nil {
+			if IsVanished(err) {
+				gone.Descriptors++
 				continue
 			}
-			ino, ok := socketInode(target)
-			if ok && !containsInt(out[ino], pid) {
+			if err != nil {
+				return nil, gone, fmt.Errorf("read link %s/%s: %w", dir, fd, err)
+			}
+			ino, ok, err := socketInode(target)
+			if err != nil {
+				return nil, gone, fmt.Errorf("link %s/%s: %w", dir, fd, err)
+			}
+			if ok && !slices.Contains(out[ino], pid) {
 				out[ino] = append(out[ino], pid)
 			}
 		}
@@ -103,25 +122,21 @@ func SocketHolders(f Files, l Links) (map[uint64][]int, error) {
 	for _, pids := range out {
 		sort.Ints(pids)
 	}
-	return out, nil
+	return out, gone, nil
 }
 
-func containsInt(s []int, v int) bool {
-	for _, x := range s {
-		if x == v {
-			return true
-		}
-	}
-	return false
-}
-
-func socketInode(target string) (uint64, bool) {
+// socketInode reads a descriptor's link target: whether it is a socket, and its inode.
+func socketInode(target string) (uint64, bool, error) {
 	rest, ok := strings.CutPrefix(target, "socket:[")
-	if !ok || !strings.HasSuffix(rest, "]") {
-		return 0, false
+	if !ok {
+		return 0, false, nil
 	}
-	n, err := strconv.ParseUint(strings.TrimSuffix(rest, "]"), 10, 64)
-	return n, err == nil
+	num, ok := strings.CutSuffix(rest, "]")
+	n, err := strconv.ParseUint(num, 10, 64)
+	if !ok || err != nil {
+		return 0, false, fmt.Errorf("socket link %q", target)
+	}
+	return n, true, nil
 }
 
 // tcpStates are the st column's values (include/net/tcp_states.h).
@@ -133,53 +148,83 @@ var tcpStates = map[uint64]string{
 // parseInet parses /proc/net/{tcp,tcp6,udp,udp6}: after "sl:", local and remote address:port in
 // hex, st, tx_queue:rx_queue, tr:tm->when, retrnsmt, uid, timeout, inode.
 func parseInet(proto string, data []byte) ([]Socket, error) {
+	lines, err := tableLines(data, "local_address")
+	if err != nil {
+		return nil, err
+	}
 	var out []Socket
-	lines := strings.Split(strings.TrimRight(string(data), "\n"), "\n")
-	for i, line := range lines[1:] {
-		f := strings.Fields(line)
-		if len(f) < 10 {
-			return nil, fmt.Errorf("line %d: %d fields", i+2, len(f))
-		}
-		s := Socket{Proto: proto}
-		var err error
-		if s.Local, err = hexAddrPort(f[1]); err != nil {
-			return nil, fmt.Errorf("line %d: local address: %w", i+2, err)
-		}
-		if s.Remote, err = hexAddrPort(f[2]); err != nil {
-			return nil, fmt.Errorf("line %d: remote address: %w", i+2, err)
-		}
-		st, err := strconv.ParseUint(f[3], 16, 8)
+	for i, line := range lines {
+		s, err := parseInetLine(proto, line)
 		if err != nil {
-			return nil, fmt.Errorf("line %d: state %q", i+2, f[3])
-		}
-		s.State = tcpStates[st]
-		if s.State == "" {
-			s.State = "UNKNOWN(" + f[3] + ")"
-		}
-		if strings.HasPrefix(proto, "udp") {
-			// UDP reuses TCP's numbers: ESTABLISHED when connected, CLOSE otherwise.
-			s.State = map[uint64]string{1: "ESTABLISHED", 7: ""}[st]
-		}
-		tx, rx, ok := strings.Cut(f[4], ":")
-		if !ok {
-			return nil, fmt.Errorf("line %d: queues %q", i+2, f[4])
-		}
-		if s.TxQueue, err = strconv.ParseUint(tx, 16, 64); err != nil {
-			return nil, fmt.Errorf("line %d: tx_queue %q", i+2, tx)
-		}
-		if s.RxQueue, err = strconv.ParseUint(rx, 16, 64); err != nil {
-			return nil, fmt.Errorf("line %d: rx_queue %q", i+2, rx)
-		}
-		if s.UID, err = strconv.Atoi(f[7]); err != nil {
-			return nil, fmt.Errorf("line %d: uid %q", i+2, f[7])
-		}
-		if s.Inode, err = strconv.ParseUint(f[9], 10, 64); err != nil {
-			return nil, fmt.Errorf("line %d: inode %q", i+2, f[9])
+			return nil, fmt.Errorf("line %d: %w", i+2, err)
 		}
 		out = append(out, s)
 	}
 	return out, nil
 }
+
+// tableLines splits a /proc/net table into its rows, checking the header: a file without it was
+// not produced whole.
+func tableLines(data []byte, header string) ([]string, error) {
+	s, ok := strings.CutSuffix(string(data), "\n")
+	if !ok {
+		return nil, errors.New("no final newline")
+	}
+	lines := strings.Split(s, "\n")
+	if !strings.Contains(lines[0], header) {
+		return nil, fmt.Errorf("header %.60q", lines[0])
+	}
+	return lines[1:], nil
+}
+
+func parseInetLine(proto, line string) (Socket, error) {
+	f := strings.Fields(line)
+	if len(f) < 10 || !strings.HasSuffix(f[0], ":") {
+		return Socket{}, fmt.Errorf("%d fields in %.80q", len(f), line)
+	}
+	s := Socket{Proto: proto}
+	var err error
+	if s.Local, err = hexAddrPort(f[1]); err != nil {
+		return Socket{}, fmt.Errorf("local address: %w", err)
+	}
+	if s.Remote, err = hexAddrPort(f[2]); err != nil {
+		return Socket{}, fmt.Errorf("remote address: %w", err)
+	}
+	st, err := strconv.ParseUint(f[3], 16, 8)
+	if err != nil {
+		return Socket{}, fmt.Errorf("state %q", f[3])
+	}
+	s.State = tcpStates[st]
+	if strings.HasPrefix(proto, "udp") {
+		// UDP reuses TCP's numbers: ESTABLISHED when connected, CLOSE otherwise.
+		s.State = udpStates[st]
+	}
+	if s.State == "" && !(strings.HasPrefix(proto, "udp") && st == tcpClose) {
+		s.State = "UNKNOWN(" + f[3] + ")"
+	}
+	tx, rx, ok := strings.Cut(f[4], ":")
+	if !ok {
+		return Socket{}, fmt.Errorf("queues %q", f[4])
+	}
+	if s.TxQueue, err = strconv.ParseUint(tx, 16, 64); err != nil {
+		return Socket{}, fmt.Errorf("tx_queue %q", tx)
+	}
+	if s.RxQueue, err = strconv.ParseUint(rx, 16, 64); err != nil {
+		return Socket{}, fmt.Errorf("rx_queue %q", rx)
+	}
+	if s.UID, err = strconv.Atoi(f[7]); err != nil {
+		return Socket{}, fmt.Errorf("uid %q", f[7])
+	}
+	if s.Inode, err = strconv.ParseUint(f[9], 10, 64); err != nil {
+		return Socket{}, fmt.Errorf("inode %q", f[9])
+	}
+	return s, nil
+}
+
+// tcpClose is TCP_CLOSE, the state of an unconnected UDP socket (shown blank, as netstat does).
+const tcpClose = 7
+
+var udpStates = map[uint64]string{1: "ESTABLISHED", tcpClose: ""}
 
 // hexAddrPort decodes "0100007F:1F90" (IPv4) or 32 hex digits (IPv6): the address as the
 // kernel's 32-bit words printed in host (little-endian) order, the port in network order.
@@ -196,10 +241,13 @@ func hexAddrPort(s string) (string, error) {
 		raw[w], raw[w+1], raw[w+2], raw[w+3] = raw[w+3], raw[w+2], raw[w+1], raw[w]
 	}
 	port, err := strconv.ParseUint(p, 16, 16)
-	if err != nil {
+	if err != nil || len(p) != 4 {
 		return "", fmt.Errorf("port %q", p)
 	}
-	addr, _ := netip.AddrFromSlice(raw)
+	addr, ok := netip.AddrFromSlice(raw)
+	if !ok {
+		return "", fmt.Errorf("%q", s)
+	}
 	return netip.AddrPortFrom(addr, uint16(port)).String(), nil
 }
 
@@ -211,32 +259,70 @@ const unixListening = 1 << 16
 
 // parseUnix parses /proc/net/unix: "Num: RefCount Protocol Flags Type St Inode [Path]".
 func parseUnix(data []byte) ([]Socket, error) {
+	lines, err := tableLines(data, "RefCount")
+	if err != nil {
+		return nil, err
+	}
 	var out []Socket
-	lines := strings.Split(strings.TrimRight(string(data), "\n"), "\n")
-	for i, line := range lines[1:] {
-		f := strings.Fields(line)
-		if len(f) < 7 {
-			return nil, fmt.Errorf("line %d: %d fields", i+2, len(f))
-		}
-		s := Socket{Proto: "unix"}
-		var vals [6]uint64
-		for j, base := range []int{16, 16, 16, 16, 16, 10} {
-			v, err := strconv.ParseUint(f[j+1], base, 64)
-			if err != nil {
-				return nil, fmt.Errorf("line %d: field %d %q", i+2, j+2, f[j+1])
-			}
-			vals[j] = v
-		}
-		s.Refs, s.Flags, s.Inode = int(vals[0]), uint32(vals[2]), vals[5]
-		s.Type = unixTypes[vals[3]]
-		s.State = unixStates[vals[4]]
-		if s.Flags&unixListening != 0 {
-			s.State = "LISTENING"
-		}
-		if len(f) > 7 {
-			s.Local = strings.Join(f[7:], " ")
+	for i, line := range lines {
+		s, err := parseUnixLine(line)
+		if err != nil {
+			return nil, fmt.Errorf("line %d: %w", i+2, err)
 		}
 		out = append(out, s)
 	}
 	return out, nil
+}
+
+// parseUnixLine reads one socket. The path is the rest of the line after one space (unix_seq_show
+// prints it raw, spaces included; an abstract name starts with '@').
+func parseUnixLine(line string) (Socket, error) {
+	f, path, err := leadingFields(line, 7)
+	if err != nil || !strings.HasSuffix(f[0], ":") {
+		return Socket{}, fmt.Errorf("%.80q", line)
+	}
+	var vals [6]uint64
+	for j, base := range []int{16, 16, 16, 16, 16, 10} {
+		v, err := strconv.ParseUint(f[j+1], base, 64)
+		if err != nil {
+			return Socket{}, fmt.Errorf("field %d %q", j+2, f[j+1])
+		}
+		vals[j] = v
+	}
+	s := Socket{Proto: "unix", Local: path, Refs: int(vals[0]), Flags: uint32(vals[2]), Inode: vals[5]}
+	s.Type = unixTypes[vals[3]]
+	if s.Type == "" {
+		s.Type = "UNKNOWN(" + f[4] + ")"
+	}
+	s.State = unixStates[vals[4]]
+	if s.State == "" {
+		s.State = "UNKNOWN(" + f[5] + ")"
+	}
+	if s.Flags&unixListening != 0 {
+		s.State = "LISTENING"
+	}
+	return s, nil
+}
+
+// leadingFields splits the first n space-separated fields off line and returns them and what
+// follows the single space after the last one ("" when the line ends there).
+func leadingFields(line string, n int) ([]string, string, error) {
+	f := make([]string, 0, n)
+	rest := line
+	for len(f) < n {
+		rest = strings.TrimLeft(rest, " ")
+		end := strings.IndexByte(rest, ' ')
+		if end < 0 {
+			end = len(rest)
+		}
+		if end == 0 {
+			return nil, "", fmt.Errorf("%d fields", len(f))
+		}
+		f = append(f, rest[:end])
+		rest = rest[end:]
+	}
+	if rest == "" {
+		return f, "", nil
+	}
+	return f, rest[1:], nil
 }

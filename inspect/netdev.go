@@ -2,6 +2,7 @@ package inspect
 
 import (
 	"encoding/hex"
+	"errors"
 	"fmt"
 	"net/netip"
 	"sort"
@@ -25,12 +26,23 @@ func ListNeighbours(f Files) ([]Neighbour, error) {
 	if err != nil {
 		return nil, fmt.Errorf("read /proc/net/arp: %w", err)
 	}
+	out, err := parseArp(data)
+	if err != nil {
+		return nil, fmt.Errorf("parse /proc/net/arp: %w", err)
+	}
+	return out, nil
+}
+
+func parseArp(data []byte) ([]Neighbour, error) {
+	lines, err := tableLines(data, "HW address")
+	if err != nil {
+		return nil, err
+	}
 	out := []Neighbour{}
-	lines := strings.Split(strings.TrimRight(string(data), "\n"), "\n")
-	for i, line := range lines[1:] {
+	for i, line := range lines {
 		c := strings.Fields(line)
 		if len(c) != 6 {
-			return nil, fmt.Errorf("/proc/net/arp line %d: %q", i+2, line)
+			return nil, fmt.Errorf("line %d: %q", i+2, line)
 		}
 		out = append(out, Neighbour{c[0], c[1], c[2], c[3], c[4], c[5]})
 	}
@@ -76,59 +88,34 @@ func ListInterfaces(f Files) (Interfaces, error) {
 		files[i] = data
 	}
 	var out Interfaces
+	var err error
+	if out.Interfaces, err = parseNetDev(files[0]); err != nil {
+		return Interfaces{}, fmt.Errorf("parse /proc/net/dev: %w", err)
+	}
 	byName := map[string]*Interface{}
-	lines := strings.Split(strings.TrimRight(string(files[0]), "\n"), "\n")
-	if len(lines) < 2 {
-		return out, fmt.Errorf("/proc/net/dev: %d lines", len(lines))
-	}
-	for i, line := range lines[2:] {
-		name, rest, ok := strings.Cut(line, ":")
-		c := strings.Fields(rest)
-		if !ok || len(c) != 16 {
-			return out, fmt.Errorf("/proc/net/dev line %d: %q", i+3, line)
-		}
-		var v [16]uint64
-		for j := range c {
-			n, err := strconv.ParseUint(c[j], 10, 64)
-			if err != nil {
-				return out, fmt.Errorf("/proc/net/dev line %d: %q", i+3, line)
-			}
-			v[j] = n
-		}
-		out.Interfaces = append(out.Interfaces, Interface{Name: strings.TrimSpace(name),
-			RxBytes: v[0], RxPackets: v[1], RxErrors: v[2], RxDropped: v[3],
-			TxBytes: v[8], TxPackets: v[9], TxErrors: v[10], TxDropped: v[11],
-			IPv4: []string{}, IPv6: []string{}})
-	}
 	for i := range out.Interfaces {
 		byName[out.Interfaces[i].Name] = &out.Interfaces[i]
 	}
-	for i, line := range strings.Split(strings.TrimRight(string(files[1]), "\n"), "\n") {
-		c := strings.Fields(line)
-		if len(c) == 0 {
-			continue
+	v6, err := parseIfInet6(files[1])
+	if err != nil {
+		return Interfaces{}, fmt.Errorf("parse /proc/net/if_inet6: %w", err)
+	}
+	for _, a := range v6 {
+		it := byName[a.dev]
+		if it == nil {
+			return Interfaces{}, fmt.Errorf("/proc/net/if_inet6 names %q, which /proc/net/dev does not list", a.dev)
 		}
-		if len(c) != 6 || len(c[0]) != 32 {
-			return out, fmt.Errorf("/proc/net/if_inet6 line %d: %q", i+1, line)
-		}
-		raw, err := hex.DecodeString(c[0]) // network order, unlike /proc/net/tcp6
-		if err != nil {
-			return out, fmt.Errorf("/proc/net/if_inet6 line %d: %q", i+1, line)
-		}
-		addr := [16]byte(raw)
-		plen, err := strconv.ParseUint(c[2], 16, 8)
-		if err != nil {
-			return out, fmt.Errorf("/proc/net/if_inet6 line %d: prefix %q", i+1, c[2])
-		}
-		if it := byName[c[5]]; it != nil {
-			it.IPv6 = append(it.IPv6, netip.PrefixFrom(netip.AddrFrom16(addr), int(plen)).String())
-		}
+		it.IPv6 = append(it.IPv6, a.prefix.String())
 	}
 	routes, err := parseRoutes(files[3])
 	if err != nil {
-		return out, err
+		return Interfaces{}, fmt.Errorf("parse /proc/net/route: %w", err)
 	}
-	for _, a := range localIPv4(files[2]) {
+	local, err := localIPv4(files[2])
+	if err != nil {
+		return Interfaces{}, fmt.Errorf("parse /proc/net/fib_trie: %w", err)
+	}
+	for _, a := range local {
 		dev := ""
 		for _, r := range routes {
 			if r.prefix.Contains(a) {
@@ -152,6 +139,74 @@ func ListInterfaces(f Files) (Interfaces, error) {
 	return out, nil
 }
 
+// parseNetDev reads /proc/net/dev: two header lines, then "name: 8 receive and 8 transmit
+// counters" per interface (dev_seq_printf_stats in net/core/net-procfs.c).
+func parseNetDev(data []byte) ([]Interface, error) {
+	lines, err := tableLines(data, "Inter-|")
+	if err != nil {
+		return nil, err
+	}
+	if len(lines) == 0 || !strings.Contains(lines[0], "face |") {
+		return nil, errors.New("no second header line")
+	}
+	var out []Interface
+	for i, line := range lines[1:] {
+		name, rest, ok := strings.Cut(line, ":")
+		c := strings.Fields(rest)
+		if !ok || len(c) != 16 || strings.TrimSpace(name) == "" {
+			return nil, fmt.Errorf("line %d: %q", i+3, line)
+		}
+		var v [16]uint64
+		for j := range c {
+			n, err := strconv.ParseUint(c[j], 10, 64)
+			if err != nil {
+				return nil, fmt.Errorf("line %d: column %d %q", i+3, j+2, c[j])
+			}
+			v[j] = n
+		}
+		out = append(out, Interface{Name: strings.TrimSpace(name),
+			RxBytes: v[0], RxPackets: v[1], RxErrors: v[2], RxDropped: v[3],
+			TxBytes: v[8], TxPackets: v[9], TxErrors: v[10], TxDropped: v[11],
+			IPv4: []string{}, IPv6: []string{}})
+	}
+	return out, nil
+}
+
+type ifAddr6 struct {
+	dev    string
+	prefix netip.Prefix
+}
+
+// parseIfInet6 reads /proc/net/if_inet6: "address ifindex prefixlen scope flags name" per
+// address, the address as 32 hex digits in network order (unlike /proc/net/tcp6), the numbers
+// in hex. It is empty when no interface has an IPv6 address.
+func parseIfInet6(data []byte) ([]ifAddr6, error) {
+	if len(data) == 0 {
+		return nil, nil
+	}
+	text, ok := strings.CutSuffix(string(data), "\n")
+	if !ok {
+		return nil, errors.New("no final newline")
+	}
+	var out []ifAddr6
+	for i, line := range strings.Split(text, "\n") {
+		c := strings.Fields(line)
+		if len(c) != 6 || len(c[0]) != 32 {
+			return nil, fmt.Errorf("line %d: %q", i+1, line)
+		}
+		raw, err := hex.DecodeString(c[0])
+		if err != nil {
+			return nil, fmt.Errorf("line %d: address %q", i+1, c[0])
+		}
+		plen, err := strconv.ParseUint(c[2], 16, 8)
+		if err != nil || plen > 128 {
+			return nil, fmt.Errorf("line %d: prefix length %q", i+1, c[2])
+		}
+		out = append(out, ifAddr6{c[5], netip.PrefixFrom(netip.AddrFrom16([16]byte(raw)), int(plen))})
+	}
+	return out, nil
+}
+
 // rtfGateway is RTF_GATEWAY in /proc/net/route's Flags column.
 const rtfGateway = 0x2
 
@@ -163,18 +218,21 @@ type route struct {
 // parseRoutes reads the connected routes of /proc/net/route (Iface, Destination, Flags and Mask,
 // in host-order hex), least specific first.
 func parseRoutes(data []byte) ([]route, error) {
+	lines, err := tableLines(data, "Destination")
+	if err != nil {
+		return nil, err
+	}
 	var out []route
-	lines := strings.Split(strings.TrimRight(string(data), "\n"), "\n")
-	for i, line := range lines[1:] {
+	for i, line := range lines {
 		c := strings.Fields(line)
-		if len(c) < 8 {
-			return nil, fmt.Errorf("/proc/net/route line %d: %q", i+2, line)
+		if len(c) != 11 {
+			return nil, fmt.Errorf("line %d: %q", i+2, line)
 		}
 		dst, err1 := strconv.ParseUint(c[1], 16, 32)
 		flags, err2 := strconv.ParseUint(c[3], 16, 32)
 		mask, err3 := strconv.ParseUint(c[7], 16, 32)
 		if err1 != nil || err2 != nil || err3 != nil {
-			return nil, fmt.Errorf("/proc/net/route line %d: %q", i+2, line)
+			return nil, fmt.Errorf("line %d: %q", i+2, line)
 		}
 		if flags&rtfGateway != 0 || mask == 0 {
 			continue // only connected routes say which interface's subnet an address is in
@@ -194,12 +252,12 @@ func parseRoutes(data []byte) ([]route, error) {
 
 // localIPv4 lists the host's own addresses in fib_trie's Local table: a leaf followed by a
 // "/32 host LOCAL" line.
-func localIPv4(data []byte) []netip.Addr {
+func localIPv4(data []byte) ([]netip.Addr, error) {
 	var out []netip.Addr
 	seen := map[netip.Addr]bool{}
 	var last netip.Addr
 	inLocal := false
-	for _, line := range strings.Split(string(data), "\n") {
+	for i, line := range strings.Split(string(data), "\n") {
 		t := strings.TrimSpace(line)
 		switch {
 		case t == "Local:":
@@ -207,11 +265,15 @@ func localIPv4(data []byte) []netip.Addr {
 		case t == "Main:":
 			inLocal = false
 		case strings.HasPrefix(t, "|-- "):
-			last, _ = netip.ParseAddr(strings.TrimPrefix(t, "|-- "))
+			a, err := netip.ParseAddr(strings.TrimPrefix(t, "|-- "))
+			if err != nil || !a.Is4() {
+				return nil, fmt.Errorf("line %d: leaf %q", i+1, t)
+			}
+			last = a
 		case inLocal && t == "/32 host LOCAL" && last.IsValid() && !seen[last]:
 			seen[last] = true
 			out = append(out, last)
 		}
 	}
-	return out
+	return out, nil
 }

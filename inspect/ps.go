@@ -1,6 +1,11 @@
 // Package inspect builds the views (ps, lsmod, netstat, ...) from files the kernel produces: the
 // same /proc files the in-guest tools read, read by system calls injected into the SVM against
 // the guest's memory. Listing is separate from rendering: the walkers return typed records.
+//
+// A walker returns all it lists or fails: the only thing it may leave out is what vanished
+// between being listed and being read (IsVanished), and it counts that in a Vanished result so
+// the view can say so. A parser rejects what the kernel would not have printed (a file cut short,
+// a field that is not a number) instead of filling in a zero.
 package inspect
 
 import (
@@ -18,8 +23,10 @@ type Files interface {
 	ReadFile(path string) ([]byte, error)
 }
 
-// Process is one row of ps. A field that could not be read is reported in Missing and left at
-// its zero value: a view never guesses.
+// Process is one row of ps. Every field is read from the kernel's files; a process whose files
+// could not be read is not a row at all (the walker fails, or counts it as vanished). Missing
+// holds only what the kernel did return but cannot be decided, such as a command line cut
+// short: that field is left empty and shown as unknown, never guessed.
 type Process struct {
 	PID        int      `json:"pid"`
 	PPID       int      `json:"ppid"`
@@ -29,27 +36,36 @@ type Process struct {
 	RSSKiB     int      `json:"rss_kib"`
 	StartTicks uint64   `json:"start_ticks"` // start time, clock ticks after boot
 	Comm       string   `json:"comm"`
-	Cmdline    []string `json:"cmdline"` // argv; empty for kernel threads
+	Cmdline    []string `json:"cmdline"` // argv; empty for kernel threads and zombies
 	Kernel     bool     `json:"kernel"`  // a kernel thread (no user address space)
 	Missing    []string `json:"missing,omitempty"`
 
-	argLen uint64 // arg_end - arg_start from stat, to check the command line against
+	// arg_end - arg_start and env_end - env_start from stat, to check the command line and
+	// the environment against.
+	argLen, envLen uint64
 }
 
-// Command is what ps prints as the command: the argv joined, or [comm] for kernel threads and
-// processes without one.
+// Command is what ps prints as the command: the argv joined; [comm] for kernel threads and
+// processes without a command line (as ps does for zombies); "?" when the command line is
+// unknown (see Missing), so that it never passes for a kernel thread.
 func (p Process) Command() string {
 	if len(p.Cmdline) == 0 {
+		if len(p.Missing) > 0 {
+			return "?"
+		}
 		return "[" + p.Comm + "]"
 	}
 	return strings.Join(p.Cmdline, " ")
 }
 
-// ListProcesses reads every process's stat, status and cmdline under /proc, in PID order.
-func ListProcesses(f Files) ([]Process, error) {
+// ListProcesses reads every process's stat, status and cmdline under /proc, in PID order. A
+// process that exits between the listing and the reading of its files is left out and counted
+// in the Vanished result; any other failure fails the whole list.
+func ListProcesses(f Files) ([]Process, Vanished, error) {
+	var gone Vanished
 	names, err := f.ReadDir("/proc")
 	if err != nil {
-		return nil, fmt.Errorf("list /proc: %w", err)
+		return nil, gone, fmt.Errorf("list /proc: %w", err)
 	}
 	var pids []int
 	for _, n := range names {
@@ -60,54 +76,68 @@ func ListProcesses(f Files) ([]Process, error) {
 	sort.Ints(pids)
 	out := make([]Process, 0, len(pids))
 	for _, pid := range pids {
-		out = append(out, readProcess(f, pid))
+		p, err := readProcess(f, pid)
+		if IsVanished(err) {
+			gone.Processes++
+			continue
+		}
+		if err != nil {
+			return nil, gone, err
+		}
+		out = append(out, p)
 	}
-	return out, nil
+	return out, gone, nil
 }
 
-func readProcess(f Files, pid int) Process {
+// readProcess reads one process. Its three files are read before any is parsed, so that a
+// process that vanished half-way is reported as vanished rather than as a parse failure.
+func readProcess(f Files, pid int) (Process, error) {
 	p := Process{PID: pid}
 	dir := "/proc/" + strconv.Itoa(pid)
-	miss := func(what string, err error) { p.Missing = append(p.Missing, what+": "+err.Error()) }
-	if data, err := f.ReadFile(dir + "/stat"); err != nil {
-		miss("stat", err)
-	} else if err := p.parseStat(data); err != nil {
-		miss("stat", err)
+	var files [3][]byte
+	for i, name := range []string{"stat", "status", "cmdline"} {
+		data, err := f.ReadFile(dir + "/" + name)
+		if err != nil {
+			return p, fmt.Errorf("read %s/%s: %w", dir, name, err)
+		}
+		files[i] = data
 	}
-	if data, err := f.ReadFile(dir + "/status"); err != nil {
-		miss("status", err)
-	} else if err := p.parseStatus(data); err != nil {
-		miss("status", err)
+	if err := p.parseStat(files[0]); err != nil {
+		return p, fmt.Errorf("parse %s/stat: %w", dir, err)
 	}
-	if data, err := f.ReadFile(dir + "/cmdline"); err != nil {
-		miss("cmdline", err)
-	} else if err := p.checkCmdline(data); err != nil {
-		miss("cmdline", err)
+	if err := p.parseStatus(files[1]); err != nil {
+		return p, fmt.Errorf("parse %s/status: %w", dir, err)
+	}
+	if err := p.checkCmdline(files[2]); err != nil {
+		p.Missing = append(p.Missing, "cmdline: "+err.Error())
 	} else {
-		p.Cmdline = splitCmdline(data)
+		p.Cmdline = splitCmdline(files[2])
 	}
-	return p
+	return p, nil
 }
 
-// checkCmdline catches a command line cut short: the kernel returns the whole argument area
-// (arg_end - arg_start from stat), NUL-terminated, a page of the process's memory at a time. Less
-// than that, ending at a page boundary or without the final NUL, means reading a page failed; it
-// is reported instead of shown shortened. (A process that rewrote its title with setproctitle
+// checkCmdline catches a command line cut short (see checkArea).
+func (p *Process) checkCmdline(data []byte) error { return checkArea(data, p.argLen) }
+
+// checkArea catches an argument or environment area cut short: the kernel returns the whole area
+// (end - start from stat), NUL-terminated, a page of the process's memory at a time. Less than
+// that, ending at a page boundary or without the final NUL, means reading a page failed; it is
+// reported instead of shown shortened. (A process that rewrote its title with setproctitle
 // legitimately returns a shorter, NUL-terminated string.)
 //
-// A run of 64 or more NUL bytes is reported too: arguments are separated by single NULs, so such
-// a run (empty arguments aside) means a page of the argument area came back as zeros.
-func (p *Process) checkCmdline(data []byte) error {
+// A run of 64 or more NUL bytes is reported too: entries are separated by single NULs, so such
+// a run (empty entries aside) means a page of the area came back as zeros.
+func checkArea(data []byte, want uint64) error {
 	if i := bytes.Index(bytes.TrimRight(data, "\x00"), make([]byte, 64)); i >= 0 {
 		return fmt.Errorf("incomplete: zero bytes from offset %d of %d", i, len(data))
 	}
-	if p.argLen == 0 || uint64(len(data)) >= p.argLen {
+	if want == 0 || uint64(len(data)) >= want {
 		return nil
 	}
 	if len(data) > 0 && data[len(data)-1] == 0 && len(data)%4096 != 0 {
 		return nil
 	}
-	return fmt.Errorf("incomplete: %d of %d bytes read", len(data), p.argLen)
+	return fmt.Errorf("incomplete: %d of %d bytes read", len(data), want)
 }
 
 // pfKthread is PF_KTHREAD in /proc/<pid>/stat's flags field (include/linux/sched.h, exported to
@@ -115,20 +145,27 @@ func (p *Process) checkCmdline(data []byte) error {
 const pfKthread = 0x00200000
 
 // parseStat reads "pid (comm) state ppid pgrp session tty tpgid flags ... starttime vsize rss".
-// comm may contain spaces and parentheses, so it ends at the last ')'.
+// comm may contain spaces and parentheses, so it ends at the last ')'. The kernel ends the line
+// with a newline: without it the file was cut short, and its last number may be too.
 func (p *Process) parseStat(data []byte) error {
-	s := string(data)
+	s, ok := strings.CutSuffix(string(data), "\n")
+	if !ok {
+		return errors.New("no final newline")
+	}
 	open, close := strings.IndexByte(s, '('), strings.LastIndexByte(s, ')')
 	if open < 0 || close < open {
 		return errors.New("no (comm)")
 	}
-	if pid, err := strconv.Atoi(strings.TrimSpace(s[:open])); err != nil || pid != p.PID {
+	if pid, err := strconv.Atoi(strings.TrimSuffix(s[:open], " ")); err != nil || pid != p.PID {
 		return fmt.Errorf("stat names pid %q", s[:open])
 	}
 	p.Comm = s[open+1 : close]
 	f := strings.Fields(s[close+1:])
 	if len(f) < 22 {
 		return fmt.Errorf("%d fields after comm", len(f))
+	}
+	if len(f[0]) != 1 {
+		return fmt.Errorf("state %q", f[0])
 	}
 	var err error
 	p.State = f[0]
@@ -142,49 +179,56 @@ func (p *Process) parseStat(data []byte) error {
 	p.PPID = int(num(1))
 	p.Kernel = num(6)&pfKthread != 0
 	p.StartTicks = num(19)
-	// arg_start and arg_end are fields 48 and 49 (zero when the reader may not see them).
+	// arg_start, arg_end, env_start and env_end are fields 48 to 51 (zero when the reader may
+	// not see them).
 	if len(f) >= 47 {
 		if start, end := num(45), num(46); end > start {
 			p.argLen = end - start
 		}
 	}
+	if len(f) >= 49 {
+		if start, end := num(47), num(48); end > start {
+			p.envLen = end - start
+		}
+	}
 	return err
 }
 
-// parseStatus reads the Uid, Threads and VmRSS lines.
+// parseStatus reads the Uid, Threads and VmRSS lines; kernel threads have no VmRSS line (no
+// user memory), so its absence is a size of zero, as ps shows it.
 func (p *Process) parseStatus(data []byte) error {
-	seen := 0
-	for _, line := range strings.Split(string(data), "\n") {
+	s, ok := strings.CutSuffix(string(data), "\n")
+	if !ok {
+		return errors.New("no final newline")
+	}
+	var uid, threads bool
+	for _, line := range strings.Split(s, "\n") {
 		key, value, ok := strings.Cut(line, ":")
 		if !ok {
-			continue
+			return fmt.Errorf("line %q", line)
 		}
 		fields := strings.Fields(value)
-		if len(fields) == 0 {
-			continue
-		}
-		n, err := strconv.Atoi(fields[0])
+		var dst *int
 		switch key {
 		case "Uid":
-			if err != nil {
-				return fmt.Errorf("Uid %q", value)
-			}
-			p.UID = n
-			seen++
+			dst, uid = &p.UID, true
 		case "Threads":
-			if err != nil {
-				return fmt.Errorf("Threads %q", value)
-			}
-			p.Threads = n
-			seen++
+			dst, threads = &p.Threads, true
 		case "VmRSS":
-			if err != nil {
-				return fmt.Errorf("VmRSS %q", value)
-			}
-			p.RSSKiB = n
+			dst = &p.RSSKiB
+		default:
+			continue
 		}
+		if len(fields) == 0 {
+			return fmt.Errorf("%s %q", key, value)
+		}
+		n, err := strconv.Atoi(fields[0])
+		if err != nil {
+			return fmt.Errorf("%s %q", key, value)
+		}
+		*dst = n
 	}
-	if seen != 2 {
+	if !uid || !threads {
 		return errors.New("no Uid or Threads line")
 	}
 	return nil
