@@ -71,6 +71,24 @@ func need(t *testing.T) context.Context {
 	if setupErr != nil {
 		t.Fatalf("setup: %v", setupErr)
 	}
+	// Runs after the test's own cleanups (closing its sessions): a test that stopped (failed)
+	// between a pause and its resume must not leave the shared guest paused for the next one.
+	t.Cleanup(func() {
+		rctx, rcancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer rcancel()
+		st, err := demo.Status(rctx)
+		if err != nil {
+			t.Errorf("guest status after the test: %v", err)
+			return
+		}
+		if st != "paused" {
+			return
+		}
+		t.Log("the test left the guest paused; resuming it")
+		if err := demo.Resume(rctx); err != nil {
+			t.Errorf("resume the guest after the test: %v", err)
+		}
+	})
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	t.Cleanup(cancel)
 	return ctx
@@ -88,7 +106,7 @@ func groundTruth(t *testing.T, ctx context.Context, g *guest.Guest) ([]inspect.P
 	if err != nil {
 		t.Fatal(err)
 	}
-	procs, err := inspect.ListProcesses(fs)
+	procs, _, err := inspect.ListProcesses(fs)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -158,13 +176,17 @@ func pauseAndHash(t *testing.T, ctx context.Context) (*vmm.FileView, string) {
 	return mem, before
 }
 
-// closeUnchanged hashes the guest's memory again and closes the session, which resumes the guest;
-// the test fails if the inspection failed (err) or the guest's memory changed.
+// closeUnchanged hashes the guest's memory again, closes the session and resumes the guest
+// (pauseAndHash paused it, so the session leaves it paused); the test fails if the inspection
+// failed (err) or the guest's memory changed.
 func closeUnchanged(t *testing.T, ctx context.Context, s *Session, mem *vmm.FileView, before string, err error) {
 	t.Helper()
 	after, herr := vmm.Hash(ctx, mem)
 	if cerr := s.Close(ctx); cerr != nil {
 		t.Error(cerr)
+	}
+	if rerr := demo.Resume(ctx); rerr != nil {
+		t.Error(rerr)
 	}
 	if err != nil {
 		t.Fatal(err)
@@ -194,11 +216,14 @@ func TestProcessViewMatchesGuest(t *testing.T) {
 	truth, self := groundTruth(t, ctx, demo)
 	s, mem, before := pausedSession(t, ctx)
 	start := time.Now()
-	view, err := inspect.ListProcesses(s)
+	view, gone, err := inspect.ListProcesses(s)
 	elapsed := time.Since(start)
 	st := s.Machine.Stats()
 	closeUnchanged(t, ctx, s, mem, before, err)
 	compareProcesses(t, view, truth, self)
+	if !gone.Zero() {
+		t.Errorf("the guest was paused, yet %s", gone)
+	}
 	names := map[string]bool{}
 	for _, p := range view {
 		names[p.Comm] = true
@@ -303,7 +328,7 @@ func TestProcessViewRandomWorkload(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	view, err := inspect.ListProcesses(s)
+	view, _, err := inspect.ListProcesses(s)
 	if cerr := s.Close(ctx); cerr != nil {
 		t.Error(cerr)
 	}
@@ -333,7 +358,7 @@ func TestGuestNeverWritten(t *testing.T) {
 	s, mem, before := pausedSession(t, ctx)
 	var first []inspect.Process
 	for i := 0; i < 100; i++ {
-		view, err := inspect.ListProcesses(s)
+		view, _, err := inspect.ListProcesses(s)
 		if err != nil {
 			s.Close(ctx)
 			t.Fatalf("view %d: %v", i, err)
@@ -362,7 +387,7 @@ func BenchmarkProcessView(b *testing.B) {
 		b.Fatalf("grow the workload: %v", err)
 	}
 	view := func(s *Session) int {
-		procs, err := inspect.ListProcesses(s)
+		procs, _, err := inspect.ListProcesses(s)
 		if err != nil {
 			b.Fatal(err)
 		}

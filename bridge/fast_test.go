@@ -26,7 +26,7 @@ func allViews(t *testing.T, s *Session) (v *viewSet, procs []inspect.Process, mi
 		t.Fatalf("views (%s mode): %v", s.Mode(), err)
 	}
 	s.View = "ps"
-	procs, err = inspect.ListProcesses(s)
+	procs, _, err = inspect.ListProcesses(s)
 	if errors.Is(err, ErrMemoMiss) {
 		return nil, nil, err
 	}
@@ -120,14 +120,14 @@ func BenchmarkFastProcessView(b *testing.B) {
 	defer s.Close(ctx)
 	s.View = "ps"
 	for range 2 { // train
-		if _, err := inspect.ListProcesses(s); err != nil {
+		if _, _, err := inspect.ListProcesses(s); err != nil {
 			b.Fatal(err)
 		}
 	}
 	st0 := s.Stats()
 	b.ResetTimer()
 	for i := 0; i < b.N; i++ {
-		if _, err := inspect.ListProcesses(s); err != nil {
+		if _, _, err := inspect.ListProcesses(s); err != nil {
 			b.Fatal(err)
 		}
 	}

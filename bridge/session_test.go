@@ -78,7 +78,7 @@ func TestCancelStopsWithinOneOperation(t *testing.T) {
 	}
 	defer s.Close(context.Background())
 	c := &cancelAfter{Session: s, n: 5, cancel: cancel}
-	_, err = inspect.ListProcesses(c)
+	_, _, err = inspect.ListProcesses(c)
 	if !errors.Is(err, context.Canceled) {
 		t.Fatalf("ps with its context cancelled after 5 reads: %v, want the cancellation", err)
 	}

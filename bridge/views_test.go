@@ -20,7 +20,7 @@ import (
 var viewFiles = []string{"/proc/modules", "/proc/net/tcp", "/proc/net/tcp6", "/proc/net/udp",
 	"/proc/net/udp6", "/proc/net/unix", "/proc/uptime", "/proc/loadavg", "/proc/meminfo",
 	"/proc/mounts", "/proc/net/arp", "/proc/net/dev", "/proc/net/if_inet6", "/proc/net/fib_trie",
-	"/proc/net/route", "/proc/[0-9]*/comm", "/proc/[0-9]*/environ", "/proc/[0-9]*/fdinfo/*",
+	"/proc/net/route", "/proc/[0-9]*/comm", "/proc/[0-9]*/stat", "/proc/[0-9]*/environ", "/proc/[0-9]*/fdinfo/*",
 	"/proc/sys/kernel/ostype", "/proc/sys/kernel/hostname", "/proc/sys/kernel/osrelease",
 	"/proc/sys/kernel/version", "/proc/sys/kernel/arch", "/proc/sys/kernel/domainname"}
 
@@ -61,7 +61,7 @@ func readViews(f fileReader, skip int) (*viewSet, error) {
 		}
 	}
 	step("lsmod", func() (e error) { v.Modules, e = inspect.ListModules(f); return })
-	step("netstat", func() (e error) { v.Sockets, e = inspect.ListSockets(f, true); return })
+	step("netstat", func() (e error) { v.Sockets, _, e = inspect.ListSockets(f, true); return })
 	step("uptime", func() (e error) { v.Uptime, e = inspect.ReadUptime(f); return })
 	step("loadavg", func() (e error) { v.LoadAvg, e = inspect.ReadLoadAvg(f); return })
 	step("uname", func() (e error) { v.Uname, e = inspect.ReadUname(f); return })
@@ -89,8 +89,15 @@ func readViews(f fileReader, skip int) (*viewSet, error) {
 		if v.Environ[pid], err = inspect.ReadEnviron(f, pid); err != nil {
 			return nil, fmt.Errorf("env: %w", err)
 		}
-		if files, err := inspect.ListOpenFiles(f, f, pid); err == nil {
+		files, _, err := inspect.ListOpenFiles(f, f, pid)
+		switch {
+		case err == nil:
 			v.OpenFiles[pid] = files
+		case inspect.IsVanished(err):
+			// Exited; or, in a capture, a process without descriptors (a kernel thread): the
+			// capture holds files, not empty directories.
+		default:
+			return nil, fmt.Errorf("lsof: %w", err)
 		}
 	}
 	for i := range v.Sockets {
@@ -385,14 +392,14 @@ func BenchmarkViews(b *testing.B) {
 		name string
 		run  func(s *Session) error
 	}{
-		{"ps", func(s *Session) error { _, err := inspect.ListProcesses(s); return err }},
+		{"ps", func(s *Session) error { _, _, err := inspect.ListProcesses(s); return err }},
 		{"lsmod", func(s *Session) error { _, err := inspect.ListModules(s); return err }},
-		{"netstat", func(s *Session) error { _, err := inspect.ListSockets(s, true); return err }},
+		{"netstat", func(s *Session) error { _, _, err := inspect.ListSockets(s, true); return err }},
 		{"uptime", func(s *Session) error { _, err := inspect.ReadUptime(s); return err }},
 		{"uname", func(s *Session) error { _, err := inspect.ReadUname(s); return err }},
 		{"free", func(s *Session) error { _, err := inspect.ReadMeminfo(s); return err }},
 		{"mounts", func(s *Session) error { _, err := inspect.ReadMounts(s); return err }},
-		{"lsof", func(s *Session) error { _, err := inspect.ListOpenFiles(s, s, pid); return err }},
+		{"lsof", func(s *Session) error { _, _, err := inspect.ListOpenFiles(s, s, pid); return err }},
 		{"env", func(s *Session) error { _, err := inspect.ReadEnviron(s, pid); return err }},
 		{"dmesg", func(s *Session) error { _, err := inspect.ReadKernelLog(s); return err }},
 		{"arp", func(s *Session) error { _, err := inspect.ListNeighbours(s); return err }},

@@ -29,12 +29,16 @@ func (e *ExitError) Error() string { return fmt.Sprintf("exit status %d", e.Stat
 type env struct {
 	runDir   string
 	cacheDir string
+	memoFlag string // --memo; resolve with memoPath
 	mode     string // engine mode of the views (bridge.Mode)
 	// fastEngine is --fast-engine; probe is the KVM probe, run once when needed.
 	fastEngine string
 	probe      *vmm.KVMProbe
 	stdout     io.Writer
 	stderr     io.Writer
+	// detachGuests lets `guest start` leave its guest running after this process exits, as the
+	// command line needs; in-process callers (the tests) keep their guests tied to themselves.
+	detachGuests bool
 }
 
 // assets finds the setup's cache lazily, so commands that need none (help, guest list) work on a
@@ -52,7 +56,11 @@ func (e *env) assets() (*guest.Assets, error) {
 
 // NewRoot builds the command tree.
 func NewRoot(stdout, stderr io.Writer) *cobra.Command {
-	e := &env{stdout: stdout, stderr: stderr}
+	return newRoot(&env{stdout: stdout, stderr: stderr, detachGuests: true})
+}
+
+// newRoot builds the command tree on e.
+func newRoot(e *env) *cobra.Command {
 	root := &cobra.Command{
 		Use:   "hybridbridge",
 		Short: "See what runs inside a Linux VM from outside it, using the guest kernel's own code",
@@ -69,8 +77,8 @@ a terminal it prints what can be read from that guest instead.`,
 			return e.runRoot(cmd)
 		},
 	}
-	root.SetOut(stdout)
-	root.SetErr(stderr)
+	root.SetOut(e.stdout)
+	root.SetErr(e.stderr)
 	root.PersistentPreRunE = func(*cobra.Command, []string) error {
 		switch e.fastEngine {
 		case "auto", "unicorn", "kvm":
@@ -82,6 +90,7 @@ a terminal it prints what can be read from that guest instead.`,
 	root.PersistentFlags().StringVar(&e.mode, "mode", "auto", "engine for views: auto (Fast-Bridge, falling back to Slow-Bridge on a memo miss), fast (a miss is an error) or slow (taint throughout)")
 	root.PersistentFlags().StringVar(&e.fastEngine, "fast-engine", "auto", "executor of Fast-Bridge: auto (KVM if a probe finds hardware KVM, else Unicorn), unicorn, or kvm (even a slow, paravirtual one: for tests and demos)")
 	root.PersistentFlags().StringVar(&e.cacheDir, "cache", "", "folder made by scripts/setup.sh (default: found from the executable or working directory; $HYBRIDBRIDGE_CACHE)")
+	root.PersistentFlags().StringVar(&e.memoFlag, "memo", "", "memo file: the decisions views learn, shared by concurrent runs (default: <cache>/memo/<kernel id>.memo; $HYBRIDBRIDGE_MEMO)")
 	root.AddCommand(e.guestCommand(), e.svmCommand(), e.psCommand(), e.catCommand(), e.memoCommand())
 	root.AddCommand(e.viewCommands()...)
 	root.AddCommand(e.consoleCommand(), e.benchCommand())
@@ -100,9 +109,15 @@ func Main(ctx context.Context, args []string) int {
 	case errors.As(err, &exit):
 		return exit.Status
 	default:
-		fmt.Fprintf(os.Stderr, "hybridbridge: %v\n", err)
+		fmt.Fprintf(os.Stderr, "hybridbridge: %s\n", oneLine(err))
 		return 1
 	}
+}
+
+// oneLine is err's message on one line: errors joined from several steps (a view that failed,
+// then the detach that followed it) are separated by "; ", so a failure is always one line.
+func oneLine(err error) string {
+	return strings.ReplaceAll(strings.TrimSpace(err.Error()), "\n", "; ")
 }
 
 func writeJSON(w io.Writer, v any) error {

@@ -1,26 +1,37 @@
 package cli
 
 import (
+	"bufio"
 	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"os"
+	"os/exec"
+	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
 	"hybridbridge/guest"
+	"hybridbridge/memo"
 )
 
-// The tests drive the real command tree against one real guest started by `guest start`.
+// The tests drive the real command tree against one real guest started by `guest start`. They run
+// it in-process (see run), where guests never outlive the test binary.
 var (
 	runDir   string
 	startErr error
 )
 
 func TestMain(m *testing.M) {
+	if dir := os.Getenv(helperRunDir); dir != "" {
+		// The child of TestGuestStartDiesWithTests: no shared guest of its own.
+		runDir = dir
+		os.Exit(m.Run())
+	}
 	code := func() int {
 		dir, err := os.MkdirTemp("", "hbcli-test")
 		if err != nil {
@@ -29,6 +40,11 @@ func TestMain(m *testing.M) {
 		}
 		defer os.RemoveAll(dir)
 		runDir = dir
+		// The package's own memo: views run by the tests never touch the cache's.
+		if err := os.Setenv("HYBRIDBRIDGE_MEMO", filepath.Join(dir, "memo", "cli.memo")); err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			return 1
+		}
 		_, _, startErr = run("guest", "start", "--name", "cli", "--mem", "256M")
 		defer func() {
 			if g, err := guest.Open(runDir, "cli"); err == nil {
@@ -40,10 +56,11 @@ func TestMain(m *testing.M) {
 	os.Exit(code)
 }
 
-// run executes one command line and returns its stdout, stderr and error.
+// run executes one command line and returns its stdout, stderr and error. Its command tree does not
+// detach the guests `guest start` boots: they die with the test binary, even when it is killed.
 func run(args ...string) (string, string, error) {
 	var out, errOut bytes.Buffer
-	root := NewRoot(&out, &errOut)
+	root := newRoot(&env{stdout: &out, stderr: &errOut})
 	root.SetArgs(append([]string{"--run-dir", runDir}, args...))
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
@@ -55,6 +72,31 @@ func needGuest(t *testing.T) {
 	t.Helper()
 	if startErr != nil {
 		t.Fatalf("guest start failed: %v", startErr)
+	}
+	t.Cleanup(func() { resumeIfPaused(t) })
+}
+
+// resumeIfPaused gives the next test a running guest even when this one stopped (failed) between
+// a pause and its resume.
+func resumeIfPaused(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	g, err := guest.Open(runDir, "cli")
+	if err != nil {
+		t.Errorf("after the test: %v", err)
+		return
+	}
+	st, err := g.Status(ctx)
+	if err != nil {
+		t.Errorf("guest status after the test: %v", err)
+		return
+	}
+	if st != "paused" {
+		return
+	}
+	t.Log("the test left the guest paused; resuming it")
+	if err := g.Resume(ctx); err != nil {
+		t.Errorf("resume the guest after the test: %v", err)
 	}
 }
 
@@ -79,7 +121,8 @@ func TestGuestList(t *testing.T) {
 
 func TestGuestExec(t *testing.T) {
 	needGuest(t)
-	out, errOut, err := run("guest", "exec", "cli", "--", "echo", "hi;", "echo", "oops", ">&2;", "exit", "4")
+	// One word is a shell command line.
+	out, errOut, err := run("guest", "exec", "cli", "--", "echo hi; echo oops >&2; exit 4")
 	var exit *ExitError
 	if !errors.As(err, &exit) || exit.Status != 4 {
 		t.Fatalf("exit status: %v", err)
@@ -89,6 +132,32 @@ func TestGuestExec(t *testing.T) {
 	}
 	if _, _, err := run("guest", "exec", "cli", "--", "true"); err != nil {
 		t.Fatalf("true: %v", err)
+	}
+}
+
+// TestGuestExecArgv: several words are a program and its arguments, which reach it unchanged.
+func TestGuestExecArgv(t *testing.T) {
+	needGuest(t)
+	_, _, err := run("guest", "exec", "cli", "--", "sh", "-c", "exit 7")
+	var exit *ExitError
+	if !errors.As(err, &exit) || exit.Status != 7 {
+		t.Fatalf("sh -c 'exit 7': %v", err)
+	}
+	words := []string{"a b", "it's", `"q"`, "$HOME", "*", "", "x;y", `back\slash`, "new\nline"}
+	out, errOut, err := run(append([]string{"guest", "exec", "cli", "--", "printf", `[%s]\n`}, words...)...)
+	if err != nil {
+		t.Fatalf("printf: %v %s", err, errOut)
+	}
+	var want strings.Builder
+	for _, w := range words {
+		fmt.Fprintf(&want, "[%s]\n", w)
+	}
+	if out != want.String() {
+		t.Fatalf("printf of %q printed %q", words, out)
+	}
+	// A first word that is shell syntax unquoted is still a program's name: there is none.
+	if _, _, err := run("guest", "exec", "cli", "--", "if", "true"); !errors.As(err, &exit) || exit.Status != 127 {
+		t.Fatalf(`"if true": %v; want status 127 of a program named "if" not found`, err)
 	}
 }
 
@@ -208,7 +277,12 @@ func TestSvmCatAndLs(t *testing.T) {
 
 func TestPsAndMemo(t *testing.T) {
 	needGuest(t)
-	out, errOut, err := run("ps", "--guest", "cli", "--json")
+	// Learning is checked from an empty memo of the test's own.
+	memoFile := filepath.Join(t.TempDir(), "ps.memo")
+	if _, _, err := run("memo", "stats", "--memo", memoFile); err == nil || !strings.Contains(err.Error(), "no memo yet") {
+		t.Fatalf("memo stats of a new memo file: %v", err)
+	}
+	out, errOut, err := run("ps", "--guest", "cli", "--json", "--memo", memoFile)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -244,7 +318,7 @@ func TestPsAndMemo(t *testing.T) {
 	if st, err := g.Status(context.Background()); err != nil || st != "running" {
 		t.Fatalf("guest %q after ps (%v)", st, err)
 	}
-	out, _, err = run("memo", "stats", "--json")
+	out, _, err = run("memo", "stats", "--json", "--memo", memoFile)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -255,7 +329,7 @@ func TestPsAndMemo(t *testing.T) {
 	if err := json.Unmarshal([]byte(out), &st); err != nil || st.Entries == 0 || st.Decisions.Redirect == 0 {
 		t.Fatalf("memo stats: %s %v", out, err)
 	}
-	out, _, err = run("memo", "show", "--decision", "redirect", "--limit", "0")
+	out, _, err = run("memo", "show", "--decision", "redirect", "--limit", "0", "--memo", memoFile)
 	if err != nil || !strings.Contains(out, "init_pid_ns") {
 		t.Fatalf("memo show: %q %v", out, err)
 	}
@@ -268,6 +342,10 @@ func TestPsAndMemo(t *testing.T) {
 // file is reported and rebuilt, never half-read.
 func TestMemoSurvivesRestartAndCorruption(t *testing.T) {
 	needGuest(t)
+	// A memo of the test's own, named by --memo on every command (run is shadowed): the file it
+	// corrupts is no one else's.
+	path := filepath.Join(t.TempDir(), "restart.memo")
+	run := func(args ...string) (string, string, error) { return run(append(args, "--memo", path)...) }
 	if _, _, err := run("ps", "--guest", "cli"); err != nil {
 		t.Fatal(err)
 	}
@@ -280,19 +358,6 @@ func TestMemoSurvivesRestartAndCorruption(t *testing.T) {
 	if err := json.Unmarshal([]byte(out), &st); err != nil || st.Entries == 0 {
 		t.Fatalf("memo after a restart: %s %v", out, err)
 	}
-	cache, err := guest.FindCacheDir()
-	if err != nil {
-		t.Fatal(err)
-	}
-	a, err := guest.LoadAssets(cache)
-	if err != nil {
-		t.Fatal(err)
-	}
-	id, err := a.KernelID()
-	if err != nil {
-		t.Fatal(err)
-	}
-	path := cache + "/memo/" + id + ".memo"
 	data, err := os.ReadFile(path)
 	if err != nil {
 		t.Fatal(err)
@@ -316,6 +381,51 @@ func TestMemoSurvivesRestartAndCorruption(t *testing.T) {
 	}
 }
 
+// TestMemoFlag: --memo names the memo file, over $HYBRIDBRIDGE_MEMO; the memo commands use that
+// file, memo clear removes it and no other, and --help tells both.
+func TestMemoFlag(t *testing.T) {
+	dir := t.TempDir()
+	flagPath, envPath := filepath.Join(dir, "flag.memo"), filepath.Join(dir, "env.memo")
+	t.Setenv("HYBRIDBRIDGE_MEMO", envPath)
+	if _, _, err := run("memo", "stats"); err == nil || !strings.Contains(err.Error(), envPath) {
+		t.Errorf("memo stats with $HYBRIDBRIDGE_MEMO: %v", err)
+	}
+	if _, _, err := run("memo", "stats", "--memo", flagPath); err == nil || !strings.Contains(err.Error(), flagPath) {
+		t.Errorf("memo stats with --memo: %v", err)
+	}
+	for i, p := range []string{flagPath, envPath} {
+		m := memo.New(memo.Key{Kernel: "k", Policy: "p"})
+		for pc := range uint64(i + 1) {
+			if _, err := m.Learn(0x1000+pc, memo.Observation{Decision: memo.Redirect, Region: "init_pid_ns", View: "ps", Syscall: "read"}); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if _, err := m.Save(p); err != nil {
+			t.Fatal(err)
+		}
+	}
+	var st struct{ Entries int }
+	out, _, err := run("memo", "stats", "--json", "--memo", flagPath)
+	if err != nil || json.Unmarshal([]byte(out), &st) != nil || st.Entries != 1 {
+		t.Errorf("memo stats --memo: %s %v", out, err)
+	}
+	out, _, err = run("memo", "clear", "--memo", flagPath)
+	if err != nil || !strings.Contains(out, flagPath) {
+		t.Errorf("memo clear --memo: %q %v", out, err)
+	}
+	if _, err := os.Stat(flagPath); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("memo clear left %s: %v", flagPath, err)
+	}
+	out, _, err = run("memo", "stats", "--json")
+	if err != nil || json.Unmarshal([]byte(out), &st) != nil || st.Entries != 2 {
+		t.Errorf("memo clear --memo changed the memo of $HYBRIDBRIDGE_MEMO: %s %v", out, err)
+	}
+	out, _, err = run("--help")
+	if err != nil || !strings.Contains(out, "--memo") || !strings.Contains(out, "$HYBRIDBRIDGE_MEMO") {
+		t.Errorf("--help does not tell --memo:\n%s", out)
+	}
+}
+
 // TestBench runs the benchmark command briefly on the test guest: every number is there, and
 // training converges (the second snapshot falls back no more than the first).
 func TestBench(t *testing.T) {
@@ -332,8 +442,12 @@ func TestBench(t *testing.T) {
 		t.Fatalf("bench report: %+v", rep)
 	}
 	for _, v := range rep.Views {
-		if v.Slow.Engine <= 0 || v.WarmFast.Engine <= 0 || v.ColdAuto.FallBacks == 0 || v.HitRate < 0.999 {
+		if v.Slow.Engine <= 0 || v.WarmFast.Engine <= 0 || v.ColdAuto.FallBacks == 0 || v.HitRate == nil || *v.HitRate < 0.999 {
 			t.Errorf("%s: %+v", v.View, v)
+		}
+		// The warm run replays what the cold run learned: instructions, not only accesses.
+		if v.InsnHitRate == nil || v.WarmFast.InsnHits == 0 || *v.InsnHitRate < 0.99 {
+			t.Errorf("%s: per-instruction hit rate %v (%d hit, %d missed)", v.View, v.InsnHitRate, v.WarmFast.InsnHits, v.WarmFast.InsnMisses)
 		}
 		t.Logf("%s: slow %v, cold auto %v (%d fall-backs), warm fast %v, %.1fx", v.View, v.Slow.Engine, v.ColdAuto.Engine, v.ColdAuto.FallBacks, v.WarmFast.Engine, v.Ratio)
 		// Where KVM runs code, the executor the probe did not pick runs too, trained, without a
@@ -370,5 +484,79 @@ func TestBadMode(t *testing.T) {
 	_, _, err := run("lsmod", "--mode", "quick")
 	if err == nil || !strings.Contains(err.Error(), `unknown --mode "quick"`) {
 		t.Fatalf("lsmod --mode quick: %v", err)
+	}
+}
+
+// helperRunDir, set in its environment, makes the test binary the child of
+// TestGuestStartDiesWithTests; its value is the child's run folder.
+const helperRunDir = "HB_TEST_HELPER_RUN_DIR"
+
+// TestHelperStartsGuest is the child of TestGuestStartDiesWithTests: it boots a guest the way
+// the tests do, prints QEMU's pid and waits to be killed.
+func TestHelperStartsGuest(t *testing.T) {
+	if os.Getenv(helperRunDir) == "" {
+		return // only the child process of TestGuestStartDiesWithTests does the work
+	}
+	if _, errOut, err := run("guest", "start", "--name", "orphan", "--mem", "128M"); err != nil {
+		t.Fatalf("guest start: %v\n%s", err, errOut)
+	}
+	g, err := guest.Open(runDir, "orphan")
+	if err != nil {
+		t.Fatal(err)
+	}
+	fmt.Printf("qemu-pid %d\n", g.Meta.PID)
+	time.Sleep(time.Hour)
+}
+
+// qemuRuns reports whether pid is a live (not zombie) QEMU of the named guest.
+func qemuRuns(pid int, name string) bool {
+	cmdline, err := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid))
+	if err != nil || !strings.Contains(string(cmdline), "hybridbridge-"+name+"\x00") {
+		return false
+	}
+	stat, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return false
+	}
+	_, state, ok := strings.Cut(string(stat), ") ")
+	return ok && !strings.HasPrefix(state, "Z") && !strings.HasPrefix(state, "X")
+}
+
+// TestGuestStartDiesWithTests: a guest the tests boot with `guest start` dies with the test
+// binary, even when the binary is killed: an interrupted test run leaves no QEMU behind.
+func TestGuestStartDiesWithTests(t *testing.T) {
+	dir := t.TempDir()
+	child := exec.Command(os.Args[0], "-test.run=^TestHelperStartsGuest$", "-test.timeout=10m")
+	child.Env = append(os.Environ(), helperRunDir+"="+dir)
+	var childErr bytes.Buffer
+	child.Stderr = &childErr
+	stdout, err := child.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := child.Start(); err != nil {
+		t.Fatal(err)
+	}
+	// A child that never boots its guest is killed, which ends the scan below.
+	watchdog := time.AfterFunc(4*time.Minute, func() { child.Process.Kill() })
+	defer watchdog.Stop()
+	pid := 0
+	var childOut strings.Builder
+	for sc := bufio.NewScanner(stdout); pid == 0 && sc.Scan(); {
+		fmt.Fprintln(&childOut, sc.Text())
+		fmt.Sscanf(sc.Text(), "qemu-pid %d", &pid)
+	}
+	if err := child.Process.Signal(syscall.SIGKILL); err != nil {
+		t.Fatalf("kill the child: %v", err)
+	}
+	child.Wait()
+	if pid == 0 {
+		t.Fatalf("the child booted no guest:\n%s%s", childOut.String(), childErr.String())
+	}
+	for end := time.Now().Add(15 * time.Second); qemuRuns(pid, "orphan"); time.Sleep(100 * time.Millisecond) {
+		if time.Now().After(end) {
+			syscall.Kill(pid, syscall.SIGKILL)
+			t.Fatalf("QEMU pid %d outlived the killed test binary that started it (killed now)", pid)
+		}
 	}
 }

@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"io/fs"
 	"os"
-	"path/filepath"
 	"slices"
 	"strings"
 	"sync"
@@ -146,7 +145,7 @@ func (e *env) newConsoleSource(ctx context.Context, g *guest.Guest) (*consoleSou
 		return nil, err
 	}
 	c := &consoleSource{runDir: e.runDir, name: g.Meta.Name, accel: g.Meta.Accel, snap: snap, syms: syms,
-		memoPath: bridge.MemoPath(e.cacheDir, snap), kvm: onKVM, notes: []string{"Fast-Bridge executor: " + why}}
+		memoPath: e.memoPath(snap.KernelID), kvm: onKVM, notes: []string{"Fast-Bridge executor: " + why}}
 	var reason error
 	c.memo, reason = memo.LoadOrNew(c.memoPath, bridge.MemoKey(snap))
 	if reason != nil && !errors.Is(reason, fs.ErrNotExist) {
@@ -169,17 +168,9 @@ func (c *consoleSource) ClearMemo(ctx context.Context) error {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	c.memo.Clear()
-	return c.saveMemo()
-}
-
-func (c *consoleSource) saveMemo() error {
-	if err := os.MkdirAll(filepath.Dir(c.memoPath), 0o755); err != nil {
-		return fmt.Errorf("save memo: %w", err)
-	}
-	if err := c.memo.Save(c.memoPath); err != nil {
-		return fmt.Errorf("save memo: %w", err)
-	}
-	return nil
+	// A cleared memo replaces the file whatever it holds: there is nothing to report.
+	_, err := saveMemo(c.memo, c.memoPath)
+	return err
 }
 
 // consoleView is one view the console shows, and how to compute it.
@@ -190,17 +181,28 @@ type consoleView struct {
 
 var consoleViews = []consoleView{
 	{"ps", func(s *bridge.Session, f *console.Frame) (err error) {
-		f.Processes, err = inspect.ListProcesses(s)
+		var gone inspect.Vanished
+		f.Processes, gone, err = inspect.ListProcesses(s)
+		noteVanished(f, "ps", gone)
 		return err
 	}},
 	{"netstat", func(s *bridge.Session, f *console.Frame) (err error) {
-		f.Sockets, err = inspect.ListSockets(s, true)
+		var gone inspect.Vanished
+		f.Sockets, gone, err = inspect.ListSockets(s, true)
+		noteVanished(f, "netstat", gone)
 		return err
 	}},
 	{"lsmod", func(s *bridge.Session, f *console.Frame) (err error) {
 		f.Modules, err = inspect.ListModules(s)
 		return err
 	}},
+}
+
+// noteVanished tells, in the frame's notes, what a view left out because it was gone when read.
+func noteVanished(f *console.Frame, view string, gone inspect.Vanished) {
+	if !gone.Zero() {
+		f.Notes = append(f.Notes, view+": "+gone.String())
+	}
 }
 
 // Refresh attaches to the guest (pausing it), runs every view in the chosen mode, resumes the
@@ -268,8 +270,10 @@ func (c *consoleSource) Refresh(ctx context.Context, mode console.Mode, progress
 			f.Kernel = fields[2]
 		}
 	}
-	if err := c.saveMemo(); err != nil {
+	if note, err := saveMemo(c.memo, c.memoPath); err != nil {
 		f.Notes = append(f.Notes, err.Error())
+	} else if note != "" {
+		f.Notes = append(f.Notes, note)
 	}
 	f.Memo = c.memoSummary()
 	return f, nil

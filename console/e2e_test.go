@@ -9,8 +9,11 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
+
+	"hybridbridge/internal/testenv"
 )
 
 // The end-to-end tests run the real hybridbridge binary: built once per test run into a temporary
@@ -42,10 +45,22 @@ func buildBinary(t *testing.T) string {
 }
 
 func TestMain(m *testing.M) {
+	// The package's own memo, empty at the start: the console learns into it, never into the
+	// cache's.
+	memoDir, err := os.MkdirTemp("", "hbconsole-memo")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+	if err := os.Setenv("HYBRIDBRIDGE_MEMO", filepath.Join(memoDir, "console.memo")); err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
 	code := m.Run()
 	if binPath != "" {
 		os.RemoveAll(filepath.Dir(binPath))
 	}
+	os.RemoveAll(memoDir)
 	os.Exit(code)
 }
 
@@ -87,6 +102,15 @@ func (c *tmuxConsole) keys(keys ...string) {
 		c.t.Fatalf("send-keys %v: %v\n%s", keys, err, out)
 	}
 }
+
+// How long the console may take to show something. Each bounds a wait that ends as soon as the
+// screen shows it, so they are generous: go test runs other packages, which boot guests of their
+// own, at the same time.
+const (
+	bootWait    = 10 * time.Minute // a guest boot and the first refresh, which may build the SVM snapshot
+	refreshWait = 5 * time.Minute  // a refresh, or quitting (which stops the guest)
+	keyWait     = time.Minute      // the screen's answer to a key or a resize
+)
 
 // waitFor polls the screen until ok accepts it, and returns it; on timeout it fails the test with
 // the last screen.
@@ -131,18 +155,37 @@ func contains(subs ...string) func(string) bool {
 // TestConsoleEndToEndTmux drives `hybridbridge` without arguments in a real terminal (tmux): it
 // boots the demo guest, opens the console, and the panes show what the guest runs.
 func TestConsoleEndToEndTmux(t *testing.T) {
-	if testing.Short() {
-		t.Skip("boots a guest; not in -short")
-	}
+	testenv.SkipIfShort(t, "boots a guest")
 	if _, err := exec.LookPath("tmux"); err != nil {
-		t.Skip("tmux is not installed (scripts/setup.sh installs it): the console cannot be driven in a terminal")
+		testenv.Skip(t, "tmux is not installed (scripts/setup.sh installs it): the console cannot be driven in a terminal")
 	}
 	bin := buildBinary(t)
 	start := time.Now()
 	runDir := t.TempDir()
 	c := &tmuxConsole{t: t, socket: fmt.Sprintf("hbconsole-%d", os.Getpid()), status: filepath.Join(runDir, "exit-status")}
+	// The tmux server runs in the foreground as this test's child and dies with it, even when the
+	// test binary is killed: its panes then get SIGHUP, the console exits, and the demo guest it
+	// booted dies with the console. A daemonised server would keep both alive.
+	server := exec.Command("tmux", "-L", c.socket, "-D", "-f", "/dev/null")
+	server.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	if err := server.Start(); err != nil {
+		t.Fatalf("start the tmux server: %v", err)
+	}
+	serverDone := make(chan error, 1)
+	go func() { serverDone <- server.Wait() }()
+	for i := 0; ; i++ {
+		if _, err := c.tmux("list-sessions"); err == nil {
+			break // the server answers (with no sessions yet)
+		}
+		if i == 100 {
+			t.Fatal("the tmux server does not answer")
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
 	t.Cleanup(func() {
 		c.tmux("kill-server")
+		server.Process.Kill()
+		<-serverDone
 		// Whatever happened, no guest of this test may survive it.
 		left := qemuOf(runDir)
 		for _, pid := range left {
@@ -155,7 +198,7 @@ func TestConsoleEndToEndTmux(t *testing.T) {
 		}
 		t.Logf("end-to-end run took %v", time.Since(start).Round(time.Second))
 	})
-	env := []string{"HYBRIDBRIDGE_RUN=" + runDir}
+	env := []string{"HYBRIDBRIDGE_RUN=" + runDir, "HYBRIDBRIDGE_MEMO=" + os.Getenv("HYBRIDBRIDGE_MEMO")}
 	if cache := os.Getenv("HYBRIDBRIDGE_CACHE"); cache != "" {
 		env = append(env, "HYBRIDBRIDGE_CACHE="+cache)
 	}
@@ -169,10 +212,10 @@ func TestConsoleEndToEndTmux(t *testing.T) {
 
 	t.Run("processes", func(t *testing.T) {
 		c.t = t
-		s := c.waitFor("the first refresh", 4*time.Minute, contains("Processes", "PID", "init"))
+		s := c.waitFor("the first refresh", bootWait, contains("Processes", "PID", "init"))
 		// The workload's processes are the last of some 70 rows: filter them into view.
 		c.keys("/", "hb-", "Enter")
-		c.waitFor("the workload's processes", 10*time.Second, contains("hb-parent", "hb-child", "hb-sleeper", `filter "hb-"`))
+		c.waitFor("the workload's processes", keyWait, contains("hb-parent", "hb-child", "hb-sleeper", `filter "hb-"`))
 		// The first refresh runs Fast-Bridge and falls back where the memo has nothing yet.
 		for _, want := range []string{"guest demo (running", "engine Unicorn-", "mode auto"} {
 			if !strings.Contains(s, want) {
@@ -186,7 +229,7 @@ func TestConsoleEndToEndTmux(t *testing.T) {
 			t.Fatalf("resize-window: %v\n%s", err, out)
 		}
 		// The layout follows the terminal: the help bar is the last of the 25 lines.
-		c.waitFor("the help bar on the last line after a resize", 10*time.Second, func(s string) bool {
+		c.waitFor("the help bar on the last line after a resize", keyWait, func(s string) bool {
 			lines := strings.Split(strings.TrimRight(s, "\n"), "\n")
 			return len(lines) == 25 && strings.Contains(lines[24], "q quit") && strings.HasPrefix(lines[0], "hybridbridge")
 		})
@@ -194,7 +237,7 @@ func TestConsoleEndToEndTmux(t *testing.T) {
 	t.Run("network", func(t *testing.T) {
 		c.t = t
 		c.keys("Tab")
-		s := c.waitFor("the Network pane", 10*time.Second, contains("netstat on", "LOCAL"))
+		s := c.waitFor("the Network pane", keyWait, contains("netstat on", "LOCAL"))
 		if !strings.Contains(s, ":8080") && !strings.Contains(s, ":7001") {
 			t.Errorf("the Network pane shows no listener on 8080 or 7001:\n%s", s)
 		}
@@ -202,7 +245,7 @@ func TestConsoleEndToEndTmux(t *testing.T) {
 	t.Run("modules", func(t *testing.T) {
 		c.t = t
 		c.keys("Tab")
-		s := c.waitFor("the Modules pane", 10*time.Second, contains("lsmod", "MODULE"))
+		s := c.waitFor("the Modules pane", keyWait, contains("lsmod", "MODULE"))
 		if !regexp.MustCompile(`(?m)^\s*(dummy|tun|veth|loop)\s`).MatchString(s) {
 			t.Errorf("the Modules pane shows none of dummy/tun/veth/loop:\n%s", s)
 		}
@@ -210,9 +253,9 @@ func TestConsoleEndToEndTmux(t *testing.T) {
 	t.Run("mode", func(t *testing.T) {
 		c.t = t
 		c.keys("m")
-		c.waitFor("mode fast in the header", 10*time.Second, contains("mode fast"))
+		c.waitFor("mode fast in the header", keyWait, contains("mode fast"))
 		// The mode key starts a refresh; let it end (the engine goes idle) before quitting.
-		s := c.waitFor("the refresh in fast mode", time.Minute, contains("mode fast", "(idle)"))
+		s := c.waitFor("the refresh in fast mode", refreshWait, contains("mode fast", "(idle)"))
 		if strings.Contains(s, "(not fast)") {
 			t.Log("fast mode asked; the header says another engine ran (Fast-Bridge is not part of this build)")
 		}
@@ -220,7 +263,7 @@ func TestConsoleEndToEndTmux(t *testing.T) {
 	t.Run("quit", func(t *testing.T) {
 		c.t = t
 		c.keys("q")
-		s := c.waitFor("the shell after quitting", time.Minute, contains("console-exited"))
+		s := c.waitFor("the shell after quitting", refreshWait, contains("console-exited"))
 		if strings.Contains(s, "hybridbridge  guest") {
 			t.Errorf("the console's screen was left behind:\n%s", s)
 		}

@@ -18,7 +18,23 @@ fi
 go vet ./...
 
 echo "==> tests"
-go test -count=1 -timeout 60m ./...
+# -v so that every skip's reason is in the log; the log is printed whole when a test fails, and
+# otherwise shortened to the packages' results and the list of what was not tested.
+log="$root/.cache/test.log"
+set +e
+go test -count=1 -timeout 60m -v ./... >"$log" 2>&1
+status=$?
+set -e
+if [ "$status" -ne 0 ]; then
+	cat "$log"
+	echo "tests failed (exit $status); the whole log is $log" >&2
+	exit "$status"
+fi
+grep -E '^(ok|FAIL|PASS)[[:space:]]' "$log" || true
+if grep -q -- '--- SKIP' "$log"; then
+	echo "==> NOT TESTED on this machine (skipped, with the reason each gave):"
+	grep -A1 -- '--- SKIP' "$log" | grep -v '^--$'
+fi
 
 echo "==> benchmarks"
 go test -count=1 -run '^$' -bench . -benchtime 5x ./guest
