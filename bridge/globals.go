@@ -102,7 +102,10 @@ var redirectInList = map[string][]string{
 		"dev_lstats_read", "loopback_get_stats64", "dev_fetch_sw_netstats", "dev_get_tstats64"},
 	"__cpu_online_mask": {"get_idle_time", "get_cpu_idle_time_us", "nr_running", "show_stat"},
 	// The zones (NUMA node 0's pglist_data) for MemAvailable's watermarks and free counts.
-	"node_data": {"si_mem_available", "meminfo_proc_show", "si_meminfo"},
+	"node_data": {"si_mem_available", "meminfo_proc_show", "si_meminfo",
+		// for_each_zone in si_mem_available starts here: without these, MemAvailable was
+		// computed from the SVM's watermarks (the guest tools' free showed it 192 KiB off).
+		"first_online_pgdat", "next_online_pgdat"},
 	// vm_zone_stat/vm_node_stat: the allocator folds its per-CPU deltas into them; meminfo reads.
 	"vm_zone_stat": {"meminfo_proc_show", "si_mem_available", "si_meminfo", "si_meminfo_node"},
 	"vm_node_stat": {"meminfo_proc_show", "si_mem_available", "si_meminfo", "si_meminfo_node"},
