@@ -98,10 +98,7 @@ func need(t *testing.T) context.Context {
 // parses them with the same code as the view.
 func groundTruth(t *testing.T, ctx context.Context, g *guest.Guest) ([]inspect.Process, int) {
 	t.Helper()
-	res, err := g.Exec(ctx, inspect.CaptureCommand("/proc/[0-9]*/stat", "/proc/[0-9]*/status", "/proc/[0-9]*/cmdline"))
-	if err != nil || res.Status != 0 {
-		t.Fatalf("capture in the guest: %v %s", err, res.Stderr)
-	}
+	res := mustExec(t, ctx, g, "capture in the guest", inspect.CaptureCommand("/proc/[0-9]*/stat", "/proc/[0-9]*/status", "/proc/[0-9]*/cmdline"))
 	fs, err := inspect.ParseCapture(res.Stdout)
 	if err != nil {
 		t.Fatal(err)
@@ -319,10 +316,7 @@ func TestProcessViewRandomWorkload(t *testing.T) {
 		}
 	}
 	script.WriteString("sleep 0.3\n")
-	res, err := demo.Exec(ctx, script.String())
-	if err != nil || res.Status != 0 {
-		t.Fatalf("randomise the workload: %v %s", err, res.Stderr)
-	}
+	mustExec(t, ctx, demo, "randomise the workload", script.String())
 	truth, self := groundTruth(t, ctx, demo)
 	s, err := Attach(ctx, demo, snap, syms)
 	if err != nil {
@@ -447,14 +441,25 @@ func TestPauseSettled(t *testing.T) {
 		t.Fatal(err)
 	}
 	// An idle guest does not tick (no clock updates); a busy one does.
-	res, err := demo.Exec(ctx, "i=0; while [ $i -lt 20000 ]; do i=$((i+1)); done")
-	if err != nil || res.Status != 0 {
-		t.Fatalf("busy loop in the guest: %v %s", err, res.Stderr)
-	}
+	mustExec(t, ctx, demo, "busy loop in the guest", "i=0; while [ $i -lt 20000 ]; do i=$((i+1)); done")
 	second := seq()
 	defer demo.Resume(ctx)
 	if first%2 != 0 || second%2 != 0 || second == first {
 		t.Fatalf("clock sequence %d, then %d after the guest was busy: want even and moving", first, second)
 	}
 	t.Logf("clock sequence %d -> %d over a busy loop in the guest", first, second)
+}
+
+// mustExec runs a command in the guest and fails the test, saying what it was for, unless it ran
+// and exited 0.
+func mustExec(t *testing.T, ctx context.Context, g *guest.Guest, what, command string) *guest.Result {
+	t.Helper()
+	res, err := g.Exec(ctx, command)
+	if err != nil {
+		t.Fatalf("%s: %v", what, err)
+	}
+	if res.Status != 0 {
+		t.Fatalf("%s: exit status %d: %s%s", what, res.Status, res.Stdout, res.Stderr)
+	}
+	return res
 }

@@ -113,10 +113,7 @@ func readViews(f fileReader, skip int) (*viewSet, error) {
 // the same code.
 func viewTruth(t *testing.T, ctx context.Context, g *guest.Guest) (*viewSet, []inspect.LogLine, int) {
 	t.Helper()
-	res, err := g.Exec(ctx, inspect.CaptureLinksCommand(viewFiles, []string{"/proc/[0-9]*/fd/*"}))
-	if err != nil || res.Status != 0 {
-		t.Fatalf("capture in the guest: %v %s", err, res.Stderr)
-	}
+	res := mustExec(t, ctx, g, "capture in the guest", inspect.CaptureLinksCommand(viewFiles, []string{"/proc/[0-9]*/fd/*"}))
 	fs, err := inspect.ParseCapture(res.Stdout)
 	if err != nil {
 		t.Fatal(err)
@@ -125,18 +122,12 @@ func viewTruth(t *testing.T, ctx context.Context, g *guest.Guest) (*viewSet, []i
 	if err != nil {
 		t.Fatalf("views of the guest's own files: %v", err)
 	}
-	res, err = g.Exec(ctx, "dmesg -r")
-	if err != nil || res.Status != 0 {
-		t.Fatalf("dmesg in the guest: %v %s", err, res.Stderr)
-	}
+	res = mustExec(t, ctx, g, "dmesg in the guest", "dmesg -r")
 	log, err := inspect.ParseSyslog(res.Stdout)
 	if err != nil {
 		t.Fatal(err)
 	}
-	res, err = g.Exec(ctx, "cat /proc/uptime")
-	if err != nil || res.Status != 0 {
-		t.Fatalf("uptime in the guest: %v %s", err, res.Stderr)
-	}
+	res = mustExec(t, ctx, g, "uptime in the guest", "cat /proc/uptime")
 	if _, err := fmt.Sscanf(string(res.Stdout), "%g %g", &v.lateUptime.Seconds, &v.lateUptime.IdleSeconds); err != nil {
 		t.Fatalf("uptime in the guest %q: %v", res.Stdout, err)
 	}
