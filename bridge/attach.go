@@ -70,6 +70,9 @@ type Session struct {
 	kept     []svm.PhysSpan // on KVM: decided pages the CPU reads itself, left unintercepted
 	stats    EngineStats
 	policy   *policy // decides the kernel image's data and window
+	// learnErr is the first decision the memo refused during the Slow-Bridge operation in
+	// progress (a bug: Slow-Bridge only makes valid ones); the operation fails with it.
+	learnErr error
 }
 
 // Attach pauses the guest, checks that it runs the snapshot's kernel, and overlays its RAM into a

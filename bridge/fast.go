@@ -192,7 +192,12 @@ func (s *Session) runSlow(op func(m *svm.Machine) error) error {
 	}
 	s.stats.SlowOps++
 	s.stats.Engine = EngineTaint
-	return op(s.Machine)
+	s.learnErr = nil
+	err := op(s.Machine)
+	if s.learnErr != nil {
+		err = errors.Join(err, fmt.Errorf("Slow-Bridge could not memoize a decision: %w", s.learnErr))
+	}
+	return err
 }
 
 // hookFast installs Fast-Bridge's only instrumentation: a memory hook bounded to the physical

@@ -33,7 +33,11 @@ func (s *Session) learn(pc uint64, d memo.Decision, region string) {
 			o.Bytes = b
 		}
 	}
-	_, _ = s.Memo.Learn(pc, o)
+	if _, err := s.Memo.Learn(pc, o); err != nil && s.learnErr == nil {
+		// The hook cannot return it; the operation does (runSlow), so nothing learned is lost
+		// without a word.
+		s.learnErr = err
+	}
 }
 
 func taintMemoDecision(d taint.Decision) memo.Decision {

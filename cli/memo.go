@@ -56,7 +56,12 @@ func (e *env) memoFile() (string, *vmm.Symbols, error) {
 		}
 		return "", nil, err
 	}
-	syms, _ := vmm.LoadSymbols(e.cacheDir + "/symbols/" + id + ".kallsyms")
+	// Symbols only name the instructions; without the cached file (no guest of this build was
+	// read yet) they are shown as addresses. A file that is there but unreadable is an error.
+	syms, err := vmm.LoadSymbols(e.cacheDir + "/symbols/" + id + ".kallsyms")
+	if err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return "", nil, err
+	}
 	return e.memoPath(id), syms, nil
 }
 
