@@ -69,7 +69,7 @@ func demoFrame(mode Mode) *Frame {
 			{PID: 103, PPID: 1, Comm: "hb-parent", Cmdline: []string{"/bin/sh", "/usr/local/bin/hb-parent", "3"}, State: "S", Threads: 1, RSSKiB: 1592},
 			{PID: 111, PPID: 103, Comm: "hb-child", Cmdline: []string{"/bin/sh", "/usr/local/bin/hb-child", "1"}, State: "S", Threads: 1, RSSKiB: 4},
 			{PID: 112, PPID: 103, Comm: "hb-child", Cmdline: []string{"/bin/sh", "/usr/local/bin/hb-child", "2"}, State: "S", Threads: 1, RSSKiB: 4},
-			{PID: 109, PPID: 1, Comm: "hb-stopped", Cmdline: []string{"/bin/sh", "/usr/local/bin/hb-stopped"}, State: "T", Threads: 1, Missing: []string{"status: unreadable"}},
+			{PID: 109, PPID: 1, Comm: "hb-stopped", State: "T", Threads: 1, Missing: []string{"cmdline: incomplete: 4096 of 6000 bytes read"}},
 		},
 		Sockets: []inspect.Socket{
 			{Proto: "tcp6", Local: "[::]:8080", Remote: "[::]:0", State: "LISTEN", Inode: 10207, PIDs: []int{98}},
