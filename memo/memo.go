@@ -507,8 +507,13 @@ func (m *Memo) Stats() Stats {
 func FormatStats(s Stats) string {
 	var b strings.Builder
 	line := func(indent, name string, c Counters, extra string) {
-		fmt.Fprintf(&b, "%s%-20s lookups %8d  hits %8d  misses %6d  hit rate %5.1f%%  learned %6d%s\n",
-			indent, name, c.Lookups, c.Hits, c.Misses, 100*c.HitRate, c.Learned, extra)
+		// Without lookups there is no hit rate: a view trained only by Slow-Bridge is not 0 % hit.
+		rate := "  n/a"
+		if c.Lookups > 0 {
+			rate = fmt.Sprintf("%5.1f%%", 100*c.HitRate)
+		}
+		fmt.Fprintf(&b, "%s%-20s lookups %8d  hits %8d  misses %6d  hit rate %6s  learned %6d%s\n",
+			indent, name, c.Lookups, c.Hits, c.Misses, rate, c.Learned, extra)
 	}
 	fmt.Fprintf(&b, "memo for %v: %d entries (local %d, redirect %d, both %d, unknown %d)\n",
 		s.Key, s.Entries, s.Decisions.Local, s.Decisions.Redirect, s.Decisions.Both, s.Decisions.Unknown)

@@ -305,3 +305,16 @@ func TestVersion(t *testing.T) {
 	step("delete", true, func() { m.Delete(0x1000) })
 	step("clear", true, m.Clear)
 }
+
+// A view whose decisions were only learned (no Fast-Bridge lookups yet) has no hit rate: memo
+// stats says n/a, not 0 %.
+func TestFormatStatsWithoutLookups(t *testing.T) {
+	m := New(testKey)
+	if _, err := m.Learn(0x100, Observation{Decision: Local, Region: "init_task", View: "ps", Syscall: "read"}); err != nil {
+		t.Fatal(err)
+	}
+	out := FormatStats(m.Stats())
+	if !strings.Contains(out, "hit rate    n/a") || strings.Contains(out, "0.0%") {
+		t.Errorf("a memo without lookups:\n%s", out)
+	}
+}
