@@ -1,15 +1,15 @@
 // Package gdbstub is a small client for the GDB remote serial protocol as served by QEMU's
-// gdbstub (-gdb unix:PATH,server=on,wait=off). It stops a guest VM (at a kernel breakpoint or on
-// request), reads the complete CPU state described by QEMU's target description, and reads guest
-// memory through the current CPU's page tables or, with QEMU's PhyMemMode, physically.
+// gdbstub (-gdb unix:PATH,server=on,wait=off). It stops a guest VM at kernel breakpoints, steps
+// it, reads and writes the CPU's registers as QEMU's target description lists them, and reads
+// and writes guest memory through the current CPU's page tables.
 //
 // Every operation takes a context and honours its deadline and cancellation, so a wedged QEMU
 // cannot hang the caller. If an operation is cut off in the middle of an exchange, the
 // connection can no longer be trusted and every later operation fails; the one exception is the
 // wait for a stop in Continue and StepInstruction, which interrupts the VM and recovers.
 //
-// Connecting stops the VM: QEMU pauses it when a debugger attaches. Close leaves the VM as it is
-// (after removing the breakpoints this client set); Detach resumes it.
+// Connecting stops the VM: QEMU pauses it when a debugger attaches. Close does not resume it
+// (it only removes the breakpoints this client set); QEMU's monitor does, with "cont".
 //
 // A Client may be used from several goroutines, but operations run one at a time: a Continue
 // holds the connection until the VM stops or its context ends.
@@ -24,42 +24,30 @@ import (
 	"io"
 	"net"
 	"os"
-	"strconv"
 	"strings"
 	"sync"
 	"time"
 )
 
-// Config adjusts Dial. The zero value is the default.
-type Config struct {
-	// AckMode keeps the protocol's "+"/"-" acknowledgements for the whole session instead of
-	// switching to no-ack mode (QStartNoAckMode) when the stub offers it.
-	AckMode bool
-	// HaltTimeout bounds the interrupt-and-wait that Continue performs when its context ends,
-	// and the cleanup in Close. Zero means 5 s.
-	HaltTimeout time.Duration
-}
+// haltTimeout bounds the interrupt-and-wait that Continue performs when its context ends, and
+// the cleanup in Close: both run after the caller's context is spent.
+const haltTimeout = 5 * time.Second
 
 // Client is a connection to one gdbstub.
 type Client struct {
-	mu    sync.Mutex
-	conn  net.Conn
-	r     *bufio.Reader
-	cfg   Config
-	noAck bool
-	err   error // sticky: set once the stream can no longer be trusted
+	mu   sync.Mutex
+	conn net.Conn
+	r    *bufio.Reader
+	err  error // sticky: set once the stream can no longer be trusted
 
 	parser  packetParser // resumable, so a read cut off by a deadline loses nothing
 	pending [][]byte     // packets received while waiting for an ack
 
-	features map[string]string // qSupported reply
-	running  bool              // a c/s is outstanding
-	lastStop StopReply
+	running bool // a c/s is outstanding
 
-	regs      []Register
+	regs      []register
 	regByName map[string]int // index into regs
-	docs      map[string][]byte
-	pcReg     int // index into regs of the program counter, -1 if unknown
+	pcReg     int            // index into regs of the program counter, -1 if unknown
 
 	steppingOver bool // a breakpoint is lifted while stepping over it
 
@@ -67,21 +55,11 @@ type Client struct {
 	opDeadline time.Time       // and its deadline
 
 	breakpoints map[uint64]byte // address -> '0' (software) or '1' (hardware)
-	physMode    bool
 }
 
-// Dial connects to the gdbstub listening on the unix socket path, negotiates features, switches
-// to no-ack mode if offered, and loads the target description. QEMU stops the VM when a debugger
-// connects.
+// Dial connects to the gdbstub listening on the unix socket path, negotiates features and loads
+// the target description. QEMU stops the VM when a debugger connects.
 func Dial(ctx context.Context, path string) (*Client, error) {
-	return Config{}.Dial(ctx, path)
-}
-
-// Dial is like the package's Dial with this configuration.
-func (cfg Config) Dial(ctx context.Context, path string) (*Client, error) {
-	if cfg.HaltTimeout <= 0 {
-		cfg.HaltTimeout = 5 * time.Second
-	}
 	var d net.Dialer
 	conn, err := d.DialContext(ctx, "unix", path)
 	if err != nil {
@@ -90,7 +68,6 @@ func (cfg Config) Dial(ctx context.Context, path string) (*Client, error) {
 	c := &Client{
 		conn:        conn,
 		r:           bufio.NewReaderSize(conn, 16<<10),
-		cfg:         cfg,
 		breakpoints: map[uint64]byte{},
 		opCtx:       context.Background(),
 	}
@@ -103,40 +80,25 @@ func (cfg Config) Dial(ctx context.Context, path string) (*Client, error) {
 
 // handshake runs before the client is shared, so it needs no lock.
 func (c *Client) handshake(ctx context.Context) error {
+	var features map[string]string
 	err := c.withContext(ctx, func() error {
 		// QEMU pauses the VM as the connection opens and may announce it with an unsolicited
 		// stop reply before it reads anything from us; request() skips that (qSupported's reply
-		// never looks like one), remembering it.
+		// never looks like one).
 		reply, err := c.request("qSupported:swbreak+;hwbreak+;xmlRegisters=i386")
 		if err != nil {
 			return err
 		}
-		c.features = parseFeatures(reply)
-		// Stubs may implement QStartNoAckMode without announcing it in qSupported; try it
-		// unless told not to (an unknown packet just gets an empty reply, as from QEMU 7.2).
-		if !c.cfg.AckMode && c.features["QStartNoAckMode"] != "-" {
-			reply, err := c.request("QStartNoAckMode")
-			if err != nil {
-				return err
-			}
-			if string(reply) == "OK" {
-				c.noAck = true
-			}
-		}
-		// The current stop state (and the thread it names).
-		reply, err = c.request("?")
-		if err != nil {
-			return err
-		}
-		if st, err := parseStopReply(reply); err == nil {
-			c.lastStop = st
-		}
-		return nil
+		features = parseFeatures(reply)
+		// QEMU answers "?" by dropping every breakpoint, as a debugger only asks it on
+		// connecting: breakpoints an earlier client failed to remove cannot stop this one.
+		_, err = c.request("?")
+		return err
 	})
 	if err != nil {
 		return err
 	}
-	if c.features["qXfer:features:read"] != "+" {
+	if features["qXfer:features:read"] != "+" {
 		return errors.New("gdbstub: stub does not offer qXfer:features:read (no target description)")
 	}
 	return c.loadTargetDescription(ctx)
@@ -157,37 +119,17 @@ func parseFeatures(reply []byte) map[string]string {
 	return m
 }
 
-// Features returns the stub's qSupported answer, e.g. "PacketSize" → "1000",
-// "qXfer:features:read" → "+".
-func (c *Client) Features() map[string]string {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	m := make(map[string]string, len(c.features))
-	for k, v := range c.features {
-		m[k] = v
-	}
-	return m
-}
-
-// NoAck reports whether the session runs in no-ack mode.
-func (c *Client) NoAck() bool {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.noAck
-}
-
-// Close removes the breakpoints this client set and switches QEMU back to virtual memory
-// addressing if SetPhysicalMemoryMode switched it (both would otherwise outlive the connection),
-// then closes the connection. The VM's run state is left as it is: a stopped VM stays stopped
-// (see Detach). The cleanup is best effort, bounded by Config.HaltTimeout.
+// Close removes the breakpoints this client set, which would otherwise outlive the connection and
+// stop the VM, once resumed, with nobody waiting; then it closes the connection. It does not
+// resume the VM. The cleanup is best effort, bounded by haltTimeout.
 func (c *Client) Close() error {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if c.conn == nil {
 		return nil
 	}
-	if c.err == nil && (len(c.breakpoints) > 0 || c.physMode) {
-		ctx, cancel := context.WithTimeout(context.Background(), c.cfg.HaltTimeout)
+	if c.err == nil && len(c.breakpoints) > 0 {
+		ctx, cancel := context.WithTimeout(context.Background(), haltTimeout)
 		c.cleanup(ctx)
 		cancel()
 	}
@@ -201,68 +143,14 @@ func (c *Client) Close() error {
 
 func (c *Client) cleanup(ctx context.Context) {
 	_ = c.withContext(ctx, func() error {
-		wasRunning := c.running
-		if wasRunning {
-			if _, err := c.interruptAndWait(); err != nil {
-				return err
-			}
-		}
 		for addr, kind := range c.breakpoints {
 			if err := c.breakpointRequest('z', kind, addr); err != nil {
 				return err
 			}
 			delete(c.breakpoints, addr)
 		}
-		if c.physMode {
-			if _, err := c.request("Qqemu.PhyMemMode:0"); err != nil {
-				return err
-			}
-			c.physMode = false
-		}
-		if wasRunning {
-			c.running = true
-			return c.send([]byte("c"))
-		}
 		return nil
 	})
-}
-
-// Detach asks the stub to let the VM go: QEMU removes all breakpoints and resumes the VM. The
-// connection is closed afterwards.
-func (c *Client) Detach(ctx context.Context) error {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	if c.conn == nil {
-		return net.ErrClosed
-	}
-	err := c.withContext(ctx, func() error {
-		if c.running {
-			if _, err := c.interruptAndWait(); err != nil {
-				return err
-			}
-		}
-		if c.physMode {
-			if _, err := c.request("Qqemu.PhyMemMode:0"); err != nil {
-				return err
-			}
-			c.physMode = false
-		}
-		reply, err := c.request("D")
-		if err != nil {
-			return err
-		}
-		if err := replyError("D", reply); err != nil {
-			return err
-		}
-		c.breakpoints = map[uint64]byte{}
-		return nil
-	})
-	c.conn.Close()
-	c.conn = nil
-	if c.err == nil {
-		c.err = net.ErrClosed
-	}
-	return err
 }
 
 // withContext runs fn, an exchange on the connection, within ctx: the connection's deadline is
@@ -319,13 +207,13 @@ func isProtocolError(err error) bool {
 // ackGrace is how long send waits for the ack once a stop reply has crossed its packet.
 const ackGrace = 200 * time.Millisecond
 
-// send transmits one packet; in ack mode it waits for the "+" and retransmits on "-".
+// send transmits one packet, waits for the "+" and retransmits on "-".
 //
 // QEMU stops a running VM on any byte it receives and discards that byte. So if the VM was
 // resumed behind this client's back (by the monitor or QMP "cont"), the packet's "$" stops the
-// VM and the rest is ignored: a stop reply comes instead of the ack. send then records the stop,
-// waits ackGrace for an ack in case the stop was unrelated, and sends the packet again.
-// (In no-ack mode this cannot be detected; QEMU 7.2 has no no-ack mode.)
+// VM and the rest is ignored: a stop reply comes instead of the ack. send then waits ackGrace
+// for an ack in case the stop was unrelated, and sends the packet again. This is why the client
+// never switches to no-ack mode (QStartNoAckMode), where the loss would go unseen.
 func (c *Client) send(payload []byte) error {
 	pkt := frame(payload)
 	for attempt := 0; ; attempt++ {
@@ -335,9 +223,6 @@ func (c *Client) send(payload []byte) error {
 		if _, err := c.conn.Write(pkt); err != nil {
 			return fmt.Errorf("gdbstub: write: %w", err)
 		}
-		if c.noAck {
-			return nil
-		}
 		acked, err := c.waitAck()
 		if err != nil || acked {
 			return err
@@ -345,8 +230,8 @@ func (c *Client) send(payload []byte) error {
 	}
 }
 
-// waitAck reads until "+" (true) or "-" (false: retransmit). A stop reply read meanwhile is
-// recorded; if no ack follows within ackGrace, it also answers false.
+// waitAck reads until "+" (true) or "-" (false: retransmit). If a stop reply comes first and no
+// ack follows within ackGrace, it also answers false.
 func (c *Client) waitAck() (bool, error) {
 	sawStop := false
 	for {
@@ -377,10 +262,6 @@ func (c *Client) waitAck() (bool, error) {
 				c.pending = append(c.pending, p)
 				continue
 			}
-			if st, err := parseStopReply(p); err == nil {
-				c.lastStop = st
-			}
-			c.running = false
 			if !sawStop {
 				sawStop = true
 				grace := time.Now().Add(ackGrace)
@@ -422,7 +303,7 @@ func (p *packetParser) start() {
 	p.body = p.body[:0]
 }
 
-// readPacket returns the next packet's body (run-length decoded), acknowledging it in ack mode.
+// readPacket returns the next packet's body (run-length decoded), acknowledging it.
 func (c *Client) readPacket() ([]byte, error) {
 	if len(c.pending) > 0 {
 		out := c.pending[0]
@@ -459,18 +340,13 @@ func (c *Client) readFrame() ([]byte, error) {
 			p.cs |= unhex(b)
 			p.state = 0
 			if p.cs != checksum(p.body) {
-				if c.noAck {
-					return nil, fmt.Errorf("gdbstub: bad checksum on %q", p.body)
-				}
 				if _, err := c.conn.Write([]byte{'-'}); err != nil {
 					return nil, fmt.Errorf("gdbstub: write: %w", err)
 				}
 				continue
 			}
-			if !c.noAck {
-				if _, err := c.conn.Write([]byte{'+'}); err != nil {
-					return nil, fmt.Errorf("gdbstub: write: %w", err)
-				}
+			if _, err := c.conn.Write([]byte{'+'}); err != nil {
+				return nil, fmt.Errorf("gdbstub: write: %w", err)
 			}
 			out, err := expandRLE(p.body)
 			if err != nil {
@@ -484,15 +360,8 @@ func (c *Client) readFrame() ([]byte, error) {
 // request sends a command and returns its reply, skipping console output and, unless the
 // command is "?", stop replies that arrive unsolicited.
 func (c *Client) request(cmd string) ([]byte, error) {
-	return c.requestBytes([]byte(cmd), cmd != "?")
-}
-
-func (c *Client) requestBytes(cmd []byte, skipStops bool) ([]byte, error) {
-	if c.running {
-		// Any byte stops a running QEMU VM, and its reply would be the stop, not ours.
-		return nil, protocolError{errors.New("gdbstub: the VM is running (Halt it first)")}
-	}
-	if err := c.send(cmd); err != nil {
+	skipStops := cmd != "?"
+	if err := c.send([]byte(cmd)); err != nil {
 		return nil, err
 	}
 	for {
@@ -504,9 +373,6 @@ func (c *Client) requestBytes(cmd []byte, skipStops bool) ([]byte, error) {
 			continue
 		}
 		if skipStops && isStopReply(reply) {
-			if st, err := parseStopReply(reply); err == nil {
-				c.lastStop = st
-			}
 			continue
 		}
 		return reply, nil
@@ -532,7 +398,6 @@ func (c *Client) waitStop() (StopReply, error) {
 			return StopReply{}, err
 		}
 		c.running = false
-		c.lastStop = st
 		if !st.Stopped() {
 			return st, fmt.Errorf("%w: %s", ErrExited, st.Raw)
 		}
@@ -550,63 +415,9 @@ func (c *Client) interruptAndWait() (StopReply, error) {
 	return c.waitStop()
 }
 
-// Halt stops the VM and returns the stop reply. If the VM is not running under this client's
-// control (it is stopped after Dial and after every stop), Halt asks for the current stop
-// state instead ("?"), since QEMU ignores an interrupt when the VM is already stopped.
-func (c *Client) Halt(ctx context.Context) (StopReply, error) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	var st StopReply
-	err := c.withContext(ctx, func() error {
-		var err error
-		if c.running {
-			st, err = c.interruptAndWait()
-			return err
-		}
-		reply, err := c.request("?")
-		if err != nil {
-			return err
-		}
-		st, err = parseStopReply(reply)
-		if err != nil {
-			return protocolError{err}
-		}
-		c.lastStop = st
-		return nil
-	})
-	return st, err
-}
-
-// Resume lets the VM run without waiting for it to stop. While it runs, only Halt (which
-// returns the stop, whether a breakpoint or the interrupt caused it) and Close may be used.
-func (c *Client) Resume(ctx context.Context) error {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	if c.running {
-		return errors.New("gdbstub: the VM is already running")
-	}
-	return c.withContext(ctx, func() error {
-		if err := c.stepOverBreakpoint(); err != nil {
-			return err
-		}
-		if err := c.send([]byte("c")); err != nil {
-			return err
-		}
-		c.running = true
-		return nil
-	})
-}
-
-// Running reports whether the VM was resumed by this client and has not stopped since.
-func (c *Client) Running() bool {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.running
-}
-
 // Continue resumes the VM and waits for it to stop (a breakpoint, a step, an interrupt from
 // elsewhere). The wait lasts until ctx ends; then Continue stops the VM itself (interrupt, then
-// wait up to Config.HaltTimeout for the stop) and returns ctx's error — the VM is stopped
+// wait up to haltTimeout for the stop) and returns ctx's error — the VM is stopped
 // afterwards either way.
 func (c *Client) Continue(ctx context.Context) (StopReply, error) {
 	return c.resume(ctx, "c")
@@ -626,9 +437,6 @@ func (c *Client) resume(ctx context.Context, cmd string) (StopReply, error) {
 	}
 	if err := ctx.Err(); err != nil {
 		return StopReply{}, err
-	}
-	if c.running {
-		return StopReply{}, errors.New("gdbstub: the VM is already running")
 	}
 	var st StopReply
 	c.steppingOver = false
@@ -658,7 +466,7 @@ func (c *Client) resume(ctx context.Context, cmd string) (StopReply, error) {
 		return st, err
 	}
 	// ctx ended while the VM ran: stop it ourselves.
-	hctx, cancel := context.WithTimeout(context.Background(), c.cfg.HaltTimeout)
+	hctx, cancel := context.WithTimeout(context.Background(), haltTimeout)
 	defer cancel()
 	herr := c.runWithDeadline(hctx, func() error {
 		var err error
@@ -722,13 +530,6 @@ func (c *Client) breakpointRequest(op, kind byte, addr uint64) error {
 	return protocolError{fmt.Errorf("gdbstub: %s: unexpected reply %q", cmd, reply)}
 }
 
-// LastStop returns the most recent stop reply seen.
-func (c *Client) LastStop() StopReply {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.lastStop
-}
-
 // SetBreakpoint inserts a breakpoint at the virtual address addr (Z0, a software breakpoint; if
 // the stub does not support those, Z1, a hardware one). Under QEMU both are kept by QEMU itself,
 // not written into guest memory.
@@ -779,14 +580,19 @@ func (c *Client) ClearBreakpoint(ctx context.Context, addr uint64) error {
 	})
 }
 
-// maxMemChunk is the most bytes one m/M packet carries: QEMU refuses longer reads
+// maxMemChunk is the most bytes one m packet reads: QEMU refuses longer reads
 // (MAX_PACKET_LENGTH/2 = 2048).
 const maxMemChunk = 2048
 
+// maxMemWrite is the most bytes one M packet writes. The data travels as hex after a header of up
+// to 22 bytes ("Mffffffff81000000,7d0:"), and QEMU drops a packet that overflows its 4096-byte
+// buffer without answering, which would leave the client waiting for an ack.
+const maxMemWrite = 2000
+
 // ReadMemory reads n bytes at addr. Under QEMU the address is virtual, translated through the
-// current CPU's page tables, unless SetPhysicalMemoryMode(true) is in effect. An unmapped virtual
-// address gives a *RemoteError (QEMU answers "E14", EFAULT); the bytes read before it are
-// returned with it. Physical reads never fail: QEMU returns zeros outside RAM.
+// current CPU's page tables (with paging off, as at a 32-bit boot entry, it is physical). An
+// unmapped address gives a *RemoteError (QEMU answers "E14", EFAULT); the bytes read before it
+// are returned with it.
 func (c *Client) ReadMemory(ctx context.Context, addr uint64, n int) ([]byte, error) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
@@ -826,15 +632,17 @@ func (c *Client) ReadMemory(ctx context.Context, addr uint64, n int) ([]byte, er
 	return out, nil
 }
 
-// WriteMemory writes data at addr (virtual, or physical in physical memory mode).
+// WriteMemory writes data at addr, an address as ReadMemory takes it. Unlike a write to the
+// guest's RAM file, QEMU sees this one and drops code it translated from those bytes, so it may
+// patch code that has already run.
 func (c *Client) WriteMemory(ctx context.Context, addr uint64, data []byte) error {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	for off := 0; off < len(data); off += maxMemChunk {
+	for off := 0; off < len(data); off += maxMemWrite {
 		if err := ctx.Err(); err != nil {
 			return err
 		}
-		chunk := data[off:min(len(data), off+maxMemChunk)]
+		chunk := data[off:min(len(data), off+maxMemWrite)]
 		err := c.withContext(ctx, func() error {
 			cmd := fmt.Sprintf("M%x,%x:%x", addr+uint64(off), len(chunk), chunk)
 			reply, err := c.request(cmd)
@@ -854,55 +662,6 @@ func (c *Client) WriteMemory(ctx context.Context, addr uint64, data []byte) erro
 		}
 	}
 	return nil
-}
-
-// SetPhysicalMemoryMode switches QEMU's memory accesses (ReadMemory, WriteMemory) between
-// physical (true) and virtual (false) addresses, with the QEMU-specific Qqemu.PhyMemMode packet.
-// The mode is global to the QEMU process and outlives the connection, so Close switches it back.
-func (c *Client) SetPhysicalMemoryMode(ctx context.Context, physical bool) error {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.withContext(ctx, func() error {
-		v := "0"
-		if physical {
-			v = "1"
-		}
-		reply, err := c.request("Qqemu.PhyMemMode:" + v)
-		if err != nil {
-			return err
-		}
-		if err := replyError("Qqemu.PhyMemMode", reply); err != nil {
-			return err
-		}
-		if string(reply) != "OK" {
-			return protocolError{fmt.Errorf("gdbstub: Qqemu.PhyMemMode: unexpected reply %q", reply)}
-		}
-		c.physMode = physical
-		return nil
-	})
-}
-
-// PhysicalMemoryMode asks QEMU whether memory accesses are physical (qqemu.PhyMemMode).
-func (c *Client) PhysicalMemoryMode(ctx context.Context) (bool, error) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	var phys bool
-	err := c.withContext(ctx, func() error {
-		reply, err := c.request("qqemu.PhyMemMode")
-		if err != nil {
-			return err
-		}
-		if err := replyError("qqemu.PhyMemMode", reply); err != nil {
-			return err
-		}
-		v, err := strconv.Atoi(string(reply))
-		if err != nil {
-			return protocolError{fmt.Errorf("gdbstub: qqemu.PhyMemMode: unexpected reply %q", reply)}
-		}
-		phys = v != 0
-		return nil
-	})
-	return phys, err
 }
 
 // Monitor runs a QEMU monitor command through the stub (qRcmd) and returns its output.

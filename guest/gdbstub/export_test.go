@@ -1,4 +1,7 @@
 package gdbstub
 
-// MaxMemChunk lets the external tests read across a packet boundary.
-const MaxMemChunk = maxMemChunk
+// MaxMemChunk and MaxMemWrite let the external tests cross packet boundaries.
+const (
+	MaxMemChunk = maxMemChunk
+	MaxMemWrite = maxMemWrite
+)

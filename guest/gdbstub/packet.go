@@ -27,8 +27,8 @@ func checksum(b []byte) byte {
 	return s
 }
 
-// frame wraps payload as "$payload#cs". The payload is sent as is: callers that send binary data
-// escape it first with escapeBinary.
+// frame wraps payload as "$payload#cs". The payload is sent as is, so it must not hold '$', '#',
+// '}' or '*': every command this client sends is text and hex.
 func frame(payload []byte) []byte {
 	out := make([]byte, 0, len(payload)+4)
 	out = append(out, '$')
@@ -36,21 +36,7 @@ func frame(payload []byte) []byte {
 	return fmt.Appendf(out, "#%02x", checksum(payload))
 }
 
-// escapeBinary escapes the bytes that may not appear raw in a packet body: '$', '#', '}' and '*'.
-func escapeBinary(b []byte) []byte {
-	out := make([]byte, 0, len(b))
-	for _, c := range b {
-		switch c {
-		case '$', '#', escapeByte, '*':
-			out = append(out, escapeByte, c^0x20)
-		default:
-			out = append(out, c)
-		}
-	}
-	return out
-}
-
-// unescapeBinary undoes escapeBinary.
+// unescapeBinary undoes the binary escape of a reply such as qXfer's.
 func unescapeBinary(b []byte) ([]byte, error) {
 	out := make([]byte, 0, len(b))
 	for i := 0; i < len(b); i++ {

@@ -14,37 +14,17 @@ import (
 	"strings"
 )
 
-// Register describes one register of the target description.
-type Register struct {
+// register describes one register of the target description.
+type register struct {
 	Name    string
 	Number  int    // GDB register number: the p/P index and the order in the g packet
 	BitSize int    // e.g. 64, 32 (eflags, segment selectors), 80 (st0-7), 128 (xmm)
 	Type    string // e.g. "int64", "code_ptr", "i387_ext", "vec128"
-	Group   string // e.g. "general", "float", "vector", "system" (may be empty)
-	Feature string // the <feature name=...> it belongs to, e.g. "org.gnu.gdb.i386.core"
 	Offset  int    // byte offset in the g packet's data
 }
 
 // Size is the register's size in bytes.
-func (r Register) Size() int { return (r.BitSize + 7) / 8 }
-
-// Registers returns the target description's registers, ordered by number.
-func (c *Client) Registers() []Register {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return append([]Register(nil), c.regs...)
-}
-
-// Register returns the description of the named register.
-func (c *Client) Register(name string) (Register, bool) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	i, ok := c.regByName[name]
-	if !ok {
-		return Register{}, false
-	}
-	return c.regs[i], true
-}
+func (r register) Size() int { return (r.BitSize + 7) / 8 }
 
 // readXfer reads a whole qXfer object ("features", "read", annex) and returns it unescaped.
 func (c *Client) readXfer(object, annex string) ([]byte, error) {
@@ -76,23 +56,10 @@ func (c *Client) readXfer(object, annex string) ([]byte, error) {
 	}
 }
 
-// TargetDescription returns the target description documents read at Dial, by name
-// ("target.xml" and the documents it includes).
-func (c *Client) TargetDescription() map[string][]byte {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	m := make(map[string][]byte, len(c.docs))
-	for k, v := range c.docs {
-		m[k] = append([]byte(nil), v...)
-	}
-	return m
-}
-
 // loadTargetDescription reads the target description and builds the register numbering. It runs
 // from handshake, before the client is shared.
 func (c *Client) loadTargetDescription(ctx context.Context) error {
-	var regs []Register
-	docs := map[string][]byte{}
+	var regs []register
 	next := 0
 	var load func(annex string, depth int) error
 	load = func(annex string, depth int) error {
@@ -103,10 +70,8 @@ func (c *Client) loadTargetDescription(ctx context.Context) error {
 		if err != nil {
 			return fmt.Errorf("gdbstub: reading target description %s: %w", annex, err)
 		}
-		docs[annex] = doc
 		d := xml.NewDecoder(bytes.NewReader(doc))
 		d.Strict = false
-		feature := ""
 		for {
 			tok, err := d.Token()
 			if err == io.EOF {
@@ -128,8 +93,6 @@ func (c *Client) loadTargetDescription(ctx context.Context) error {
 				return ""
 			}
 			switch se.Name.Local {
-			case "feature":
-				feature = attr("name")
 			case "include":
 				href := attr("href")
 				if href == "" {
@@ -139,7 +102,7 @@ func (c *Client) loadTargetDescription(ctx context.Context) error {
 					return err
 				}
 			case "reg":
-				r := Register{Name: attr("name"), Type: attr("type"), Group: attr("group"), Feature: feature}
+				r := register{Name: attr("name"), Type: attr("type")}
 				r.BitSize, err = strconv.Atoi(attr("bitsize"))
 				if err != nil || r.BitSize <= 0 || r.Name == "" {
 					return protocolError{fmt.Errorf("gdbstub: %s: bad <reg name=%q bitsize=%q>", annex, r.Name, attr("bitsize"))}
@@ -171,7 +134,6 @@ func (c *Client) loadTargetDescription(ctx context.Context) error {
 		c.regByName[regs[i].Name] = i
 	}
 	c.regs = regs
-	c.docs = docs
 	c.pcReg = -1
 	for i, r := range regs {
 		if r.Name == "rip" || r.Name == "pc" || r.Name == "eip" {
@@ -185,23 +147,13 @@ func (c *Client) loadTargetDescription(ctx context.Context) error {
 	return nil
 }
 
-// RegisterValues is the CPU state read with one g packet.
-type RegisterValues struct {
-	// Values holds every register of at most 64 bits, decoded little-endian.
-	Values map[string]uint64
-	// Raw holds every register the g packet carried, in target byte order (little-endian on
-	// x86), including those wider than 64 bits (st0-7: 10 bytes, xmm0-15: 16 bytes).
-	Raw map[string][]byte
-	// Unavailable lists registers the stub reported as unavailable ("xx").
-	Unavailable []string
-}
-
-// ReadAllRegisters reads the whole register file with one g packet. Registers that the
-// description lists beyond the end of the g reply (none, for QEMU x86-64) are read with p.
-func (c *Client) ReadAllRegisters(ctx context.Context) (RegisterValues, error) {
+// ReadRegisters reads every register of at most 64 bits with one g packet, by name. Registers
+// the stub reports as unavailable ("xx") are left out. Registers that the description lists
+// beyond the end of the g reply (none, for QEMU x86-64) are read with p.
+func (c *Client) ReadRegisters(ctx context.Context) (map[string]uint64, error) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	rv := RegisterValues{Values: map[string]uint64{}, Raw: map[string][]byte{}}
+	values := map[string]uint64{}
 	err := c.withContext(ctx, func() error {
 		reply, err := c.request("g")
 		if err != nil {
@@ -211,12 +163,14 @@ func (c *Client) ReadAllRegisters(ctx context.Context) (RegisterValues, error) {
 			return err
 		}
 		for _, r := range c.regs {
+			if r.BitSize > 64 {
+				continue
+			}
 			end := 2 * (r.Offset + r.Size())
 			var raw []byte
 			if end <= len(reply) {
 				h := reply[2*r.Offset : end]
 				if bytes.Contains(h, []byte("x")) {
-					rv.Unavailable = append(rv.Unavailable, r.Name)
 					continue
 				}
 				raw = make([]byte, r.Size())
@@ -229,20 +183,11 @@ func (c *Client) ReadAllRegisters(ctx context.Context) (RegisterValues, error) {
 					return err
 				}
 			}
-			rv.Raw[r.Name] = raw
-			if r.BitSize <= 64 {
-				rv.Values[r.Name] = leUint(raw)
-			}
+			values[r.Name] = leUint(raw)
 		}
 		return nil
 	})
-	return rv, err
-}
-
-// ReadRegisters reads every register of at most 64 bits (one g packet), by name.
-func (c *Client) ReadRegisters(ctx context.Context) (map[string]uint64, error) {
-	rv, err := c.ReadAllRegisters(ctx)
-	return rv.Values, err
+	return values, err
 }
 
 func leUint(b []byte) uint64 {
@@ -252,7 +197,7 @@ func leUint(b []byte) uint64 {
 }
 
 // readRegisterRaw reads one register with p. Called inside withContext.
-func (c *Client) readRegisterRaw(r Register) ([]byte, error) {
+func (c *Client) readRegisterRaw(r register) ([]byte, error) {
 	cmd := fmt.Sprintf("p%x", r.Number)
 	reply, err := c.request(cmd)
 	if err != nil {
@@ -269,35 +214,6 @@ func (c *Client) readRegisterRaw(r Register) ([]byte, error) {
 		return nil, protocolError{fmt.Errorf("gdbstub: %s: %w", cmd, err)}
 	}
 	return raw, nil
-}
-
-// ReadRegisterRaw reads one register (p packet) in target byte order, whatever its size.
-func (c *Client) ReadRegisterRaw(ctx context.Context, name string) ([]byte, error) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	i, ok := c.regByName[name]
-	if !ok {
-		return nil, fmt.Errorf("gdbstub: no register %q in the target description", name)
-	}
-	var raw []byte
-	err := c.withContext(ctx, func() error {
-		var err error
-		raw, err = c.readRegisterRaw(c.regs[i])
-		return err
-	})
-	return raw, err
-}
-
-// ReadRegister reads one register of at most 64 bits (p packet).
-func (c *Client) ReadRegister(ctx context.Context, name string) (uint64, error) {
-	if r, ok := c.Register(name); ok && r.BitSize > 64 {
-		return 0, fmt.Errorf("gdbstub: register %s has %d bits; use ReadRegisterRaw", name, r.BitSize)
-	}
-	raw, err := c.ReadRegisterRaw(ctx, name)
-	if err != nil {
-		return 0, err
-	}
-	return leUint(raw), nil
 }
 
 // WriteRegister sets a register of at most 64 bits (P packet).
