@@ -15,6 +15,7 @@ import (
 	"github.com/spf13/cobra"
 	"golang.org/x/term"
 
+	"hybridbridge/bridge"
 	"hybridbridge/guest"
 	"hybridbridge/vmm"
 )
@@ -29,10 +30,10 @@ func (e *ExitError) Error() string { return fmt.Sprintf("exit status %d", e.Stat
 type env struct {
 	runDir   string
 	cacheDir string
-	memoFlag string // --memo; resolve with memoPath
-	mode     string // engine mode of the views (bridge.Mode)
+	memoFlag string      // --memo; resolve with memoPath
+	mode     bridge.Mode // --mode: the engine mode of the views
 	// fastEngine is --fast-engine; probe is the KVM probe, run once when needed.
-	fastEngine string
+	fastEngine executor
 	probe      *vmm.KVMProbe
 	stdout     io.Writer
 	stderr     io.Writer
@@ -79,16 +80,9 @@ a terminal it prints what can be read from that guest instead.`,
 	}
 	root.SetOut(e.stdout)
 	root.SetErr(e.stderr)
-	root.PersistentPreRunE = func(*cobra.Command, []string) error {
-		switch e.fastEngine {
-		case "auto", "unicorn", "kvm":
-			return nil
-		}
-		return fmt.Errorf("unknown --fast-engine %q (auto, unicorn or kvm)", e.fastEngine)
-	}
 	root.PersistentFlags().StringVar(&e.runDir, "run-dir", guest.DefaultRunDir(), "folder for running guests' sockets and logs ($HYBRIDBRIDGE_RUN)")
-	root.PersistentFlags().StringVar(&e.mode, "mode", "auto", "engine for views: auto (Fast-Bridge, falling back to Slow-Bridge on a memo miss), fast (a miss is an error) or slow (taint throughout)")
-	root.PersistentFlags().StringVar(&e.fastEngine, "fast-engine", "auto", "executor of Fast-Bridge: auto (KVM if a probe finds hardware KVM, else Unicorn), unicorn, or kvm (even a slow, paravirtual one: for tests and demos)")
+	root.PersistentFlags().Var(modeFlag(&e.mode), "mode", "engine for views: auto (Fast-Bridge, falling back to Slow-Bridge on a memo miss), fast (a miss is an error) or slow (taint throughout)")
+	root.PersistentFlags().Var(executorFlag(&e.fastEngine), "fast-engine", "executor of Fast-Bridge: auto (KVM if a probe finds hardware KVM, else Unicorn), unicorn, or kvm (even a slow, paravirtual one: for tests and demos)")
 	root.PersistentFlags().StringVar(&e.cacheDir, "cache", "", "folder made by scripts/setup.sh (default: found from the executable or working directory; $HYBRIDBRIDGE_CACHE)")
 	root.PersistentFlags().StringVar(&e.memoFlag, "memo", "", "memo file: the decisions views learn, shared by concurrent runs (default: <cache>/memo/<kernel id>.memo; $HYBRIDBRIDGE_MEMO)")
 	root.AddCommand(e.guestCommand(), e.svmCommand(), e.psCommand(), e.catCommand(), e.memoCommand())
@@ -173,9 +167,9 @@ func progress(w io.Writer) (func(stage string, elapsed time.Duration), func()) {
 // fastOnKVM resolves --fast-engine: whether Fast-Bridge runs under KVM, and why.
 func (e *env) fastOnKVM() (bool, string, error) {
 	switch e.fastEngine {
-	case "unicorn":
+	case executorUnicorn:
 		return false, "Unicorn (--fast-engine unicorn)", nil
-	case "kvm":
+	case executorKVM:
 		p := e.kvmProbe()
 		if !p.RunsCode {
 			return false, "", fmt.Errorf("--fast-engine kvm: KVM does not run here: %s", p.Reason)
@@ -185,14 +179,12 @@ func (e *env) fastOnKVM() (bool, string, error) {
 			why += "; the probe says it is slow here: " + p.Reason
 		}
 		return true, why, nil
-	case "auto", "":
+	default: // executorAuto
 		p := e.kvmProbe()
 		if p.Usable {
 			return true, "KVM (" + p.Reason + ")", nil
 		}
 		return false, "Unicorn (KVM probe: " + p.Reason + ")", nil
-	default:
-		return false, "", fmt.Errorf("unknown --fast-engine %q (auto, unicorn or kvm)", e.fastEngine)
 	}
 }
 

@@ -15,11 +15,11 @@ import (
 	"golang.org/x/term"
 
 	"hybridbridge/bridge"
-	"hybridbridge/console"
 	"hybridbridge/guest"
 	"hybridbridge/inspect"
 	"hybridbridge/memo"
 	"hybridbridge/svm"
+	"hybridbridge/ui"
 	"hybridbridge/vmm"
 )
 
@@ -27,7 +27,8 @@ import (
 var scriptViews = []string{"ps", "lsmod", "netstat"}
 
 func (e *env) consoleCommand() *cobra.Command {
-	var name, mode string
+	var name string
+	var mode bridge.Mode
 	var interval time.Duration
 	c := &cobra.Command{
 		Use:   "console",
@@ -38,18 +39,14 @@ hit rate and the fall-back log. Each refresh pauses the guest for the time the v
 resumes it. Without a terminal it names the view subcommands (ps, ...) to use instead.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			m, ok := console.ParseMode(mode)
-			if !ok {
-				return fmt.Errorf("--mode must be auto, fast or slow, not %q", mode)
-			}
 			if !e.interactive() {
 				return errors.New(noTerminalMessage(cmd.Root()))
 			}
-			return e.console(cmd.Context(), name, false, console.Options{Mode: m, Interval: interval})
+			return e.console(cmd.Context(), name, false, ui.Options{Mode: uiMode(mode), Interval: interval})
 		},
 	}
 	c.Flags().StringVar(&name, "guest", "demo", "the running guest to inspect")
-	c.Flags().StringVar(&mode, "mode", "auto", "engine mode at start: auto, fast or slow (m cycles it)")
+	c.Flags().Var(modeFlag(&mode), "mode", "engine mode at start: auto, fast or slow (m cycles it)")
 	c.Flags().DurationVar(&interval, "refresh", 10*time.Second, "auto-refresh interval (0: start with auto-refresh off)")
 	return c
 }
@@ -77,7 +74,7 @@ func noTerminalMessage(root *cobra.Command) string {
 // (which keeps non-interactive runs exercising the whole pipeline).
 func (e *env) runRoot(cmd *cobra.Command) error {
 	if e.interactive() {
-		return e.console(cmd.Context(), "demo", true, console.Options{Interval: 10 * time.Second})
+		return e.console(cmd.Context(), "demo", true, ui.Options{Interval: 10 * time.Second})
 	}
 	fmt.Fprintln(e.stderr, noTerminalMessage(cmd.Root()))
 	fmt.Fprintln(e.stderr, "printing the demo report instead:")
@@ -86,7 +83,7 @@ func (e *env) runRoot(cmd *cobra.Command) error {
 
 // console runs the console on the named guest. With bootDemo, a demo guest that is not running is
 // booted first (progress on stderr, before the screen switches) and stopped when the console ends.
-func (e *env) console(ctx context.Context, name string, bootDemo bool, opts console.Options) error {
+func (e *env) console(ctx context.Context, name string, bootDemo bool, opts ui.Options) error {
 	g, err := guest.Open(e.runDir, name)
 	owned := false
 	if errors.Is(err, guest.ErrNotRunning) && bootDemo {
@@ -108,14 +105,14 @@ func (e *env) console(ctx context.Context, name string, bootDemo bool, opts cons
 	if err != nil {
 		return err
 	}
-	err = console.Run(ctx, src, opts)
+	err = ui.Run(ctx, src, opts)
 	// A refresh may still hold the guest paused: wait for it so the guest is resumed (or stopped
 	// by us) only once the SVM has let go of its memory.
 	src.wait()
 	return err
 }
 
-// consoleSource implements console.Source with the bridge: one attach per refresh runs every
+// consoleSource implements ui.Source with the bridge: one attach per refresh runs every
 // view, so the guest is paused once per refresh and resumed between refreshes.
 type consoleSource struct {
 	runDir   string
@@ -131,7 +128,7 @@ type consoleSource struct {
 	notes []string   // said once, in the next frame. Precondition: mu must be held.
 }
 
-var _ console.Source = (*consoleSource)(nil)
+var _ ui.Source = (*consoleSource)(nil)
 
 // newConsoleSource prepares everything a refresh needs that may print progress (the snapshot is
 // built here when missing), so nothing writes to the terminal once the console draws on it.
@@ -154,8 +151,8 @@ func (e *env) newConsoleSource(ctx context.Context, g *guest.Guest) (*consoleSou
 	return c, nil
 }
 
-func (c *consoleSource) Info() console.Info {
-	return console.Info{Guest: c.name, Kernel: c.snap.Release, Accel: c.accel}
+func (c *consoleSource) Info() ui.Info {
+	return ui.Info{Guest: c.name, Kernel: c.snap.Release, Accel: c.accel}
 }
 
 // wait returns once no refresh or clear is running.
@@ -176,30 +173,30 @@ func (c *consoleSource) ClearMemo(ctx context.Context) error {
 // consoleView is one view the console shows, and how to compute it.
 type consoleView struct {
 	name string
-	run  func(s *bridge.Session, f *console.Frame) error
+	run  func(s *bridge.Session, f *ui.Frame) error
 }
 
 var consoleViews = []consoleView{
-	{"ps", func(s *bridge.Session, f *console.Frame) (err error) {
+	{"ps", func(s *bridge.Session, f *ui.Frame) (err error) {
 		var gone inspect.Vanished
 		f.Processes, gone, err = inspect.ListProcesses(s)
 		noteVanished(f, "ps", gone)
 		return err
 	}},
-	{"netstat", func(s *bridge.Session, f *console.Frame) (err error) {
+	{"netstat", func(s *bridge.Session, f *ui.Frame) (err error) {
 		var gone inspect.Vanished
 		f.Sockets, gone, err = inspect.ListSockets(s, true)
 		noteVanished(f, "netstat", gone)
 		return err
 	}},
-	{"lsmod", func(s *bridge.Session, f *console.Frame) (err error) {
+	{"lsmod", func(s *bridge.Session, f *ui.Frame) (err error) {
 		f.Modules, err = inspect.ListModules(s)
 		return err
 	}},
 }
 
 // noteVanished tells, in the frame's notes, what a view left out because it was gone when read.
-func noteVanished(f *console.Frame, view string, gone inspect.Vanished) {
+func noteVanished(f *ui.Frame, view string, gone inspect.Vanished) {
 	if !gone.Zero() {
 		f.Notes = append(f.Notes, view+": "+gone.String())
 	}
@@ -207,7 +204,7 @@ func noteVanished(f *console.Frame, view string, gone inspect.Vanished) {
 
 // Refresh attaches to the guest (pausing it), runs every view in the chosen mode, resumes the
 // guest and saves the memo. The frame names the engines that actually ran and every fall-back.
-func (c *consoleSource) Refresh(ctx context.Context, mode console.Mode, progress func(console.Progress)) (*console.Frame, error) {
+func (c *consoleSource) Refresh(ctx context.Context, mode ui.Mode, progress func(ui.Progress)) (*ui.Frame, error) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if err := ctx.Err(); err != nil {
@@ -217,33 +214,33 @@ func (c *consoleSource) Refresh(ctx context.Context, mode console.Mode, progress
 	if err != nil {
 		return nil, err
 	}
-	f := &console.Frame{Time: time.Now(), Mode: mode, Notes: slices.Clone(c.notes)}
-	progress(console.Progress{View: "attach"})
+	f := &ui.Frame{Time: time.Now(), Mode: mode, Notes: slices.Clone(c.notes)}
+	progress(ui.Progress{View: "attach"})
 	s, err := bridge.AttachWith(ctx, g, c.snap, c.syms, bridge.Options{Mode: bridge.Mode(mode.String()), Memo: c.memo, KVM: c.kvm})
 	if err != nil {
 		return nil, fmt.Errorf("attach guest %s: %w", c.name, err)
 	}
 	c.notes = nil // they are in this frame
 	first := s.FastEngine()
-	if mode == console.ModeSlow {
+	if mode == ui.ModeSlow {
 		first = bridge.EngineTaint
 	}
-	progress(console.Progress{GuestState: "paused", Engine: first})
+	progress(ui.Progress{GuestState: "paused", Engine: first})
 	for _, v := range consoleViews {
 		if ctx.Err() != nil {
-			f.Views = append(f.Views, console.ViewStats{Name: v.name, Engine: bridge.EngineTaint, Err: "not run: refresh cancelled"})
+			f.Views = append(f.Views, ui.ViewStats{Name: v.name, Engine: bridge.EngineTaint, Err: "not run: refresh cancelled"})
 			continue
 		}
-		progress(console.Progress{View: v.name})
+		progress(ui.Progress{View: v.name})
 		vs := c.runView(s, v, f)
 		f.Views = append(f.Views, vs)
-		progress(console.Progress{View: v.name, Engine: vs.Engine})
+		progress(ui.Progress{View: v.name, Engine: vs.Engine})
 	}
 	est := s.Stats()
 	f.Fallbacks = est.FallBacks
 	f.Engine = engineOf(est.FastEngine, est.FastOps, est.SlowOps)
 	for _, ev := range est.Events {
-		e := console.Event{Time: ev.Time, View: ev.View, Syscall: ev.Syscall, PC: ev.PC, Symbol: ev.Symbol,
+		e := ui.Event{Time: ev.Time, View: ev.View, Syscall: ev.Syscall, PC: ev.PC, Symbol: ev.Symbol,
 			Disassembly: ev.Disassembly, Reason: ev.Reason + " (touching " + ev.Region + ")"}
 		if sym, off, ok := c.syms.LookupSymbol(ev.PC); ok && off < 4096 {
 			code := make([]byte, off+48)
@@ -264,7 +261,7 @@ func (c *consoleSource) Refresh(ctx context.Context, mode console.Mode, progress
 		f.GuestState = "unknown"
 		f.Notes = append(f.Notes, "guest state: "+err.Error())
 	}
-	progress(console.Progress{GuestState: f.GuestState})
+	progress(ui.Progress{GuestState: f.GuestState})
 	if f.Kernel = c.snap.Release; s.Banner != "" {
 		if fields := strings.Fields(s.Banner); len(fields) > 2 {
 			f.Kernel = fields[2]
@@ -281,14 +278,14 @@ func (c *consoleSource) Refresh(ctx context.Context, mode console.Mode, progress
 
 // runView runs one view in the session and measures what it cost; the session's counters are
 // cumulative, so the view's share is the difference.
-func (c *consoleSource) runView(s *bridge.Session, v consoleView, f *console.Frame) console.ViewStats {
+func (c *consoleSource) runView(s *bridge.Session, v consoleView, f *ui.Frame) ui.ViewStats {
 	s.View = v.name
 	before := c.counters(s)
 	eb := s.Stats()
 	start := time.Now()
 	err := runRecovered(func() error { return v.run(s, f) })
 	ea := s.Stats()
-	st := console.ViewStats{Name: v.name, Engine: engineOf(ea.FastEngine, ea.FastOps-eb.FastOps, ea.SlowOps-eb.SlowOps), Elapsed: time.Since(start)}
+	st := ui.ViewStats{Name: v.name, Engine: engineOf(ea.FastEngine, ea.FastOps-eb.FastOps, ea.SlowOps-eb.SlowOps), Elapsed: time.Since(start)}
 	if err != nil {
 		st.Err = err.Error()
 	}
@@ -364,9 +361,9 @@ const topEntries = 10
 
 // memoSummary reads the memo's totals and its most used instructions.
 // Precondition: mu must be held.
-func (c *consoleSource) memoSummary() console.MemoSummary {
+func (c *consoleSource) memoSummary() ui.MemoSummary {
 	st := c.memo.Stats()
-	sum := console.MemoSummary{
+	sum := ui.MemoSummary{
 		Entries: st.Entries, Lookups: st.Total.Lookups, Hits: st.Total.Hits, Misses: st.Total.Misses,
 		Decisions: map[string]int{
 			memo.Local.String(): st.Decisions.Local, memo.Redirect.String(): st.Decisions.Redirect,
@@ -374,14 +371,14 @@ func (c *consoleSource) memoSummary() console.MemoSummary {
 		},
 	}
 	entries := c.memo.Entries()
-	top := func(key func(memo.Entry) uint64) []console.MemoEntry {
+	top := func(key func(memo.Entry) uint64) []ui.MemoEntry {
 		slices.SortStableFunc(entries, func(a, b memo.Entry) int { return -cmpUint(key(a), key(b)) })
-		var out []console.MemoEntry
+		var out []ui.MemoEntry
 		for _, en := range entries[:min(topEntries, len(entries))] {
 			if key(en) == 0 {
 				break
 			}
-			out = append(out, console.MemoEntry{
+			out = append(out, ui.MemoEntry{
 				PC: en.PC, Symbol: c.syms.Format(en.PC), Disassembly: memo.Disassemble(en.PC, en.Bytes),
 				Decision: en.Decision.String(), Region: en.Region, Seen: en.Seen, Hits: en.Hits, Misses: en.Misses,
 				View: en.View, Syscall: en.Syscall,

@@ -1,4 +1,4 @@
-package console_test
+package ui_test
 
 import (
 	"fmt"

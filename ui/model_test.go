@@ -1,4 +1,4 @@
-package console
+package ui
 
 import (
 	"context"
@@ -528,7 +528,7 @@ func TestConsoleGolden(t *testing.T) {
 	}
 	want, err := os.ReadFile(golden)
 	if err != nil {
-		t.Fatalf("%v (run go test ./console/ -run Golden -update)", err)
+		t.Fatalf("%v (run go test ./ui/ -run Golden -update)", err)
 	}
 	if b.String() != string(want) {
 		t.Errorf("screens differ from %s (-update rewrites it):\n%s", golden, b.String())

@@ -1,10 +1,10 @@
-// Package console is hybridbridge's interactive terminal console: a header with the engine and
+// Package ui is hybridbridge's interactive terminal console: a header with the engine and
 // memo state, panes for the guest's processes, sockets and modules, the fall-back log and the memo.
 //
 // The console knows nothing of guests or engines: it draws what a Source returns. All blocking
 // work (a refresh pauses the guest and runs kernel code in the SVM) happens in tea.Cmd functions,
 // so the UI keeps drawing while the engine works.
-package console
+package ui
 
 import (
 	"context"
