@@ -111,8 +111,8 @@ func groundTruth(t *testing.T, ctx context.Context, g *guest.Guest) ([]inspect.P
 }
 
 // compareProcesses checks the view against the ground truth field by field. The capturing shell
-// exists only in the truth; the command channel's helper changes state and memory between the
-// capture and the pause, so only its identity is compared.
+// exists only in the truth; the command channel's helper changes state, memory and threads between
+// the capture and the pause, so only its identity is compared.
 func compareProcesses(t *testing.T, view, truth []inspect.Process, self int) {
 	t.Helper()
 	byPID := map[int]inspect.Process{}
@@ -134,7 +134,8 @@ func compareProcesses(t *testing.T, view, truth []inspect.Process, self int) {
 			continue
 		}
 		if want.Comm == "hbguest" {
-			got.State, got.RSSKiB = want.State, want.RSSKiB
+			// It runs each command in goroutines of its own, so its thread count moves too.
+			got.State, got.RSSKiB, got.Threads = want.State, want.RSSKiB, want.Threads
 		}
 		// A kworker's name ends with the workqueue it last ran ("kworker/0:2-events"), which the
 		// channel's own work (tty, pipes) changes between the capture and the pause.

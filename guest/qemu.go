@@ -96,48 +96,101 @@ func (g *Guest) ConsoleLog() string    { return g.path("console.log") }
 // Start boots a guest and waits until its command channel answers, which the demo image does only
 // once its whole workload is up.
 func Start(ctx context.Context, cfg Config) (*Guest, error) {
-	if !validName.MatchString(cfg.Name) {
-		return nil, fmt.Errorf("invalid guest name %q: use 1-32 lower-case letters, digits, - or _", cfg.Name)
-	}
-	if cfg.MemMiB < 64 || cfg.MemMiB > 3072 {
-		return nil, fmt.Errorf("guest memory %d MiB out of range: 64 MiB to 3 GiB (larger guests would split RAM around the PCI hole)", cfg.MemMiB)
-	}
-	if cfg.Image == nil {
-		return nil, errors.New("no guest image")
+	if err := cfg.check(); err != nil {
+		return nil, err
 	}
 	qemu, err := exec.LookPath(qemuBinary)
 	if err != nil {
 		return nil, ErrQEMUMissing
 	}
-	sweepStaleRAM()
-	dir := guestDir(cfg.RunDir, cfg.Name)
-	if old, err := Open(cfg.RunDir, cfg.Name); err == nil {
-		return nil, fmt.Errorf("guest %q is already running (QEMU pid %d)", cfg.Name, old.Meta.PID)
-	}
-	if err := os.RemoveAll(dir); err != nil {
-		return nil, fmt.Errorf("clear stale guest folder: %w", err)
-	}
-	if err := os.MkdirAll(dir, 0o700); err != nil {
-		return nil, fmt.Errorf("guest folder: %w", err)
+	dir, err := prepareGuestDir(cfg.RunDir, cfg.Name)
+	if err != nil {
+		return nil, err
 	}
 	g := &Guest{Dir: dir}
-	accel := DetectAccel()
-	ramSize := uint64(cfg.MemMiB) << 20
-	g.Meta = Meta{
+	if g.Meta, err = newMeta(cfg); err != nil {
+		return nil, err
+	}
+	if err := g.startQEMU(qemu, g.qemuArgs(cfg), cfg.Detached); err != nil {
+		return nil, err
+	}
+	if err := g.writeMeta(); err != nil {
+		g.kill()
+		return nil, err
+	}
+	if err := g.waitReady(ctx, cfg, g.Meta.StartedAt); err != nil {
+		g.kill()
+		return nil, err
+	}
+	g.Meta.ReadyIn = time.Since(g.Meta.StartedAt).Seconds()
+	if err := g.writeMeta(); err != nil {
+		g.kill()
+		return nil, err
+	}
+	if cfg.Detached {
+		// The guest outlives us; nothing of ours waits for it any more.
+		_ = g.cmd.Process.Release()
+	}
+	return g, nil
+}
+
+// check rejects a config no guest can be started from.
+func (cfg Config) check() error {
+	if !validName.MatchString(cfg.Name) {
+		return fmt.Errorf("invalid guest name %q: use 1-32 lower-case letters, digits, - or _", cfg.Name)
+	}
+	if cfg.MemMiB < 64 || cfg.MemMiB > 3072 {
+		return fmt.Errorf("guest memory %d MiB out of range: 64 MiB to 3 GiB (larger guests would split RAM around the PCI hole)", cfg.MemMiB)
+	}
+	if cfg.Image == nil {
+		return errors.New("no guest image")
+	}
+	return nil
+}
+
+// prepareGuestDir makes an empty folder for guest name in runDir, refusing if that guest is
+// running.
+func prepareGuestDir(runDir, name string) (string, error) {
+	sweepStaleRAM()
+	dir := guestDir(runDir, name)
+	if old, err := Open(runDir, name); err == nil {
+		return "", fmt.Errorf("guest %q is already running (QEMU pid %d)", name, old.Meta.PID)
+	}
+	if err := os.RemoveAll(dir); err != nil {
+		return "", fmt.Errorf("clear stale guest folder: %w", err)
+	}
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return "", fmt.Errorf("guest folder: %w", err)
+	}
+	return dir, nil
+}
+
+// newMeta describes the guest cfg asks for, as far as is known before QEMU runs.
+func newMeta(cfg Config) (Meta, error) {
+	accel := "tcg"
+	if DetectAccel().KVM {
+		accel = "kvm"
+	}
+	id, err := fileHash(cfg.Image.Kernel)
+	if err != nil {
+		return Meta{}, fmt.Errorf("guest kernel: %w", err)
+	}
+	return Meta{
 		Name:     cfg.Name,
 		RAMFile:  fmt.Sprintf("/dev/shm/%s%s-%d.ram", shmPrefix, cfg.Name, os.Getpid()),
-		RAMSize:  ramSize,
+		RAMSize:  uint64(cfg.MemMiB) << 20,
 		Kernel:   cfg.Image.Kernel,
+		KernelID: id,
 		Image:    cfg.Image.Path,
 		Append:   cfg.Image.Append,
-		Accel:    "tcg",
+		Accel:    accel,
 		Detached: cfg.Detached,
-	}
-	if id, err := fileHash(cfg.Image.Kernel); err == nil {
-		g.Meta.KernelID = id
-	} else {
-		return nil, fmt.Errorf("guest kernel: %w", err)
-	}
+	}, nil
+}
+
+// qemuArgs is QEMU's command line for g. Its RAM is a shared file so that other processes can
+// map the guest's memory; its name lets alive recognise the process.
+func (g *Guest) qemuArgs(cfg Config) []string {
 	args := []string{
 		"-name", "hybridbridge-" + cfg.Name,
 		"-machine", "pc,memory-backend=ram",
@@ -154,20 +207,20 @@ func Start(ctx context.Context, cfg Config) (*Guest, error) {
 		"-qmp", "unix:" + g.QMPSocket() + ",server=on,wait=off",
 	}
 	args = append(args, cfg.ExtraArgs...)
-	if accel.KVM {
-		args = append(args, "-accel", "kvm")
-		g.Meta.Accel = "kvm"
-	} else {
-		args = append(args, "-accel", "tcg")
-	}
+	return append(args, "-accel", g.Meta.Accel)
+}
+
+// startQEMU runs qemu with args, its output going to qemu.log in the guest's folder, and records
+// its pid and start time. A detached QEMU gets a session of its own; otherwise it dies with us.
+func (g *Guest) startQEMU(qemu string, args []string, detached bool) error {
 	logFile, err := os.Create(g.path("qemu.log"))
 	if err != nil {
-		return nil, err
+		return err
 	}
 	defer logFile.Close()
 	cmd := exec.Command(qemu, args...)
 	cmd.Stdout, cmd.Stderr = logFile, logFile
-	if cfg.Detached {
+	if detached {
 		cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
 	} else {
 		// QEMU dies with us, even on SIGKILL.
@@ -179,7 +232,7 @@ func Start(ctx context.Context, cfg Config) (*Guest, error) {
 	started := make(chan error, 1)
 	go func() {
 		defer close(g.exited)
-		if !cfg.Detached {
+		if !detached {
 			// The death signal comes when the thread that forked QEMU ends, not the process,
 			// and Go ends a thread when a goroutine locked to it returns: any goroutine that
 			// later ran locked on the forking thread could take QEMU down with it. This
@@ -196,29 +249,12 @@ func Start(ctx context.Context, cfg Config) (*Guest, error) {
 		g.waitErr = cmd.Wait()
 	}()
 	if err := <-started; err != nil {
-		os.RemoveAll(dir)
-		return nil, fmt.Errorf("start QEMU: %w", err)
+		os.RemoveAll(g.Dir)
+		return fmt.Errorf("start QEMU: %w", err)
 	}
 	g.Meta.PID = cmd.Process.Pid
 	g.Meta.StartedAt = start
-	if err := g.writeMeta(); err != nil {
-		g.kill()
-		return nil, err
-	}
-	if err := g.waitReady(ctx, cfg, start); err != nil {
-		g.kill()
-		return nil, err
-	}
-	g.Meta.ReadyIn = time.Since(start).Seconds()
-	if err := g.writeMeta(); err != nil {
-		g.kill()
-		return nil, err
-	}
-	if cfg.Detached {
-		// The guest outlives us; nothing of ours waits for it any more.
-		_ = cmd.Process.Release()
-	}
-	return g, nil
+	return nil
 }
 
 func (g *Guest) writeMeta() error {

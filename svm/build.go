@@ -104,83 +104,41 @@ func Build(ctx context.Context, a *guest.Assets, opt BuildOptions) (*Snapshot, e
 	}
 	layout := planLayout(uint64(opt.GVMMaxMiB)<<20, kstart, kend)
 
-	// Boot 2: the SVM itself, with the layout and a gdbstub.
-	svmImg := *img
-	svmImg.Append = img.Append + layout.kernelArgs()
+	// Boot 2: the SVM itself.
 	gdbSock := filepath.Join(opt.RunDir, "svm-build.gdb")
 	_ = os.Remove(gdbSock)
 	defer os.Remove(gdbSock)
 	report("booting the SVM")
-	g, err := guest.Start(ctx, guest.Config{
-		Name: "svm-build", MemMiB: int(layout.RAMSize >> 20), Image: &svmImg, RunDir: opt.RunDir,
-		ExtraArgs: []string{"-gdb", "unix:" + gdbSock + ",server=on,wait=off"},
-		Progress:  guestProgress,
-	})
+	g, err := bootSVM(ctx, img, layout, opt.RunDir, gdbSock, guestProgress)
 	if err != nil {
 		return nil, fmt.Errorf("SVM boot: %w", err)
 	}
 	defer g.Stop(context.WithoutCancel(ctx))
 
-	snap := &Snapshot{KernelID: kernelID, Release: a.Release, Append: svmImg.Append, Layout: layout}
+	snap := &Snapshot{KernelID: kernelID, Release: a.Release, Append: g.Meta.Append, Layout: layout}
 	if snap.Banner, err = bootBanner(g.ConsoleLog()); err != nil {
 		return nil, err
 	}
 	report("checking the SVM's memory layout")
-	iomem, err := g.Exec(ctx, "cat /proc/iomem")
-	if err != nil {
+	if err := checkMemory(ctx, g, snap); err != nil {
 		return nil, err
 	}
-	if snap.Layout.SystemRAM, err = checkLayout(string(iomem.Stdout), layout); err != nil {
-		return nil, err
-	}
-
-	if snap.Window, err = freedImagePages(ctx, g, layout); err != nil {
-		return nil, err
-	}
-
 	report("starting the agent")
-	if res, err := g.Exec(ctx, "hbagent </dev/null >/dev/console 2>&1 &"); err != nil || res.Status != 0 {
-		return nil, fmt.Errorf("start agent: %v %v", err, res)
-	}
-	if snap.Agent, err = waitAgent(ctx, g.ConsoleLog()); err != nil {
+	if snap.Agent, err = startAgent(ctx, g); err != nil {
 		return nil, err
 	}
-	// Ground truth for tests: the processes at capture. The shell globs /proc itself (no child),
-	// so only the shell's own pid is transient; it is left out.
-	res, err := g.Exec(ctx, "echo $$; cd /proc && echo [0-9]*")
-	if err != nil {
+	if err := recordGroundTruth(ctx, g, snap); err != nil {
 		return nil, err
 	}
-	if snap.PIDs, err = parsePIDs(string(res.Stdout)); err != nil {
+	if err := mountViewsProc(ctx, g); err != nil {
 		return nil, err
-	}
-	// The SVM's own clock just before the capture, to check the executor's time against.
-	if res, err = g.Exec(ctx, "cat /proc/uptime"); err != nil {
-		return nil, err
-	}
-	if f := strings.Fields(string(res.Stdout)); len(f) > 0 {
-		snap.UptimeBeforeCapture, _ = strconv.ParseFloat(f[0], 64)
-	}
-	// The SVM's /proc has cached dentries for its own processes (listing it creates one per
-	// pid, and nothing reliably drops them): a guest process with the same pid would be found
-	// there, bound to the SVM's task, instead of being looked up in the guest's pid namespace.
-	// Views read a procfs instance mounted just before the capture and never used in the SVM,
-	// whose dentry cache is empty.
-	if res, err = g.Exec(ctx, "mkdir -p "+ProcRoot+" && mount -t proc proc "+ProcRoot); err != nil || res.Status != 0 {
-		return nil, fmt.Errorf("mount the views' procfs in the SVM: %v %s", err, res.Stderr)
 	}
 
 	report("stopping the agent at system-call entry")
 	if err := capture(ctx, gdbSock, syms, snap); err != nil {
 		return nil, err
 	}
-	snap.Symbols = map[string]uint64{}
-	for _, name := range append(requiredSymbols, "entry_SYSCALL_64_after_hwframe", "init_task", "_edata", "__bss_start", "__bss_stop", "oops_begin", "panic") {
-		if addr, ok := syms.Addr(name); ok {
-			snap.Symbols[name] = addr
-		}
-	}
-
+	snap.Symbols = snapshotSymbols(syms)
 	if snap.TSCSites, err = findTSCSites(ctx, gdbSock, syms); err != nil {
 		return nil, err
 	}
@@ -190,28 +148,116 @@ func Build(ctx context.Context, a *guest.Assets, opt BuildOptions) (*Snapshot, e
 	if dir == "" {
 		dir = SnapshotDir(opt.CacheDir, kernelID)
 	}
-	if err := os.MkdirAll(filepath.Dir(dir), 0o755); err != nil {
+	if err := writeSnapshot(g, snap, dir, start); err != nil {
 		return nil, err
+	}
+	report("done")
+	return snap, nil
+}
+
+// bootSVM boots the SVM image with the layout's RAM and reserved ranges, and a gdbstub on
+// gdbSock.
+func bootSVM(ctx context.Context, img *guest.Image, l Layout, runDir, gdbSock string, progress func(string, time.Duration)) (*guest.Guest, error) {
+	svmImg := *img
+	svmImg.Append = img.Append + l.kernelArgs()
+	return guest.Start(ctx, guest.Config{
+		Name: "svm-build", MemMiB: int(l.RAMSize >> 20), Image: &svmImg, RunDir: runDir,
+		ExtraArgs: []string{"-gdb", "unix:" + gdbSock + ",server=on,wait=off"},
+		Progress:  progress,
+	})
+}
+
+// checkMemory checks that the booted SVM keeps out of the ranges reserved for the guest, and
+// records its System RAM and the pages of its image it freed.
+func checkMemory(ctx context.Context, g *guest.Guest, snap *Snapshot) error {
+	iomem, err := g.Exec(ctx, "cat /proc/iomem")
+	if err != nil {
+		return err
+	}
+	if snap.Layout.SystemRAM, err = checkLayout(string(iomem.Stdout), snap.Layout); err != nil {
+		return err
+	}
+	snap.Window, err = freedImagePages(ctx, g, snap.Layout)
+	return err
+}
+
+// startAgent starts the agent in the SVM and returns what it reports on the console.
+func startAgent(ctx context.Context, g *guest.Guest) (Agent, error) {
+	if res, err := g.Exec(ctx, "hbagent </dev/null >/dev/console 2>&1 &"); err != nil || res.Status != 0 {
+		return Agent{}, fmt.Errorf("start agent: %v %v", err, res)
+	}
+	return waitAgent(ctx, g.ConsoleLog())
+}
+
+// recordGroundTruth records what the snapshot is checked against: the SVM's processes at capture
+// (for tests) and its clock just before it (for the executor's time).
+func recordGroundTruth(ctx context.Context, g *guest.Guest, snap *Snapshot) error {
+	// The shell globs /proc itself (no child), so only the shell's own pid is transient; it is
+	// left out.
+	res, err := g.Exec(ctx, "echo $$; cd /proc && echo [0-9]*")
+	if err != nil {
+		return err
+	}
+	if snap.PIDs, err = parsePIDs(string(res.Stdout)); err != nil {
+		return err
+	}
+	if res, err = g.Exec(ctx, "cat /proc/uptime"); err != nil {
+		return err
+	}
+	if f := strings.Fields(string(res.Stdout)); len(f) > 0 {
+		snap.UptimeBeforeCapture, _ = strconv.ParseFloat(f[0], 64)
+	}
+	return nil
+}
+
+// mountViewsProc mounts, at ProcRoot, the procfs instance that views read.
+func mountViewsProc(ctx context.Context, g *guest.Guest) error {
+	// The SVM's /proc has cached dentries for its own processes (listing it creates one per
+	// pid, and nothing reliably drops them): a guest process with the same pid would be found
+	// there, bound to the SVM's task, instead of being looked up in the guest's pid namespace.
+	// Views read a procfs instance mounted just before the capture and never used in the SVM,
+	// whose dentry cache is empty.
+	if res, err := g.Exec(ctx, "mkdir -p "+ProcRoot+" && mount -t proc proc "+ProcRoot); err != nil || res.Status != 0 {
+		return fmt.Errorf("mount the views' procfs in the SVM: %v %s", err, res.Stderr)
+	}
+	return nil
+}
+
+// snapshotSymbols picks from syms the addresses the snapshot keeps.
+func snapshotSymbols(syms *vmm.Symbols) map[string]uint64 {
+	kept := map[string]uint64{}
+	for _, name := range append(requiredSymbols, "entry_SYSCALL_64_after_hwframe", "init_task", "_edata", "__bss_start", "__bss_stop", "oops_begin", "panic") {
+		if addr, ok := syms.Addr(name); ok {
+			kept[name] = addr
+		}
+	}
+	return kept
+}
+
+// writeSnapshot copies the SVM's RAM and saves snap into dir, replacing what was there; the
+// build time counts from start.
+func writeSnapshot(g *guest.Guest, snap *Snapshot, dir string, start time.Time) error {
+	if err := os.MkdirAll(filepath.Dir(dir), 0o755); err != nil {
+		return err
 	}
 	tmp, err := os.MkdirTemp(filepath.Dir(dir), ".build-*")
 	if err != nil {
-		return nil, err
+		return err
 	}
 	defer os.RemoveAll(tmp)
 	ramPath, err := g.RAMPath()
 	if err != nil {
-		return nil, err
+		return err
 	}
-	if err := copySparse(ramPath, filepath.Join(tmp, ramFile), layout.RAMSize); err != nil {
-		return nil, fmt.Errorf("copy SVM RAM: %w", err)
+	if err := copySparse(ramPath, filepath.Join(tmp, ramFile), snap.Layout.RAMSize); err != nil {
+		return fmt.Errorf("copy SVM RAM: %w", err)
 	}
 	snap.CreatedAt = time.Now().UTC()
 	snap.BuildTimeS = time.Since(start).Seconds()
 	if err := snap.save(tmp, dir); err != nil {
-		return nil, fmt.Errorf("save snapshot: %w", err)
+		return fmt.Errorf("save snapshot: %w", err)
 	}
-	report("done")
-	return snap, nil
+	return nil
 }
 
 // probeKernel boots the SVM image plainly to read the kernel's symbols and translate its first

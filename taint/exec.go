@@ -50,29 +50,13 @@ func (t *Tracker) exec(in *insn) {
 	case kMovzx:
 		t.set(in, 0, t.get(in, 1))
 	case kMovsx:
-		src := t.get(in, 1)
-		sw := int(in.args[1].w)
-		t.set(in, 0, src.or(bvec(src.byteAt(sw-1), w-sw).shift(sw)))
+		t.movsx(in)
 	case kCmov:
 		t.set(in, 0, t.get(in, 0).or(t.get(in, 1)))
 	case kLea:
-		sp := &in.addrs[in.args[1].addr]
-		l := sp.disp
-		if sp.baseRI.class == rcGPR {
-			l |= t.regs.read(sp.baseRI).fold()
-		}
-		if sp.indexRI.class == rcGPR {
-			l |= t.regs.read(sp.indexRI).fold()
-		}
-		t.set(in, 0, bvec(l, w))
+		t.lea(in)
 	case kArith, kShiftD, kIMul, kBitScan:
-		// Carries (and shifted-in bits) cross bytes: every byte gets
-		// the union.
-		a, b := 0, 1
-		if in.kind == kIMul && in.nargs == 3 {
-			a, b = 1, 2
-		}
-		t.set(in, 0, bvec(t.get(in, a).fold()|t.get(in, b).fold(), w))
+		t.arith(in)
 	case kLogic:
 		v := t.get(in, 0).or(t.get(in, 1))
 		v.lo &^= in.clean
@@ -86,23 +70,9 @@ func (t *Tracker) exec(in *insn) {
 	case kCount:
 		t.set(in, 0, bvec(t.get(in, 1).fold(), w))
 	case kMul1:
-		l := t.get(in, 0).fold()
-		if w == 1 {
-			t.setGPR(gRAX, 2, bvec(l|t.gpr(gRAX, 1).fold(), 2))
-			break
-		}
-		l |= t.gpr(gRAX, w).fold()
-		t.setGPR(gRAX, w, bvec(l, w))
-		t.setGPR(gRDX, w, bvec(l, w))
+		t.mul1(in)
 	case kDiv1:
-		l := t.get(in, 0).fold()
-		if w == 1 {
-			t.setGPR(gRAX, 2, bvec(l|t.gpr(gRAX, 2).fold(), 2))
-			break
-		}
-		l |= t.gpr(gRAX, w).fold() | t.gpr(gRDX, w).fold()
-		t.setGPR(gRAX, w, bvec(l, w))
-		t.setGPR(gRDX, w, bvec(l, w))
+		t.div1(in)
 	case kXchg:
 		a, b := t.get(in, 0), t.get(in, 1)
 		t.set(in, 0, b)
@@ -112,11 +82,7 @@ func (t *Tracker) exec(in *insn) {
 		t.set(in, 1, a)
 		t.set(in, 0, bvec(a.fold()|b.fold(), w))
 	case kCmpxchg:
-		// Equal: dst = src. Not equal: rAX = dst. Flags are not tracked,
-		// so both may have happened.
-		dst := t.get(in, 0)
-		t.set(in, 0, dst.or(t.get(in, 1)))
-		t.setGPR(gRAX, w, t.gpr(gRAX, w).or(dst))
+		t.cmpxchg(in)
 	case kCmpxchgWide:
 		t.cmpxchgWide(in)
 	case kPush:
@@ -142,42 +108,17 @@ func (t *Tracker) exec(in *insn) {
 	case kMovbe:
 		t.set(in, 0, t.get(in, 1).reverse(w))
 	case kMovq, kMovd:
-		n := 8
-		if in.kind == kMovd {
-			n = 4
-		}
-		v := t.get(in, 1).trunc(n)
-		if in.args[0].kind == okReg && in.args[0].reg.class == rcXMM {
-			v.hi = 0 // the rest of the XMM register is zeroed
-		}
-		t.set(in, 0, v)
+		t.movqd(in)
 	case kMovLow, kMovHigh:
 		t.movHalf(in)
 	case kMovScalar:
-		n := int(in.w)
-		v := t.get(in, 1).trunc(n)
-		if d := in.args[0]; d.kind == okReg {
-			if in.args[1].kind == okReg {
-				// Between registers the rest of the destination stays.
-				d.reg.size = uint8(n)
-			}
-			t.regs.write(d.reg, v)
-			break
-		}
-		t.set(in, 0, v)
+		t.movScalar(in)
 	case kLogicSSE:
 		t.set(in, 0, t.get(in, 0).or(t.get(in, 1)))
 	case kSignExtA:
 		t.signExtA(in.op)
 	case kSignExtD:
-		n := 8
-		switch in.op {
-		case x86asm.CWD:
-			n = 2
-		case x86asm.CDQ:
-			n = 4
-		}
-		t.setGPR(gRDX, n, bvec(t.gpr(gRAX, n).byteAt(n-1), n))
+		t.signExtD(in.op)
 	case kMachine:
 		t.machine(in)
 	case kXlat:
@@ -190,6 +131,75 @@ func (t *Tracker) exec(in *insn) {
 	case kGeneric:
 		t.execGeneric(in)
 	}
+}
+
+// movsx extends the source's labels with its sign byte's.
+func (t *Tracker) movsx(in *insn) {
+	w, sw := int(in.args[0].w), int(in.args[1].w)
+	src := t.get(in, 1)
+	t.set(in, 0, src.or(bvec(src.byteAt(sw-1), w-sw).shift(sw)))
+}
+
+// lea labels the destination with the address arithmetic: base, index and
+// displacement.
+func (t *Tracker) lea(in *insn) {
+	sp := &in.addrs[in.args[1].addr]
+	l := sp.disp
+	if sp.baseRI.class == rcGPR {
+		l |= t.regs.read(sp.baseRI).fold()
+	}
+	if sp.indexRI.class == rcGPR {
+		l |= t.regs.read(sp.indexRI).fold()
+	}
+	t.set(in, 0, bvec(l, int(in.args[0].w)))
+}
+
+// arith combines two operands into the destination, as add/sub, shld/shrd,
+// imul and bsf/bsr do.
+func (t *Tracker) arith(in *insn) {
+	// Carries (and shifted-in bits) cross bytes: every byte gets
+	// the union.
+	a, b := 0, 1
+	if in.kind == kIMul && in.nargs == 3 {
+		a, b = 1, 2
+	}
+	t.set(in, 0, bvec(t.get(in, a).fold()|t.get(in, b).fold(), int(in.args[0].w)))
+}
+
+// mul1 is one-operand mul/imul: the product in rDX:rAX (ax for bytes).
+func (t *Tracker) mul1(in *insn) {
+	w := int(in.args[0].w)
+	l := t.get(in, 0).fold()
+	if w == 1 {
+		t.setGPR(gRAX, 2, bvec(l|t.gpr(gRAX, 1).fold(), 2))
+		return
+	}
+	l |= t.gpr(gRAX, w).fold()
+	t.setGPR(gRAX, w, bvec(l, w))
+	t.setGPR(gRDX, w, bvec(l, w))
+}
+
+// div1 is div/idiv: rDX:rAX divided by the operand, the quotient in rAX and
+// the remainder in rDX (for bytes: ax, al and ah).
+func (t *Tracker) div1(in *insn) {
+	w := int(in.args[0].w)
+	l := t.get(in, 0).fold()
+	if w == 1 {
+		t.setGPR(gRAX, 2, bvec(l|t.gpr(gRAX, 2).fold(), 2))
+		return
+	}
+	l |= t.gpr(gRAX, w).fold() | t.gpr(gRDX, w).fold()
+	t.setGPR(gRAX, w, bvec(l, w))
+	t.setGPR(gRDX, w, bvec(l, w))
+}
+
+func (t *Tracker) cmpxchg(in *insn) {
+	// Equal: dst = src. Not equal: rAX = dst. Flags are not tracked,
+	// so both may have happened.
+	w := int(in.args[0].w)
+	dst := t.get(in, 0)
+	t.set(in, 0, dst.or(t.get(in, 1)))
+	t.setGPR(gRAX, w, t.gpr(gRAX, w).or(dst))
 }
 
 // execGeneric is the conservative rule for unmodelled and undecodable
@@ -251,6 +261,34 @@ func (t *Tracker) movHalf(in *insn) {
 	t.set(in, 0, vec{lo: v.lo})
 }
 
+// movqd is movq and movd: the source's low 8 or 4 bytes.
+func (t *Tracker) movqd(in *insn) {
+	n := 8
+	if in.kind == kMovd {
+		n = 4
+	}
+	v := t.get(in, 1).trunc(n)
+	if in.args[0].kind == okReg && in.args[0].reg.class == rcXMM {
+		v.hi = 0 // the rest of the XMM register is zeroed
+	}
+	t.set(in, 0, v)
+}
+
+// movScalar is movss/movsd (the SSE forms): the low 4 or 8 bytes.
+func (t *Tracker) movScalar(in *insn) {
+	n := int(in.w)
+	v := t.get(in, 1).trunc(n)
+	if d := in.args[0]; d.kind == okReg {
+		if in.args[1].kind == okReg {
+			// Between registers the rest of the destination stays.
+			d.reg.size = uint8(n)
+		}
+		t.regs.write(d.reg, v)
+		return
+	}
+	t.set(in, 0, v)
+}
+
 func (t *Tracker) signExtA(op x86asm.Op) {
 	n := 4
 	switch op {
@@ -261,6 +299,18 @@ func (t *Tracker) signExtA(op x86asm.Op) {
 	}
 	src := t.gpr(gRAX, n)
 	t.setGPR(gRAX, 2*n, src.or(bvec(src.byteAt(n-1), n).shift(n)))
+}
+
+// signExtD is cwd/cdq/cqo: rDX takes the label of rAX's sign byte.
+func (t *Tracker) signExtD(op x86asm.Op) {
+	n := 8
+	switch op {
+	case x86asm.CWD:
+		n = 2
+	case x86asm.CDQ:
+		n = 4
+	}
+	t.setGPR(gRDX, n, bvec(t.gpr(gRAX, n).byteAt(n-1), n))
 }
 
 // machine sets the outputs of instructions that read the SVM's own

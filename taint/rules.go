@@ -453,29 +453,9 @@ var stringWidth = map[x86asm.Op]uint8{
 // shape sets the rule, widths and expected accesses of in.
 func (c *compiler) shape(in *insn, inst x86asm.Inst, k kind) error {
 	in.kind = k
-	// Memory operands without a size of their own take the other
-	// operand's (x86asm leaves MemBytes 0 for some forms).
-	for i := 0; i < int(in.nargs); i++ {
-		if o := &in.args[i]; o.kind == okMem && o.w == 0 {
-			o.w = uint8(inst.DataSize / 8)
-			for j := 0; j < int(in.nargs); j++ {
-				if in.args[j].kind == okReg {
-					o.w = in.args[j].w
-					break
-				}
-			}
-		}
-	}
+	sizeMemOperands(in, inst)
 	in.w = in.args[0].w
-	a0, a1 := &in.args[0], &in.args[1]
-	sameReg := in.nargs >= 2 && a0.kind == okReg && a1.kind == okReg && a0.reg == a1.reg
-	stackW := uint8(8)
-	if inst.DataSize == 16 {
-		stackW = 2
-	}
-	unmodelled := func(why string) error {
-		return fmt.Errorf("%w: %v %s", ErrUnmodelled, inst.Op, why)
-	}
+	a0 := &in.args[0]
 
 	switch k {
 	case kNop:
@@ -494,29 +474,9 @@ func (c *compiler) shape(in *insn, inst x86asm.Inst, k kind) error {
 	case kLea:
 		// The memory operand is arithmetic, not an access.
 	case kArith, kLogic:
-		if sameReg && (inst.Op == x86asm.SUB || inst.Op == x86asm.SBB || inst.Op == x86asm.XOR) {
-			in.kind = kClear
-			break
-		}
-		in.rmw(0)
-		in.rd(1)
-		if k == kLogic && in.nargs >= 2 && a1.kind == okImm {
-			// A value masked to 16 bits or fewer (addr & 0xfff, a hash bucket) is an amount, not
-			// a pointer: it carries no provenance. Otherwise a guest page offset added to an
-			// SVM buffer address would make the buffer look like guest memory.
-			if inst.Op == x86asm.AND && uint64(a1.immVal) < 1<<16 {
-				in.clean = ^uint64(0)
-				break
-			}
-			for b := 0; b < int(in.w); b++ {
-				v := byte(a1.immVal >> (8 * uint(b)))
-				if inst.Op == x86asm.AND && v == 0 || inst.Op == x86asm.OR && v == 0xff {
-					in.clean |= 0xff << (8 * uint(b))
-				}
-			}
-		}
+		shapeArithLogic(in, inst, k)
 	case kLogicSSE:
-		if sameReg && (inst.Op == x86asm.PXOR || inst.Op == x86asm.XORPS || inst.Op == x86asm.XORPD) {
+		if in.sameReg() && (inst.Op == x86asm.PXOR || inst.Op == x86asm.XORPS || inst.Op == x86asm.XORPD) {
 			in.kind = kClear
 			break
 		}
@@ -548,6 +508,94 @@ func (c *compiler) shape(in *insn, inst x86asm.Inst, k kind) error {
 		if a0.kind == okMem {
 			a0.wslot = in.addSlot(true, true, a0.w, a0.addr)
 		}
+	case kPush, kPop, kCall, kRet, kPopf, kPushf, kLeave, kEnter:
+		return c.shapeStack(in, inst, k)
+	case kMovs, kStos, kLods, kCmps, kScas:
+		return shapeString(in, inst, k)
+	case kSignExtA, kSignExtD, kMachine, kSyscall:
+	case kXlat:
+		in.args[0].w = 1
+		in.rd(0)
+	case kIret:
+		// Five stack reads of the interrupt frame, taken as they come.
+		in.anyAccess = true
+		in.addAddr(stackAddr())
+	case kJmp:
+		in.rd(0)
+	default:
+		return unmodelledShape(inst, "has no shape")
+	}
+	return nil
+}
+
+func unmodelledShape(inst x86asm.Inst, why string) error {
+	return fmt.Errorf("%w: %v %s", ErrUnmodelled, inst.Op, why)
+}
+
+// sizeMemOperands gives memory operands without a size of their own the
+// other operand's (x86asm leaves MemBytes 0 for some forms).
+func sizeMemOperands(in *insn, inst x86asm.Inst) {
+	for i := 0; i < int(in.nargs); i++ {
+		if o := &in.args[i]; o.kind == okMem && o.w == 0 {
+			o.w = uint8(inst.DataSize / 8)
+			for j := 0; j < int(in.nargs); j++ {
+				if in.args[j].kind == okReg {
+					o.w = in.args[j].w
+					break
+				}
+			}
+		}
+	}
+}
+
+// sameReg reports whether the first two operands are the same register
+// (xor r,r and the like).
+func (in *insn) sameReg() bool {
+	a0, a1 := &in.args[0], &in.args[1]
+	return in.nargs >= 2 && a0.kind == okReg && a1.kind == okReg && a0.reg == a1.reg
+}
+
+// shapeArithLogic shapes add/sub/adc/sbb and and/or/xor.
+func shapeArithLogic(in *insn, inst x86asm.Inst, k kind) {
+	if in.sameReg() && (inst.Op == x86asm.SUB || inst.Op == x86asm.SBB || inst.Op == x86asm.XOR) {
+		in.kind = kClear
+		return
+	}
+	in.rmw(0)
+	in.rd(1)
+	if a1 := &in.args[1]; k == kLogic && in.nargs >= 2 && a1.kind == okImm {
+		in.clean |= immConstBytes(inst.Op, a1.immVal, in.w)
+	}
+}
+
+// immConstBytes returns the bytes of a w-byte and/or result that immediate
+// imm makes constant.
+func immConstBytes(op x86asm.Op, imm uint64, w uint8) uint64 {
+	// A value masked to 16 bits or fewer (addr & 0xfff, a hash bucket) is an amount, not
+	// a pointer: it carries no provenance. Otherwise a guest page offset added to an
+	// SVM buffer address would make the buffer look like guest memory.
+	if op == x86asm.AND && imm < 1<<16 {
+		return ^uint64(0)
+	}
+	var clean uint64
+	for b := 0; b < int(w); b++ {
+		v := byte(imm >> (8 * uint(b)))
+		if op == x86asm.AND && v == 0 || op == x86asm.OR && v == 0xff {
+			clean |= 0xff << (8 * uint(b))
+		}
+	}
+	return clean
+}
+
+// shapeStack shapes the instructions that access the stack implicitly:
+// push, pop, call, ret, pushf, popf, leave and enter.
+func (c *compiler) shapeStack(in *insn, inst x86asm.Inst, k kind) error {
+	a0 := &in.args[0]
+	stackW := uint8(8)
+	if inst.DataSize == 16 {
+		stackW = 2
+	}
+	switch k {
 	case kPush:
 		in.rd(0)
 		switch a0.kind {
@@ -576,60 +624,53 @@ func (c *compiler) shape(in *insn, inst x86asm.Inst, k kind) error {
 		in.addSlot(false, false, 8, in.addAddr(addrSpec{seg: x86asm.SS, base: x86asm.RBP, baseRI: gprInfo(gRBP, 8)}))
 	case kEnter:
 		if in.nargs < 2 || in.args[1].immVal != 0 {
-			return unmodelled("with a nesting level")
+			return unmodelledShape(inst, "with a nesting level")
 		}
 		in.addSlot(true, false, 8, in.addAddr(stackAddr()))
-	case kMovs, kStos, kLods, kCmps, kScas:
-		in.str = true
-		in.w = stringWidth[inst.Op]
-		src, dst := -1, -1
-		for i := 0; i < int(in.nargs); i++ {
-			if o := &in.args[i]; o.kind == okMem {
-				o.w = in.w
-				switch in.addrs[o.addr].baseRI.idx {
-				case gRSI:
-					src = i
-				case gRDI:
-					dst = i
-				}
+	}
+	return nil
+}
+
+// shapeString shapes the string instructions movs, stos, lods, cmps and
+// scas. Their base register tells source (rsi) from destination (rdi).
+func shapeString(in *insn, inst x86asm.Inst, k kind) error {
+	in.str = true
+	in.w = stringWidth[inst.Op]
+	src, dst := -1, -1
+	for i := 0; i < int(in.nargs); i++ {
+		if o := &in.args[i]; o.kind == okMem {
+			o.w = in.w
+			switch in.addrs[o.addr].baseRI.idx {
+			case gRSI:
+				src = i
+			case gRDI:
+				dst = i
 			}
 		}
-		switch k {
-		case kMovs:
-			if src < 0 || dst < 0 {
-				return unmodelled("without rsi and rdi operands")
-			}
-			in.rd(src)
-			in.wr(dst)
-		case kStos:
-			in.wr(dst)
-		case kLods:
-			in.rd(src)
-		case kCmps:
-			// QEMU loads [rdi] first.
-			if src < 0 || dst < 0 {
-				return unmodelled("without rsi and rdi operands")
-			}
-			in.rd(dst)
-			in.rd(src)
-		case kScas:
-			in.rd(dst)
+	}
+	switch k {
+	case kMovs:
+		if src < 0 || dst < 0 {
+			return unmodelledShape(inst, "without rsi and rdi operands")
 		}
-		if in.nslot == 0 {
-			return unmodelled("without its memory operand")
+		in.rd(src)
+		in.wr(dst)
+	case kStos:
+		in.wr(dst)
+	case kLods:
+		in.rd(src)
+	case kCmps:
+		// QEMU loads [rdi] first.
+		if src < 0 || dst < 0 {
+			return unmodelledShape(inst, "without rsi and rdi operands")
 		}
-	case kSignExtA, kSignExtD, kMachine, kSyscall:
-	case kXlat:
-		in.args[0].w = 1
-		in.rd(0)
-	case kIret:
-		// Five stack reads of the interrupt frame, taken as they come.
-		in.anyAccess = true
-		in.addAddr(stackAddr())
-	case kJmp:
-		in.rd(0)
-	default:
-		return unmodelled("has no shape")
+		in.rd(dst)
+		in.rd(src)
+	case kScas:
+		in.rd(dst)
+	}
+	if in.nslot == 0 {
+		return unmodelledShape(inst, "without its memory operand")
 	}
 	return nil
 }
