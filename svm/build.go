@@ -217,8 +217,12 @@ func mountViewsProc(ctx context.Context, g *guest.Guest) error {
 	// there, bound to the SVM's task, instead of being looked up in the guest's pid namespace.
 	// Views read a procfs instance mounted just before the capture and never used in the SVM,
 	// whose dentry cache is empty.
-	if res, err := g.Exec(ctx, "mkdir -p "+ProcRoot+" && mount -t proc proc "+ProcRoot); err != nil || res.Status != 0 {
-		return fmt.Errorf("mount the views' procfs in the SVM: %v %s", err, res.Stderr)
+	res, err := g.Exec(ctx, "mkdir -p "+ProcRoot+" && mount -t proc proc "+ProcRoot)
+	if err != nil {
+		return fmt.Errorf("mount the views' procfs in the SVM: %w", err)
+	}
+	if res.Status != 0 {
+		return fmt.Errorf("mount the views' procfs in the SVM: exit status %d: %s", res.Status, res.Stderr)
 	}
 	return nil
 }
