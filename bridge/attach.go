@@ -265,7 +265,7 @@ func (s *Session) aliasesIn(m *svm.Machine, leaves []svm.Graft) ([]alias, error)
 		if err != nil || last != first+l.Size-1 {
 			return nil, fmt.Errorf("vmemmap %#x: the SVM maps it in pieces; unsupported", l.VA)
 		}
-		guest := l.Entry & 0x000ffffffffff000 &^ (l.Size - 1)
+		guest := l.Entry & vmm.PTEAddrMask &^ (l.Size - 1)
 		if !m.IsGuestRAM(guest, l.Size) {
 			return nil, fmt.Errorf("vmemmap %#x: the guest's struct pages at %#x are not in its overlaid RAM", l.VA, guest)
 		}
@@ -478,32 +478,20 @@ const (
 // SVM loads no modules, so those directory slots are free in its tables (where it maps something
 // of its own, it keeps it and the conflict is counted).
 func moduleGrafts(w *vmm.Walker) ([]svm.Graft, error) {
-	mem := w.Mem()
-	entry := func(table uint64, index uint64) (uint64, error) {
-		var b [8]byte
-		err := mem.ReadPhys(table&0x000ffffffffff000+index*8, b[:])
-		return binary.LittleEndian.Uint64(b[:]), err
-	}
-	table := w.Root()
-	for level := w.Levels(); level > 2; level-- {
-		e, err := entry(table, modulesStart>>(12+9*uint(level-1))&511)
-		if err != nil {
-			return nil, fmt.Errorf("guest module area: %w", err)
-		}
-		if e&1 == 0 || e&0x80 != 0 {
-			return nil, fmt.Errorf("guest module area: no page directory (level %d entry %#x)", level, e)
-		}
-		table = e
+	// The whole area lies in one page directory. Without it the guest's tables are not what
+	// this layout expects, which is an error rather than a guest without modules.
+	if _, err := w.Slot(modulesStart, 2); err != nil {
+		return nil, fmt.Errorf("guest module area: no page directory: %w", err)
 	}
 	var out []svm.Graft
-	for va := uint64(modulesStart); va < modulesEnd; va += 2 << 20 {
-		e, err := entry(table, va>>21&511)
-		if err != nil {
-			return nil, fmt.Errorf("guest module area: %w", err)
+	err := w.Slots(modulesStart, modulesEnd-1, 2, func(s vmm.Slot) error {
+		if s.Entry&vmm.PTEPresent != 0 {
+			out = append(out, svm.Graft{VA: s.VA, Size: vmm.PageSize2M, Entry: s.Entry})
 		}
-		if e&1 != 0 {
-			out = append(out, svm.Graft{VA: va, Size: 2 << 20, Entry: e})
-		}
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("guest module area: %w", err)
 	}
 	return out, nil
 }
@@ -513,10 +501,10 @@ func moduleGrafts(w *vmm.Walker) ([]svm.Graft, error) {
 // are. (Module pages there are fine: each access to them is decided by provenance.)
 func (s *Session) checkModuleTables(m *svm.Machine, mods []svm.Graft) error {
 	for _, g := range mods {
-		if g.Entry&0x80 != 0 {
+		if g.Entry&vmm.PTEPageSize != 0 {
 			continue // a 2 MiB leaf
 		}
-		pt := g.Entry & 0x000ffffffffff000
+		pt := g.Entry & vmm.PTEAddrMask
 		if !m.IsGuestRAM(pt, 4096) {
 			return fmt.Errorf("the guest's page table for modules at %#x is at physical %#x, inside the kernel image's range; unsupported", g.VA, pt)
 		}

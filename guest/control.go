@@ -7,6 +7,8 @@ import (
 	"regexp"
 	"strconv"
 	"strings"
+
+	"hybridbridge/vmm"
 )
 
 // Exec runs a shell command inside the guest over a fresh channel connection. QEMU serves one
@@ -76,7 +78,7 @@ type CPUState struct {
 }
 
 // LA57 reports 5-level paging.
-func (c CPUState) LA57() bool { return c.CR4&(1<<12) != 0 }
+func (c CPUState) LA57() bool { return vmm.PagingLevels(c.CR4) == 5 }
 
 var regField = regexp.MustCompile(`\b(RAX|RBX|RCX|RDX|RSI|RDI|RBP|RSP|R8 |R9 |R10|R11|R12|R13|R14|R15|RIP|RFL|CR0|CR2|CR3|CR4|EFER)=([0-9a-fA-F]+)`)
 

@@ -31,7 +31,7 @@ func mapSnapshotRAM(snap *Snapshot, prot, flags int) ([]byte, error) {
 // agentView is the agent's address space over the SVM's physical memory (the kernel half is every
 // process's), and the agent's pt_regs as captured, which every injected call starts from.
 func agentView(name string, phys vmm.PhysView, snap *Snapshot) (*vmm.VirtView, []byte, error) {
-	w, err := vmm.NewWalker(phys, snap.CPU.CR3, 4)
+	w, err := vmm.NewWalker(phys, snap.CPU.CR3, vmm.PagingLevels(snap.CPU.CR4))
 	if err != nil {
 		return nil, nil, err
 	}

@@ -262,10 +262,10 @@ func (m *Machine) cpuPages() (map[uint64]bool, error) {
 		}
 		for i := uint64(0); i < 512; i++ {
 			e := m.readPhys64(table + i*8)
-			if e&ptePresent == 0 || (level <= 3 && e&ptePS != 0) {
+			if e&vmm.PTEPresent == 0 || (level <= 3 && e&vmm.PTEPageSize != 0) {
 				continue
 			}
-			next := e & pteAddr
+			next := e & vmm.PTEAddrMask
 			if next+4096 > uint64(len(m.ram)) {
 				continue // a grafted guest table beyond SVM RAM is nobody's hole
 			}
@@ -275,7 +275,7 @@ func (m *Machine) cpuPages() (map[uint64]bool, error) {
 		}
 		return nil
 	}
-	if err := walk(m.snap.CPU.CR3&pteAddr, 4); err != nil {
+	if err := walk(m.snap.CPU.CR3&vmm.PTEAddrMask, 4); err != nil {
 		return nil, err
 	}
 	c := m.snap.CPU

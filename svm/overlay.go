@@ -8,6 +8,8 @@ import (
 	"unsafe"
 
 	"golang.org/x/sys/unix"
+
+	"hybridbridge/vmm"
 )
 
 // Overlay places a guest's RAM into the SVM's physical address space at the guest's own physical
@@ -123,17 +125,20 @@ func (m *Machine) GuestImage(phys uint64, n int) ([]byte, bool) {
 	return ov.image[phys-start : phys-start+uint64(n)], true
 }
 
-// Page-table entry bits.
-const (
-	ptePresent  = 1 << 0
-	pteRW       = 1 << 1
-	pteAccessed = 1 << 5
-	pteDirty    = 1 << 6
-	ptePS       = 1 << 7
-	pteGlobal   = 1 << 8
-	pteNX       = 1 << 63
-	pteAddr     = 0x000ffffffffff000
-)
+// directMapBits are the flags of the entries the overlay adds to the direct map, those of the
+// kernel's own PAGE_KERNEL: the guest's RAM is data to the SVM's kernel, never code. Accessed and
+// dirty are set up front, as Linux does, so the CPU has no reason to write the entries.
+const directMapBits = vmm.PTEPresent | vmm.PTEWrite | vmm.PTEAccessed | vmm.PTEDirty | vmm.PTEGlobal | vmm.PTENoExec
+
+// kernelTables walks the SVM's kernel page tables as they are in its RAM now, in the paging mode
+// of the snapshot's CPU.
+func (m *Machine) kernelTables() (*vmm.Walker, error) {
+	w, err := vmm.NewWalker(m.phys, m.snap.CPU.CR3, vmm.PagingLevels(m.snap.CPU.CR4))
+	if err != nil {
+		return nil, fmt.Errorf("SVM page tables: %w", err)
+	}
+	return w, nil
+}
 
 // planDirectMap computes the direct-map entries that make the overlaid guest RAM reachable at
 // page_offset_base + physical address, as the guest's kernel reaches it: the SVM's kernel does not
@@ -145,39 +150,43 @@ func (m *Machine) planDirectMap() error {
 	if err != nil {
 		return fmt.Errorf("read page_offset_base: %w", err)
 	}
-	if m.snap.CPU.CR4&(1<<12) != 0 {
-		return errors.New("the SVM uses 5-level paging, which the direct-map overlay does not handle")
+	w, err := m.kernelTables()
+	if err != nil {
+		return err
 	}
 	ov := m.overlay
 	ov.pte = ov.pte[:0]
-	read := m.readPhys64
 	for _, s := range ov.spans {
 		for pa := s.Start; pa < s.End; {
 			va := base + pa
-			pdeAt, err := m.pdSlot(va)
+			// The page directory must exist: the overlay writes into tables the SVM has.
+			pd, err := w.Slot(va, 2)
 			if err != nil {
 				return fmt.Errorf("direct map of %#x: %w", pa, err)
 			}
-			pde := read(pdeAt)
+			pde := pd.Entry
 			switch {
-			case pde&ptePresent == 0 && pa&(2<<20-1) == 0 && pa+2<<20 <= s.End:
-				ov.pte = append(ov.pte, pteWrite{pdeAt, pa | ptePresent | pteRW | pteAccessed | pteDirty | ptePS | pteGlobal | pteNX})
-				pa += 2 << 20
+			case pde&vmm.PTEPresent == 0 && pa&(vmm.PageSize2M-1) == 0 && pa+vmm.PageSize2M <= s.End:
+				ov.pte = append(ov.pte, pteWrite{pd.Addr, pa | directMapBits | vmm.PTEPageSize})
+				pa += vmm.PageSize2M
 				continue
-			case pde&ptePresent != 0 && pde&ptePS == 0:
-				pteAt := pde&pteAddr + (va>>12&511)*8
-				if pte := read(pteAt); pte&ptePresent != 0 && pte&pteAddr != pa {
-					return fmt.Errorf("direct map of %#x: the SVM maps it to %#x", pa, pte&pteAddr)
+			case pde&vmm.PTEPresent != 0 && pde&vmm.PTEPageSize == 0:
+				pt, err := w.Slot(va, 1)
+				if err != nil {
+					return fmt.Errorf("direct map of %#x: %w", pa, err)
 				}
-				ov.pte = append(ov.pte, pteWrite{pteAt, pa | ptePresent | pteRW | pteAccessed | pteDirty | pteGlobal | pteNX})
-			case pde&ptePresent != 0 && pde&ptePS != 0:
-				if pde&pteAddr != pa&^(2<<20-1) {
-					return fmt.Errorf("direct map of %#x: the SVM maps its 2 MiB page to %#x", pa, pde&pteAddr)
+				if pt.Entry&vmm.PTEPresent != 0 && pt.Entry&vmm.PTEAddrMask != pa {
+					return fmt.Errorf("direct map of %#x: the SVM maps it to %#x", pa, pt.Entry&vmm.PTEAddrMask)
+				}
+				ov.pte = append(ov.pte, pteWrite{pt.Addr, pa | directMapBits})
+			case pde&vmm.PTEPresent != 0 && pde&vmm.PTEPageSize != 0:
+				if pde&vmm.PTEAddrMask != pa&^(vmm.PageSize2M-1) {
+					return fmt.Errorf("direct map of %#x: the SVM maps its 2 MiB page to %#x", pa, pde&vmm.PTEAddrMask)
 				}
 			default:
 				return fmt.Errorf("direct map of %#x: a partial 2 MiB range with no page table in the SVM", pa)
 			}
-			pa += 4096
+			pa += vmm.PageSize4K
 		}
 	}
 	return nil
@@ -205,34 +214,39 @@ func (m *Machine) Graft(leaves []Graft) (GraftStats, error) {
 	if ov == nil {
 		return st, errors.New("graft without a guest overlay")
 	}
-	read := m.readPhys64
+	w, err := m.kernelTables()
+	if err != nil {
+		return st, err
+	}
 	for _, g := range leaves {
-		va := g.VA
-		pdeAt, err := m.pdSlot(va)
+		pd, err := w.Slot(g.VA, 2)
 		if err != nil {
-			return st, fmt.Errorf("graft %#x: %w", va, err)
+			return st, fmt.Errorf("graft %#x: %w", g.VA, err)
 		}
-		pde := read(pdeAt)
 		switch g.Size {
-		case 2 << 20:
-			if pde&ptePresent != 0 {
+		case vmm.PageSize2M:
+			if pd.Entry&vmm.PTEPresent != 0 {
 				st.Conflict++
 				continue
 			}
-			ov.pte = append(ov.pte, pteWrite{pdeAt, g.Entry})
-		case 4096:
-			if pde&ptePresent == 0 || pde&ptePS != 0 {
+			ov.pte = append(ov.pte, pteWrite{pd.Addr, g.Entry})
+		case vmm.PageSize4K:
+			// A 4 KiB leaf needs a page table of the SVM's to go into.
+			if pd.Entry&vmm.PTEPresent == 0 || pd.Entry&vmm.PTEPageSize != 0 {
 				st.Conflict++
 				continue
 			}
-			pteAt := pde&pteAddr + (va>>12&511)*8
-			if read(pteAt)&ptePresent != 0 {
+			pt, err := w.Slot(g.VA, 1)
+			if err != nil {
+				return st, fmt.Errorf("graft %#x: %w", g.VA, err)
+			}
+			if pt.Entry&vmm.PTEPresent != 0 {
 				st.Conflict++
 				continue
 			}
-			ov.pte = append(ov.pte, pteWrite{pteAt, g.Entry})
+			ov.pte = append(ov.pte, pteWrite{pt.Addr, g.Entry})
 		default:
-			return st, fmt.Errorf("graft %#x: unsupported page size %#x", va, g.Size)
+			return st, fmt.Errorf("graft %#x: unsupported page size %#x", g.VA, g.Size)
 		}
 		st.Grafted++
 	}
@@ -240,21 +254,6 @@ func (m *Machine) Graft(leaves []Graft) (GraftStats, error) {
 }
 
 func (m *Machine) readPhys64(pa uint64) uint64 { return binary.LittleEndian.Uint64(m.ram[pa:]) }
-
-// pdSlot returns the physical address of the page-directory entry for va in the SVM's kernel
-// page tables. The PML4 and PDPT levels must already exist: the overlay writes into tables the
-// SVM has and allocates none.
-func (m *Machine) pdSlot(va uint64) (uint64, error) {
-	pml4e := m.readPhys64(m.snap.CPU.CR3&pteAddr + (va>>39&511)*8)
-	if pml4e&ptePresent == 0 {
-		return 0, errors.New("no PML4 entry in the SVM")
-	}
-	pdpte := m.readPhys64(pml4e&pteAddr + (va>>30&511)*8)
-	if pdpte&ptePresent == 0 || pdpte&ptePS != 0 {
-		return 0, fmt.Errorf("no page directory in the SVM (PDPT entry %#x)", pdpte)
-	}
-	return pdpte&pteAddr + (va>>21&511)*8, nil
-}
 
 // applyOverlay writes the direct-map entries and makes Unicorn forget cached translations.
 func (m *Machine) applyOverlay() error {

@@ -1,11 +1,11 @@
 package taint
 
 import (
-	"encoding/binary"
 	"errors"
 	"fmt"
 
 	"hybridbridge/emu"
+	"hybridbridge/vmm"
 )
 
 // errNoCode: neither Config.ReadCode nor an engine to read code from.
@@ -34,14 +34,6 @@ func (t *Tracker) readCode(va uint64, buf []byte) error {
 	return nil
 }
 
-const (
-	cr0PG   = 1 << 31
-	cr4LA57 = 1 << 12
-	ptePres = 1 << 0
-	ptePS   = 1 << 7
-	pteAddr = 0x000ffffffffff000
-)
-
 // translate maps a virtual address to a physical one through the guest's
 // page tables (CR3), caching per page. Kernel text mappings do not change
 // while a syscall runs; FlushCode forgets the cache.
@@ -62,32 +54,19 @@ func (t *Tracker) translate(va uint64) (uint64, error) {
 	return pa, nil
 }
 
-// walk translates va with 4- or 5-level paging (identity without paging).
+// walk translates va through the tables at cr3 as the CPU would under cr0 and cr4: identity
+// without paging, 4 or 5 levels with it. read reaches the memory the tables are in.
 func walk(read func(uint64, []byte) error, cr0, cr3, cr4, va uint64) (uint64, error) {
-	if cr0&cr0PG == 0 {
+	if cr0&vmm.CR0PG == 0 {
 		return va, nil
 	}
-	levels := 4
-	if cr4&cr4LA57 != 0 {
-		levels = 5
+	w, err := vmm.NewWalker(vmm.NewFuncView("engine", read), cr3, vmm.PagingLevels(cr4))
+	if err != nil {
+		return 0, fmt.Errorf("taint: page walk for %#x: %w", va, err)
 	}
-	table := cr3 & pteAddr
-	var b [8]byte
-	for lvl := levels; lvl >= 1; lvl-- {
-		shift := uint(12 + 9*(lvl-1))
-		entryAddr := table + (va>>shift&511)*8
-		if err := read(entryAddr, b[:]); err != nil {
-			return 0, fmt.Errorf("taint: page walk for %#x at level %d (entry %#x): %w", va, lvl, entryAddr, err)
-		}
-		e := binary.LittleEndian.Uint64(b[:])
-		if e&ptePres == 0 {
-			return 0, fmt.Errorf("taint: page walk for %#x: not present at level %d", va, lvl)
-		}
-		if lvl == 1 || (lvl == 2 || lvl == 3) && e&ptePS != 0 {
-			off := uint64(1)<<shift - 1
-			return e&pteAddr&^off | va&off, nil
-		}
-		table = e & pteAddr
+	pa, _, _, err := w.Translate(va)
+	if err != nil {
+		return 0, fmt.Errorf("taint: page walk: %w", err)
 	}
-	return 0, fmt.Errorf("taint: page walk for %#x: no leaf", va)
+	return pa, nil
 }

@@ -6,6 +6,7 @@ import (
 	"testing"
 
 	"hybridbridge/emu"
+	"hybridbridge/vmm"
 )
 
 // Physical layout of the paged test machine: 8 MiB of mmap'd RAM at 0.
@@ -35,8 +36,9 @@ const (
 )
 
 const (
-	pteP = ptePres
-	pteW = 1 << 1
+	pteP  = vmm.PTEPresent
+	pteW  = vmm.PTEWrite
+	ptePS = vmm.PTEPageSize
 )
 
 type machine struct {

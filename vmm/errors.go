@@ -17,6 +17,9 @@ var (
 	ErrNonCanonical = errors.New("non-canonical virtual address")
 	// ErrReservedBit: an entry sets a bit the CPU would reject (PS in a PML4E or PML5E).
 	ErrReservedBit = errors.New("reserved bit set in paging entry")
+	// ErrLargePage: a table of some level was asked for, but an entry above it maps the address
+	// as a 2 MiB or 1 GiB page, so that table does not exist.
+	ErrLargePage = errors.New("mapped by a large page above the requested level")
 	// ErrClosed: the view was closed.
 	ErrClosed = errors.New("view closed")
 )

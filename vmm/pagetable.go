@@ -25,6 +25,21 @@ const (
 	pteKeyShift        = 59
 )
 
+// Paging-mode bits of the control registers (Intel SDM vol. 3, 2.5).
+const (
+	CR0PG   uint64 = 1 << 31 // paging enabled; without it addresses are physical
+	CR4LA57 uint64 = 1 << 12 // 5-level paging
+)
+
+// PagingLevels returns the depth of the long-mode tables CR3 points to: 5 when cr4 sets LA57,
+// else 4.
+func PagingLevels(cr4 uint64) int {
+	if cr4&CR4LA57 != 0 {
+		return 5
+	}
+	return 4
+}
+
 // Page sizes.
 const (
 	PageSize4K uint64 = 1 << 12
@@ -150,11 +165,18 @@ func levelName(level int) string {
 type visitor interface {
 	leaf(m Mapping) error
 	absent(va uint64, level int, entry uint64) error
+	// slot sees each entry, present or not, of the walk's floor level, where the walk stops
+	// descending; walks to the leaves have no floor and never call it.
+	slot(s Slot) error
 }
 
-// walk visits the window [first, last] of canonical addresses. Non-canonical ends are clamped
-// to the nearest canonical half, so a window may span the hole.
-func (w *Walker) walk(first, last uint64, v visitor) error {
+// toLeaves is the floor of a walk that goes down to the leaves.
+const toLeaves = 0
+
+// walk visits the window [first, last] of canonical addresses down to level floor (toLeaves for
+// every level). Non-canonical ends are clamped to the nearest canonical half, so a window may
+// span the hole.
+func (w *Walker) walk(first, last uint64, floor int, v visitor) error {
 	if !w.Canonical(first) {
 		first = ^uint64(0) << (w.vaBits() - 1) // start of the upper half
 	}
@@ -167,12 +189,12 @@ func (w *Walker) walk(first, last uint64, v visitor) error {
 	// In the index space (addresses truncated to vaBits) the two canonical halves are adjacent
 	// and ordered like their canonical forms, so the recursion needs no special case.
 	mask := uint64(1)<<w.vaBits() - 1
-	return w.walkTable(w.root, w.levels, 0, first&mask, last&mask, FlagWrite|FlagUser|FlagExec, v)
+	return w.walkTable(w.root, w.levels, floor, 0, first&mask, last&mask, FlagWrite|FlagUser|FlagExec, v)
 }
 
 // walkTable visits entries of the table at phys table (level 1 = PT) covering index-space
 // addresses [lo, hi], both inside the span of the table that starts at base.
-func (w *Walker) walkTable(table uint64, level int, base, lo, hi uint64, eff Flags, v visitor) error {
+func (w *Walker) walkTable(table uint64, level, floor int, base, lo, hi uint64, eff Flags, v visitor) error {
 	shift := levelShift(level)
 	span := uint64(1) << shift
 	for i := (lo >> shift) & 511; i <= (hi>>shift)&511; i++ {
@@ -182,6 +204,12 @@ func (w *Walker) walkTable(table uint64, level int, base, lo, hi uint64, eff Fla
 		if err != nil {
 			return &walkError{va: w.canon(max(start, lo)),
 				err: fmt.Errorf("reading %s at phys %#x: %w", levelName(level), at, err)}
+		}
+		if level == floor {
+			if err := v.slot(Slot{VA: w.canon(start), Level: level, Addr: at, Entry: e}); err != nil {
+				return err
+			}
+			continue
 		}
 		if e&PTEPresent == 0 {
 			if err := v.absent(w.canon(max(start, lo)), level, e); err != nil {
@@ -228,7 +256,7 @@ func (w *Walker) walkTable(table uint64, level int, base, lo, hi uint64, eff Fla
 			}
 			continue
 		}
-		if err := w.walkTable(e&PTEAddrMask, level-1, start, max(lo, start), min(hi, start+span-1), f, v); err != nil {
+		if err := w.walkTable(e&PTEAddrMask, level-1, floor, start, max(lo, start), min(hi, start+span-1), f, v); err != nil {
 			return err
 		}
 	}
@@ -245,16 +273,27 @@ type walkError struct {
 func (e *walkError) Error() string { return e.err.Error() }
 func (e *walkError) Unwrap() error { return e.err }
 
-// pageVisitor captures the translation of a single address.
-type pageVisitor struct {
-	m       Mapping
-	found   bool
-	missing error
+// walkFault labels a failure of a whole-window walk with the view and the address it reached;
+// errors from the caller's visit pass through as they are.
+func (w *Walker) walkFault(err error) error {
+	if we, ok := err.(*walkError); ok {
+		return &FaultError{View: w.mem.Name(), Op: opWalk, Addr: we.va, Err: we.err}
+	}
+	return err
 }
 
-func (p *pageVisitor) leaf(m Mapping) error { p.m, p.found = m, true; return nil }
+// pointVisitor records where the walk for a single address ended; each operation decides
+// which ending it wanted.
+type pointVisitor struct {
+	m       Mapping // the leaf reached, if any
+	s       Slot    // the floor's entry reached, if any
+	missing error   // the non-present entry reached, if any
+}
 
-func (p *pageVisitor) absent(_ uint64, level int, entry uint64) error {
+func (p *pointVisitor) leaf(m Mapping) error { p.m = m; return nil }
+func (p *pointVisitor) slot(s Slot) error    { p.s = s; return nil }
+
+func (p *pointVisitor) absent(_ uint64, level int, entry uint64) error {
 	p.missing = &notPresentError{level: level, entry: entry}
 	return nil
 }
@@ -265,11 +304,11 @@ func (w *Walker) page(va uint64) (Mapping, error) {
 	if !w.Canonical(va) {
 		return Mapping{}, ErrNonCanonical
 	}
-	var p pageVisitor
-	if err := w.walk(va, va, &p); err != nil {
+	var p pointVisitor
+	if err := w.walk(va, va, toLeaves, &p); err != nil {
 		return Mapping{}, err
 	}
-	if !p.found {
+	if p.m.Size == 0 {
 		return Mapping{}, p.missing
 	}
 	return p.m, nil
@@ -310,15 +349,12 @@ type mappingVisitor func(Mapping) error
 
 func (f mappingVisitor) leaf(m Mapping) error             { return f(m) }
 func (f mappingVisitor) absent(uint64, int, uint64) error { return nil }
+func (f mappingVisitor) slot(Slot) error                  { return nil }
 
 // Mappings calls visit, in address order, for every leaf that overlaps the window [first, last]
 // (inclusive, so that the window can reach the top of the address space). Leaves are reported
 // whole, not clipped to the window. An error from visit stops the walk and is returned as is;
 // failures of the walk itself are *FaultError.
 func (w *Walker) Mappings(first, last uint64, visit func(Mapping) error) error {
-	err := w.walk(first, last, mappingVisitor(visit))
-	if we, ok := err.(*walkError); ok {
-		return &FaultError{View: w.mem.Name(), Op: opWalk, Addr: we.va, Err: we.err}
-	}
-	return err
+	return w.walkFault(w.walk(first, last, toLeaves, mappingVisitor(visit)))
 }

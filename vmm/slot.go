@@ -1,0 +1,63 @@
+package vmm
+
+import "fmt"
+
+// Slot is one paging-structure entry as a place in memory: what a caller needs to write an
+// entry into existing tables, or to copy one level of them, rather than to translate.
+type Slot struct {
+	VA    uint64 // canonical start of the span the entry covers
+	Level int    // 1 = PTE up to 5 = PML5E
+	Addr  uint64 // physical address of the entry
+	Entry uint64 // its raw value, present or not
+}
+
+func (w *Walker) checkLevel(level int) error {
+	if level < 1 || level > w.levels {
+		return fmt.Errorf("page-table walker: no level %d in %d-level paging", level, w.levels)
+	}
+	return nil
+}
+
+// Slot returns the entry of the given level that covers va, present or not. When no table of
+// that level covers va, because an entry above is not present or maps a large page, it fails
+// with a *FaultError wrapping ErrNotPresent or ErrLargePage: the caller wanted a table that
+// does not exist.
+func (w *Walker) Slot(va uint64, level int) (Slot, error) {
+	if err := w.checkLevel(level); err != nil {
+		return Slot{}, err
+	}
+	if !w.Canonical(va) {
+		return Slot{}, &FaultError{View: w.mem.Name(), Op: opWalk, Addr: va, Err: ErrNonCanonical}
+	}
+	var p pointVisitor
+	if err := w.walk(va, va, level, &p); err != nil {
+		return Slot{}, w.walkFault(err)
+	}
+	if p.s.Level != 0 {
+		return p.s, nil
+	}
+	missing := p.missing
+	if p.m.Size != 0 {
+		missing = fmt.Errorf("%w (%#x-byte page at %#x, entry %#x)", ErrLargePage, p.m.Size, p.m.VA, p.m.Entry)
+	}
+	return Slot{}, &FaultError{View: w.mem.Name(), Op: opWalk, Addr: va, Err: missing}
+}
+
+// slotsVisitor forwards the floor level's entries to a caller's function; spans with no table
+// at that level have nothing to forward.
+type slotsVisitor func(Slot) error
+
+func (f slotsVisitor) slot(s Slot) error                { return f(s) }
+func (f slotsVisitor) leaf(Mapping) error               { return nil }
+func (f slotsVisitor) absent(uint64, int, uint64) error { return nil }
+
+// Slots calls visit, in address order, for every entry of the given level, present or not, whose
+// span overlaps the window [first, last]. Spans an entry above maps as a large page or leaves
+// not present have no table at that level and are skipped. An error from visit stops the walk
+// and is returned as is; failures of the walk itself are *FaultError.
+func (w *Walker) Slots(first, last uint64, level int, visit func(Slot) error) error {
+	if err := w.checkLevel(level); err != nil {
+		return err
+	}
+	return w.walkFault(w.walk(first, last, level, slotsVisitor(visit)))
+}
