@@ -74,7 +74,7 @@ func noTerminalMessage(root *cobra.Command) string {
 // (which keeps non-interactive runs exercising the whole pipeline).
 func (e *env) runRoot(cmd *cobra.Command) error {
 	if e.interactive() {
-		return e.console(cmd.Context(), "demo", true, ui.Options{Interval: 10 * time.Second})
+		return e.console(cmd.Context(), "demo", true, ui.Options{Mode: uiMode(e.mode), Interval: 10 * time.Second})
 	}
 	fmt.Fprintln(e.stderr, noTerminalMessage(cmd.Root()))
 	fmt.Fprintln(e.stderr, "printing the demo report instead:")
