@@ -76,17 +76,10 @@ func need(t *testing.T) context.Context {
 	t.Cleanup(func() {
 		rctx, rcancel := context.WithTimeout(context.Background(), 10*time.Second)
 		defer rcancel()
-		st, err := demo.Status(rctx)
-		if err != nil {
-			t.Errorf("guest status after the test: %v", err)
-			return
-		}
-		if st != "paused" {
-			return
-		}
-		t.Log("the test left the guest paused; resuming it")
-		if err := demo.Resume(rctx); err != nil {
-			t.Errorf("resume the guest after the test: %v", err)
+		if resumed, err := demo.ResumeIfPaused(rctx); err != nil {
+			t.Errorf("guest after the test: %v", err)
+		} else if resumed {
+			t.Log("the test left the guest paused; resumed it")
 		}
 	})
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)

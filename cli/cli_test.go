@@ -86,17 +86,10 @@ func resumeIfPaused(t *testing.T) {
 		t.Errorf("after the test: %v", err)
 		return
 	}
-	st, err := g.Status(ctx)
-	if err != nil {
-		t.Errorf("guest status after the test: %v", err)
-		return
-	}
-	if st != "paused" {
-		return
-	}
-	t.Log("the test left the guest paused; resuming it")
-	if err := g.Resume(ctx); err != nil {
-		t.Errorf("resume the guest after the test: %v", err)
+	if resumed, err := g.ResumeIfPaused(ctx); err != nil {
+		t.Errorf("guest after the test: %v", err)
+	} else if resumed {
+		t.Log("the test left the guest paused; resumed it")
 	}
 }
 

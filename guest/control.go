@@ -57,6 +57,17 @@ func (g *Guest) Resume(ctx context.Context) error {
 	return err
 }
 
+// ResumeIfPaused resumes the guest if it is paused, and says whether it was. Tests sharing one guest
+// call it after each test, so one that stopped between a pause and its resume leaves the next a
+// running guest.
+func (g *Guest) ResumeIfPaused(ctx context.Context) (bool, error) {
+	st, err := g.Status(ctx)
+	if err != nil || st != "paused" {
+		return false, err
+	}
+	return true, g.Resume(ctx)
+}
+
 // Status returns QEMU's run state, e.g. "running" or "paused".
 func (g *Guest) Status(ctx context.Context) (string, error) {
 	ret, err := g.qmp(ctx, "query-status")

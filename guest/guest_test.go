@@ -75,17 +75,11 @@ func needDemo(t *testing.T) *Guest {
 func resumeIfPaused(t *testing.T, g *Guest) {
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	st, err := g.Status(ctx)
+	resumed, err := g.ResumeIfPaused(ctx)
 	if err != nil {
-		t.Errorf("status of guest %s after the test: %v", g.Meta.Name, err)
-		return
-	}
-	if st != "paused" {
-		return
-	}
-	t.Logf("the test left guest %s paused; resuming it", g.Meta.Name)
-	if err := g.Resume(ctx); err != nil {
-		t.Errorf("resume guest %s after the test: %v", g.Meta.Name, err)
+		t.Errorf("guest %s after the test: %v", g.Meta.Name, err)
+	} else if resumed {
+		t.Logf("the test left guest %s paused; resumed it", g.Meta.Name)
 	}
 }
 
