@@ -8,7 +8,7 @@ import (
 	"strings"
 	"sync"
 
-	"hybridbridge/svm"
+	"hybridbridge/decision"
 	"hybridbridge/taint"
 	"hybridbridge/vmm"
 )
@@ -44,7 +44,7 @@ var redirectList = map[string]string{
 	"init_uts_ns":     "host and kernel names (/proc/sys/kernel/{hostname,osrelease,version,...})",
 	// The guest's clock: a view's "now" is the guest's (uptime, start times, socket timers). The
 	// SVM's system calls take no timer interrupt, so nothing writes these while a view runs;
-	// read_tsc gives the guest's last counter value (svm.Options.ClockTSC), so the clock
+	// read_tsc gives the guest's last counter value (svm.Options.Clock), so the clock
 	// reads the guest's time as of its last timekeeping update.
 	"tk_core":               "the guest's timekeeper (/proc/uptime, ktime_get_*)",
 	"jiffies":               "the guest's tick count (timers, /proc/net/* timer columns)",
@@ -227,29 +227,29 @@ func (g *Globals) count(name string) {
 	g.mu.Unlock()
 }
 
-// decide looks the global at virt, accessed by the instruction at pc, up in the lists, without
-// counting.
-func (g *Globals) decide(virt, pc uint64) svm.GlobalDecision {
+// decide looks the global at virt, accessed by the instruction at pc, up in the lists: Redirect,
+// Local, or Unknown for one in neither. It does not count.
+func (g *Globals) decide(virt, pc uint64) decision.Decision {
 	name, _, ok := g.syms.Lookup(virt)
 	if !ok {
-		return svm.GlobalUnknown
+		return decision.Unknown
 	}
 	if fns, scoped := redirectInList[name]; scoped {
 		fn, _, _ := g.syms.Lookup(pc)
 		for _, f := range fns {
 			if f == fn {
-				return svm.GlobalRedirect
+				return decision.Redirect
 			}
 		}
-		return svm.GlobalLocal
+		return decision.Local
 	}
 	if _, r := redirectList[name]; r {
-		return svm.GlobalRedirect
+		return decision.Redirect
 	}
 	if _, l := keepLocalList[name]; l {
-		return svm.GlobalLocal
+		return decision.Local
 	}
-	return svm.GlobalUnknown
+	return decision.Unknown
 }
 
 // UnknownCount is one global in neither list, with how often it was accessed.

@@ -3,9 +3,9 @@ package bridge
 import (
 	"path/filepath"
 
+	"hybridbridge/decision"
 	"hybridbridge/memo"
 	"hybridbridge/svm"
-	"hybridbridge/taint"
 )
 
 // MemoKey is what a memo of decisions is valid for: the snapshot's kernel build, and the lists
@@ -22,7 +22,7 @@ func MemoPath(cacheDir, kernelID string) string {
 
 // learn records one decision for the instruction at pc, reading its bytes the first time so the
 // memo can show it without the kernel.
-func (s *Session) learn(pc uint64, d memo.Decision, region string) {
+func (s *Session) learn(pc uint64, d decision.Decision, region string) {
 	if s.Memo == nil {
 		return
 	}
@@ -37,16 +37,5 @@ func (s *Session) learn(pc uint64, d memo.Decision, region string) {
 		// The hook cannot return it; the operation does (runSlow), so nothing learned is lost
 		// without a word.
 		s.learnErr = err
-	}
-}
-
-func taintMemoDecision(d taint.Decision) memo.Decision {
-	switch d {
-	case taint.Redirect:
-		return memo.Redirect
-	case taint.Local:
-		return memo.Local
-	default:
-		return memo.Unknown
 	}
 }

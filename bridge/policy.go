@@ -5,6 +5,7 @@ import (
 
 	"golang.org/x/arch/x86/x86asm"
 
+	"hybridbridge/decision"
 	"hybridbridge/svm"
 	"hybridbridge/taint"
 )
@@ -65,20 +66,20 @@ func (p *policy) virt(phys uint64) uint64 {
 	return phys - p.snap.Layout.KernelStart + p.snap.Symbols["_text"]
 }
 
-func (p *policy) Decide(a *taint.Access) (taint.Decision, taint.Reason) {
+func (p *policy) Decide(a *taint.Access) (decision.Decision, taint.Reason) {
 	// The inspecting process's memory (user-labelled) is the SVM's as much as its kernel's is.
 	guestOnly := a.Addr&taint.LabelGVM != 0 && a.Addr&svmSide == 0 && a.Seg != x86asm.GS && a.Base != x86asm.RSP
 	if svm.InSpans(p.data, a.Phys) {
 		if guestOnly && !a.DispGlobal {
-			return taint.Redirect, taint.ReasonGVMPointer
+			return decision.Redirect, taint.ReasonGVMPointer
 		}
-		switch p.globals.decide(p.virt(a.Phys), a.PC) {
-		case svm.GlobalRedirect:
-			return taint.Redirect, taint.ReasonGlobalRedirect
-		case svm.GlobalLocal:
-			return taint.Local, taint.ReasonGlobalLocal
+		switch d := p.globals.decide(p.virt(a.Phys), a.PC); d {
+		case decision.Redirect:
+			return d, taint.ReasonGlobalRedirect
+		case decision.Local:
+			return d, taint.ReasonGlobalLocal
 		default:
-			return taint.Unknown, taint.ReasonGlobalUnknown
+			return decision.Unknown, taint.ReasonGlobalUnknown
 		}
 	}
 	if _, ok := p.alias(a.Phys); ok || svm.InSpans(p.window, a.Phys) {
@@ -97,16 +98,16 @@ func (p *policy) Decide(a *taint.Access) (taint.Decision, taint.Reason) {
 // reference counts) go through pointers from guest data alone. Page offsets (masked values) and
 // layout constants (page_offset_base, vmemmap_base) carry no provenance, so a guest pfn turned
 // into an address, plus an offset, stays the guest's.
-func (p *policy) shared(a *taint.Access, guestOnly bool) (taint.Decision, taint.Reason) {
+func (p *policy) shared(a *taint.Access, guestOnly bool) (decision.Decision, taint.Reason) {
 	switch {
 	case guestOnly:
-		return taint.Redirect, taint.ReasonGVMPointer
+		return decision.Redirect, taint.ReasonGVMPointer
 	case a.Addr&taint.LabelGVM == 0:
 		return taint.VMST{}.Decide(a)
 	case a.BaseLabel&svmSide != 0 && a.BaseLabel&taint.LabelGVM == 0, a.Write:
-		return taint.Local, taint.ReasonMixedPointer
+		return decision.Local, taint.ReasonMixedPointer
 	default:
-		return taint.Redirect, taint.ReasonMixedPointer
+		return decision.Redirect, taint.ReasonMixedPointer
 	}
 }
 
@@ -154,7 +155,7 @@ func (s *Session) tracker(snap *svm.Snapshot, pol *policy) (*taint.Tracker, erro
 func (s *Session) decideImage(a *taint.Access) {
 	region := s.apply(s.Machine, a.Phys, a.Size, a.Write, a.Decision)
 	if svm.InSpans(s.policy.data, a.Phys) {
-		if a.Decision == taint.Unknown {
+		if a.Decision == decision.Unknown {
 			s.Globals.count(region)
 		}
 		if a.Reason == taint.ReasonGVMPointer {
@@ -166,24 +167,24 @@ func (s *Session) decideImage(a *taint.Access) {
 		// address it was made for lets Fast-Bridge replay an instruction seen both ways.
 		region = addressRegion(region, a.Phys, a.Decision)
 	}
-	s.learn(a.PC, taintMemoDecision(a.Decision), region)
+	s.learn(a.PC, a.Decision, region)
 }
 
 // apply carries out a decision for an access to the kernel image's data or window, or to aliased
 // struct pages, on machine m: a redirected access gets the guest's bytes swapped in for just that
 // access. It returns the region touched (the global's name in the data sections).
-func (s *Session) apply(m *svm.Machine, phys uint64, size int, write bool, d taint.Decision) string {
+func (s *Session) apply(m *svm.Machine, phys uint64, size int, write bool, d decision.Decision) string {
 	s.swap(m, phys, size, write, d)
 	return s.region(phys)
 }
 
 // swap carries out decision d for an access about to happen: a redirected one is given the
 // guest's bytes (for a write, its result goes to the guest's private copy).
-func (s *Session) swap(m *svm.Machine, phys uint64, size int, write bool, d taint.Decision) {
+func (s *Session) swap(m *svm.Machine, phys uint64, size int, write bool, d decision.Decision) {
 	m.FlushWrites()
 	s.count(phys, d)
 	if al, ok := s.policy.alias(phys); ok {
-		if d == taint.Redirect {
+		if d == decision.Redirect {
 			g := al.guest + (phys - al.svm)
 			if err := m.SwapInAlias(phys, m.RAM()[g:g+uint64(size)], write); err != nil {
 				m.Stop(err.Error())
@@ -191,7 +192,7 @@ func (s *Session) swap(m *svm.Machine, phys uint64, size int, write bool, d tain
 		}
 		return
 	}
-	if d != taint.Redirect {
+	if d != decision.Redirect {
 		return
 	}
 	var err error
@@ -207,16 +208,16 @@ func (s *Session) swap(m *svm.Machine, phys uint64, size int, write bool, d tain
 
 // count adds a decided access to Counts: every access to a global by its decision, and in the
 // image window and the aliased struct pages the redirected ones.
-func (s *Session) count(phys uint64, d taint.Decision) {
+func (s *Session) count(phys uint64, d decision.Decision) {
 	if _, ok := s.policy.alias(phys); !ok && svm.InSpans(s.policy.data, phys) {
-		s.Counts[d]++
-	} else if d == taint.Redirect {
-		s.Counts[taint.Redirect]++
+		s.Counts.Add(d, 1)
+	} else if d == decision.Redirect {
+		s.Counts.Redirect++
 	}
 }
 
 // addressRegion names a decision at one physical address of the image window or the aliased
 // struct pages, as memoized: "image-window 0x1e05040 redirect".
-func addressRegion(class string, phys uint64, d taint.Decision) string {
-	return fmt.Sprintf("%s %#x %s", class, phys, taintMemoDecision(d))
+func addressRegion(class string, phys uint64, d decision.Decision) string {
+	return fmt.Sprintf("%s %#x %s", class, phys, d)
 }

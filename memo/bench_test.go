@@ -4,6 +4,8 @@ import (
 	"path/filepath"
 	"testing"
 	"time"
+
+	"hybridbridge/decision"
 )
 
 // bigMemo resembles a trained memo: n instructions spread over 16 MiB of
@@ -17,7 +19,7 @@ func bigMemo(tb testing.TB, n int) *Memo {
 	for i := range n {
 		pc := 0xffffffff81000000 + uint64(i)*167
 		o := Observation{
-			Decision: Decision(1 + i%4), Region: regions[i%len(regions)],
+			Decision: decision.Decision(1 + i%4), Region: regions[i%len(regions)],
 			View: views[i%len(views)], Syscall: syscalls[i/7%len(syscalls)],
 			Time: t0.Add(time.Duration(i) * time.Millisecond),
 		}
@@ -37,7 +39,7 @@ func bigMemo(tb testing.TB, n int) *Memo {
 
 func BenchmarkLearn(b *testing.B) {
 	m := New(testKey)
-	o := Observation{Decision: Redirect, Region: "init_pid_ns", View: "ps", Syscall: "getdents64", Bytes: movRIP, Time: t0}
+	o := Observation{Decision: decision.Redirect, Region: "init_pid_ns", View: "ps", Syscall: "getdents64", Bytes: movRIP, Time: t0}
 	for i := 0; b.Loop(); i++ {
 		m.Learn(0xffffffff81000000+uint64(i%100000)*7, o)
 	}

@@ -5,12 +5,12 @@ import (
 	"encoding/binary"
 	"fmt"
 	"hash/crc32"
-	"io"
 	"os"
-	"path/filepath"
 	"slices"
 	"strings"
 	"time"
+
+	"hybridbridge/decision"
 )
 
 const (
@@ -226,7 +226,7 @@ func decodePayload(key Key, payload []byte) (*Memo, error) {
 			d.fail("entry addresses not strictly increasing")
 		}
 		pc += delta
-		r := &record{decision: Decision(d.byte())}
+		r := &record{decision: decision.Decision(d.byte())}
 		if !r.decision.Valid() {
 			d.fail(fmt.Sprintf("invalid decision %d", r.decision))
 		}
@@ -274,54 +274,6 @@ func decodePayload(key Key, payload []byte) (*Memo, error) {
 		return nil, err
 	}
 	return m, nil
-}
-
-// writeFileAtomic writes a temporary file next to path (rename is only
-// atomic within a file system), syncs it, renames it over path and syncs
-// the directory so the rename itself survives a crash.
-func writeFileAtomic(path string, write func(io.Writer) error) (err error) {
-	dir := filepath.Dir(path)
-	f, err := os.CreateTemp(dir, "."+filepath.Base(path)+".tmp-*")
-	if err != nil {
-		return err
-	}
-	tmp := f.Name()
-	closed := false
-	defer func() {
-		if err != nil {
-			if !closed {
-				f.Close()
-			}
-			os.Remove(tmp)
-		}
-	}()
-	if err := write(f); err != nil {
-		return fmt.Errorf("write %s: %w", tmp, err)
-	}
-	// CreateTemp makes 0600 files; a memo is not secret and tools run
-	// under other users may want to show it.
-	if err := f.Chmod(0o644); err != nil {
-		return err
-	}
-	if err := f.Sync(); err != nil {
-		return err
-	}
-	closed = true
-	if err := f.Close(); err != nil {
-		return err
-	}
-	if err := os.Rename(tmp, path); err != nil {
-		return err
-	}
-	d, err := os.Open(dir)
-	if err != nil {
-		return fmt.Errorf("sync directory: %w", err)
-	}
-	defer d.Close()
-	if err := d.Sync(); err != nil {
-		return fmt.Errorf("sync directory %s: %w", dir, err)
-	}
-	return nil
 }
 
 // Load reads a memo saved for key. Besides I/O errors (fs.ErrNotExist for a

@@ -9,6 +9,8 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"hybridbridge/decision"
 )
 
 // Key names what a memo is valid for. Decisions learned under one key are
@@ -42,7 +44,7 @@ const (
 
 // Observation is one access seen by Slow-Bridge.
 type Observation struct {
-	Decision Decision
+	Decision decision.Decision
 	// Region is the global ("init_pid_ns") or region class ("heap",
 	// "stack", "per-cpu", "image-window", "vmalloc", "module") touched.
 	Region string
@@ -59,8 +61,8 @@ type Observation struct {
 // Entry is the memoized decision for one instruction. Slices in an Entry
 // returned by the Memo are shared with it and must not be modified.
 type Entry struct {
-	PC       uint64   `json:"pc"`
-	Decision Decision `json:"decision"`
+	PC       uint64            `json:"pc"`
+	Decision decision.Decision `json:"decision"`
 	// Region is the first region or global seen.
 	Region string `json:"region"`
 	// Regions lists every distinct region, sorted, when there was more
@@ -84,7 +86,7 @@ type record struct {
 	// decision, region, regions, regionsCapped, view, syscall, firstSeen,
 	// bytes and seen are written only with Memo.mu held for writing.
 	// regions and bytes are copy-on-write, so Entries can share them.
-	decision      Decision
+	decision      decision.Decision
 	region        string
 	regions       []string
 	regionsCapped bool
@@ -248,7 +250,7 @@ func (m *Memo) Learn(pc uint64, o Observation) (Entry, error) {
 		return r.entry(pc), nil
 	}
 	before := r.entry(pc)
-	r.decision = Merge(r.decision, o.Decision)
+	r.decision = decision.Merge(r.decision, o.Decision)
 	r.seen++
 	r.addRegion(o.Region)
 	if len(r.bytes) == 0 && len(o.Bytes) > 0 {
@@ -443,19 +445,11 @@ type ViewStats struct {
 	Syscalls map[string]Counters `json:"syscalls"`
 }
 
-// DecisionCounts counts entries per decision.
-type DecisionCounts struct {
-	Local    int `json:"local"`
-	Redirect int `json:"redirect"`
-	Both     int `json:"both"`
-	Unknown  int `json:"unknown"`
-}
-
 // Stats is a snapshot of the memo's statistics.
 type Stats struct {
 	Key       Key                  `json:"key"`
 	Entries   int                  `json:"entries"`
-	Decisions DecisionCounts       `json:"decisions"`
+	Decisions decision.Counts      `json:"decisions"` // memoized instructions
 	Total     Counters             `json:"total"`
 	Views     map[string]ViewStats `json:"views"`
 }
@@ -474,16 +468,7 @@ func (m *Memo) Stats() Stats {
 	defer m.mu.RUnlock()
 	st.Entries = len(m.entries)
 	for _, r := range m.entries {
-		switch r.decision {
-		case Local:
-			st.Decisions.Local++
-		case Redirect:
-			st.Decisions.Redirect++
-		case Both:
-			st.Decisions.Both++
-		case Unknown:
-			st.Decisions.Unknown++
-		}
+		st.Decisions.Add(r.decision, 1)
 		v := view(r.view)
 		v.Entries++
 		st.Views[r.view] = v

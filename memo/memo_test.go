@@ -6,6 +6,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"hybridbridge/decision"
 )
 
 var (
@@ -16,42 +18,21 @@ var (
 // movRIP is "mov rax, qword ptr [rip+0x1000]".
 var movRIP = []byte{0x48, 0x8b, 0x05, 0x00, 0x10, 0x00, 0x00}
 
-func obs(d Decision, region string) Observation {
+func obs(d decision.Decision, region string) Observation {
 	return Observation{Decision: d, Region: region, View: "ps", Syscall: "getdents64", Time: t0}
-}
-
-func TestMergeTable(t *testing.T) {
-	all := []Decision{Invalid, Local, Redirect, Both, Unknown}
-	want := map[[2]Decision]Decision{
-		{Invalid, Invalid}: Invalid, {Invalid, Local}: Local, {Invalid, Redirect}: Redirect, {Invalid, Both}: Both, {Invalid, Unknown}: Unknown,
-		{Local, Invalid}: Local, {Local, Local}: Local, {Local, Redirect}: Both, {Local, Both}: Both, {Local, Unknown}: Unknown,
-		{Redirect, Invalid}: Redirect, {Redirect, Local}: Both, {Redirect, Redirect}: Redirect, {Redirect, Both}: Both, {Redirect, Unknown}: Unknown,
-		{Both, Invalid}: Both, {Both, Local}: Both, {Both, Redirect}: Both, {Both, Both}: Both, {Both, Unknown}: Unknown,
-		{Unknown, Invalid}: Unknown, {Unknown, Local}: Unknown, {Unknown, Redirect}: Unknown, {Unknown, Both}: Unknown, {Unknown, Unknown}: Unknown,
-	}
-	for _, a := range all {
-		for _, b := range all {
-			if got := Merge(a, b); got != want[[2]Decision{a, b}] {
-				t.Errorf("Merge(%v, %v) = %v, want %v", a, b, got, want[[2]Decision{a, b}])
-			}
-			if Merge(a, b) != Merge(b, a) {
-				t.Errorf("Merge(%v, %v) not commutative", a, b)
-			}
-		}
-	}
 }
 
 func TestLearnMergesThroughMemo(t *testing.T) {
 	for _, tc := range []struct {
-		seq  []Decision
-		want Decision
+		seq  []decision.Decision
+		want decision.Decision
 	}{
-		{[]Decision{Local}, Local},
-		{[]Decision{Redirect, Redirect}, Redirect},
-		{[]Decision{Local, Redirect}, Both},
-		{[]Decision{Redirect, Local, Redirect}, Both},
-		{[]Decision{Redirect, Unknown, Local}, Unknown},
-		{[]Decision{Unknown, Redirect}, Unknown},
+		{[]decision.Decision{decision.Local}, decision.Local},
+		{[]decision.Decision{decision.Redirect, decision.Redirect}, decision.Redirect},
+		{[]decision.Decision{decision.Local, decision.Redirect}, decision.Both},
+		{[]decision.Decision{decision.Redirect, decision.Local, decision.Redirect}, decision.Both},
+		{[]decision.Decision{decision.Redirect, decision.Unknown, decision.Local}, decision.Unknown},
+		{[]decision.Decision{decision.Unknown, decision.Redirect}, decision.Unknown},
 	} {
 		m := New(testKey)
 		var e Entry
@@ -67,30 +48,12 @@ func TestLearnMergesThroughMemo(t *testing.T) {
 	}
 }
 
-func TestDecisionText(t *testing.T) {
-	for _, d := range []Decision{Local, Redirect, Both, Unknown} {
-		got, err := ParseDecision(d.String())
-		if err != nil || got != d {
-			t.Errorf("ParseDecision(%q) = %v, %v", d.String(), got, err)
-		}
-	}
-	if _, err := ParseDecision("invalid"); err == nil {
-		t.Error("ParseDecision(invalid) succeeded")
-	}
-	if _, err := Invalid.MarshalText(); err == nil {
-		t.Error("Invalid.MarshalText succeeded")
-	}
-	if !Both.Replayable() || Unknown.Replayable() || Invalid.Replayable() {
-		t.Error("Replayable wrong")
-	}
-}
-
 func TestLearnRejects(t *testing.T) {
 	m := New(testKey)
 	if _, err := m.Learn(1, Observation{}); err == nil {
 		t.Error("zero decision accepted")
 	}
-	if _, err := m.Learn(1, Observation{Decision: Local, Bytes: make([]byte, 16)}); err == nil {
+	if _, err := m.Learn(1, Observation{Decision: decision.Local, Bytes: make([]byte, 16)}); err == nil {
 		t.Error("16 instruction bytes accepted")
 	}
 	if m.Len() != 0 {
@@ -101,8 +64,8 @@ func TestLearnRejects(t *testing.T) {
 func TestLearnKeepsFirstAndCopies(t *testing.T) {
 	m := New(testKey)
 	buf := append([]byte(nil), movRIP...)
-	m.Learn(0x10, Observation{Decision: Redirect, Region: "init_pid_ns", View: "ps", Syscall: "getdents64", Time: t0})
-	m.Learn(0x10, Observation{Decision: Redirect, Region: "init_pid_ns", View: "lsmod", Syscall: "read", Bytes: buf, Time: t0.Add(time.Hour)})
+	m.Learn(0x10, Observation{Decision: decision.Redirect, Region: "init_pid_ns", View: "ps", Syscall: "getdents64", Time: t0})
+	m.Learn(0x10, Observation{Decision: decision.Redirect, Region: "init_pid_ns", View: "lsmod", Syscall: "read", Bytes: buf, Time: t0.Add(time.Hour)})
 	buf[0] = 0xcc // the caller reuses its buffer
 	e, _ := m.Peek(0x10)
 	if e.View != "ps" || e.Syscall != "getdents64" || !e.FirstSeen.Equal(t0) {
@@ -113,7 +76,7 @@ func TestLearnKeepsFirstAndCopies(t *testing.T) {
 	}
 	// A zero Time means now.
 	before := time.Now()
-	e, _ = m.Learn(0x20, Observation{Decision: Local})
+	e, _ = m.Learn(0x20, Observation{Decision: decision.Local})
 	if e.FirstSeen.Before(before.Add(-time.Second)) || e.FirstSeen.Location() != time.UTC {
 		t.Errorf("FirstSeen = %v", e.FirstSeen)
 	}
@@ -121,21 +84,21 @@ func TestLearnKeepsFirstAndCopies(t *testing.T) {
 
 func TestRegions(t *testing.T) {
 	m := New(testKey)
-	m.Learn(1, obs(Local, "heap"))
-	m.Learn(1, obs(Local, "heap"))
+	m.Learn(1, obs(decision.Local, "heap"))
+	m.Learn(1, obs(decision.Local, "heap"))
 	if e, _ := m.Peek(1); e.Region != "heap" || e.Regions != nil {
 		t.Fatalf("one region: %+v", e)
 	}
-	m.Learn(1, obs(Redirect, "init_pid_ns"))
-	m.Learn(1, obs(Redirect, "")) // no region: nothing to add
-	m.Learn(1, obs(Redirect, "init_task"))
+	m.Learn(1, obs(decision.Redirect, "init_pid_ns"))
+	m.Learn(1, obs(decision.Redirect, "")) // no region: nothing to add
+	m.Learn(1, obs(decision.Redirect, "init_task"))
 	e, _ := m.Peek(1)
 	if e.Region != "heap" || strings.Join(e.Regions, ",") != "heap,init_pid_ns,init_task" || e.RegionsCapped {
 		t.Fatalf("regions: %+v", e)
 	}
 	snapshot := e.Regions
 	for i := range MaxRegions + 2 {
-		m.Learn(1, obs(Redirect, fmt.Sprintf("g%02d", i)))
+		m.Learn(1, obs(decision.Redirect, fmt.Sprintf("g%02d", i)))
 	}
 	e, _ = m.Peek(1)
 	if len(e.Regions) != MaxRegions || !e.RegionsCapped {
@@ -145,8 +108,8 @@ func TestRegions(t *testing.T) {
 		t.Errorf("returned slice modified after the fact: %v", snapshot)
 	}
 	// An empty first region is filled by the first real one.
-	m.Learn(2, obs(Local, ""))
-	m.Learn(2, obs(Local, "stack"))
+	m.Learn(2, obs(decision.Local, ""))
+	m.Learn(2, obs(decision.Local, "stack"))
 	if e, _ := m.Peek(2); e.Region != "stack" || e.Regions != nil {
 		t.Errorf("empty first region: %+v", e)
 	}
@@ -154,10 +117,10 @@ func TestRegions(t *testing.T) {
 
 func TestLookupCounts(t *testing.T) {
 	m := New(testKey)
-	m.Learn(0x100, obs(Redirect, "init_pid_ns"))
-	m.Learn(0x200, obs(Unknown, "some_global"))
+	m.Learn(0x100, obs(decision.Redirect, "init_pid_ns"))
+	m.Learn(0x200, obs(decision.Unknown, "some_global"))
 
-	if e, ok := m.Lookup(0x100, "ps", "getdents64"); !ok || e.Decision != Redirect || e.Hits != 1 {
+	if e, ok := m.Lookup(0x100, "ps", "getdents64"); !ok || e.Decision != decision.Redirect || e.Hits != 1 {
 		t.Errorf("hit: %+v %v", e, ok)
 	}
 	// Unknown is returned (so the caller can name the global) but misses.
@@ -169,7 +132,7 @@ func TestLookupCounts(t *testing.T) {
 		t.Error("unlearned pc hit")
 	}
 	m.Lookup(0x300, "ps", "read")
-	e, _ := m.Learn(0x300, Observation{Decision: Local, Region: "stack", View: "ps", Syscall: "read", Time: t0})
+	e, _ := m.Learn(0x300, Observation{Decision: decision.Local, Region: "stack", View: "ps", Syscall: "read", Time: t0})
 	if e.Misses != 2 {
 		t.Errorf("pending misses = %d, want 2", e.Misses)
 	}
@@ -182,7 +145,7 @@ func TestLookupCounts(t *testing.T) {
 	}
 
 	st := m.Stats()
-	if st.Entries != 2 || st.Decisions != (DecisionCounts{Redirect: 1, Unknown: 1}) {
+	if st.Entries != 2 || st.Decisions != (decision.Counts{Redirect: 1, Unknown: 1}) {
 		t.Errorf("entries/decisions: %+v", st)
 	}
 	if want := (Counters{Lookups: 6, Hits: 2, Misses: 4, Learned: 3, HitRate: 2.0 / 6}); st.Total != want {
@@ -214,7 +177,7 @@ func TestLookupCounts(t *testing.T) {
 func TestEntriesSorted(t *testing.T) {
 	m := New(testKey)
 	for _, pc := range []uint64{0xffffffff81000300, 5, 0xffffffff81000100, 7} {
-		m.Learn(pc, obs(Local, "stack"))
+		m.Learn(pc, obs(decision.Local, "stack"))
 	}
 	es := m.Entries()
 	for i := 1; i < len(es); i++ {
@@ -238,9 +201,9 @@ func TestConcurrent(t *testing.T) {
 		go func() {
 			defer wg.Done()
 			for i := range n {
-				d := Local
+				d := decision.Local
 				if (i+w)%3 == 0 {
-					d = Redirect
+					d = decision.Redirect
 				}
 				if _, err := m.Learn(uint64(i%500), Observation{Decision: d, Region: "heap", View: fmt.Sprint("v", w), Syscall: "read", Time: t0}); err != nil {
 					t.Error(err)
@@ -289,17 +252,17 @@ func TestVersion(t *testing.T) {
 		}
 		v = m.Version()
 	}
-	learn := func(d Decision, region string) func() {
+	learn := func(d decision.Decision, region string) func() {
 		return func() {
 			if _, err := m.Learn(0x1000, obs(d, region)); err != nil {
 				t.Fatal(err)
 			}
 		}
 	}
-	step("new entry", true, learn(Local, "jiffies"))
-	step("same observation", false, learn(Local, "jiffies"))
-	step("another region", true, learn(Local, "tk_core"))
-	step("decision merged", true, learn(Redirect, "jiffies"))
+	step("new entry", true, learn(decision.Local, "jiffies"))
+	step("same observation", false, learn(decision.Local, "jiffies"))
+	step("another region", true, learn(decision.Local, "tk_core"))
+	step("decision merged", true, learn(decision.Redirect, "jiffies"))
 	step("lookup", false, func() { m.Lookup(0x1000, "ps", "read") })
 	step("delete of an unknown address", false, func() { m.Delete(0x2000) })
 	step("delete", true, func() { m.Delete(0x1000) })
@@ -310,7 +273,7 @@ func TestVersion(t *testing.T) {
 // stats says n/a, not 0 %.
 func TestFormatStatsWithoutLookups(t *testing.T) {
 	m := New(testKey)
-	if _, err := m.Learn(0x100, Observation{Decision: Local, Region: "init_task", View: "ps", Syscall: "read"}); err != nil {
+	if _, err := m.Learn(0x100, Observation{Decision: decision.Local, Region: "init_task", View: "ps", Syscall: "read"}); err != nil {
 		t.Fatal(err)
 	}
 	out := FormatStats(m.Stats())

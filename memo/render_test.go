@@ -6,6 +6,8 @@ import (
 	"reflect"
 	"strings"
 	"testing"
+
+	"hybridbridge/decision"
 )
 
 func TestDisassemble(t *testing.T) {
@@ -27,7 +29,7 @@ func TestDisassemble(t *testing.T) {
 
 func TestFormatEntry(t *testing.T) {
 	e := Entry{
-		PC: 0xffffffff81234567, Decision: Redirect, Region: "init_pid_ns",
+		PC: 0xffffffff81234567, Decision: decision.Redirect, Region: "init_pid_ns",
 		Seen: 177, Hits: 12, Misses: 1, View: "ps", Syscall: "getdents64", Bytes: movRIP,
 	}
 	sym := func(pc uint64) string { return fmt.Sprintf("idr_get_next_ul+%#x", pc-0xffffffff81234500) }
@@ -37,7 +39,7 @@ func TestFormatEntry(t *testing.T) {
 	if !reflect.DeepEqual(fields, want) {
 		t.Errorf("got %q", got)
 	}
-	e = Entry{PC: 0x10, Decision: Both, Region: "heap", Regions: []string{"heap", "stack"}, RegionsCapped: true}
+	e = Entry{PC: 0x10, Decision: decision.Both, Region: "heap", Regions: []string{"heap", "stack"}, RegionsCapped: true}
 	got = FormatEntry(e, nil)
 	for _, w := range []string{"0x0000000000000010", "(no bytes)", "both", "heap,stack,...", "0/0/0", "-/-"} {
 		if !strings.Contains(got, w) {

@@ -4,12 +4,14 @@ import (
 	"errors"
 	"fmt"
 	"hash/crc32"
-	"io"
 	"io/fs"
 	"os"
 	"path/filepath"
 
 	"golang.org/x/sys/unix"
+
+	"hybridbridge/decision"
+	"hybridbridge/internal/atomicfile"
 )
 
 // Saving a memo file that several processes use.
@@ -33,7 +35,7 @@ import (
 // or save of the file (the base), so only what this process counted since is
 // added to what the file holds now, and saving twice never counts twice:
 //
-//   - Decisions combine with Merge, the rule Learn applies to a new
+//   - Decisions combine with decision.Merge, the rule Learn applies to a new
 //     observation: Local and Redirect seen by two processes become Both,
 //     Unknown absorbs everything. A conflict is never settled by who saved
 //     last, which would replay a decision the other process saw violated.
@@ -109,10 +111,8 @@ func (m *Memo) Save(path string) (SaveResult, error) {
 	useBase = useBase && m.syncPath == absPath(path)
 	out := m.mergeLocked(disk, useBase, &res)
 	encoded := out.Marshal()
-	err = writeFileAtomic(path, func(w io.Writer) error {
-		_, err := w.Write(encoded)
-		return err
-	})
+	// 0644: a memo is not secret, and tools run under other users may want to show it.
+	err = atomicfile.WriteBytes(path, encoded, 0o644)
 	if err != nil {
 		return SaveResult{}, fmt.Errorf("memo: save %s: %w", path, err)
 	}
@@ -240,7 +240,7 @@ func combine(a, b *record, c entryCounts) *record {
 		first, second = b, a
 	}
 	n := first.cloneWith(c)
-	n.decision = Merge(a.decision, b.decision)
+	n.decision = decision.Merge(a.decision, b.decision)
 	n.addRegion(second.region)
 	for _, g := range second.regions {
 		n.addRegion(g)

@@ -13,6 +13,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"hybridbridge/decision"
 )
 
 // open loads the memo at path as a CLI run or the console does.
@@ -67,8 +69,8 @@ func peek(t *testing.T, m *Memo, pc uint64) Entry {
 func TestSaveKeepsWhatOthersLearned(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "k.memo")
 	a, b := open(t, path), open(t, path)
-	learn(t, a, 0x10, obs(Local, "stack"))
-	learn(t, b, 0x20, obs(Redirect, "init_pid_ns"))
+	learn(t, a, 0x10, obs(decision.Local, "stack"))
+	learn(t, b, 0x20, obs(decision.Redirect, "init_pid_ns"))
 	save(t, a, path)
 	if res := save(t, b, path); res.Merged != 1 {
 		t.Errorf("b merged %d instructions from the file, want 1", res.Merged)
@@ -94,13 +96,13 @@ func TestSaveKeepsWhatOthersLearned(t *testing.T) {
 // The same instruction learned with different decisions by two processes is merged by the memo's
 // rule, never resolved to whichever saved last.
 func TestSaveMergesConflictingDecisions(t *testing.T) {
-	for _, tc := range []struct{ a, b, want Decision }{
-		{Local, Redirect, Both},
-		{Redirect, Local, Both},
-		{Redirect, Redirect, Redirect},
-		{Local, Unknown, Unknown},
-		{Unknown, Both, Unknown},
-		{Both, Local, Both},
+	for _, tc := range []struct{ a, b, want decision.Decision }{
+		{decision.Local, decision.Redirect, decision.Both},
+		{decision.Redirect, decision.Local, decision.Both},
+		{decision.Redirect, decision.Redirect, decision.Redirect},
+		{decision.Local, decision.Unknown, decision.Unknown},
+		{decision.Unknown, decision.Both, decision.Unknown},
+		{decision.Both, decision.Local, decision.Both},
 	} {
 		t.Run(fmt.Sprintf("%v+%v", tc.a, tc.b), func(t *testing.T) {
 			path := filepath.Join(t.TempDir(), "k.memo")
@@ -130,13 +132,13 @@ func TestSaveMergesConflictingDecisions(t *testing.T) {
 func TestSaveCountsOnce(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "k.memo")
 	seed := New(testKey)
-	learn(t, seed, 0x10, obs(Redirect, "init_pid_ns"))
+	learn(t, seed, 0x10, obs(decision.Redirect, "init_pid_ns"))
 	save(t, seed, path)
 	a, b := open(t, path), open(t, path)
 	for i := range 5 {
 		a.Lookup(0x10, "ps", "read")
 		a.Lookup(0x99, "ps", "read") // a miss
-		learn(t, a, 0x10, obs(Redirect, "init_pid_ns"))
+		learn(t, a, 0x10, obs(decision.Redirect, "init_pid_ns"))
 		for range 2 {
 			b.Lookup(0x10, "lsmod", "read")
 		}
@@ -170,7 +172,7 @@ func TestSaveToAnotherFile(t *testing.T) {
 	p1, p2 := filepath.Join(dir, "1.memo"), filepath.Join(dir, "2.memo")
 	save(t, sample(t, false), p1)
 	other := New(testKey)
-	learn(t, other, 0x10, obs(Local, "stack"))
+	learn(t, other, 0x10, obs(decision.Local, "stack"))
 	save(t, other, p2)
 	m := open(t, p1)
 	save(t, m, p2)
@@ -188,12 +190,12 @@ func TestSaveToAnotherFile(t *testing.T) {
 func TestSaveAfterRemove(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "k.memo")
 	seed := New(testKey)
-	learn(t, seed, 0x10, obs(Local, "stack"))
-	learn(t, seed, 0x20, obs(Local, "stack"))
+	learn(t, seed, 0x10, obs(decision.Local, "stack"))
+	learn(t, seed, 0x20, obs(decision.Local, "stack"))
 	save(t, seed, path)
 	a := open(t, path)
 	a.Lookup(0x10, "ps", "read")
-	learn(t, a, 0x20, obs(Redirect, "init_pid_ns"))
+	learn(t, a, 0x20, obs(decision.Redirect, "init_pid_ns"))
 	if err := Remove(path); err != nil {
 		t.Fatal(err)
 	}
@@ -208,7 +210,7 @@ func TestSaveAfterRemove(t *testing.T) {
 	if _, ok := got.Peek(0x10); ok || a.Len() != 1 {
 		t.Errorf("an instruction cleared from the file came back (file %d entries, memo %d)", got.Len(), a.Len())
 	}
-	if e := peek(t, got, 0x20); e.Seen != 1 || e.Decision != Both {
+	if e := peek(t, got, 0x20); e.Seen != 1 || e.Decision != decision.Both {
 		t.Errorf("learned since the clear: %+v", e)
 	}
 	if err := Remove(filepath.Join(t.TempDir(), "none", "k.memo")); err != nil {
@@ -220,13 +222,13 @@ func TestSaveAfterRemove(t *testing.T) {
 func TestSaveAfterDeleteAndClear(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "k.memo")
 	seed := New(testKey)
-	learn(t, seed, 0x10, obs(Local, "stack"))
-	learn(t, seed, 0x20, obs(Local, "stack"))
+	learn(t, seed, 0x10, obs(decision.Local, "stack"))
+	learn(t, seed, 0x20, obs(decision.Local, "stack"))
 	save(t, seed, path)
 	a, b := open(t, path), open(t, path)
 	b.Delete(0x10)
-	learn(t, b, 0x30, obs(Local, "stack"))
-	learn(t, a, 0x40, obs(Local, "stack"))
+	learn(t, b, 0x30, obs(decision.Local, "stack"))
+	learn(t, a, 0x40, obs(decision.Local, "stack"))
 	save(t, a, path)
 	save(t, b, path)
 	got := loaded(t, path)
@@ -234,16 +236,16 @@ func TestSaveAfterDeleteAndClear(t *testing.T) {
 		t.Errorf("after Delete: file has %d entries (0x10 present: %v), want 0x20, 0x30, 0x40", got.Len(), ok)
 	}
 	b.Delete(0x20)
-	learn(t, b, 0x20, obs(Redirect, "jiffies"))
+	learn(t, b, 0x20, obs(decision.Redirect, "jiffies"))
 	save(t, b, path)
-	if e := peek(t, loaded(t, path), 0x20); e.Decision != Redirect || e.Seen != 1 {
+	if e := peek(t, loaded(t, path), 0x20); e.Decision != decision.Redirect || e.Seen != 1 {
 		t.Errorf("learned again after Delete: %+v, want only the new sighting", e)
 	}
 
-	learn(t, a, 0x50, obs(Local, "stack"))
+	learn(t, a, 0x50, obs(decision.Local, "stack"))
 	save(t, a, path)
 	b.Clear()
-	learn(t, b, 0x60, obs(Local, "stack"))
+	learn(t, b, 0x60, obs(decision.Local, "stack"))
 	save(t, b, path)
 	got = loaded(t, path)
 	if got.Len() != 1 || got.Stats().Total.Learned != 1 {
@@ -264,7 +266,7 @@ func TestSaveReportsReplacedFile(t *testing.T) {
 	corrupt := bytes.Clone(good)
 	corrupt[len(corrupt)/2] ^= 0xff
 	otherKey := New(Key{Kernel: "another", Policy: testKey.Policy})
-	learn(t, otherKey, 1, obs(Local, "stack"))
+	learn(t, otherKey, 1, obs(decision.Local, "stack"))
 
 	write := func(b []byte) {
 		t.Helper()
@@ -274,7 +276,7 @@ func TestSaveReportsReplacedFile(t *testing.T) {
 	}
 	fresh := func() *Memo {
 		m := New(testKey)
-		learn(t, m, 0x10, obs(Local, "stack"))
+		learn(t, m, 0x10, obs(decision.Local, "stack"))
 		return m
 	}
 
@@ -304,7 +306,7 @@ func TestSaveReportsReplacedFile(t *testing.T) {
 	if !is[*ChecksumError](err) {
 		t.Fatalf("LoadOrNew of a corrupt file: %v", err)
 	}
-	learn(t, m, 0x10, obs(Local, "stack"))
+	learn(t, m, 0x10, obs(decision.Local, "stack"))
 	if res, err := m.Save(path); err != nil || res.Replaced != nil {
 		t.Errorf("already reported: %v, %v", res.Replaced, err)
 	}
@@ -340,11 +342,11 @@ func TestSaveConcurrentInProcess(t *testing.T) {
 		go func() {
 			defer wg.Done()
 			for i := range rounds {
-				if _, err := m.Learn(uint64(w<<16|i), obs(Local, "stack")); err != nil {
+				if _, err := m.Learn(uint64(w<<16|i), obs(decision.Local, "stack")); err != nil {
 					t.Error(err)
 					return
 				}
-				if _, err := m.Learn(0x42, obs(Local, "stack")); err != nil {
+				if _, err := m.Learn(0x42, obs(decision.Local, "stack")); err != nil {
 					t.Error(err)
 					return
 				}
@@ -408,7 +410,7 @@ func TestTwoProcessesSaveConcurrently(t *testing.T) {
 			}
 		}
 	}
-	if e := peek(t, got, helperShared); e.Decision != Both || e.Seen != 2*helperRounds || e.Hits != 2*helperRounds {
+	if e := peek(t, got, helperShared); e.Decision != decision.Both || e.Seen != 2*helperRounds || e.Hits != 2*helperRounds {
 		t.Errorf("shared instruction: %v seen %d hits %d, want both %d %d", e.Decision, e.Seen, e.Hits, 2*helperRounds, 2*helperRounds)
 	}
 	st := got.Stats()
@@ -426,7 +428,7 @@ const (
 	helperShared = 0xffffffff81000042
 )
 
-var helperDecisions = []Decision{Local, Redirect}
+var helperDecisions = []decision.Decision{decision.Local, decision.Redirect}
 
 func helperPC(child, round int) uint64 {
 	return 0xffffffff82000000 + uint64(child)<<20 + uint64(round)*8

@@ -7,30 +7,6 @@ import (
 	"hybridbridge/emu"
 )
 
-// GlobalDecision says whose copy of a kernel global an access uses (the bridge's per-global lists).
-type GlobalDecision uint8
-
-const (
-	// GlobalLocal: the SVM's own copy (its kernel machinery: allocators, locks, caches).
-	GlobalLocal GlobalDecision = iota
-	// GlobalRedirect: the guest's copy (a root of guest state, e.g. init_pid_ns).
-	GlobalRedirect
-	// GlobalUnknown: in neither list. Executed on the SVM's copy, and always counted and reported:
-	// a wrong guess here gives a plausible, wrong view.
-	GlobalUnknown
-)
-
-func (d GlobalDecision) String() string {
-	switch d {
-	case GlobalLocal:
-		return "local"
-	case GlobalRedirect:
-		return "redirect"
-	default:
-		return "unknown"
-	}
-}
-
 // DataRanges are the physical ranges of the kernel image holding globals whose contents differ
 // between VMs: ro-after-init, data and bss, without the pages the kernel freed (Window). Text and
 // rodata are identical in both.

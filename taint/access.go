@@ -5,6 +5,7 @@ import (
 
 	"golang.org/x/arch/x86/x86asm"
 
+	"hybridbridge/decision"
 	"hybridbridge/emu"
 )
 
@@ -176,7 +177,7 @@ func (t *Tracker) decide(in *insn, la *logAcc, a *Access) {
 	if sp == nil {
 		// No operand to take the address from: say so instead of
 		// guessing.
-		a.Decision, a.Reason = Unknown, ReasonUnknownAddress
+		a.Decision, a.Reason = decision.Unknown, ReasonUnknownAddress
 		return
 	}
 	a.Seg, a.Base, a.Index = sp.seg, sp.base, sp.index
@@ -202,7 +203,7 @@ func (t *Tracker) decide(in *insn, la *logAcc, a *Access) {
 // yields SVM-local data unless the shadow knows better.
 func (t *Tracker) load(la *logAcc, a *Access) uint64 {
 	n := int(la.n)
-	if a.Decision == Redirect {
+	if a.Decision == decision.Redirect {
 		return bcast(LabelGVM) & mask8(n)
 	}
 	v := t.mem.load(la.phys, la.phys2, n)

@@ -7,6 +7,7 @@ import (
 
 	"golang.org/x/arch/x86/x86asm"
 
+	"hybridbridge/decision"
 	"hybridbridge/emu"
 )
 
@@ -61,24 +62,24 @@ func TestKernelLikeFunction(t *testing.T) {
 	type want struct {
 		write bool
 		phys  uint64
-		d     Decision
+		d     decision.Decision
 		r     Reason
 		data  Label
 	}
 	exp := []want{
-		{true, stackTop - 8, Local, ReasonStack, LabelUser},            // push rbp
-		{true, stackTop - 16, Local, ReasonStack, LabelUser},           // push rbx
-		{false, percpuPhys + 0x10, Local, ReasonPerCPU, LabelSVM},      // current task
-		{false, taskPhys + 0x20, Local, ReasonSVMPointer, LabelSVM},    // task field
-		{false, dataPhys, Redirect, ReasonGlobalRedirect, LabelGVM},    // redirected global
-		{false, pidNS + 8, Redirect, ReasonGVMPointer, LabelGVM},       // GVM pointer followed
-		{true, stackTop - 8 - 0x10, Local, ReasonSVMPointer, LabelGVM}, // spill via rbp (SVM)
-		{false, dataPhys + pageSize, Local, ReasonGlobalLocal, LabelSVM},
-		{false, dataPhys + 2*pageSize, Unknown, ReasonGlobalUnknown, LabelSVM},
-		{false, stackTop - 8 - 0x10, Local, ReasonSVMPointer, LabelGVM}, // reload
-		{true, userPhys, Local, ReasonUserPointer, LabelGVM},            // copy to user
-		{false, stackTop - 16, Local, ReasonStack, LabelUser},           // pop rbx
-		{false, stackTop - 8, Local, ReasonStack, LabelUser},            // pop rbp
+		{true, stackTop - 8, decision.Local, ReasonStack, LabelUser},            // push rbp
+		{true, stackTop - 16, decision.Local, ReasonStack, LabelUser},           // push rbx
+		{false, percpuPhys + 0x10, decision.Local, ReasonPerCPU, LabelSVM},      // current task
+		{false, taskPhys + 0x20, decision.Local, ReasonSVMPointer, LabelSVM},    // task field
+		{false, dataPhys, decision.Redirect, ReasonGlobalRedirect, LabelGVM},    // redirected global
+		{false, pidNS + 8, decision.Redirect, ReasonGVMPointer, LabelGVM},       // GVM pointer followed
+		{true, stackTop - 8 - 0x10, decision.Local, ReasonSVMPointer, LabelGVM}, // spill via rbp (SVM)
+		{false, dataPhys + pageSize, decision.Local, ReasonGlobalLocal, LabelSVM},
+		{false, dataPhys + 2*pageSize, decision.Unknown, ReasonGlobalUnknown, LabelSVM},
+		{false, stackTop - 8 - 0x10, decision.Local, ReasonSVMPointer, LabelGVM}, // reload
+		{true, userPhys, decision.Local, ReasonUserPointer, LabelGVM},            // copy to user
+		{false, stackTop - 16, decision.Local, ReasonStack, LabelUser},           // pop rbx
+		{false, stackTop - 8, decision.Local, ReasonStack, LabelUser},            // pop rbp
 	}
 	if len(accs) != len(exp) {
 		t.Fatalf("%d accesses, want %d:\n%s", len(accs), len(exp), accessList(accs))
@@ -110,7 +111,7 @@ func TestKernelLikeFunction(t *testing.T) {
 	checkInvariants(t, accs)
 	st := tr.Stats()
 	if st.Instructions != uint64(len(kernelFunc)) || st.Accesses != uint64(len(exp)) ||
-		st.Decided(Redirect) != 2 || st.Decided(Unknown) != 1 || st.Reasons[ReasonGlobalUnknown] != 1 {
+		st.Decided(decision.Redirect) != 2 || st.Decided(decision.Unknown) != 1 || st.Reasons[ReasonGlobalUnknown] != 1 {
 		t.Errorf("stats %+v", st)
 	}
 }
@@ -125,11 +126,11 @@ func checkInvariants(t *testing.T, accs []Access) {
 			t.Errorf("stack decision without RSP base: %v", a)
 		case a.Reason == ReasonPerCPU && a.Seg != x86asm.GS:
 			t.Errorf("per-cpu decision without gs: %v", a)
-		case a.Decision == Redirect && a.Addr&(LabelGVM|LabelGlobal) == 0:
+		case a.Decision == decision.Redirect && a.Addr&(LabelGVM|LabelGlobal) == 0:
 			t.Errorf("redirected without GVM or global provenance: %v", a)
-		case a.Decision == Redirect && !a.Write && a.Data != LabelGVM:
+		case a.Decision == decision.Redirect && !a.Write && a.Data != LabelGVM:
 			t.Errorf("redirected read yields %v, not GVM data: %v", a.Data, a)
-		case a.Addr&LabelGVM != 0 && a.Decision != Redirect && a.Reason != ReasonStack && !a.DispGlobal:
+		case a.Addr&LabelGVM != 0 && a.Decision != decision.Redirect && a.Reason != ReasonStack && !a.DispGlobal:
 			t.Errorf("GVM pointer kept local: %v", a)
 		}
 	}

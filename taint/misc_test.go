@@ -7,6 +7,7 @@ import (
 
 	"golang.org/x/arch/x86/x86asm"
 
+	"hybridbridge/decision"
 	"hybridbridge/emu"
 )
 
@@ -81,33 +82,33 @@ func TestShadowMemory(t *testing.T) {
 }
 
 func TestVMSTPolicy(t *testing.T) {
-	globals := func(a *Access) Decision {
+	globals := func(a *Access) decision.Decision {
 		if a.Phys == 1 {
-			return Redirect
+			return decision.Redirect
 		}
-		return Unknown
+		return decision.Unknown
 	}
 	p := VMST{Globals: globals}
 	for _, c := range []struct {
 		a Access
-		d Decision
+		d decision.Decision
 		r Reason
 	}{
-		{Access{Seg: x86asm.GS, Addr: LabelGVM}, Local, ReasonPerCPU},
-		{Access{Base: x86asm.RSP, Addr: LabelGVM}, Local, ReasonStack},
-		{Access{DispGlobal: true, Addr: LabelGVM | LabelGlobal, Phys: 1}, Redirect, ReasonGlobalRedirect},
-		{Access{Addr: LabelGVM}, Redirect, ReasonGVMPointer},
-		{Access{Addr: LabelGVM | LabelSVM}, Redirect, ReasonMixedPointer},
-		{Access{Addr: LabelGlobal | LabelSVM}, Unknown, ReasonGlobalUnknown},
-		{Access{Addr: LabelSVM | LabelUser}, Local, ReasonSVMPointer},
-		{Access{Addr: LabelUser}, Local, ReasonUserPointer},
-		{Access{}, Local, ReasonUnlabelled},
+		{Access{Seg: x86asm.GS, Addr: LabelGVM}, decision.Local, ReasonPerCPU},
+		{Access{Base: x86asm.RSP, Addr: LabelGVM}, decision.Local, ReasonStack},
+		{Access{DispGlobal: true, Addr: LabelGVM | LabelGlobal, Phys: 1}, decision.Redirect, ReasonGlobalRedirect},
+		{Access{Addr: LabelGVM}, decision.Redirect, ReasonGVMPointer},
+		{Access{Addr: LabelGVM | LabelSVM}, decision.Redirect, ReasonMixedPointer},
+		{Access{Addr: LabelGlobal | LabelSVM}, decision.Unknown, ReasonGlobalUnknown},
+		{Access{Addr: LabelSVM | LabelUser}, decision.Local, ReasonSVMPointer},
+		{Access{Addr: LabelUser}, decision.Local, ReasonUserPointer},
+		{Access{}, decision.Local, ReasonUnlabelled},
 	} {
 		if d, r := p.Decide(&c.a); d != c.d || r != c.r {
 			t.Errorf("%+v: %v (%v), want %v (%v)", c.a, d, r, c.d, c.r)
 		}
 	}
-	if d, r := (VMST{}).Decide(&Access{DispGlobal: true}); d != Unknown || r != ReasonGlobalUnknown {
+	if d, r := (VMST{}).Decide(&Access{DispGlobal: true}); d != decision.Unknown || r != ReasonGlobalUnknown {
 		t.Errorf("no classifier: %v %v", d, r)
 	}
 }

@@ -4,30 +4,9 @@ import (
 	"fmt"
 
 	"golang.org/x/arch/x86/x86asm"
+
+	"hybridbridge/decision"
 )
-
-// Decision says where an access's data lives.
-type Decision uint8
-
-// Decisions. Unknown is reserved for accesses the policy cannot place
-// (a kernel global in neither per-global list): they execute locally but
-// must stay visible (counted in Stats, passed to callbacks), never be
-// silently defaulted.
-const (
-	Local    Decision = iota // the SVM's own memory
-	Redirect                 // the GVM's copy
-	Unknown                  // undecided; executed locally
-	numDecisions
-)
-
-var decisionNames = [...]string{"local", "redirect", "unknown"}
-
-func (d Decision) String() string {
-	if int(d) < len(decisionNames) {
-		return decisionNames[d]
-	}
-	return fmt.Sprintf("Decision(%d)", uint8(d))
-}
 
 // Reason says which rule of a policy produced a decision.
 type Reason uint8
@@ -86,7 +65,7 @@ type Access struct {
 	// gs-relative operand.
 	Addr Label
 
-	Decision Decision
+	Decision decision.Decision
 	Reason   Reason
 
 	// Data is the union label of the bytes read (after the decision: a
@@ -107,14 +86,14 @@ func (a *Access) String() string {
 // once per access (by the batch processor or, for the synchronous range,
 // from the memory hook) and must not keep a.
 type Policy interface {
-	Decide(a *Access) (Decision, Reason)
+	Decide(a *Access) (decision.Decision, Reason)
 }
 
 // Classifier decides accesses whose address is a kernel global: the
 // per-global redirect and keep-local lists of DESIGN §3.3. It typically
 // maps a.Phys (or a.Virt when known) back to a data symbol. It returns
 // Unknown for globals in neither list.
-type Classifier func(a *Access) Decision
+type Classifier func(a *Access) decision.Decision
 
 // VMST is the default policy (DESIGN §3.3, VMST's rules adapted):
 //
@@ -135,39 +114,39 @@ type VMST struct {
 }
 
 // Decide implements Policy.
-func (p VMST) Decide(a *Access) (Decision, Reason) {
+func (p VMST) Decide(a *Access) (decision.Decision, Reason) {
 	switch {
 	case a.Seg == x86asm.GS:
-		return Local, ReasonPerCPU
+		return decision.Local, ReasonPerCPU
 	case a.Base == x86asm.RSP || a.Base == x86asm.ESP:
-		return Local, ReasonStack
+		return decision.Local, ReasonStack
 	case a.DispGlobal:
 		return p.global(a)
 	case a.Addr&LabelGVM != 0:
 		if a.Addr&LabelSVM != 0 {
-			return Redirect, ReasonMixedPointer
+			return decision.Redirect, ReasonMixedPointer
 		}
-		return Redirect, ReasonGVMPointer
+		return decision.Redirect, ReasonGVMPointer
 	case a.Addr&LabelGlobal != 0:
 		return p.global(a)
 	case a.Addr&LabelSVM != 0:
-		return Local, ReasonSVMPointer
+		return decision.Local, ReasonSVMPointer
 	case a.Addr&LabelUser != 0:
-		return Local, ReasonUserPointer
+		return decision.Local, ReasonUserPointer
 	}
-	return Local, ReasonUnlabelled
+	return decision.Local, ReasonUnlabelled
 }
 
-func (p VMST) global(a *Access) (Decision, Reason) {
-	d := Unknown
+func (p VMST) global(a *Access) (decision.Decision, Reason) {
+	d := decision.Unknown
 	if p.Globals != nil {
 		d = p.Globals(a)
 	}
 	switch d {
-	case Redirect:
-		return Redirect, ReasonGlobalRedirect
-	case Local:
-		return Local, ReasonGlobalLocal
+	case decision.Redirect:
+		return decision.Redirect, ReasonGlobalRedirect
+	case decision.Local:
+		return decision.Local, ReasonGlobalLocal
 	}
-	return Unknown, ReasonGlobalUnknown
+	return decision.Unknown, ReasonGlobalUnknown
 }

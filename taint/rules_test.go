@@ -12,19 +12,20 @@ import (
 
 	"golang.org/x/arch/x86/x86asm"
 
+	"hybridbridge/decision"
 	"hybridbridge/emu"
 )
 
 // testGlobals stands in for the per-global lists: one page of globals to
 // redirect, one to keep local, everything else unknown.
-func testGlobals(a *Access) Decision {
+func testGlobals(a *Access) decision.Decision {
 	switch a.Phys &^ pageMask {
 	case dataPhys:
-		return Redirect
+		return decision.Redirect
 	case dataPhys + pageSize:
-		return Local
+		return decision.Local
 	}
-	return Unknown
+	return decision.Unknown
 }
 
 func testConfig() Config {
@@ -219,7 +220,7 @@ func runRuleCase(t *testing.T, c ruleCase) {
 		case "acc":
 			var got strings.Builder
 			for _, a := range accs {
-				got.WriteString(map[Decision]string{Local: "L", Redirect: "R", Unknown: "U"}[a.Decision])
+				got.WriteString(map[decision.Decision]string{decision.Local: "L", decision.Redirect: "R", decision.Unknown: "U"}[a.Decision])
 			}
 			if v == "-" {
 				v = ""

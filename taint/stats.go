@@ -4,7 +4,12 @@ import (
 	"time"
 
 	"golang.org/x/arch/x86/x86asm"
+
+	"hybridbridge/decision"
 )
+
+// numDecisions sizes the arrays indexed by decision: Unknown is the last one.
+const numDecisions = decision.Unknown + 1
 
 // counters are the Tracker's running statistics.
 type counters struct {
@@ -55,7 +60,7 @@ func (s Stats) InsnPerSec() float64 {
 }
 
 // Decided returns the number of accesses with decision d.
-func (s Stats) Decided(d Decision) uint64 {
+func (s Stats) Decided(d decision.Decision) uint64 {
 	if int(d) < len(s.Decisions) {
 		return s.Decisions[d]
 	}

@@ -6,6 +6,7 @@ import (
 
 	"golang.org/x/arch/x86/x86asm"
 
+	"hybridbridge/decision"
 	"hybridbridge/emu"
 )
 
@@ -15,7 +16,7 @@ type countingPolicy struct {
 	n int
 }
 
-func (p *countingPolicy) Decide(a *Access) (Decision, Reason) {
+func (p *countingPolicy) Decide(a *Access) (decision.Decision, Reason) {
 	p.n++
 	return p.Policy.Decide(a)
 }
@@ -81,7 +82,7 @@ func TestSyncDecisions(t *testing.T) {
 			// QEMU's two aligned halves), always as the same access.
 			wantPhys := []uint64{dataPhys + 0x10, dataPhys + pageSize, dataPhys + 0x20,
 				dataPhys + 0x2ffd, dataPhys + 0x2ffd, dataPhys + 0x2ffd}
-			wantDec := []Decision{Redirect, Local, Redirect, Unknown, Unknown, Unknown}
+			wantDec := []decision.Decision{decision.Redirect, decision.Local, decision.Redirect, decision.Unknown, decision.Unknown, decision.Unknown}
 			if len(synced) != len(wantPhys) {
 				t.Fatalf("%d synchronous decisions, want %d", len(synced), len(wantPhys))
 			}

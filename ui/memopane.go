@@ -2,13 +2,13 @@ package ui
 
 import (
 	"fmt"
-	"maps"
-	"slices"
 	"strings"
 
 	"charm.land/bubbles/v2/key"
 	tea "charm.land/bubbletea/v2"
 	"golang.org/x/arch/x86/x86asm"
+
+	"hybridbridge/decision"
 )
 
 // historyLen is how many refreshes the per-view sparklines remember.
@@ -83,13 +83,9 @@ func (p *memoPane) view(s *Styles) string {
 	m := p.frame.Memo
 	var b strings.Builder
 	fmt.Fprintf(&b, "%s %d memoized instructions", s.Value.Render("memo:"), m.Entries)
-	if len(m.Decisions) > 0 {
-		var parts []string
-		for _, d := range slices.Sorted(maps.Keys(m.Decisions)) {
-			parts = append(parts, fmt.Sprintf("%s %d", d, m.Decisions[d]))
-		}
-		b.WriteString(" (" + strings.Join(parts, ", ") + ")")
-	}
+	d := m.Decisions
+	fmt.Fprintf(&b, " (%v %d, %v %d, %v %d, %v %d)", decision.Both, d.Both, decision.Local, d.Local,
+		decision.Redirect, d.Redirect, decision.Unknown, d.Unknown)
 	b.WriteByte('\n')
 	if rate, ok := m.HitRate(); ok {
 		fmt.Fprintf(&b, "lookups %d, hits %d, misses %d, hit rate %.1f%%\n", m.Lookups, m.Hits, m.Misses, 100*rate)

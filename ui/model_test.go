@@ -17,6 +17,7 @@ import (
 	tea "charm.land/bubbletea/v2"
 	"github.com/charmbracelet/x/ansi"
 
+	"hybridbridge/decision"
 	"hybridbridge/inspect"
 )
 
@@ -80,11 +81,11 @@ func demoFrame(mode Mode) *Frame {
 			{Name: "tun", Size: 61440, Refs: 1, State: "Live", Users: []string{"veth"}},
 		},
 		Views: []ViewStats{
-			{Name: "ps", Engine: "Unicorn-taint", Elapsed: time.Second, Syscalls: 776, Instructions: 5_400_000, Redirected: 3462, Local: 68407, Unknown: 2, UnknownGlobals: []string{"jiffies"}},
+			{Name: "ps", Engine: "Unicorn-taint", Elapsed: time.Second, Syscalls: 776, Instructions: 5_400_000, Globals: decision.Counts{Redirect: 3462, Local: 68407, Unknown: 2}, UnknownGlobals: []string{"jiffies"}},
 			{Name: "netstat", Engine: "Unicorn-taint", Elapsed: 180 * time.Millisecond, Syscalls: 20},
 			{Name: "lsmod", Engine: "Unicorn-taint", Elapsed: 5 * time.Millisecond, Syscalls: 3},
 		},
-		Memo: MemoSummary{Entries: 425, Decisions: map[string]int{"local": 400, "redirect": 25},
+		Memo: MemoSummary{Entries: 425, Decisions: decision.Counts{Local: 400, Redirect: 25},
 			TopSeen: []MemoEntry{{PC: 0xffffffff81000000, Symbol: "task_pid_nr_ns+0x12", Disassembly: "mov rax, qword ptr [rdi+0x10]", Decision: "redirect", Seen: 99, View: "ps", Syscall: "read"}}},
 	}
 }

@@ -236,7 +236,7 @@ func viewCaption(v *ViewStats, name string) string {
 		return name + ": not run yet"
 	}
 	s := fmt.Sprintf("%s on %s: %v, %d syscalls, %s instructions, globals %d redirected / %d local / %d unknown",
-		v.Name, orDash(v.Engine), v.Elapsed.Round(time.Millisecond), v.Syscalls, humanCount(v.Instructions), v.Redirected, v.Local, v.Unknown)
+		v.Name, orDash(v.Engine), v.Elapsed.Round(time.Millisecond), v.Syscalls, humanCount(v.Instructions), v.Globals.Redirect, v.Globals.Local, v.Globals.Unknown)
 	if len(v.UnknownGlobals) > 0 {
 		s += " (" + strings.Join(v.UnknownGlobals, ", ") + ")"
 	}

@@ -10,6 +10,7 @@ import (
 	"context"
 	"time"
 
+	"hybridbridge/decision"
 	"hybridbridge/inspect"
 )
 
@@ -117,15 +118,14 @@ type Switch struct {
 
 // ViewStats is the engine work one view cost.
 type ViewStats struct {
-	Name         string
-	Engine       string
-	Err          string // empty when the view succeeded
-	Elapsed      time.Duration
-	Syscalls     int
-	Instructions uint64
-	// Kernel-global accesses by decision.
-	Redirected, Local, Unknown int
-	UnknownGlobals             []string // globals executed on the SVM's copy for lack of a decision
+	Name           string
+	Engine         string
+	Err            string // empty when the view succeeded
+	Elapsed        time.Duration
+	Syscalls       int
+	Instructions   uint64
+	Globals        decision.Counts // kernel-global accesses by decision
+	UnknownGlobals []string        // globals executed on the SVM's copy for lack of a decision
 	// Memo lookups this view made during the refresh (Fast-Bridge consults the memo; Slow-Bridge
 	// only learns it, so these are zero while it runs alone).
 	Lookups, Hits, Misses uint64
@@ -135,9 +135,9 @@ type ViewStats struct {
 // MemoSummary is the training memo's state after a refresh.
 type MemoSummary struct {
 	Entries               int
-	Lookups, Hits, Misses uint64 // since the memo was created
-	Decisions             map[string]int
-	TopSeen               []MemoEntry // most executed memoized instructions
+	Lookups, Hits, Misses uint64          // since the memo was created
+	Decisions             decision.Counts // memoized instructions by decision
+	TopSeen               []MemoEntry     // most executed memoized instructions
 	TopHits               []MemoEntry
 	TopMisses             []MemoEntry
 }
