@@ -10,6 +10,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"hybridbridge/bridge"
 	"hybridbridge/svm"
 )
 
@@ -64,7 +65,10 @@ func (e *env) buildSnapshot(ctx context.Context, gvmMaxMiB int) (*svm.Snapshot, 
 	}
 	report, done := progress(e.stderr)
 	defer done()
-	return svm.Build(ctx, a, svm.BuildOptions{CacheDir: e.cacheDir, RunDir: e.runDir, GVMMaxMiB: gvmMaxMiB, Progress: report})
+	// The snapshot records the blocking entries so that a machine opened without the kernel's
+	// symbol table (machine, below) still stops a call that sleeps.
+	return svm.Build(ctx, a, svm.BuildOptions{CacheDir: e.cacheDir, RunDir: e.runDir, GVMMaxMiB: gvmMaxMiB, Progress: report,
+		KeepSymbols: bridge.BlockingEntries()})
 }
 
 // snapshot loads the cached snapshot, building it first when there is none or it was made for
@@ -101,7 +105,7 @@ func (e *env) machine(ctx context.Context) (*svm.Machine, error) {
 	if err != nil {
 		return nil, err
 	}
-	return svm.Open(snap, svm.Options{})
+	return svm.Open(snap, svm.Options{Blocking: bridge.BlockingEntries()})
 }
 
 func (e *env) svmCat() *cobra.Command {

@@ -12,6 +12,7 @@ import (
 	"os"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -68,6 +69,10 @@ type BuildOptions struct {
 	GVMMaxMiB int
 	// Progress, if set, receives the stage and the time since the build started.
 	Progress func(stage string, elapsed time.Duration)
+	// KeepSymbols are kernel symbols the snapshot records besides those the executor needs: the
+	// names callers will give in Options (Blocking) without a symbol table of their own. The
+	// kernel must have each.
+	KeepSymbols []string
 }
 
 // Build boots the secure VM under QEMU, stops its agent at system-call entry and saves the
@@ -101,6 +106,10 @@ func Build(ctx context.Context, a *guest.Assets, opt BuildOptions) (*Snapshot, e
 	syms, kstart, kend, err := probeKernel(ctx, a, img, opt.RunDir, guestProgress)
 	if err != nil {
 		return nil, fmt.Errorf("probe boot: %w", err)
+	}
+	kept, err := snapshotSymbols(syms, opt.KeepSymbols)
+	if err != nil {
+		return nil, err
 	}
 	layout := planLayout(uint64(opt.GVMMaxMiB)<<20, kstart, kend)
 
@@ -138,7 +147,7 @@ func Build(ctx context.Context, a *guest.Assets, opt BuildOptions) (*Snapshot, e
 	if err := capture(ctx, gdbSock, syms, snap); err != nil {
 		return nil, err
 	}
-	snap.Symbols = snapshotSymbols(syms)
+	snap.Symbols = kept
 	if snap.TSCSites, err = findTSCSites(ctx, gdbSock, syms); err != nil {
 		return nil, err
 	}
@@ -227,15 +236,23 @@ func mountViewsProc(ctx context.Context, g *guest.Guest) error {
 	return nil
 }
 
-// snapshotSymbols picks from syms the addresses the snapshot keeps.
-func snapshotSymbols(syms *vmm.Symbols) map[string]uint64 {
+// snapshotSymbols picks from syms the addresses the snapshot keeps: the executor's (Load checks
+// the required ones), and the callers' keep, which must all be there.
+func snapshotSymbols(syms *vmm.Symbols, keep []string) (map[string]uint64, error) {
 	kept := map[string]uint64{}
-	for _, name := range append(requiredSymbols, "entry_SYSCALL_64_after_hwframe", "init_task", "_edata", "__bss_start", "__bss_stop", "oops_begin", "panic") {
+	for _, name := range slices.Concat(requiredSymbols, faultEntries, []string{"entry_SYSCALL_64_after_hwframe", "init_task", "_edata", "__bss_start", "__bss_stop"}) {
 		if addr, ok := syms.Addr(name); ok {
 			kept[name] = addr
 		}
 	}
-	return kept
+	for _, name := range keep {
+		addr, ok := syms.Addr(name)
+		if !ok {
+			return nil, fmt.Errorf("keep symbol %s: the kernel has none", name)
+		}
+		kept[name] = addr
+	}
+	return kept, nil
 }
 
 // writeSnapshot copies the SVM's RAM and saves snap into dir, replacing what was there; the

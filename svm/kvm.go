@@ -56,14 +56,13 @@ type kvmCPU struct {
 }
 
 // kvmHalt is a kernel address where a planted halt stops the vCPU, and what it means: a call
-// ends (err), or an RDTSC/RDTSCP of the kernel's clocksource is answered (tsc: its length).
+// ends (err), or an RDTSC/RDTSCP of the clock source is answered (tsc).
 type kvmHalt struct {
 	name string
 	addr uint64
 	phys uint64
 	err  error
-	tsc  uint64
-	aux  bool // RDTSCP: also sets RCX
+	tsc  *tscSite
 }
 
 // hltOpcode ends every call: the halt exits to user space because the VM has no interrupt
@@ -131,43 +130,32 @@ func (m *Machine) openKVM() error {
 }
 
 // findHalts translates where halts are planted: the return address; the entries where the
-// Unicorn machine stops a call (a context switch or the idle loop: nothing else runs in the SVM,
-// so a call that sleeps never wakes; an oops); with Options.ClockTSC, the clocksource's RDTSCs.
+// Unicorn machine stops a call (Options.Blocking, an oops); with Options.Clock, its RDTSCs.
 func (m *Machine) findHalts() error {
 	c, w := m.kvm, m.virt.Walker()
 	var err error
 	if c.retPhys, _, _, err = w.Translate(m.snap.ReturnAddr); err != nil || c.retPhys >= uint64(len(m.ram)) {
 		return fmt.Errorf("return address %#x: not in SVM RAM (%v)", m.snap.ReturnAddr, err)
 	}
-	halts := []kvmHalt{
-		{name: "__switch_to_asm", err: ErrBlocked}, {name: "default_idle", err: ErrBlocked},
-		{name: "oops_begin", err: ErrFault}, {name: "panic", err: ErrFault},
+	blocking, err := m.blockingEntries()
+	if err != nil {
+		return err
 	}
-	for i := range halts {
-		halts[i].addr = m.snap.Symbols[halts[i].name] // oops_begin and panic may be absent
+	var halts []kvmHalt
+	for _, b := range blocking {
+		halts = append(halts, kvmHalt{name: b.name, addr: b.addr, err: ErrBlocked})
 	}
-	if m.opts.ClockTSC != nil {
-		if m.opts.Symbols == nil {
-			return errors.New("Options.ClockTSC needs Options.Symbols")
-		}
-		insn := make([]byte, 3)
-		for _, addr := range m.snap.TSCSites {
-			if fn, _, _ := m.opts.Symbols.Lookup(addr); fn != "read_tsc" {
-				continue // other sites read the vCPU's own counter, which continues the SVM's
-			}
-			if err := m.virt.Read(addr, insn); err != nil {
-				return fmt.Errorf("RDTSC site %#x: %w", addr, err)
-			}
-			h := kvmHalt{name: "read_tsc", addr: addr}
-			switch {
-			case insn[0] == 0x0f && insn[1] == 0x31:
-				h.tsc = 2
-			case insn[0] == 0x0f && insn[1] == 0x01 && insn[2] == 0xf9:
-				h.tsc, h.aux = 3, true
-			default:
-				return fmt.Errorf("RDTSC site %#x holds % x: snapshot does not match its kernel text", addr, insn)
-			}
-			halts = append(halts, h)
+	for _, name := range faultEntries {
+		halts = append(halts, kvmHalt{name: name, addr: m.snap.Symbols[name], err: ErrFault}) // 0 if absent
+	}
+	sites, err := m.tscSites()
+	if err != nil {
+		return err
+	}
+	for _, s := range sites {
+		// The other sites read the vCPU's own counter, which continues the SVM's (kvmLoadCPU).
+		if s.clock {
+			halts = append(halts, kvmHalt{name: m.opts.Clock.Func, addr: s.addr, tsc: &s})
 		}
 	}
 	for _, h := range halts {
@@ -195,8 +183,10 @@ func (c *kvmCPU) haltBytes(put func(at uint64, b byte)) {
 	put(c.retPhys, hltOpcode)
 	for _, h := range c.halts {
 		put(h.phys, hltOpcode)
-		for i := uint64(1); i < h.tsc; i++ {
-			put(h.phys+i, nopOpcode)
+		if h.tsc != nil {
+			for i := uint64(1); i < h.tsc.size; i++ {
+				put(h.phys+i, nopOpcode)
+			}
 		}
 	}
 }
@@ -392,12 +382,6 @@ func (m *Machine) kvmLoadCPU() error {
 	return cpu.SetRegs(m.capturedRegs())
 }
 
-// svmTSC is the SVM's own counter: the snapshot's TSC plus the time since the machine opened, at
-// the captured rate.
-func (m *Machine) svmTSC() uint64 {
-	return m.snap.TSC + uint64(time.Since(m.tscBase).Nanoseconds())*m.snap.TSCKHz/1e6
-}
-
 // capturedRegs are the general registers as captured.
 func (m *Machine) capturedRegs() *kvm.Regs {
 	g := m.snap.CPU.GPR
@@ -520,15 +504,15 @@ func (m *Machine) halted(nr int) (bool, error) {
 		if r.RIP != h.addr+1 {
 			continue
 		}
-		if h.tsc == 0 {
+		if h.tsc == nil {
 			err := m.kvmStop(h.err, nr, "reached "+h.name)
 			err.RIP, err.Symbol = h.addr, m.symbolize(h.addr) // the entry, not past the halt
 			return false, err
 		}
 		m.stats.TSCReads++
-		tsc := m.opts.ClockTSC()
-		r.RAX, r.RDX, r.RIP = tsc&0xffffffff, tsc>>32, h.addr+h.tsc
-		if h.aux {
+		tsc := m.opts.Clock.TSC()
+		r.RAX, r.RDX, r.RIP = tsc&0xffffffff, tsc>>32, h.tsc.next()
+		if h.tsc.aux {
 			r.RCX = 0
 		}
 		if err := cpu.SetRegs(r); err != nil {

@@ -25,7 +25,7 @@ func openKVM(t *testing.T) *Machine {
 		testenv.SkipNoKVM(t, err.Error())
 	}
 	k.Close()
-	opts := Options{KVM: &KVMOptions{Timeout: 20 * time.Second}}
+	opts := Options{Blocking: blocking, KVM: &KVMOptions{Timeout: 20 * time.Second}}
 	if cache, err := guest.FindCacheDir(); err == nil {
 		// Symbols only name where a failing call stopped.
 		opts.Symbols, _ = vmm.LoadSymbols(cache + "/symbols/" + snap.KernelID + ".kallsyms")

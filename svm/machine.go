@@ -63,8 +63,16 @@ type Options struct {
 	Budget uint64
 	// CountInstructions makes Stats count executed instructions exactly, at some speed cost.
 	CountInstructions bool
-	// Symbols, if set, renders stop addresses as symbol+offset.
+	// Symbols, if set, renders stop addresses as symbol+offset, and resolves the names in
+	// Blocking that the snapshot does not record. Clock needs it.
 	Symbols *vmm.Symbols
+	// Blocking names the kernel functions whose entry means the call is about to sleep (the
+	// scheduler's context switch, the idle loop): nothing else runs in the SVM to wake it, so
+	// the call stops there with ErrBlocked instead of spinning out its budget. Each name must
+	// be recorded in the snapshot (BuildOptions.KeepSymbols) or be in Symbols.
+	Blocking []string
+	// Clock, if set, gives the RDTSCs of one kernel function the caller's counter.
+	Clock *ClockSource
 	// OnReset, if set, runs after every Reset (e.g. to clear a taint engine's shadow state).
 	OnReset func()
 	// Window installs the hooks that undo SwapInGuest over the kernel image's data and freed
@@ -74,10 +82,6 @@ type Options struct {
 	// ReadRecords), so they leave their file open for the reset to drop. Files opened in one
 	// operation without a reset accumulate.
 	LeaveOpen bool
-	// ClockTSC, if set, is the counter the kernel's TSC clocksource (read_tsc) reads, e.g. a
-	// paused guest's, whose timekeeper a view reads; other RDTSC sites (sched_clock, delays) keep
-	// the SVM's own running counter. Needs Symbols.
-	ClockTSC func() uint64
 	// KVM, if set, runs the calls under KVM instead of Unicorn: the machine then has no engine
 	// and no hooks (Engine is nil; Window and CountInstructions do nothing; Budget gives way to
 	// the KVM options' timeout), and Intercept decides which accesses exit.
@@ -121,7 +125,7 @@ type Machine struct {
 
 	savedRegs []byte       // the agent's pt_regs as captured
 	tscBase   time.Time    // when the virtual TSC was at Snapshot.TSC
-	tscSites  int          // RDTSC/RDTSCP hooks installed
+	tscHooks  int          // RDTSC/RDTSCP hooks installed
 	gate      *emu.MemGate // the after-read hooks of swapped-in values, open while one waits
 
 	// Set by hooks during a run, read after Start returns.
@@ -239,6 +243,46 @@ func (m *Machine) RAM() []byte { return m.ram }
 // access does not stop emulation. Nothing behind them answers.
 var scratchPages = []uint64{0xfec00000, 0xfed00000, 0xfee00000}
 
+// faultEntries are where a kernel oops or panic starts. Reaching one stops the call as a fault:
+// an oops would otherwise end in do_exit and a context switch, far from the faulting path that
+// is still on the stack here. A kernel may lack either; the snapshot records those it has.
+var faultEntries = []string{"oops_begin", "panic"}
+
+// kernelEntry is a kernel function a caller named, resolved.
+type kernelEntry struct {
+	name string
+	addr uint64
+}
+
+// blockingEntries resolves Options.Blocking.
+func (m *Machine) blockingEntries() ([]kernelEntry, error) {
+	out := make([]kernelEntry, 0, len(m.opts.Blocking))
+	for _, name := range m.opts.Blocking {
+		addr, err := m.kernelAddr(name)
+		if err != nil {
+			return nil, fmt.Errorf("blocking entry: %w", err)
+		}
+		out = append(out, kernelEntry{name, addr})
+	}
+	return out, nil
+}
+
+// kernelAddr is the address of a kernel symbol a caller named: as the snapshot recorded it, else
+// as Options.Symbols has it. A name neither knows is an error, not a hook that never fires.
+func (m *Machine) kernelAddr(name string) (uint64, error) {
+	if addr := m.snap.Symbols[name]; addr != 0 {
+		return addr, nil
+	}
+	if m.opts.Symbols == nil {
+		return 0, fmt.Errorf("symbol %s: not recorded in the snapshot (BuildOptions.KeepSymbols), and no Options.Symbols", name)
+	}
+	addr, ok := m.opts.Symbols.Addr(name)
+	if !ok {
+		return 0, fmt.Errorf("symbol %s: neither recorded in the snapshot nor in Options.Symbols", name)
+	}
+	return addr, nil
+}
+
 func (m *Machine) setup() error {
 	e := m.eng
 	if err := e.MapPtr(0, m.snap.Layout.RAMSize, emu.ProtAll, m.ram); err != nil {
@@ -254,20 +298,19 @@ func (m *Machine) setup() error {
 		return err
 	}
 	// Every hook exists from the start: Unicorn compiles hook checks into translated code.
-	sym := m.snap.Symbols
-	for _, name := range []string{"__switch_to_asm", "default_idle"} {
-		addr := sym[name]
-		where := name
-		if _, err := e.HookCode(addr, addr, func(uint64, uint32) {
-			m.stopWith(ErrBlocked, "reached "+where)
+	blocking, err := m.blockingEntries()
+	if err != nil {
+		return err
+	}
+	for _, b := range blocking {
+		if _, err := e.HookCode(b.addr, b.addr, func(uint64, uint32) {
+			m.stopWith(ErrBlocked, "reached "+b.name)
 		}); err != nil {
 			return err
 		}
 	}
-	// A kernel oops would end in do_exit and a context switch; stop where it starts instead, with
-	// the faulting path on the stack.
-	for _, name := range []string{"oops_begin", "panic"} {
-		if addr := sym[name]; addr != 0 {
+	for _, name := range faultEntries {
+		if addr := m.snap.Symbols[name]; addr != 0 {
 			where := name
 			if _, err := e.HookCode(addr, addr, func(uint64, uint32) {
 				m.stopWith(ErrFault, "kernel "+where)

@@ -181,8 +181,10 @@ func Load(dir, kernelID string) (*Snapshot, error) {
 	return s, nil
 }
 
-// requiredSymbols are the kernel addresses the executor uses.
-var requiredSymbols = []string{"do_syscall_64", "entry_SYSCALL_64", "__switch_to_asm", "default_idle", "_text", "_etext", "_end", "tsc_khz",
+// requiredSymbols are the kernel addresses the executor itself uses. Those a caller names in
+// Options are recorded when the build is asked to keep them (BuildOptions.KeepSymbols), and
+// checked when a machine opens.
+var requiredSymbols = []string{"do_syscall_64", "entry_SYSCALL_64", "_text", "_etext", "_end", "tsc_khz",
 	"linux_banner", "page_offset_base", "vmemmap_base", "vmalloc_base", "_sdata", "__init_begin", "__init_end",
 	"__start_ro_after_init", "__end_ro_after_init", "__start_rodata", "__end_rodata"}
 

@@ -17,6 +17,9 @@ import (
 	"hybridbridge/guest"
 )
 
+// blocking are the entries where the bridge stops a call that sleeps (bridge.BlockingEntries).
+var blocking = []string{"__switch_to_asm", "default_idle"}
+
 // One snapshot, built from a real SVM boot, serves the package.
 var (
 	snap     *Snapshot
@@ -41,7 +44,7 @@ func TestMain(m *testing.M) {
 			defer cancel()
 			start := time.Now()
 			// A private folder: other test packages may use the cached snapshot meanwhile.
-			snap, err = Build(ctx, assets, BuildOptions{CacheDir: cache, RunDir: runDir, OutDir: runDir + "/snapshot"})
+			snap, err = Build(ctx, assets, BuildOptions{CacheDir: cache, RunDir: runDir, OutDir: runDir + "/snapshot", KeepSymbols: blocking})
 			fmt.Printf("svm: snapshot built in %.1fs\n", time.Since(start).Seconds())
 		}
 		buildErr = err
@@ -50,10 +53,15 @@ func TestMain(m *testing.M) {
 	os.Exit(code)
 }
 
+// open loads the snapshot as the bridge does, with a call that sleeps stopped at the blocking
+// entries unless opts names others.
 func open(t testing.TB, opts Options) *Machine {
 	t.Helper()
 	if buildErr != nil {
 		t.Fatalf("SVM snapshot build failed: %v", buildErr)
+	}
+	if opts.Blocking == nil {
+		opts.Blocking = blocking
 	}
 	m, err := Open(snap, opts)
 	if err != nil {
@@ -297,7 +305,7 @@ func TestClockContinuesTheGuests(t *testing.T) {
 	if m.Stats().TSCReads == 0 {
 		t.Fatal("no RDTSC went through the virtual TSC")
 	}
-	t.Logf("uptime %.2f -> %.2f; %d TSC reads, %d RDTSC sites hooked", u1, u2, m.Stats().TSCReads, m.tscSites)
+	t.Logf("uptime %.2f -> %.2f; %d TSC reads, %d RDTSC sites hooked", u1, u2, m.Stats().TSCReads, m.tscHooks)
 }
 
 func TestUname(t *testing.T) {

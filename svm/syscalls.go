@@ -6,9 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"syscall"
-	"time"
-
-	"hybridbridge/emu"
 )
 
 // Syscall numbers (x86-64) hybridbridge injects.
@@ -270,61 +267,4 @@ func parseDirents(buf []byte) ([]DirEntry, error) {
 		buf = buf[reclen:]
 	}
 	return out, nil
-}
-
-// hookTSC makes RDTSC continue the SVM's own clock: Unicorn's RDTSC reads the host's counter,
-// which would make the guest's time jump by the host's uptime. Unicorn has no RDTSC hook and
-// ignores writes to the TSC MSR, so each RDTSC/RDTSCP instruction of the kernel (found when the
-// snapshot was built) gets a one-address code hook that supplies the snapshot's TSC plus the time
-// since the machine was opened, at the guest's TSC rate, and steps over the instruction.
-func (m *Machine) hookTSC() error {
-	khz := m.snap.TSCKHz
-	if khz == 0 || len(m.snap.TSCSites) == 0 {
-		return fmt.Errorf("snapshot lacks the TSC rate or RDTSC sites")
-	}
-	e := m.eng
-	clock := m.opts.ClockTSC
-	if clock != nil && m.opts.Symbols == nil {
-		return errors.New("Options.ClockTSC needs Options.Symbols")
-	}
-	insn := make([]byte, 3)
-	for _, addr := range m.snap.TSCSites {
-		if err := m.virt.Read(addr, insn); err != nil {
-			return fmt.Errorf("RDTSC site %#x: %w", addr, err)
-		}
-		var size uint64
-		var aux bool
-		switch {
-		case insn[0] == 0x0f && insn[1] == 0x31:
-			size = 2
-		case insn[0] == 0x0f && insn[1] == 0x01 && insn[2] == 0xf9:
-			size, aux = 3, true
-		default:
-			return fmt.Errorf("RDTSC site %#x holds % x: snapshot does not match its kernel text", addr, insn)
-		}
-		clocksource := false
-		if clock != nil {
-			fn, _, _ := m.opts.Symbols.Lookup(addr)
-			clocksource = fn == "read_tsc"
-		}
-		if _, err := e.HookCode(addr, addr, func(uint64, uint32) {
-			m.stats.TSCReads++
-			tsc := m.snap.TSC + uint64(time.Since(m.tscBase).Nanoseconds())*khz/1e6
-			if clocksource {
-				tsc = clock()
-			}
-			regs := []emu.Reg{emu.RAX, emu.RDX, emu.RIP}
-			vals := []uint64{tsc & 0xffffffff, tsc >> 32, addr + size}
-			if aux {
-				regs, vals = append(regs, emu.RCX), append(vals, 0)
-			}
-			if err := e.SetRegs(regs, vals); err != nil {
-				m.stopWith(ErrFault, "emulate rdtsc: "+err.Error())
-			}
-		}); err != nil {
-			return err
-		}
-		m.tscSites++
-	}
-	return nil
 }

@@ -10,6 +10,7 @@ import (
 
 	"golang.org/x/arch/x86/x86asm"
 
+	"hybridbridge/decision"
 	"hybridbridge/taint"
 )
 
@@ -70,12 +71,12 @@ func TestTaintInvariantsOnRealSyscalls(t *testing.T) {
 		switch {
 		case a.Seg == x86asm.GS:
 			counts["gs"]++
-			if a.Decision != taint.Local || !svmOwn(a.Phys) {
+			if a.Decision != decision.Local || !svmOwn(a.Phys) {
 				fail(a, "gs-relative access not SVM-local")
 			}
 		case a.Base == x86asm.RSP:
 			counts["stack"]++
-			if a.Decision != taint.Local || !svmOwn(a.Phys) {
+			if a.Decision != decision.Local || !svmOwn(a.Phys) {
 				fail(a, "stack access not SVM-local")
 			}
 		case a.Base == x86asm.RIP:
@@ -83,7 +84,7 @@ func TestTaintInvariantsOnRealSyscalls(t *testing.T) {
 			if !a.DispGlobal || a.Addr&taint.LabelGlobal == 0 {
 				fail(a, "RIP-relative access not constant-global")
 			}
-			if a.Decision != taint.Unknown || a.Reason != taint.ReasonGlobalUnknown {
+			if a.Decision != decision.Unknown || a.Reason != taint.ReasonGlobalUnknown {
 				fail(a, "kernel global decided without a classifier")
 			}
 		case a.Base == x86asm.RBP && a.BaseLabel&taint.LabelSVM != 0:
@@ -93,7 +94,7 @@ func TestTaintInvariantsOnRealSyscalls(t *testing.T) {
 			}
 		}
 		// Nothing here comes from a guest: no GVM label may appear anywhere.
-		if a.Addr&taint.LabelGVM != 0 || a.Data&taint.LabelGVM != 0 || a.Decision == taint.Redirect {
+		if a.Addr&taint.LabelGVM != 0 || a.Data&taint.LabelGVM != 0 || a.Decision == decision.Redirect {
 			fail(a, "GVM provenance without a guest")
 		}
 		counts["all"]++

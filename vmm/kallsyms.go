@@ -6,10 +6,11 @@ import (
 	"fmt"
 	"io"
 	"os"
-	"path/filepath"
 	"sort"
 	"strconv"
 	"strings"
+
+	"hybridbridge/internal/atomicfile"
 )
 
 // Symbol is one line of /proc/kallsyms.
@@ -159,23 +160,16 @@ func (s *Symbols) WriteTo(w io.Writer) (int64, error) {
 	return n, bw.Flush()
 }
 
-// Save writes the table to path as kallsyms text. It writes a temporary file and renames it, so
-// a concurrent LoadSymbols never sees half a file. A cache is only valid for the boot it came
-// from: KASLR moves the kernel on every boot.
+// Save writes the table to path as kallsyms text, replacing the file atomically so a concurrent
+// LoadSymbols never sees half a file. A cache is only valid for the boot it came from: KASLR
+// moves the kernel on every boot. The file is the owner's alone: kernel addresses are what
+// /proc/kallsyms hides from other users.
 func (s *Symbols) Save(path string) error {
-	tmp, err := os.CreateTemp(filepath.Dir(path), filepath.Base(path)+".*.tmp")
+	err := atomicfile.Write(path, 0o600, func(w io.Writer) error {
+		_, err := s.WriteTo(w)
+		return err
+	})
 	if err != nil {
-		return fmt.Errorf("saving symbols: %w", err)
-	}
-	defer os.Remove(tmp.Name()) // fails harmlessly after the rename
-	if _, err := s.WriteTo(tmp); err != nil {
-		tmp.Close()
-		return fmt.Errorf("saving symbols to %s: %w", tmp.Name(), err)
-	}
-	if err := tmp.Close(); err != nil {
-		return fmt.Errorf("saving symbols to %s: %w", tmp.Name(), err)
-	}
-	if err := os.Rename(tmp.Name(), path); err != nil {
 		return fmt.Errorf("saving symbols: %w", err)
 	}
 	return nil
