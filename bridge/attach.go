@@ -10,6 +10,7 @@ import (
 	"os"
 	"strings"
 
+	"hybridbridge/decision"
 	"hybridbridge/emu"
 	"hybridbridge/guest"
 	"hybridbridge/memo"
@@ -44,10 +45,10 @@ type Session struct {
 	ModuleGrafts svm.GraftStats
 	Globals      *Globals       // the per-global lists, with the unknown globals seen
 	Taint        *taint.Tracker // provenance for the image window
-	// Counts are the accesses to kernel globals by decision (taint.Local, Redirect, Unknown),
-	// plus guest-derived accesses in the image window under Redirect. On Unicorn Fast-Bridge, the
-	// local ones let through in C are added by Accesses (and Stats).
-	Counts [3]int
+	// Counts are the accesses to kernel globals by decision, plus guest-derived accesses in the
+	// image window under Redirect. On Unicorn Fast-Bridge, the local ones let through in C are
+	// added by Accesses (and Stats).
+	Counts decision.Counts
 	// OnAccess, if set, sees every memory access the taint engine decided (slow; for debugging
 	// a view). a is valid only during the call.
 	OnAccess func(a *taint.Access)
@@ -63,7 +64,7 @@ type Session struct {
 	filter  *emu.MemFilter // Fast-Bridge's hook, with the accesses it lets through in C
 	// replay holds the redirect decisions Fast-Bridge replayed, by (instruction, physical
 	// address), until the memo changes: the filter's counterpart for what needs a swap in Go.
-	replay   map[[2]uint64]taint.Decision
+	replay   map[[2]uint64]decision.Decision
 	replayed uint64         // the memo version the filter and replay were filled from
 	run      fastRun        // the Fast-Bridge operation in progress
 	onKVM    bool           // Fast-Bridge runs under KVM
@@ -190,12 +191,25 @@ func AttachWith(ctx context.Context, g *guest.Guest, snap *svm.Snapshot, syms *v
 	return s, nil
 }
 
+// BlockingEntries are the kernel functions whose entry means an injected call is about to sleep:
+// the scheduler's context switch, and the idle loop a CPU enters with nothing to run. Nothing
+// else runs in the SVM to wake the call, so the machine stops it there (svm.ErrBlocked) instead
+// of letting it spin out its budget. Snapshots record them (svm.BuildOptions.KeepSymbols) for
+// machines opened without a symbol table.
+func BlockingEntries() []string { return []string{"__switch_to_asm", "default_idle"} }
+
+// clockSource is the function through which the guest kernel's timekeeper reads the TSC (the TSC
+// clocksource's read): given the guest's counter, a view's "now" is the guest's (see tk_core in
+// redirectList), while the SVM's other RDTSCs keep its own clock.
+const clockSource = "read_tsc"
+
 // openMachine opens an SVM machine with the guest overlaid: its RAM, its vmemmap and module-area
 // mappings, the aliased struct pages watched. The first machine also settles the aliases and the
 // policy.
 func (s *Session) openMachine(slow bool) (*svm.Machine, error) {
 	// Every operation starts from a reset machine (do), so files need no closing.
-	opts := svm.Options{Symbols: s.Globals.syms, Window: true, LeaveOpen: true, ClockTSC: func() uint64 { return s.GuestTSC }}
+	opts := svm.Options{Symbols: s.Globals.syms, Window: true, LeaveOpen: true, Blocking: BlockingEntries(),
+		Clock: &svm.ClockSource{Func: clockSource, TSC: func() uint64 { return s.GuestTSC }}}
 	if slow {
 		opts.OnReset = s.onReset
 	} else if s.onKVM {

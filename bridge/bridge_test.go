@@ -14,7 +14,6 @@ import (
 	"hybridbridge/guest"
 	"hybridbridge/inspect"
 	"hybridbridge/svm"
-	"hybridbridge/taint"
 	"hybridbridge/vmm"
 )
 
@@ -49,7 +48,7 @@ func TestMain(m *testing.M) {
 			if err != nil {
 				return err
 			}
-			if snap, err = svm.Build(ctx, assets, svm.BuildOptions{CacheDir: cache, RunDir: runDir, OutDir: runDir + "/snapshot"}); err != nil {
+			if snap, err = svm.Build(ctx, assets, svm.BuildOptions{CacheDir: cache, RunDir: runDir, OutDir: runDir + "/snapshot", KeepSymbols: BlockingEntries()}); err != nil {
 				return err
 			}
 			if demo, err = guest.Start(ctx, guest.Config{Name: "demo", MemMiB: 512, Image: img, RunDir: runDir}); err != nil {
@@ -231,7 +230,7 @@ func TestProcessViewMatchesGuest(t *testing.T) {
 	ts := s.Taint.Stats()
 	t.Logf("%d processes in %v: %d syscalls, %d instructions tainted, kernel-image accesses local/redirect/unknown %v, guest bytes swapped in %d; unknown globals: %s",
 		len(view), elapsed.Round(time.Millisecond), st.Syscalls, ts.Instructions, s.Counts, st.WindowSwaps, strings.Join(unknown[:min(len(unknown), 20)], " "))
-	if s.Counts[taint.Redirect] == 0 {
+	if s.Counts.Redirect == 0 {
 		t.Fatal("no access was redirected: the view shows the SVM, not the guest")
 	}
 }
@@ -405,7 +404,7 @@ func BenchmarkProcessView(b *testing.B) {
 	b.ReportMetric(cold.Seconds(), "cold-s")
 	b.ReportMetric(float64(st.Syscalls-st0.Syscalls)/float64(b.N), "syscalls/op")
 	b.ReportMetric(insns, "insns/op")
-	b.ReportMetric(float64(s.Counts[taint.Redirect]-counts0[taint.Redirect])/float64(b.N), "redirected/op")
+	b.ReportMetric(float64(s.Counts.Redirect-counts0.Redirect)/float64(b.N), "redirected/op")
 	b.ReportMetric(insns/per/1e6, "M-insns/s")
 }
 

@@ -7,10 +7,10 @@ import (
 
 	"golang.org/x/arch/x86/x86asm"
 
+	"hybridbridge/decision"
 	"hybridbridge/emu"
 	"hybridbridge/memo"
 	"hybridbridge/svm"
-	"hybridbridge/taint"
 )
 
 // Mode chooses the engines a session runs.
@@ -103,14 +103,14 @@ func (s *Session) settleFilter() {
 	}
 	s.filter.DrainHits(func(pc, addr, n uint64) {
 		if _, ok := s.policy.alias(addr); !ok && svm.InSpans(s.policy.data, addr) {
-			s.Counts[taint.Local] += int(n) // as count does for each
+			s.Counts.Local += int(n) // as count does for each
 		}
 		s.Memo.AddHits(pc, n)
 	})
 }
 
 // Accesses are Counts, with every access Fast-Bridge decided so far included.
-func (s *Session) Accesses() [3]int {
+func (s *Session) Accesses() decision.Counts {
 	s.settleFilter()
 	return s.Counts
 }
@@ -205,7 +205,7 @@ func (s *Session) runSlow(op func(m *svm.Machine) error) error {
 // pages), resolved from the memo by instruction address. Everything else — the guest's heap
 // through the overlay, the SVM's own memory — runs natively, without taint.
 func (s *Session) hookFast(m *svm.Machine) error {
-	s.replay = map[[2]uint64]taint.Decision{}
+	s.replay = map[[2]uint64]decision.Decision{}
 	if m.OnKVM() {
 		return s.interceptFast(m)
 	}
@@ -254,7 +254,7 @@ func (s *Session) resolveFast(m *svm.Machine, phys uint64, size int, write bool)
 	// The same instruction at the same address decides the same way until the memo changes
 	// (runFast then clears both): a local access is let through in C from now on, a redirected one
 	// swapped without asking the memo again.
-	if d != taint.Local || s.filter.Add(pc, phys) != nil {
+	if d != decision.Local || s.filter.Add(pc, phys) != nil {
 		s.replay[key] = d
 	}
 	s.swap(m, phys, size, write, d)
@@ -270,13 +270,13 @@ const guestPointer = " (guest pointer)"
 // memcpy) is decided per global: by the lists for globals it reached by constant address, as
 // the guest's for globals it reached through guest pointers, and not at all (a miss) for a
 // global it reached both ways.
-func (s *Session) fastDecision(pc, phys uint64, region, syscall string) (taint.Decision, string) {
+func (s *Session) fastDecision(pc, phys uint64, region, syscall string) (decision.Decision, string) {
 	ent, ok := s.Memo.Lookup(pc, s.View, syscall)
 	if !ok {
-		if ent.PC == pc && ent.Decision == memo.Unknown {
-			return 0, "the global " + region + " is in neither list"
+		if ent.PC == pc && ent.Decision == decision.Unknown {
+			return decision.Invalid, "the global " + region + " is in neither list"
 		}
-		return 0, "instruction not in the memo"
+		return decision.Invalid, "instruction not in the memo"
 	}
 	data := svm.InSpans(s.policy.data, phys)
 	plain, viaGuest := false, false
@@ -286,39 +286,34 @@ func (s *Session) fastDecision(pc, phys uint64, region, syscall string) (taint.D
 			viaGuest = viaGuest || r == region+guestPointer
 		}
 		if !plain && !viaGuest {
-			return 0, "instruction seen with other globals only, not " + region
+			return decision.Invalid, "instruction seen with other globals only, not " + region
 		}
 	}
 	switch ent.Decision {
-	case memo.Local:
-		return taint.Local, ""
-	case memo.Redirect:
-		return taint.Redirect, ""
-	case memo.Both:
+	case decision.Local, decision.Redirect:
+		return ent.Decision, ""
+	case decision.Both:
 		switch {
 		case !data:
 			return addressDecision(ent, region, phys)
 		case plain && viaGuest:
-			return 0, "reached both by constant address and by guest pointer: the decision depends on provenance"
+			return decision.Invalid, "reached both by constant address and by guest pointer: the decision depends on provenance"
 		case viaGuest:
-			return taint.Redirect, ""
+			return decision.Redirect, ""
 		}
-		switch s.Globals.decide(s.policy.virt(phys), pc) {
-		case svm.GlobalRedirect:
-			return taint.Redirect, ""
-		case svm.GlobalLocal:
-			return taint.Local, ""
+		if d := s.Globals.decide(s.policy.virt(phys), pc); d != decision.Unknown {
+			return d, ""
 		}
 	}
-	return 0, fmt.Sprintf("memo says %s", ent.Decision)
+	return decision.Invalid, fmt.Sprintf("memo says %s", ent.Decision)
 }
 
 // addressDecision replays an instruction seen both redirected and local in the image window or
 // the aliased struct pages from the decisions it got at this very address (the objects at an
 // address stay the guest's or the SVM's while the guest is paused).
-func addressDecision(ent memo.Entry, class string, phys uint64) (taint.Decision, string) {
-	var got []taint.Decision
-	for _, d := range []taint.Decision{taint.Local, taint.Redirect} {
+func addressDecision(ent memo.Entry, class string, phys uint64) (decision.Decision, string) {
+	var got []decision.Decision
+	for _, d := range []decision.Decision{decision.Local, decision.Redirect} {
 		want := addressRegion(class, phys, d)
 		for _, r := range append([]string{ent.Region}, ent.Regions...) {
 			if r == want {
@@ -331,11 +326,11 @@ func addressDecision(ent memo.Entry, class string, phys uint64) (taint.Decision,
 	case len(got) == 1:
 		return got[0], ""
 	case len(got) == 2:
-		return 0, "the decision depends on the pointer's provenance (memo: both at this address)"
+		return decision.Invalid, "the decision depends on the pointer's provenance (memo: both at this address)"
 	case ent.RegionsCapped:
-		return 0, "the decision depends on the pointer's provenance (memo: both; too many addresses to remember)"
+		return decision.Invalid, "the decision depends on the pointer's provenance (memo: both; too many addresses to remember)"
 	default:
-		return 0, "the decision depends on the pointer's provenance (memo: both; not seen at this address)"
+		return decision.Invalid, "the decision depends on the pointer's provenance (memo: both; not seen at this address)"
 	}
 }
 

@@ -13,8 +13,8 @@ import (
 	"hybridbridge/vmm"
 )
 
-// allViews runs every view once (ps, lsmod, netstat and the everyday ones) on s. In fast mode a
-// view that meets a memo miss fails with ErrMemoMiss; it is reported in missed.
+// allViews runs every view readViews reads, and ps, once on s. In fast mode a view that meets a
+// memo miss fails with ErrMemoMiss; it is reported in missed.
 func allViews(t *testing.T, s *Session) (v *viewSet, procs []inspect.Process, missed error) {
 	t.Helper()
 	s.View = "views"
@@ -25,8 +25,8 @@ func allViews(t *testing.T, s *Session) (v *viewSet, procs []inspect.Process, mi
 	if err != nil {
 		t.Fatalf("views (%s mode): %v", s.Mode(), err)
 	}
-	s.View = "ps"
-	procs, _, err = inspect.ListProcesses(s)
+	s.View = inspect.ProcessView.Name
+	procs, _, err = inspect.ProcessView.ReadTyped(s, 0)
 	if errors.Is(err, ErrMemoMiss) {
 		return nil, nil, err
 	}

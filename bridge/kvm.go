@@ -5,8 +5,8 @@ import (
 	"fmt"
 	"time"
 
+	"hybridbridge/decision"
 	"hybridbridge/svm"
-	"hybridbridge/taint"
 )
 
 // errMiss stops a KVM call at a memo miss; the session's fastRun holds the details.
@@ -86,17 +86,17 @@ func (s *Session) writer(pcs []uint64) (uint64, string) {
 // carryOut performs an intercepted access as decided: on the SVM's bytes, or for a redirected
 // one on the guest's (its copy of the kernel image, or its struct pages in its overlaid RAM),
 // counted as swap counts it.
-func (s *Session) carryOut(m *svm.Machine, t *svm.Trapped, d taint.Decision) error {
+func (s *Session) carryOut(m *svm.Machine, t *svm.Trapped, d decision.Decision) error {
 	s.count(t.Phys, d)
 	n := uint64(len(t.Data))
 	ram := m.RAM()
 	target := ram[t.Phys : t.Phys+n]
 	if al, ok := s.policy.alias(t.Phys); ok {
-		if d == taint.Redirect {
+		if d == decision.Redirect {
 			g := al.guest + (t.Phys - al.svm)
 			target = ram[g : g+n]
 		}
-	} else if d == taint.Redirect {
+	} else if d == decision.Redirect {
 		var ok bool
 		if target, ok = m.GuestImage(t.Phys, int(n)); !ok {
 			return fmt.Errorf("redirected access of %d bytes at %#x outside the guest's image copy", n, t.Phys)

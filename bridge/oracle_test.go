@@ -35,32 +35,34 @@ type oracleViews struct {
 	Vanished string
 }
 
-// readOracleViews is the only place this file calls inspect's walkers, so a change of their
-// signatures is fixed here.
+// readOracleViews reads the views the tools are compared with, picked from inspect.Views.
 func readOracleViews(s *Session) (*oracleViews, error) {
 	v := &oracleViews{}
-	procs, pgone, err := inspect.ListProcesses(s)
-	if err != nil {
-		return nil, fmt.Errorf("ps: %w", err)
+	var gone inspect.Vanished
+	for _, read := range []func() error{
+		func() error { return readView(s, inspect.ProcessView, &v.Procs, &gone) },
+		func() error { return readView(s, inspect.SocketView, &v.Sockets, &gone) },
+		func() error { return readView(s, inspect.ModuleView, &v.Modules, &gone) },
+		func() error { return readView(s, inspect.UnameView, &v.Uname, &gone) },
+		func() error { return readView(s, inspect.MeminfoView, &v.Meminfo, &gone) },
+		func() error { return readView(s, inspect.MountView, &v.Mounts, &gone) },
+	} {
+		if err := read(); err != nil {
+			return nil, err
+		}
 	}
-	socks, sgone, err := inspect.ListSockets(s, true)
-	if err != nil {
-		return nil, fmt.Errorf("netstat: %w", err)
-	}
-	v.Procs, v.Sockets, v.Vanished = procs, socks, pgone.Add(sgone).String()
-	if v.Modules, err = inspect.ListModules(s); err != nil {
-		return nil, fmt.Errorf("lsmod: %w", err)
-	}
-	if v.Uname, err = inspect.ReadUname(s); err != nil {
-		return nil, fmt.Errorf("uname: %w", err)
-	}
-	if v.Meminfo, err = inspect.ReadMeminfo(s); err != nil {
-		return nil, fmt.Errorf("free: %w", err)
-	}
-	if v.Mounts, err = inspect.ReadMounts(s); err != nil {
-		return nil, fmt.Errorf("mounts: %w", err)
-	}
+	v.Vanished = gone.String()
 	return v, nil
+}
+
+// readView reads view into its field of oracleViews, adding what vanished to gone.
+func readView[T any](s *Session, view inspect.TypedView[T], into *T, gone *inspect.Vanished) error {
+	recs, g, err := view.ReadTyped(s, 0)
+	if err != nil {
+		return fmt.Errorf("%s: %w", view.Name, err)
+	}
+	*into, *gone = recs, gone.Add(g)
+	return nil
 }
 
 // pausedViews reads the oracle's views from the paused demo guest and checks that reading them

@@ -24,53 +24,47 @@ var viewFiles = []string{"/proc/modules", "/proc/net/tcp", "/proc/net/tcp6", "/p
 	"/proc/sys/kernel/ostype", "/proc/sys/kernel/hostname", "/proc/sys/kernel/osrelease",
 	"/proc/sys/kernel/version", "/proc/sys/kernel/arch", "/proc/sys/kernel/domainname"}
 
-// fileReader is what every view reads through: a session, or files captured in the guest.
-type fileReader interface {
-	inspect.Files
-	inspect.Links
-}
-
-// viewSet is every view of one moment.
+// viewSet is every view of one moment that the guest's own files are compared with: every view
+// of inspect.Views but ps (compared with its own tolerances in bridge_test.go) and dmesg
+// (compared with dmesg -r, as a capture of files holds no kernel-log records).
 type viewSet struct {
-	Modules    []inspect.Module
-	Sockets    []inspect.Socket
-	Uptime     inspect.Uptime
-	LoadAvg    inspect.LoadAvg
-	Uname      inspect.Uname
-	Meminfo    []inspect.MemField
-	Mounts     []inspect.Mount
-	Neighbours []inspect.Neighbour
-	Interfaces inspect.Interfaces
-	Environ    map[int][]string
-	OpenFiles  map[int][]inspect.OpenFile
-	Comm       map[int]string
+	Records map[string]any         // by view name
+	ByPID   map[string]map[int]any // the per-process views, by view name and pid
+	Comm    map[int]string
 	// lateUptime is the guest's /proc/uptime read again at the end of a capture in the guest:
 	// the capture takes seconds, and the pause follows it.
 	lateUptime inspect.Uptime
 }
 
-// readViews computes every view from f; environment and open files for every process but skip.
-func readViews(f fileReader, skip int) (*viewSet, error) {
-	v := &viewSet{Environ: map[int][]string{}, OpenFiles: map[int][]inspect.OpenFile{}, Comm: map[int]string{}}
-	var err error
-	step := func(what string, fn func() error) {
-		if err == nil {
-			if e := fn(); e != nil {
-				err = fmt.Errorf("%s: %w", what, e)
+// comparedView reports whether readViews reads v.
+func comparedView(v inspect.View) bool {
+	return v.Name != inspect.ProcessView.Name && v.Name != inspect.KernelLogView.Name
+}
+
+// records are v's records of view, typed.
+func records[T any](v *viewSet, view inspect.TypedView[T]) T {
+	r, _ := v.Records[view.Name].(T)
+	return r
+}
+
+// readViews computes every compared view from f; the per-process ones for every process but
+// skip.
+func readViews(f inspect.Reader, skip int) (*viewSet, error) {
+	v := &viewSet{Records: map[string]any{}, ByPID: map[string]map[int]any{}, Comm: map[int]string{}}
+	var perPID []inspect.View
+	for _, view := range inspect.Views {
+		switch {
+		case !comparedView(view):
+		case view.PID:
+			perPID = append(perPID, view)
+			v.ByPID[view.Name] = map[int]any{}
+		default:
+			recs, _, err := view.Read(f, 0)
+			if err != nil {
+				return nil, fmt.Errorf("%s: %w", view.Name, err)
 			}
+			v.Records[view.Name] = recs
 		}
-	}
-	step("lsmod", func() (e error) { v.Modules, e = inspect.ListModules(f); return })
-	step("netstat", func() (e error) { v.Sockets, _, e = inspect.ListSockets(f, true); return })
-	step("uptime", func() (e error) { v.Uptime, e = inspect.ReadUptime(f); return })
-	step("loadavg", func() (e error) { v.LoadAvg, e = inspect.ReadLoadAvg(f); return })
-	step("uname", func() (e error) { v.Uname, e = inspect.ReadUname(f); return })
-	step("free", func() (e error) { v.Meminfo, e = inspect.ReadMeminfo(f); return })
-	step("mounts", func() (e error) { v.Mounts, e = inspect.ReadMounts(f); return })
-	step("arp", func() (e error) { v.Neighbours, e = inspect.ListNeighbours(f); return })
-	step("ifconfig", func() (e error) { v.Interfaces, e = inspect.ListInterfaces(f); return })
-	if err != nil {
-		return nil, err
 	}
 	names, err := f.ReadDir("/proc")
 	if err != nil {
@@ -86,27 +80,36 @@ func readViews(f fileReader, skip int) (*viewSet, error) {
 			continue // exited
 		}
 		v.Comm[pid] = strings.TrimSpace(string(comm))
-		if v.Environ[pid], err = inspect.ReadEnviron(f, pid); err != nil {
-			return nil, fmt.Errorf("env: %w", err)
-		}
-		files, _, err := inspect.ListOpenFiles(f, f, pid)
-		switch {
-		case err == nil:
-			v.OpenFiles[pid] = files
-		case inspect.IsVanished(err):
-			// Exited; or, in a capture, a process without descriptors (a kernel thread): the
-			// capture holds files, not empty directories.
-		default:
-			return nil, fmt.Errorf("lsof: %w", err)
+		for _, view := range perPID {
+			recs, _, err := view.Read(f, pid)
+			switch {
+			case err == nil:
+				v.ByPID[view.Name][pid] = recs
+			case inspect.IsVanished(err):
+				// Exited; or, in a capture, a process without descriptors (a kernel thread): the
+				// capture holds files, not empty directories.
+			default:
+				return nil, fmt.Errorf("%s: %w", view.Name, err)
+			}
 		}
 	}
-	for i := range v.Sockets {
-		v.Sockets[i].PIDs = slices.DeleteFunc(v.Sockets[i].PIDs, func(p int) bool { return p == skip })
-		if len(v.Sockets[i].PIDs) == 0 {
-			v.Sockets[i].PIDs = nil
+	if socks, ok := v.Records[inspect.SocketView.Name].([]inspect.Socket); ok {
+		for i := range socks {
+			socks[i].PIDs = slices.DeleteFunc(socks[i].PIDs, func(p int) bool { return p == skip })
+			if len(socks[i].PIDs) == 0 {
+				socks[i].PIDs = nil
+			}
 		}
 	}
 	return v, nil
+}
+
+// capture is the files captured in the guest as a view reads them. It has no records: the kernel
+// log is compared with dmesg's own output instead.
+type capture struct{ *inspect.FileSet }
+
+func (capture) ReadRecords(path string) ([][]byte, error) {
+	return nil, fmt.Errorf("read %s: records are not captured", path)
 }
 
 // viewTruth captures the views' files inside the guest and computes the views from them with
@@ -118,7 +121,7 @@ func viewTruth(t *testing.T, ctx context.Context, g *guest.Guest) (*viewSet, []i
 	if err != nil {
 		t.Fatal(err)
 	}
-	v, err := readViews(fs, fs.Self)
+	v, err := readViews(capture{fs}, fs.Self)
 	if err != nil {
 		t.Fatalf("views of the guest's own files: %v", err)
 	}
@@ -140,80 +143,26 @@ var staticMem = map[string]bool{"MemTotal": true, "SwapTotal": true, "SwapFree":
 	"CommitLimit": true, "HugePages_Total": true, "HugePages_Free": true, "Hugepagesize": true,
 	"Hugetlb": true, "DirectMap4k": true, "DirectMap2M": true, "DirectMap1G": true, "Percpu": true}
 
-// compareViews checks the view against the guest's own, field by field. What the capture itself
-// changes is allowed: the capturing shell (not in truth's per-process maps), the command
-// channel's helper, time, and memory the capture used.
+// compareViews checks every view against the guest's own, field by field: exactly, but for the
+// nearViews. What the capture itself changes is allowed: the capturing shell (not in truth's
+// per-process maps), the command channel's helper, time, and memory the capture used.
 func compareViews(t *testing.T, got, want *viewSet, gotLog, wantLog []inspect.LogLine) {
 	t.Helper()
-	eq := func(name string, g, w any) {
-		if !reflect.DeepEqual(g, w) {
-			t.Errorf("%s differs:\n view  %+v\n guest %+v", name, g, w)
-		}
-	}
-	eq("lsmod", got.Modules, want.Modules)
-	eq("netstat", got.Sockets, want.Sockets)
-	eq("uname", got.Uname, want.Uname)
-	eq("mounts", got.Mounts, want.Mounts)
-	eq("arp", got.Neighbours, want.Neighbours)
-	// Interface counters only grow between the capture and the pause (a fresh interface still
-	// sends IPv6 router solicitations); everything else is equal.
-	gi := got.Interfaces
-	gi.Interfaces = slices.Clone(gi.Interfaces)
-	for i := range gi.Interfaces {
-		if i >= len(want.Interfaces.Interfaces) {
-			break
-		}
-		g, w := &gi.Interfaces[i], want.Interfaces.Interfaces[i]
-		if g.TxPackets >= w.TxPackets && g.TxPackets-w.TxPackets <= 4 && g.TxBytes >= w.TxBytes &&
-			g.RxPackets >= w.RxPackets && g.RxPackets-w.RxPackets <= 4 && g.RxBytes >= w.RxBytes {
-			g.TxPackets, g.TxBytes, g.RxPackets, g.RxBytes = w.TxPackets, w.TxBytes, w.RxPackets, w.RxBytes
-		}
-	}
-	eq("ifconfig", gi, want.Interfaces)
-	// The view is the guest's clock at the pause: after the capture read it, and at most the
-	// pause's own latency after the capture's last reading.
-	if u, w, late := got.Uptime.Seconds, want.Uptime.Seconds, want.lateUptime.Seconds; u < w || u > late+2 {
-		t.Errorf("uptime %.2f s, the guest said %.2f s during the capture and %.2f s at its end", u, w, late)
-	}
-	if u, w, late := got.Uptime.IdleSeconds, want.Uptime.IdleSeconds, want.lateUptime.IdleSeconds; u < w-0.5 || u > late+2 {
-		t.Errorf("idle %.2f s, the guest said %.2f s during the capture and %.2f s at its end", u, w, late)
-	}
-	gl, wl := got.LoadAvg, want.LoadAvg
-	if gl.Load1 != wl.Load1 && math.Abs(gl.Load1-wl.Load1) > 0.5 || gl.LastPID < wl.LastPID || gl.Threads < wl.Threads-5 || gl.Threads > wl.Threads {
-		t.Errorf("loadavg differs:\n view  %+v\n guest %+v", gl, wl)
-	}
-	wantMem := map[string]inspect.MemField{}
-	for _, m := range want.Meminfo {
-		wantMem[m.Name] = m
-	}
-	var total uint64
-	for _, m := range got.Meminfo {
-		if m.Name == "MemTotal" {
-			total = m.Value
-		}
-	}
-	if len(got.Meminfo) != len(want.Meminfo) {
-		t.Errorf("meminfo has %d fields, the guest's %d", len(got.Meminfo), len(want.Meminfo))
-	}
-	for _, m := range got.Meminfo {
-		w, ok := wantMem[m.Name]
+	for _, v := range inspect.Views {
 		switch {
-		case !ok:
-			t.Errorf("meminfo field %s is not the guest's", m.Name)
-		case staticMem[m.Name] && m != w:
-			t.Errorf("meminfo %s = %d, the guest's %d", m.Name, m.Value, w.Value)
-		case float64(max(m.Value, w.Value)-min(m.Value, w.Value)) > 0.02*float64(total):
-			t.Errorf("meminfo %s = %d, the guest's %d: more than the capture could change", m.Name, m.Value, w.Value)
+		case !comparedView(v):
+		case v.PID:
+			for pid, w := range want.ByPID[v.Name] {
+				if v.Name == inspect.OpenFileView.Name && want.Comm[pid] == "hbguest" {
+					continue // the command channel's helper opens and closes pipes for the capture
+				}
+				equalView(t, fmt.Sprintf("%s of %d (%s)", v.Name, pid, want.Comm[pid]), got.ByPID[v.Name][pid], w)
+			}
+		case nearViews[v.Name] != nil:
+			nearViews[v.Name](t, got, want)
+		default:
+			equalView(t, v.Name, got.Records[v.Name], want.Records[v.Name])
 		}
-	}
-	for pid, env := range want.Environ {
-		eq(fmt.Sprintf("env of %d (%s)", pid, want.Comm[pid]), got.Environ[pid], env)
-	}
-	for pid, files := range want.OpenFiles {
-		if want.Comm[pid] == "hbguest" {
-			continue // the command channel's helper opens and closes pipes for the capture
-		}
-		eq(fmt.Sprintf("lsof of %d (%s)", pid, want.Comm[pid]), got.OpenFiles[pid], files)
 	}
 	for pid := range got.Comm {
 		if _, ok := want.Comm[pid]; !ok {
@@ -233,6 +182,87 @@ func compareViews(t *testing.T, got, want *viewSet, gotLog, wantLog []inspect.Lo
 	}
 }
 
+func equalView(t *testing.T, name string, got, want any) {
+	t.Helper()
+	if !reflect.DeepEqual(got, want) {
+		t.Errorf("%s differs:\n view  %+v\n guest %+v", name, got, want)
+	}
+}
+
+// nearViews compare the views that move between the capture in the guest and the pause.
+var nearViews = map[string]func(t *testing.T, got, want *viewSet){
+	inspect.InterfaceView.Name: compareInterfaces,
+	inspect.UptimeView.Name:    compareUptime,
+	inspect.MeminfoView.Name:   compareMeminfo,
+}
+
+// compareInterfaces: interface counters only grow between the capture and the pause (a fresh
+// interface still sends IPv6 router solicitations); everything else is equal.
+func compareInterfaces(t *testing.T, got, want *viewSet) {
+	t.Helper()
+	gi, wi := records(got, inspect.InterfaceView), records(want, inspect.InterfaceView)
+	gi.Interfaces = slices.Clone(gi.Interfaces)
+	for i := range gi.Interfaces {
+		if i >= len(wi.Interfaces) {
+			break
+		}
+		g, w := &gi.Interfaces[i], wi.Interfaces[i]
+		if g.TxPackets >= w.TxPackets && g.TxPackets-w.TxPackets <= 4 && g.TxBytes >= w.TxBytes &&
+			g.RxPackets >= w.RxPackets && g.RxPackets-w.RxPackets <= 4 && g.RxBytes >= w.RxBytes {
+			g.TxPackets, g.TxBytes, g.RxPackets, g.RxBytes = w.TxPackets, w.TxBytes, w.RxPackets, w.RxBytes
+		}
+	}
+	equalView(t, inspect.InterfaceView.Name, gi, wi)
+}
+
+// compareUptime: the view is the guest's clock at the pause: after the capture read it, and at
+// most the pause's own latency after the capture's last reading. The load moves a little.
+func compareUptime(t *testing.T, got, want *viewSet) {
+	t.Helper()
+	gu, wu := records(got, inspect.UptimeView), records(want, inspect.UptimeView)
+	if u, w, late := gu.Uptime.Seconds, wu.Uptime.Seconds, want.lateUptime.Seconds; u < w || u > late+2 {
+		t.Errorf("uptime %.2f s, the guest said %.2f s during the capture and %.2f s at its end", u, w, late)
+	}
+	if u, w, late := gu.Uptime.IdleSeconds, wu.Uptime.IdleSeconds, want.lateUptime.IdleSeconds; u < w-0.5 || u > late+2 {
+		t.Errorf("idle %.2f s, the guest said %.2f s during the capture and %.2f s at its end", u, w, late)
+	}
+	gl, wl := gu.LoadAvg, wu.LoadAvg
+	if gl.Load1 != wl.Load1 && math.Abs(gl.Load1-wl.Load1) > 0.5 || gl.LastPID < wl.LastPID || gl.Threads < wl.Threads-5 || gl.Threads > wl.Threads {
+		t.Errorf("loadavg differs:\n view  %+v\n guest %+v", gl, wl)
+	}
+}
+
+// compareMeminfo: the fields of staticMem are equal; the others move by at most what the capture
+// could use.
+func compareMeminfo(t *testing.T, got, want *viewSet) {
+	t.Helper()
+	gm, wm := records(got, inspect.MeminfoView), records(want, inspect.MeminfoView)
+	wantMem := map[string]inspect.MemField{}
+	for _, m := range wm {
+		wantMem[m.Name] = m
+	}
+	var total uint64
+	for _, m := range gm {
+		if m.Name == "MemTotal" {
+			total = m.Value
+		}
+	}
+	if len(gm) != len(wm) {
+		t.Errorf("meminfo has %d fields, the guest's %d", len(gm), len(wm))
+	}
+	for _, m := range gm {
+		w, ok := wantMem[m.Name]
+		switch {
+		case !ok:
+			t.Errorf("meminfo field %s is not the guest's", m.Name)
+		case staticMem[m.Name] && m != w:
+			t.Errorf("meminfo %s = %d, the guest's %d", m.Name, m.Value, w.Value)
+		case float64(max(m.Value, w.Value)-min(m.Value, w.Value)) > 0.02*float64(total):
+			t.Errorf("meminfo %s = %d, the guest's %d: more than the capture could change", m.Name, m.Value, w.Value)
+		}
+	}
+}
+
 func TestViewsMatchGuest(t *testing.T) {
 	ctx := need(t)
 	want, wantLog, self := viewTruth(t, ctx, demo)
@@ -241,14 +271,14 @@ func TestViewsMatchGuest(t *testing.T) {
 	got, err := readViews(s, self)
 	var gotLog []inspect.LogLine
 	if err == nil {
-		gotLog, err = inspect.ReadKernelLog(s)
+		gotLog, _, err = inspect.KernelLogView.ReadTyped(s, 0)
 	}
 	elapsed := time.Since(start)
 	unknown := s.Globals.Unknown()
 	closeUnchanged(t, ctx, s, mem, before, err)
 	compareViews(t, got, want, gotLog, wantLog)
 	mods := map[string]bool{}
-	for _, m := range got.Modules {
+	for _, m := range records(got, inspect.ModuleView) {
 		mods[m.Name] = true
 	}
 	for _, m := range guest.DemoModules {
@@ -257,7 +287,7 @@ func TestViewsMatchGuest(t *testing.T) {
 		}
 	}
 	ports := map[string]bool{}
-	for _, so := range got.Sockets {
+	for _, so := range records(got, inspect.SocketView) {
 		if len(so.PIDs) > 0 && (so.State == "LISTEN" || so.Proto == "udp") {
 			ports[so.Local[strings.LastIndexByte(so.Local, ':')+1:]] = true
 		}
@@ -267,11 +297,11 @@ func TestViewsMatchGuest(t *testing.T) {
 			t.Errorf("listener on port %d with its process missing from netstat", p)
 		}
 	}
-	if len(got.Neighbours) == 0 || got.Neighbours[0].IP != guest.DemoNet.Neighbour {
-		t.Errorf("arp: %+v, want the demo's static entry %s", got.Neighbours, guest.DemoNet.Neighbour)
+	if arp := records(got, inspect.NeighbourView); len(arp) == 0 || arp[0].IP != guest.DemoNet.Neighbour {
+		t.Errorf("arp: %+v, want the demo's static entry %s", arp, guest.DemoNet.Neighbour)
 	}
 	t.Logf("all views in %v (%d processes' environments and open files, %d log lines); unknown globals: %v",
-		elapsed.Round(time.Millisecond), len(got.Environ), len(gotLog), unknown)
+		elapsed.Round(time.Millisecond), len(got.ByPID[inspect.EnvironView.Name]), len(gotLog), unknown)
 	if len(unknown) > 0 {
 		t.Errorf("globals in neither list were used: %v", unknown)
 	}
@@ -339,20 +369,22 @@ func TestViewsRandomWorkload(t *testing.T) {
 	got, err := readViews(s, self)
 	var gotLog []inspect.LogLine
 	if err == nil {
-		gotLog, err = inspect.ReadKernelLog(s)
+		gotLog, _, err = inspect.KernelLogView.ReadTyped(s, 0)
 	}
 	unknown := s.Globals.Unknown()
 	closeUnchanged(t, ctx, s, mem, before, err)
 	compareViews(t, got, want, gotLog, wantLog)
 	var names []string
-	for _, m := range got.Modules {
+	mods := records(got, inspect.ModuleView)
+	for _, m := range mods {
 		names = append(names, m.Name)
 	}
 	if !slices.Contains(names, add) || slices.Contains(names, del) {
 		t.Errorf("lsmod %v after loading %s and removing %s", names, add, del)
 	}
 	seen := 0
-	for _, so := range got.Sockets {
+	socks := records(got, inspect.SocketView)
+	for _, so := range socks {
 		for p := range ports {
 			if strings.HasSuffix(so.Local, ":"+strconv.Itoa(p)) && so.State == "LISTEN" {
 				seen++
@@ -362,7 +394,7 @@ func TestViewsRandomWorkload(t *testing.T) {
 	if seen != len(ports) {
 		t.Errorf("%d of %d random listeners in netstat", seen, len(ports))
 	}
-	t.Logf("%d sockets, %d modules, %d processes compared; unknown globals: %v", len(got.Sockets), len(got.Modules), len(got.Comm), unknown)
+	t.Logf("%d sockets, %d modules, %d processes compared; unknown globals: %v", len(socks), len(mods), len(got.Comm), unknown)
 	if len(unknown) > 0 {
 		t.Errorf("globals in neither list were used: %v", unknown)
 	}
@@ -370,7 +402,8 @@ func TestViewsRandomWorkload(t *testing.T) {
 	modesAgree(t, ctx)
 }
 
-// BenchmarkViews reports, per view on the demo guest, the cold run (a fresh session: nothing
+// BenchmarkViews reports, per view of inspect.Views on the demo guest (the per-process ones on
+// init), the cold run (a fresh session: nothing
 // translated or decoded yet) and warm runs: time, system calls, instructions executed with
 // taint, and kernel-image accesses redirected to the guest.
 func BenchmarkViews(b *testing.B) {
@@ -379,39 +412,24 @@ func BenchmarkViews(b *testing.B) {
 	}
 	ctx := context.Background()
 	pid := 1
-	for _, v := range []struct {
-		name string
-		run  func(s *Session) error
-	}{
-		{"ps", func(s *Session) error { _, _, err := inspect.ListProcesses(s); return err }},
-		{"lsmod", func(s *Session) error { _, err := inspect.ListModules(s); return err }},
-		{"netstat", func(s *Session) error { _, _, err := inspect.ListSockets(s, true); return err }},
-		{"uptime", func(s *Session) error { _, err := inspect.ReadUptime(s); return err }},
-		{"uname", func(s *Session) error { _, err := inspect.ReadUname(s); return err }},
-		{"free", func(s *Session) error { _, err := inspect.ReadMeminfo(s); return err }},
-		{"mounts", func(s *Session) error { _, err := inspect.ReadMounts(s); return err }},
-		{"lsof", func(s *Session) error { _, _, err := inspect.ListOpenFiles(s, s, pid); return err }},
-		{"env", func(s *Session) error { _, err := inspect.ReadEnviron(s, pid); return err }},
-		{"dmesg", func(s *Session) error { _, err := inspect.ReadKernelLog(s); return err }},
-		{"arp", func(s *Session) error { _, err := inspect.ListNeighbours(s); return err }},
-		{"ifconfig", func(s *Session) error { _, err := inspect.ListInterfaces(s); return err }},
-	} {
-		b.Run(v.name, func(b *testing.B) {
+	for _, v := range inspect.Views {
+		run := func(s *Session) error { _, _, err := v.Read(s, pid); return err }
+		b.Run(v.Name, func(b *testing.B) {
 			start := time.Now()
 			s, err := Attach(ctx, demo, snap, syms)
 			if err != nil {
 				b.Fatal(err)
 			}
 			defer s.Close(ctx)
-			if err := v.run(s); err != nil {
+			if err := run(s); err != nil {
 				b.Fatal(err)
 			}
 			cold := time.Since(start)
 			s.Taint.Drain()
-			st0, insns0, red0 := s.Machine.Stats(), s.Taint.Stats().Instructions, s.Counts[1]
+			st0, insns0, red0 := s.Machine.Stats(), s.Taint.Stats().Instructions, s.Counts.Redirect
 			b.ResetTimer()
 			for i := 0; i < b.N; i++ {
-				if err := v.run(s); err != nil {
+				if err := run(s); err != nil {
 					b.Fatal(err)
 				}
 			}
@@ -425,7 +443,7 @@ func BenchmarkViews(b *testing.B) {
 			b.ReportMetric(float64(red0), "cold-redirected")
 			b.ReportMetric(float64(st.Syscalls-st0.Syscalls)/n, "syscalls/op")
 			b.ReportMetric(float64(s.Taint.Stats().Instructions-insns0)/n, "insns/op")
-			b.ReportMetric(float64(s.Counts[1]-red0)/n, "redirected/op")
+			b.ReportMetric(float64(s.Counts.Redirect-red0)/n, "redirected/op")
 		})
 	}
 }

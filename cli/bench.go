@@ -18,15 +18,8 @@ import (
 	"hybridbridge/vmm"
 )
 
-// benchViews are the views the benchmark measures.
-var benchViews = []struct {
-	name string
-	run  func(s *bridge.Session) error
-}{
-	{"ps", func(s *bridge.Session) error { _, _, err := inspect.ListProcesses(s); return err }},
-	{"lsmod", func(s *bridge.Session) error { _, err := inspect.ListModules(s); return err }},
-	{"netstat", func(s *bridge.Session) error { _, _, err := inspect.ListSockets(s, true); return err }},
-}
+// benchViews are the views of inspect.Views the benchmark measures; its help names them.
+var benchViews = []inspect.View{inspect.ProcessView.View, inspect.ModuleView.View, inspect.SocketView.View}
 
 // benchRun is one view run in one mode: engine time (in the engines) and whole time (attach,
 // run, detach: what a user waits for).
@@ -220,9 +213,9 @@ func (e *env) bench(ctx context.Context, g *guest.Guest, procs, snapshots int) (
 		if err != nil {
 			return benchRun{}, bridge.EngineStats{}, err
 		}
-		s.View = benchViews[view].name
+		s.View = benchViews[view].Name
 		before := m.Entries()
-		rerr := benchViews[view].run(s)
+		_, _, rerr := benchViews[view].Read(s, 0)
 		st := s.Stats() // settles the hits replayed in C into the memo's entries
 		sc, _, _ := s.Work()
 		cerr := s.Close(context.WithoutCancel(ctx))
@@ -235,22 +228,22 @@ func (e *env) bench(ctx context.Context, g *guest.Guest, procs, snapshots int) (
 		return runOn(view, mode, m, onKVM)
 	}
 	for i, v := range benchViews {
-		fmt.Fprintf(e.stderr, "bench %s...\n", v.name)
-		bv := benchView{View: v.name}
+		fmt.Fprintf(e.stderr, "bench %s...\n", v.Name)
+		bv := benchView{View: v.Name}
 		if bv.Slow, _, err = run(i, bridge.ModeSlow, memo.New(bridge.MemoKey(snap))); err != nil {
-			return nil, fmt.Errorf("%s slow: %w", v.name, err)
+			return nil, fmt.Errorf("%s slow: %w", v.Name, err)
 		}
 		m := memo.New(bridge.MemoKey(snap))
 		var cold bridge.EngineStats
 		if bv.ColdAuto, cold, err = run(i, bridge.ModeAuto, m); err != nil {
-			return nil, fmt.Errorf("%s cold auto: %w", v.name, err)
+			return nil, fmt.Errorf("%s cold auto: %w", v.Name, err)
 		}
 		// Warm: the memo trained; the best of three auto runs (the first may still learn, and
 		// its fall-backs are shown).
 		for range 3 {
 			r, _, err := run(i, bridge.ModeAuto, m)
 			if err != nil {
-				return nil, fmt.Errorf("%s warm: %w", v.name, err)
+				return nil, fmt.Errorf("%s warm: %w", v.Name, err)
 			}
 			bv.WarmFallBacks += r.FallBacks
 			if bv.WarmFast.Engine == 0 || r.Engine < bv.WarmFast.Engine {
@@ -260,13 +253,13 @@ func (e *env) bench(ctx context.Context, g *guest.Guest, procs, snapshots int) (
 		if _, _, err := run(i, bridge.ModeFast, m); errors.Is(err, bridge.ErrMemoMiss) {
 			bv.WarmMiss = err.Error()
 		} else if err != nil {
-			return nil, fmt.Errorf("%s fast: %w", v.name, err)
+			return nil, fmt.Errorf("%s fast: %w", v.Name, err)
 		}
 		if rep.Other != "" {
-			fmt.Fprintf(e.stderr, "bench %s on %s...\n", v.name, rep.Other)
+			fmt.Fprintf(e.stderr, "bench %s on %s...\n", v.Name, rep.Other)
 			r, _, err := runOn(i, bridge.ModeAuto, m, !onKVM)
 			if err != nil {
-				return nil, fmt.Errorf("%s warm on %s: %w", v.name, rep.Other, err)
+				return nil, fmt.Errorf("%s warm on %s: %w", v.Name, rep.Other, err)
 			}
 			bv.WarmOther = &r
 		}
@@ -298,7 +291,7 @@ func (e *env) bench(ctx context.Context, g *guest.Guest, procs, snapshots int) (
 		for i := range benchViews {
 			br, _, err := run(i, bridge.ModeAuto, m)
 			if err != nil {
-				return nil, fmt.Errorf("snapshot %d %s: %w", k, benchViews[i].name, err)
+				return nil, fmt.Errorf("snapshot %d %s: %w", k, benchViews[i].Name, err)
 			}
 			row.FallBacks += br.FallBacks
 			hits, misses = hits+br.Hits, misses+br.Misses

@@ -15,6 +15,7 @@ import (
 	"testing"
 	"time"
 
+	"hybridbridge/decision"
 	"hybridbridge/guest"
 	"hybridbridge/memo"
 )
@@ -389,7 +390,7 @@ func TestMemoFlag(t *testing.T) {
 	for i, p := range []string{flagPath, envPath} {
 		m := memo.New(memo.Key{Kernel: "k", Policy: "p"})
 		for pc := range uint64(i + 1) {
-			if _, err := m.Learn(0x1000+pc, memo.Observation{Decision: memo.Redirect, Region: "init_pid_ns", View: "ps", Syscall: "read"}); err != nil {
+			if _, err := m.Learn(0x1000+pc, memo.Observation{Decision: decision.Redirect, Region: "init_pid_ns", View: "ps", Syscall: "read"}); err != nil {
 				t.Fatal(err)
 			}
 		}

@@ -15,6 +15,7 @@ import (
 	"golang.org/x/term"
 
 	"hybridbridge/bridge"
+	"hybridbridge/decision"
 	"hybridbridge/guest"
 	"hybridbridge/inspect"
 	"hybridbridge/memo"
@@ -22,9 +23,6 @@ import (
 	"hybridbridge/ui"
 	"hybridbridge/vmm"
 )
-
-// scriptViews are the subcommands that print what the console shows, for pipes and scripts.
-var scriptViews = []string{"ps", "lsmod", "netstat"}
 
 func (e *env) consoleCommand() *cobra.Command {
 	var name string
@@ -57,11 +55,12 @@ func (e *env) interactive() bool {
 	return ok && term.IsTerminal(int(out.Fd())) && term.IsTerminal(int(os.Stdin.Fd()))
 }
 
-// noTerminalMessage points to the subcommands that exist in this build.
+// noTerminalMessage points to the subcommands that print what the console shows, for pipes and
+// scripts.
 func noTerminalMessage(root *cobra.Command) string {
 	var cmds []string
 	for _, c := range root.Commands() {
-		if slices.Contains(scriptViews, c.Name()) {
+		if slices.ContainsFunc(consoleViews, func(v consoleView) bool { return v.name == c.Name() }) {
 			cmds = append(cmds, "hybridbridge "+c.Name()+" [--guest NAME] [--json]")
 		}
 	}
@@ -170,29 +169,27 @@ func (c *consoleSource) ClearMemo(ctx context.Context) error {
 	return err
 }
 
-// consoleView is one view the console shows, and how to compute it.
+// consoleView is one view the console shows, and how to compute it into the frame.
 type consoleView struct {
 	name string
 	run  func(s *bridge.Session, f *ui.Frame) error
 }
 
+// consoleViews are the views of inspect.Views the console shows, each in its field of the frame.
 var consoleViews = []consoleView{
-	{"ps", func(s *bridge.Session, f *ui.Frame) (err error) {
-		var gone inspect.Vanished
-		f.Processes, gone, err = inspect.ListProcesses(s)
-		noteVanished(f, "ps", gone)
+	frameView(inspect.ProcessView, func(f *ui.Frame, procs []inspect.Process) { f.Processes = procs }),
+	frameView(inspect.SocketView, func(f *ui.Frame, socks []inspect.Socket) { f.Sockets = socks }),
+	frameView(inspect.ModuleView, func(f *ui.Frame, mods []inspect.Module) { f.Modules = mods }),
+}
+
+// frameView reads v into the frame with set, and notes what vanished while it was read.
+func frameView[T any](v inspect.TypedView[T], set func(*ui.Frame, T)) consoleView {
+	return consoleView{name: v.Name, run: func(s *bridge.Session, f *ui.Frame) error {
+		recs, gone, err := v.ReadTyped(s, 0)
+		set(f, recs)
+		noteVanished(f, v.Name, gone)
 		return err
-	}},
-	{"netstat", func(s *bridge.Session, f *ui.Frame) (err error) {
-		var gone inspect.Vanished
-		f.Sockets, gone, err = inspect.ListSockets(s, true)
-		noteVanished(f, "netstat", gone)
-		return err
-	}},
-	{"lsmod", func(s *bridge.Session, f *ui.Frame) (err error) {
-		f.Modules, err = inspect.ListModules(s)
-		return err
-	}},
+	}}
 }
 
 // noteVanished tells, in the frame's notes, what a view left out because it was gone when read.
@@ -292,9 +289,7 @@ func (c *consoleSource) runView(s *bridge.Session, v consoleView, f *ui.Frame) u
 	after := c.counters(s)
 	st.Syscalls = after.syscalls - before.syscalls
 	st.Instructions = after.insns - before.insns
-	st.Local = after.globals[0] - before.globals[0]
-	st.Redirected = after.globals[1] - before.globals[1]
-	st.Unknown = after.globals[2] - before.globals[2]
+	st.Globals = after.globals.Minus(before.globals)
 	for sym, n := range after.unknown {
 		if n > before.unknown[sym] {
 			st.UnknownGlobals = append(st.UnknownGlobals, sym)
@@ -323,7 +318,7 @@ func runRecovered(fn func() error) (err error) {
 type sessionCounters struct {
 	syscalls int
 	insns    uint64
-	globals  [3]int
+	globals  decision.Counts
 	unknown  map[string]int // accesses per unknown global
 	memo     memo.Stats
 }
@@ -365,10 +360,7 @@ func (c *consoleSource) memoSummary() ui.MemoSummary {
 	st := c.memo.Stats()
 	sum := ui.MemoSummary{
 		Entries: st.Entries, Lookups: st.Total.Lookups, Hits: st.Total.Hits, Misses: st.Total.Misses,
-		Decisions: map[string]int{
-			memo.Local.String(): st.Decisions.Local, memo.Redirect.String(): st.Decisions.Redirect,
-			memo.Both.String(): st.Decisions.Both, memo.Unknown.String(): st.Decisions.Unknown,
-		},
+		Decisions: st.Decisions,
 	}
 	entries := c.memo.Entries()
 	top := func(key func(memo.Entry) uint64) []ui.MemoEntry {

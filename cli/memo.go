@@ -11,6 +11,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"hybridbridge/bridge"
+	"hybridbridge/decision"
 	"hybridbridge/memo"
 	"hybridbridge/vmm"
 )
@@ -124,7 +125,7 @@ func (e *env) memoStats() *cobra.Command {
 func (e *env) memoShow() *cobra.Command {
 	var asJSON bool
 	var limit int
-	var decision string
+	var only string
 	c := &cobra.Command{
 		Use:   "show",
 		Short: "List memoized instructions: symbol+offset, disassembly, decision, region, counts",
@@ -135,8 +136,8 @@ func (e *env) memoShow() *cobra.Command {
 				return err
 			}
 			entries := m.Entries()
-			if decision != "" {
-				want, err := memo.ParseDecision(decision)
+			if only != "" {
+				want, err := decision.Parse(only)
 				if err != nil {
 					return err
 				}
@@ -170,7 +171,7 @@ func (e *env) memoShow() *cobra.Command {
 	}
 	c.Flags().BoolVar(&asJSON, "json", false, "print as JSON")
 	c.Flags().IntVar(&limit, "limit", 50, "show the most seen N instructions (0: all)")
-	c.Flags().StringVar(&decision, "decision", "", "only local, redirect, both or unknown")
+	c.Flags().StringVar(&only, "decision", "", "only local, redirect, both or unknown")
 	return c
 }
 

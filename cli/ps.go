@@ -13,6 +13,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"hybridbridge/bridge"
+	"hybridbridge/decision"
 	"hybridbridge/guest"
 	"hybridbridge/inspect"
 	"hybridbridge/memo"
@@ -26,7 +27,7 @@ type viewRun struct {
 	elapsed  time.Duration
 	syscalls int
 	insns    uint64
-	globals  [3]int
+	globals  decision.Counts
 	window   int
 	unknown  []bridge.UnknownCount
 	memo     int
@@ -115,7 +116,7 @@ func (r *viewRun) summary() string {
 	s := fmt.Sprintf("%s (mode %s): %d system calls; Fast-Bridge (%s) %d operations in %v, memo hits %d misses %d; Slow-Bridge %d operations (%d fall-backs) in %v, %d instructions tainted; kernel-image accesses %d redirected / %d local / %d unknown, memo %d instructions, %v in all",
 		r.name, r.mode, r.syscalls, en.FastEngine, en.FastOps, en.FastTime.Round(time.Millisecond), en.Hits, en.Misses,
 		en.SlowOps, en.FallBacks, en.SlowTime.Round(time.Millisecond), r.insns,
-		r.globals[1], r.globals[0], r.globals[2], r.memo, r.elapsed.Round(time.Millisecond))
+		r.globals.Redirect, r.globals.Local, r.globals.Unknown, r.memo, r.elapsed.Round(time.Millisecond))
 	for _, ev := range en.Events {
 		s += fmt.Sprintf("\n  fall-back: %s at %s (%s) touching %s: %s; re-run under taint in %v",
 			ev.Syscall, ev.Symbol, ev.Disassembly, ev.Region, ev.Reason, ev.Latency.Round(time.Millisecond))
@@ -129,44 +130,11 @@ func (r *viewRun) summary() string {
 	return s
 }
 
+// psCommand is the view command that came first: its help tells the engine's part in its own
+// words rather than with engineHelp.
 func (e *env) psCommand() *cobra.Command {
-	var name string
-	var asJSON bool
-	c := &cobra.Command{
-		Use:   "ps",
-		Short: "List a guest's processes, computed by its own kernel code in the SVM",
-		Long: `List the processes of a running guest from outside it. The guest is paused; its kernel's own
-code, run in the secure VM against the guest's memory, produces /proc/<pid>/{stat,status,cmdline},
-which are parsed as ps does; then the guest resumes. A process that exited while being read is left
-out and counted on stderr; any other failure to read fails the command, with no table printed. A
-command line the kernel returned cut short is shown as "?" with the reason, never guessed. One line
-of engine work goes to stderr.`,
-		Args: cobra.NoArgs,
-		RunE: func(cmd *cobra.Command, _ []string) error {
-			var procs []inspect.Process
-			var gone inspect.Vanished
-			run, err := e.inspectGuest(cmd.Context(), name, "ps", func(s *bridge.Session) error {
-				var err error
-				procs, gone, err = inspect.ListProcesses(s)
-				return err
-			})
-			if err != nil {
-				return err
-			}
-			run.vanished = gone
-			fmt.Fprintln(e.stderr, run.summary())
-			if asJSON {
-				if procs == nil {
-					procs = []inspect.Process{}
-				}
-				return writeJSON(e.stdout, procs)
-			}
-			return printWhole(e.stdout, func(w io.Writer) error { return printProcesses(w, procs) })
-		},
-	}
-	c.Flags().StringVar(&name, "guest", "demo", "the running guest to inspect")
-	c.Flags().BoolVar(&asJSON, "json", false, "print the processes as JSON")
-	return c
+	v := inspect.ProcessView
+	return e.viewCommand(v.View, v.Long, "print the processes as JSON")
 }
 
 // printProcesses renders the ps table. A command line that cannot be decided shows as "?" with

@@ -13,139 +13,105 @@ import (
 	"hybridbridge/inspect"
 )
 
-// view is one inspection command: how to compute its records from a session (and what vanished
-// while they were read) and how to print them as a table.
-type view struct {
-	use, short, long string
-	pid              bool // takes --pid
-	run              func(s *bridge.Session, pid int) (any, inspect.Vanished, error)
-	print            func(w io.Writer, v any) error
-}
-
-// views are the inspection commands besides ps. The console and the benchmark run their own
-// lists of walkers (consoleViews, benchViews) and print differently.
-var views = []view{
-	{use: "lsmod", short: "List the guest's kernel modules (/proc/modules)",
-		run:   func(s *bridge.Session, _ int) (any, inspect.Vanished, error) { return whole(inspect.ListModules(s)) },
-		print: printModules},
-	{use: "netstat", short: "List the guest's TCP, UDP and Unix sockets with the processes holding them",
-		long: `Sockets from /proc/net/{tcp,tcp6,udp,udp6,unix} of the guest's initial network namespace, and
-the processes holding each one (from every /proc/<pid>/fd link socket:[inode]).`,
-		run: func(s *bridge.Session, _ int) (any, inspect.Vanished, error) {
-			return nonNil(inspect.ListSockets(s, true))
-		},
-		print: printSockets},
-	{use: "uptime", short: "The guest's uptime and load (its clock, not the host's)",
-		long: `The guest's time since boot and idle time (/proc/uptime) and load averages (/proc/loadavg).
-The guest is paused while it is read: its clock is shown as of its last timekeeping update.`,
-		run: func(s *bridge.Session, _ int) (any, inspect.Vanished, error) {
-			u, err := inspect.ReadUptime(s)
-			if err != nil {
-				return nil, inspect.Vanished{}, err
-			}
-			l, err := inspect.ReadLoadAvg(s)
-			return whole(uptimeView{u, l}, err)
-		},
-		print: printUptime},
-	{use: "uname", short: "The guest's kernel and host names (uname -a)",
-		run:   func(s *bridge.Session, _ int) (any, inspect.Vanished, error) { return whole(inspect.ReadUname(s)) },
-		print: printUname},
-	{use: "free", short: "The guest's memory (/proc/meminfo)",
-		run:   func(s *bridge.Session, _ int) (any, inspect.Vanished, error) { return whole(inspect.ReadMeminfo(s)) },
-		print: printMeminfo},
-	{use: "mounts", short: "The guest's mounted file systems (/proc/mounts of its init)",
-		run:   func(s *bridge.Session, _ int) (any, inspect.Vanished, error) { return whole(inspect.ReadMounts(s)) },
-		print: printMounts},
-	{use: "lsof", short: "Open files of a guest process (/proc/PID/fd and fdinfo)", pid: true,
-		run: func(s *bridge.Session, pid int) (any, inspect.Vanished, error) {
-			return nonNil(inspect.ListOpenFiles(s, s, pid))
-		},
-		print: printOpenFiles},
-	{use: "env", short: "The environment of a guest process (/proc/PID/environ)", pid: true,
-		run: func(s *bridge.Session, pid int) (any, inspect.Vanished, error) {
-			return whole(inspect.ReadEnviron(s, pid))
-		},
-		print: printLines},
-	{use: "dmesg", short: "The guest's kernel log (its /dev/kmsg)",
-		run:   func(s *bridge.Session, _ int) (any, inspect.Vanished, error) { return whole(inspect.ReadKernelLog(s)) },
-		print: printLog},
-	{use: "arp", short: "The guest's neighbour table (/proc/net/arp)",
-		run:   func(s *bridge.Session, _ int) (any, inspect.Vanished, error) { return whole(inspect.ListNeighbours(s)) },
-		print: printNeighbours},
-	{use: "ifconfig", short: "The guest's network interfaces, counters and addresses",
-		long: `Interfaces and counters from /proc/net/dev, IPv6 addresses from /proc/net/if_inet6, IPv4
-addresses from the local routing table (/proc/net/fib_trie). procfs does not say which interface
-an IPv4 address belongs to: it is placed on the interface of the connected route that covers it
-(/proc/net/route), and listed as unassigned otherwise.`,
-		run:   func(s *bridge.Session, _ int) (any, inspect.Vanished, error) { return whole(inspect.ListInterfaces(s)) },
-		print: printInterfaces},
-}
-
-// nonNil keeps empty lists as [] in JSON.
-func nonNil[T any](v []T, gone inspect.Vanished, err error) (any, inspect.Vanished, error) {
-	if v == nil {
-		v = []T{}
-	}
-	return v, gone, err
-}
-
-// whole adapts a walker that reads fixed files: nothing it reads can vanish.
-func whole[T any](v T, err error) (any, inspect.Vanished, error) {
-	return v, inspect.Vanished{}, err
-}
-
-type uptimeView struct {
-	Uptime  inspect.Uptime  `json:"uptime"`
-	LoadAvg inspect.LoadAvg `json:"loadavg"`
-}
-
-func (e *env) viewCommands() []*cobra.Command {
-	var out []*cobra.Command
-	for _, v := range views {
-		v := v
-		var name string
-		var asJSON bool
-		var pid int
-		c := &cobra.Command{
-			Use:   v.use,
-			Short: v.short,
-			Long: v.long + `
+// engineHelp ends the help of every view command but ps, whose help says the same in its own
+// words.
+const engineHelp = `
 
 The guest is paused while its own kernel code, run in the SVM against its memory (Slow-Bridge),
 produces the files; then it resumes. One line of engine work goes to stderr, with what vanished
 while it was read (a process that exited, a descriptor closed), which is left out. Any other
-failure to read fails the command: no records are printed.`,
-			Args: cobra.NoArgs,
-			RunE: func(cmd *cobra.Command, _ []string) error {
-				if v.pid && pid <= 0 {
-					return fmt.Errorf("%s needs --pid PID (a process of the guest; see hybridbridge ps)", v.use)
-				}
-				var res any
-				var gone inspect.Vanished
-				run, err := e.inspectGuest(cmd.Context(), name, v.use, func(s *bridge.Session) error {
-					var err error
-					res, gone, err = v.run(s, pid)
-					return err
-				})
-				if err != nil {
-					return err
-				}
-				run.vanished = gone
-				fmt.Fprintln(e.stderr, run.summary())
-				if asJSON {
-					return writeJSON(e.stdout, res)
-				}
-				return printWhole(e.stdout, func(w io.Writer) error { return v.print(w, res) })
-			},
+failure to read fails the command: no records are printed.`
+
+// viewCommands are the commands of every view of inspect.Views but ps (psCommand).
+func (e *env) viewCommands() []*cobra.Command {
+	var out []*cobra.Command
+	for _, v := range inspect.Views {
+		if v.Name == inspect.ProcessView.Name {
+			continue
 		}
-		c.Flags().StringVar(&name, "guest", "demo", "the running guest to inspect")
-		c.Flags().BoolVar(&asJSON, "json", false, "print the records as JSON")
-		if v.pid {
-			c.Flags().IntVar(&pid, "pid", 0, "the guest process (required)")
-		}
-		out = append(out, c)
+		out = append(out, e.viewCommand(v, v.Long+engineHelp, "print the records as JSON"))
 	}
 	return out
+}
+
+// viewCommand is the command that prints v's records, as its printer does or as JSON; long and
+// jsonUsage are its help.
+func (e *env) viewCommand(v inspect.View, long, jsonUsage string) *cobra.Command {
+	p := printerFor(v.Name)
+	var name string
+	var asJSON bool
+	var pid int
+	c := &cobra.Command{
+		Use:   v.Name,
+		Short: v.Short,
+		Long:  long,
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if v.PID && pid <= 0 {
+				return fmt.Errorf("%s needs --pid PID (a process of the guest; see hybridbridge ps)", v.Name)
+			}
+			var res any
+			var gone inspect.Vanished
+			run, err := e.inspectGuest(cmd.Context(), name, v.Name, func(s *bridge.Session) error {
+				var err error
+				res, gone, err = v.Read(s, pid)
+				return err
+			})
+			if err != nil {
+				return err
+			}
+			run.vanished = gone
+			fmt.Fprintln(e.stderr, run.summary())
+			if asJSON {
+				return writeJSON(e.stdout, res)
+			}
+			return printWhole(e.stdout, func(w io.Writer) error { return p.print(w, res) })
+		},
+	}
+	c.Flags().StringVar(&name, "guest", "demo", "the running guest to inspect")
+	c.Flags().BoolVar(&asJSON, "json", false, jsonUsage)
+	if v.PID {
+		c.Flags().IntVar(&pid, "pid", 0, "the guest process (required)")
+	}
+	return c
+}
+
+// printer prints one view's records on a terminal.
+type printer struct {
+	view  string
+	print func(w io.Writer, records any) error
+}
+
+// printers are how every view of inspect.Views prints without --json.
+var printers = []printer{
+	printerOf(inspect.ProcessView, printProcesses),
+	printerOf(inspect.ModuleView, printModules),
+	printerOf(inspect.SocketView, printSockets),
+	printerOf(inspect.UptimeView, printUptime),
+	printerOf(inspect.UnameView, printUname),
+	printerOf(inspect.MeminfoView, printMeminfo),
+	printerOf(inspect.MountView, printMounts),
+	printerOf(inspect.OpenFileView, printOpenFiles),
+	printerOf(inspect.EnvironView, printLines),
+	printerOf(inspect.KernelLogView, printLog),
+	printerOf(inspect.NeighbourView, printNeighbours),
+	printerOf(inspect.InterfaceView, printInterfaces),
+}
+
+// printerOf ties print to v, so a printer that does not take v's records does not compile.
+func printerOf[T any](v inspect.TypedView[T], print func(io.Writer, T) error) printer {
+	return printer{view: v.Name, print: func(w io.Writer, records any) error { return print(w, records.(T)) }}
+}
+
+// printerFor is the printer of the named view. A view without one is a mistake in this
+// package, caught by any test that builds the commands.
+func printerFor(view string) printer {
+	for _, p := range printers {
+		if p.view == view {
+			return p
+		}
+	}
+	panic(fmt.Sprintf("cli: view %q has no printer: add one to printers", view))
 }
 
 // printWhole renders a view before writing any of it, so a view that fails to render prints
@@ -191,17 +157,17 @@ func table(w io.Writer, header string, rows func(tw io.Writer)) error {
 	return tw.Flush()
 }
 
-func printModules(w io.Writer, v any) error {
+func printModules(w io.Writer, mods []inspect.Module) error {
 	return table(w, "MODULE\tSIZE\tUSED\tBY\tSTATE\tADDRESS", func(tw io.Writer) {
-		for _, m := range v.([]inspect.Module) {
+		for _, m := range mods {
 			fmt.Fprintf(tw, "%s\t%d\t%d\t%s\t%s\t%#x\n", m.Name, m.Size, m.Refs, strings.Join(m.Users, ","), m.State, m.Addr)
 		}
 	})
 }
 
-func printSockets(w io.Writer, v any) error {
+func printSockets(w io.Writer, socks []inspect.Socket) error {
 	return table(w, "PROTO\tLOCAL\tREMOTE\tSTATE\tRECV-Q\tSEND-Q\tUID\tINODE\tPIDS", func(tw io.Writer) {
-		for _, s := range v.([]inspect.Socket) {
+		for _, s := range socks {
 			pids := make([]string, len(s.PIDs))
 			for i, p := range s.PIDs {
 				pids[i] = fmt.Sprint(p)
@@ -215,8 +181,7 @@ func printSockets(w io.Writer, v any) error {
 	})
 }
 
-func printUptime(w io.Writer, v any) error {
-	u := v.(uptimeView)
+func printUptime(w io.Writer, u inspect.UptimeLoad) error {
 	secs := int64(u.Uptime.Seconds)
 	_, err := fmt.Fprintf(w, "up %dd %02d:%02d:%02d (%.2f s), idle %.2f s, load average: %.2f, %.2f, %.2f, %d/%d runnable, last pid %d\n",
 		secs/86400, secs/3600%24, secs/60%60, secs%60, u.Uptime.Seconds, u.Uptime.IdleSeconds,
@@ -224,38 +189,37 @@ func printUptime(w io.Writer, v any) error {
 	return err
 }
 
-func printUname(w io.Writer, v any) error {
-	u := v.(inspect.Uname)
+func printUname(w io.Writer, u inspect.Uname) error {
 	_, err := fmt.Fprintf(w, "%s %s %s %s %s\n", u.Sysname, u.Nodename, u.Release, u.Version, u.Machine)
 	return err
 }
 
-func printMeminfo(w io.Writer, v any) error {
+func printMeminfo(w io.Writer, fields []inspect.MemField) error {
 	return table(w, "FIELD\tVALUE", func(tw io.Writer) {
-		for _, m := range v.([]inspect.MemField) {
+		for _, m := range fields {
 			fmt.Fprintf(tw, "%s\t%d %s\n", m.Name, m.Value, m.Unit)
 		}
 	})
 }
 
-func printMounts(w io.Writer, v any) error {
+func printMounts(w io.Writer, mounts []inspect.Mount) error {
 	return table(w, "DEVICE\tMOUNT POINT\tTYPE\tOPTIONS", func(tw io.Writer) {
-		for _, m := range v.([]inspect.Mount) {
+		for _, m := range mounts {
 			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\n", cell(m.Device), cell(m.Point), m.Type, m.Options)
 		}
 	})
 }
 
-func printOpenFiles(w io.Writer, v any) error {
+func printOpenFiles(w io.Writer, files []inspect.OpenFile) error {
 	return table(w, "FD\tPOS\tFLAGS\tTARGET", func(tw io.Writer) {
-		for _, o := range v.([]inspect.OpenFile) {
+		for _, o := range files {
 			fmt.Fprintf(tw, "%d\t%d\t%s\t%s\n", o.FD, o.Pos, o.Flags, cell(o.Target))
 		}
 	})
 }
 
-func printLines(w io.Writer, v any) error {
-	for _, l := range v.([]string) {
+func printLines(w io.Writer, lines []string) error {
+	for _, l := range lines {
 		if _, err := fmt.Fprintln(w, cell(l)); err != nil {
 			return err
 		}
@@ -263,8 +227,8 @@ func printLines(w io.Writer, v any) error {
 	return nil
 }
 
-func printLog(w io.Writer, v any) error {
-	for _, l := range v.([]inspect.LogLine) {
+func printLog(w io.Writer, log []inspect.LogLine) error {
+	for _, l := range log {
 		if _, err := fmt.Fprintf(w, "[%5d.%06d] <%d> %s\n", l.Micros/1e6, l.Micros%1e6, l.Level, l.Text); err != nil {
 			return err
 		}
@@ -272,16 +236,15 @@ func printLog(w io.Writer, v any) error {
 	return nil
 }
 
-func printNeighbours(w io.Writer, v any) error {
+func printNeighbours(w io.Writer, neighbours []inspect.Neighbour) error {
 	return table(w, "ADDRESS\tHWTYPE\tFLAGS\tHWADDRESS\tMASK\tDEVICE", func(tw io.Writer) {
-		for _, n := range v.([]inspect.Neighbour) {
+		for _, n := range neighbours {
 			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", n.IP, n.HWType, n.Flags, n.HWAddr, n.Mask, n.Device)
 		}
 	})
 }
 
-func printInterfaces(w io.Writer, v any) error {
-	ifs := v.(inspect.Interfaces)
+func printInterfaces(w io.Writer, ifs inspect.Interfaces) error {
 	err := table(w, "INTERFACE\tRX BYTES\tRX PKTS\tRX ERR/DROP\tTX BYTES\tTX PKTS\tTX ERR/DROP\tADDRESSES", func(tw io.Writer) {
 		for _, i := range ifs.Interfaces {
 			fmt.Fprintf(tw, "%s\t%d\t%d\t%d/%d\t%d\t%d\t%d/%d\t%s\n", i.Name, i.RxBytes, i.RxPackets, i.RxErrors, i.RxDropped,
