@@ -208,12 +208,15 @@ const clockSource = "read_tsc"
 // policy.
 func (s *Session) openMachine(slow bool) (*svm.Machine, error) {
 	// Every operation starts from a reset machine (do), so files need no closing.
-	opts := svm.Options{Symbols: s.Globals.syms, Window: true, LeaveOpen: true, Blocking: BlockingEntries(),
+	opts := svm.Options{Symbols: s.Globals.syms, LeaveOpen: true, Blocking: BlockingEntries(),
 		Clock: &svm.ClockSource{Func: clockSource, TSC: func() uint64 { return s.GuestTSC }}}
 	if slow {
 		opts.OnReset = s.onReset
-	} else if s.onKVM {
+	}
+	if !slow && s.onKVM {
 		opts.KVM = &svm.KVMOptions{}
+	} else {
+		opts.Unicorn = &svm.UnicornOptions{Window: true}
 	}
 	m, err := svm.Open(s.snap, opts)
 	if err != nil {

@@ -33,7 +33,7 @@ fi
 grep -E '^(ok|FAIL|PASS)[[:space:]]' "$log" || true
 if grep -q -- '--- SKIP' "$log"; then
 	echo "==> NOT TESTED on this machine (skipped, with the reason each gave):"
-	grep -A1 -- '--- SKIP' "$log" | grep -v '^--$'
+	grep -B1 -- '--- SKIP' "$log" | grep -v '^--$'
 fi
 
 echo "==> benchmarks"

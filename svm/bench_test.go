@@ -20,7 +20,7 @@ func BenchmarkReset(b *testing.B) {
 	for _, c := range []struct {
 		name string
 		opts Options
-	}{{"pagemap-scan", Options{}}, {"write-log", Options{Window: true}}} {
+	}{{"pagemap-scan", Options{}}, {"write-log", Options{Unicorn: &UnicornOptions{Window: true}}}} {
 		b.Run(c.name, func(b *testing.B) {
 			m := open(b, c.opts)
 			pages := 0
@@ -59,7 +59,7 @@ var syscallCases = []struct {
 func BenchmarkSyscall(b *testing.B) {
 	for _, c := range syscallCases {
 		b.Run(c.name, func(b *testing.B) {
-			counted := open(b, Options{CountInstructions: true})
+			counted := open(b, Options{Unicorn: &UnicornOptions{CountInstructions: true}})
 			fd, err := counted.Open("/proc/1/stat", oRDONLY)
 			if err != nil {
 				b.Fatal(err)

@@ -38,6 +38,7 @@ var ErrUnsupported = errors.New("KVM cannot run an instruction")
 // kvmCPU is a Machine's KVM virtual machine: one vCPU loaded with the captured state, no
 // interrupt controller, the machine's RAM as memory slots except the intercepted ranges.
 type kvmCPU struct {
+	m       *Machine // whose RAM the memory slots are
 	opts    KVMOptions
 	k       *vmm.KVM
 	vm      *vmm.VM
@@ -86,9 +87,9 @@ type Trapped struct {
 	PCs []uint64
 }
 
-// openKVM makes the machine's executor a KVM virtual machine. The memory slots are added at the
+// openKVMExec makes the machine's executor a KVM virtual machine. The memory slots are added at the
 // first call, once the overlay and the intercepted ranges are known.
-func (m *Machine) openKVM() error {
+func openKVMExec(m *Machine) error {
 	o := *m.opts.KVM
 	if o.Timeout == 0 {
 		o.Timeout = 10 * time.Second
@@ -96,15 +97,12 @@ func (m *Machine) openKVM() error {
 	if o.MaxExits == 0 {
 		o.MaxExits = 1_000_000
 	}
-	c := &kvmCPU{opts: o}
-	m.kvm = c
+	c := &kvmCPU{m: m, opts: o}
+	m.exec = c
+	if err := c.findHalts(); err != nil {
+		return err
+	}
 	var err error
-	if m.virt, m.savedRegs, err = agentView("svm", m.phys, m.snap); err != nil {
-		return err
-	}
-	if err := m.findHalts(); err != nil {
-		return err
-	}
 	if c.k, err = vmm.OpenKVM(); err != nil {
 		return err
 	}
@@ -122,17 +120,14 @@ func (m *Machine) openKVM() error {
 		return err
 	}
 	c.synced = c.cpu.SyncRegs(c.k)
-	m.tscBase = time.Now()
-	if err := m.loadCPU(); err != nil {
-		return fmt.Errorf("SVM under KVM: %w", err)
-	}
 	return nil
 }
 
 // findHalts translates where halts are planted: the return address; the entries where the
 // Unicorn machine stops a call (Options.Blocking, an oops); with Options.Clock, its RDTSCs.
-func (m *Machine) findHalts() error {
-	c, w := m.kvm, m.virt.Walker()
+func (c *kvmCPU) findHalts() error {
+	m := c.m
+	w := m.virt.Walker()
 	var err error
 	if c.retPhys, _, _, err = w.Translate(m.snap.ReturnAddr); err != nil || c.retPhys >= uint64(len(m.ram)) {
 		return fmt.Errorf("return address %#x: not in SVM RAM (%v)", m.snap.ReturnAddr, err)
@@ -153,7 +148,7 @@ func (m *Machine) findHalts() error {
 		return err
 	}
 	for _, s := range sites {
-		// The other sites read the vCPU's own counter, which continues the SVM's (kvmLoadCPU).
+		// The other sites read the vCPU's own counter, which continues the SVM's (loadCPU).
 		if s.clock {
 			halts = append(halts, kvmHalt{name: m.opts.Clock.Func, addr: s.addr, tsc: &s})
 		}
@@ -174,12 +169,12 @@ func (m *Machine) findHalts() error {
 
 // plantHalts writes the halts into the private copy of the kernel text; a reset drops them with
 // every other write. An RDTSC's remaining bytes become NOPs.
-func (m *Machine) plantHalts() {
-	m.kvm.haltBytes(func(at uint64, b byte) { m.ram[at] = b })
+func (c *kvmCPU) plantHalts() {
+	c.plantedBytes(func(at uint64, b byte) { c.m.ram[at] = b })
 }
 
-// haltBytes calls put with every byte the planted halts change, by physical address.
-func (c *kvmCPU) haltBytes(put func(at uint64, b byte)) {
+// plantedBytes calls put with every byte the planted halts change, by physical address.
+func (c *kvmCPU) plantedBytes(put func(at uint64, b byte)) {
 	put(c.retPhys, hltOpcode)
 	for _, h := range c.halts {
 		put(h.phys, hltOpcode)
@@ -191,33 +186,12 @@ func (c *kvmCPU) haltBytes(put func(at uint64, b byte)) {
 	}
 }
 
-// haltsIn writes the planted halts that fall in the page at p into page (a copy of it), for
-// Unrestored: on KVM they are part of the state every call starts from.
-func (m *Machine) haltsIn(p uint64, page []byte) {
-	if m.kvm == nil {
-		return
-	}
-	m.kvm.haltBytes(func(at uint64, b byte) {
-		if at >= p && at < p+uint64(len(page)) {
-			page[at-p] = b
-		}
-	})
-}
-
-// Intercept makes the physical ranges absent from the VM: every access there exits, and trap
-// carries it out (a read's answer or a write's target), or stops the call by returning an error.
-// Pages of the ranges that the CPU reads by itself (page tables, descriptor tables, the TSS)
-// cannot be absent: they stay mapped, unintercepted, and are returned. Call it before the first
-// system call.
-func (m *Machine) Intercept(ranges []PhysSpan, trap func(*Trapped) error) (kept []PhysSpan, err error) {
-	c := m.kvm
-	switch {
-	case c == nil:
-		return nil, errors.New("Intercept needs a machine on KVM (Options.KVM)")
-	case c.slotted:
+// intercept leaves the ranges' pages without memory slots (see Machine.Intercept).
+func (c *kvmCPU) intercept(ranges []PhysSpan, trap func(*Trapped) error) (kept []PhysSpan, err error) {
+	if c.slotted {
 		return nil, errors.New("Intercept after the first system call")
 	}
-	cpuPages, err := m.cpuPages()
+	cpuPages, err := c.m.cpuPages()
 	if err != nil {
 		return nil, err
 	}
@@ -318,8 +292,8 @@ func subtractPages(spans []PhysSpan, pages map[uint64]bool) (left, removed []Phy
 // addSlots gives the VM the machine's RAM, without the holes, as memory slots. The slots point
 // into the machine's mapping: the overlay's guest pages and every reset's dropped pages are
 // followed by KVM through its MMU notifiers.
-func (m *Machine) addSlots() error {
-	c := m.kvm
+func (c *kvmCPU) addSlots() error {
+	m := c.m
 	start := uint64(0)
 	for _, h := range append(append([]PhysSpan(nil), c.holes...), PhysSpan{uint64(len(m.ram)), uint64(len(m.ram))}) {
 		if h.Start > start {
@@ -350,31 +324,32 @@ func kvmSegment(s Segment) kvm.Segment {
 // before LTR marked it busy; VM entry requires the busy type.
 const tssBusy = 0xb
 
-// kvmLoadCPU plants the halts and puts the captured CPU state into the vCPU: special registers,
+// loadCPU plants the halts and puts the captured CPU state into the vCPU: special registers,
 // then MSRs, then the general registers (the order KVM validates them in: EFER and CR4 before
 // what depends on them).
-func (m *Machine) kvmLoadCPU() error {
-	m.plantHalts()
-	cpu := m.kvm.cpu
-	c := m.snap.CPU
+func (c *kvmCPU) loadCPU() error {
+	m := c.m
+	c.plantHalts()
+	cpu := c.cpu
+	st := m.snap.CPU
 	s, err := cpu.Sregs()
 	if err != nil {
 		return err
 	}
-	s.CS, s.SS, s.DS, s.ES = kvmSegment(c.CS), kvmSegment(c.SS), kvmSegment(c.DS), kvmSegment(c.ES)
-	s.FS, s.GS = kvmSegment(c.FS), kvmSegment(c.GS)
-	s.FS.Base, s.GS.Base = c.FSBase, c.GSBase
-	s.TR, s.LDT = kvmSegment(c.TR), kvmSegment(c.LDT)
+	s.CS, s.SS, s.DS, s.ES = kvmSegment(st.CS), kvmSegment(st.SS), kvmSegment(st.DS), kvmSegment(st.ES)
+	s.FS, s.GS = kvmSegment(st.FS), kvmSegment(st.GS)
+	s.FS.Base, s.GS.Base = st.FSBase, st.GSBase
+	s.TR, s.LDT = kvmSegment(st.TR), kvmSegment(st.LDT)
 	s.TR.Typ = tssBusy
-	s.GDT = kvm.Descriptor{Base: c.GDT.Base, Limit: uint16(c.GDT.Limit)}
-	s.IDT = kvm.Descriptor{Base: c.IDT.Base, Limit: uint16(c.IDT.Limit)}
-	s.CR0, s.CR2, s.CR3, s.CR4, s.EFER = c.CR0, c.CR2, c.CR3, c.CR4, c.EFER
+	s.GDT = kvm.Descriptor{Base: st.GDT.Base, Limit: uint16(st.GDT.Limit)}
+	s.IDT = kvm.Descriptor{Base: st.IDT.Base, Limit: uint16(st.IDT.Limit)}
+	s.CR0, s.CR2, s.CR3, s.CR4, s.EFER = st.CR0, st.CR2, st.CR3, st.CR4, st.EFER
 	if err := cpu.SetSregs(s); err != nil {
-		return fmt.Errorf("load CR0 %#x CR4 %#x EFER %#x: %w", c.CR0, c.CR4, c.EFER, err)
+		return fmt.Errorf("load CR0 %#x CR4 %#x EFER %#x: %w", st.CR0, st.CR4, st.EFER, err)
 	}
 	// The TSC continues the SVM's clock from the capture, as on the Unicorn machine.
 	if err := cpu.SetMSRs(map[uint32]uint64{
-		uint32(kvm.MSRKERNELGSBASE): c.KernelGSBase,
+		uint32(kvm.MSRKERNELGSBASE): st.KernelGSBase,
 		uint32(kvm.MSRIA32TSC):      m.svmTSC(),
 	}); err != nil {
 		return err
@@ -393,50 +368,29 @@ func (m *Machine) capturedRegs() *kvm.Regs {
 	}
 }
 
-// kvmSyscall runs the call placed in the agent's pt_regs: the vCPU starts at do_syscall_64(regs,
+// enter readies the call placed in the agent's pt_regs: the vCPU starts at do_syscall_64(regs,
 // nr), as the entry code would, with every other register as captured (a call then does not
 // depend on what the previous one left), and ends at the halt on the return address.
-func (m *Machine) kvmSyscall(nr int) (int64, error) {
-	c := m.kvm
+func (c *kvmCPU) enter(nr int) error {
+	m := c.m
 	if !c.slotted {
-		if err := m.addSlots(); err != nil {
-			return 0, fmt.Errorf("%s: %w", SyscallName(nr), err)
+		if err := c.addSlots(); err != nil {
+			return fmt.Errorf("%s: %w", SyscallName(nr), err)
 		}
 	}
 	r := m.capturedRegs()
 	r.RSP, r.RDI, r.RSI = m.snap.CPU.GPR["rsp"], m.snap.PtRegs, uint64(nr)
 	r.RIP = m.snap.Symbols["do_syscall_64"]
 	if err := c.cpu.SetRegs(r); err != nil {
-		return 0, fmt.Errorf("%s: KVM_SET_REGS: %w", SyscallName(nr), err)
+		return fmt.Errorf("%s: KVM_SET_REGS: %w", SyscallName(nr), err)
 	}
-	m.curNR = nr
-	m.stats.Syscalls++
-	if err := m.kvmRun(nr); err != nil {
-		var se *StopError
-		if errors.As(err, &se) {
-			if errors.Is(err, ErrBlocked) {
-				m.stats.Blocked++
-			} else if errors.Is(err, ErrBudget) {
-				m.stats.OverBudget++
-			}
-		}
-		// A call stopped midway leaves the kernel with locks held.
-		if rerr := m.Reset(); rerr != nil {
-			return 0, errors.Join(err, rerr)
-		}
-		return 0, err
-	}
-	ax, err := m.virt.ReadUint64(m.snap.PtRegs + ptAX)
-	if err != nil {
-		return 0, fmt.Errorf("%s: result: %w", SyscallName(nr), err)
-	}
-	return int64(ax), nil
+	return nil
 }
 
-// kvmRun enters the vCPU until the call halts at its return address, and turns every other stop
+// run enters the vCPU until the call halts at its return address, and turns every other stop
 // into a *StopError.
-func (m *Machine) kvmRun(nr int) error {
-	c := m.kvm
+func (c *kvmCPU) run(nr int) error {
+	m := c.m
 	// The watchdog signals this very thread to pull it out of KVM_RUN.
 	runtime.LockOSThread()
 	defer runtime.UnlockOSThread()
@@ -449,50 +403,51 @@ func (m *Machine) kvmRun(nr int) error {
 		e, err := c.cpu.Run()
 		m.stats.Exits++
 		if err != nil {
-			return m.kvmStop(ErrFault, nr, err.Error())
+			return c.kvmStop(ErrFault, nr, err.Error())
 		}
-		done, err := m.handleExit(nr, e)
+		done, err := c.handleExit(nr, e)
 		if done || err != nil {
 			return err
 		}
 		switch {
 		case time.Now().After(deadline):
-			return m.kvmStop(ErrBudget, nr, fmt.Sprintf("still running after %v (%d exits)", c.opts.Timeout, exits))
+			return c.kvmStop(ErrBudget, nr, fmt.Sprintf("still running after %v (%d exits)", c.opts.Timeout, exits))
 		case exits >= c.opts.MaxExits:
-			return m.kvmStop(ErrBudget, nr, fmt.Sprintf("%d exits to user space", exits))
+			return c.kvmStop(ErrBudget, nr, fmt.Sprintf("%d exits to user space", exits))
 		}
 	}
 }
 
 // handleExit reports whether the call is done, or why it cannot go on.
-func (m *Machine) handleExit(nr int, e vmm.Exit) (done bool, err error) {
-	cpu := m.kvm.cpu
+func (c *kvmCPU) handleExit(nr int, e vmm.Exit) (done bool, err error) {
+	cpu := c.cpu
 	switch e.Reason {
 	case kvm.EXITHLT:
-		return m.halted(nr)
+		return c.halted(nr)
 	case kvm.EXITINTR:
 		return false, nil // the watchdog's signal, or any other: the caller checks the time
 	case kvm.EXITIO:
-		return false, m.portIO(nr, e)
+		return false, c.portIO(nr, e)
 	case kvm.EXITMMIO:
-		return false, m.mmio(nr)
+		return false, c.mmio(nr)
 	case kvm.EXITSHUTDOWN:
-		return false, m.kvmStop(ErrFault, nr, "shutdown (triple fault)")
+		return false, c.kvmStop(ErrFault, nr, "shutdown (triple fault)")
 	case kvm.EXITINTERNALERROR:
 		w := cpu.ExitWords()
 		if uint32(w[0]) == internalErrorEmulation {
-			return false, m.emulate(nr)
+			return false, c.emulate(nr)
 		}
-		return false, m.kvmStop(ErrFault, nr, fmt.Sprintf("KVM internal error %d (data %#x %#x %#x)", uint32(w[0]), w[1], w[2], w[3]))
+		return false, c.kvmStop(ErrFault, nr, fmt.Sprintf("KVM internal error %d (data %#x %#x %#x)", uint32(w[0]), w[1], w[2], w[3]))
 	default:
 		w := cpu.ExitWords()
-		return false, m.kvmStop(ErrFault, nr, fmt.Sprintf("exit %v (reason %d, data %#x %#x %#x %#x)", e.Reason, uint32(e.Reason), w[0], w[1], w[2], w[3]))
+		return false, c.kvmStop(ErrFault, nr, fmt.Sprintf("exit %v (reason %d, data %#x %#x %#x %#x)", e.Reason, uint32(e.Reason), w[0], w[1], w[2], w[3]))
 	}
 }
 
 // halted handles a planted halt (KVM reports it with RIP past the one-byte instruction).
-func (m *Machine) halted(nr int) (bool, error) {
-	cpu := m.kvm.cpu
+func (c *kvmCPU) halted(nr int) (bool, error) {
+	m := c.m
+	cpu := c.cpu
 	r, err := cpu.ExitRegs()
 	if err != nil {
 		return false, fmt.Errorf("KVM_GET_REGS: %w", err)
@@ -500,12 +455,12 @@ func (m *Machine) halted(nr int) (bool, error) {
 	if r.RIP == m.snap.ReturnAddr+1 {
 		return true, nil
 	}
-	for _, h := range m.kvm.halts {
+	for _, h := range c.halts {
 		if r.RIP != h.addr+1 {
 			continue
 		}
 		if h.tsc == nil {
-			err := m.kvmStop(h.err, nr, "reached "+h.name)
+			err := c.kvmStop(h.err, nr, "reached "+h.name)
 			err.RIP, err.Symbol = h.addr, m.symbolize(h.addr) // the entry, not past the halt
 			return false, err
 		}
@@ -520,14 +475,14 @@ func (m *Machine) halted(nr int) (bool, error) {
 		}
 		return false, nil
 	}
-	return false, m.kvmStop(ErrFault, nr, "halted away from the return address")
+	return false, c.kvmStop(ErrFault, nr, "halted away from the return address")
 }
 
 // mmio carries out an access to physical memory without a slot: an intercepted range's through
 // the trap, the rest of a hole's pages as the SVM's memory, the scratch pages (local APIC and
 // friends) as nothing that answers.
-func (m *Machine) mmio(nr int) error {
-	c := m.kvm
+func (c *kvmCPU) mmio(nr int) error {
+	m := c.m
 	a := c.cpu.MMIO()
 	data := c.cpu.MMIOData()
 	m.stats.Trapped++
@@ -544,7 +499,7 @@ func (m *Machine) mmio(nr int) error {
 		if a.Write {
 			kind = "write"
 		}
-		return m.kvmStop(ErrFault, nr, fmt.Sprintf("MMIO %s of %d bytes at physical %#x, outside SVM RAM", kind, a.Len, a.Addr))
+		return c.kvmStop(ErrFault, nr, fmt.Sprintf("MMIO %s of %d bytes at physical %#x, outside SVM RAM", kind, a.Len, a.Addr))
 	}
 	if c.trap == nil || !InSpans(c.ranges, a.Addr) {
 		if a.Write {
@@ -560,10 +515,10 @@ func (m *Machine) mmio(nr int) error {
 	}
 	t := &Trapped{Phys: a.Addr, Write: a.Write, Data: data, PC: r.RIP}
 	if a.Write {
-		t.PC, t.PCs = 0, m.writers(r.RIP)
+		t.PC, t.PCs = 0, c.writers(r.RIP)
 	}
 	if err := c.trap(t); err != nil {
-		return m.kvmStop(ErrFault, nr, err.Error())
+		return c.kvmStop(ErrFault, nr, err.Error())
 	}
 	return nil
 }
@@ -571,8 +526,8 @@ func (m *Machine) mmio(nr int) error {
 // writers are the instructions that may have made a write KVM reports with RIP at next: those
 // that decode to exactly end there and have a memory operand, and a string instruction at next
 // itself (KVM keeps RIP on a repeated one until its last iteration).
-func (m *Machine) writers(next uint64) []uint64 {
-	c := m.kvm
+func (c *kvmCPU) writers(next uint64) []uint64 {
+	m := c.m
 	if w, ok := c.writerAt[next]; ok {
 		return w
 	}
@@ -624,21 +579,30 @@ func isString(op x86asm.Op) bool {
 	return false
 }
 
-// ExitsByReason counts the vCPU's exits to user space by reason, since the machine was opened
-// (empty on Unicorn).
-func (m *Machine) ExitsByReason() map[string]int {
+// exits counts the vCPU's exits to user space by reason, since the machine was opened.
+func (c *kvmCPU) exits() map[string]int {
 	out := map[string]int{}
-	if m.kvm == nil || m.kvm.cpu == nil {
+	if c.cpu == nil {
 		return out
 	}
-	for r, n := range m.kvm.cpu.Exits {
+	for r, n := range c.cpu.Exits {
 		out[r.String()] = n
 	}
 	return out
 }
 
+// stop does nothing: Go code runs inside a call only in the trap handler, which stops the call
+// by returning an error.
+func (c *kvmCPU) stop(error, string) {}
+
+// clearScratch does nothing: the scratch pages have no memory under KVM (mmio answers them).
+func (c *kvmCPU) clearScratch() {}
+
 // OnKVM reports whether the machine runs its calls under KVM.
-func (m *Machine) OnKVM() bool { return m.kvm != nil }
+func (m *Machine) OnKVM() bool {
+	_, ok := m.exec.(*kvmCPU)
+	return ok
+}
 
 // close releases the VM and /dev/kvm, before the RAM its memory slots point into.
 func (c *kvmCPU) close() error {
@@ -656,7 +620,7 @@ func (c *kvmCPU) close() error {
 
 // portIO answers port I/O as the Unicorn machine does (a console write from a warning): output
 // goes nowhere, and the UART's line status always reports an empty transmitter.
-func (m *Machine) portIO(nr int, e vmm.Exit) error {
+func (c *kvmCPU) portIO(nr int, e vmm.Exit) error {
 	if e.IODir == kvm.EXITIOOUT {
 		return nil
 	}
@@ -666,16 +630,17 @@ func (m *Machine) portIO(nr int, e vmm.Exit) error {
 			data[i] = 0x60
 		}
 	}
-	if err := m.kvm.cpu.AnswerIn(data); err != nil {
-		return m.kvmStop(ErrFault, nr, err.Error())
+	if err := c.cpu.AnswerIn(data); err != nil {
+		return c.kvmStop(ErrFault, nr, err.Error())
 	}
 	return nil
 }
 
 // kvmStop builds the StopError of a call that ended anywhere but its return.
-func (m *Machine) kvmStop(err error, nr int, detail string) *StopError {
+func (c *kvmCPU) kvmStop(err error, nr int, detail string) *StopError {
+	m := c.m
 	se := &StopError{Err: err, NR: nr, Detail: detail}
-	if r, rerr := m.kvm.cpu.Regs(); rerr == nil {
+	if r, rerr := c.cpu.Regs(); rerr == nil {
 		se.RIP = r.RIP
 		se.Symbol = m.symbolize(r.RIP)
 		se.Stack = m.stackScan(r.RSP, 24)
@@ -740,25 +705,26 @@ const rflagsZF = 1 << 6
 // guest after it. A KVM that emulates the guest (a paravirtual one) lacks some instructions
 // the kernel uses: CMPXCHG16B in SLUB's lockless fast path runs in nearly every call that
 // allocates. With one vCPU, stopped, doing it here is as atomic as the instruction.
-func (m *Machine) emulate(nr int) error {
-	cpu := m.kvm.cpu
+func (c *kvmCPU) emulate(nr int) error {
+	m := c.m
+	cpu := c.cpu
 	r, err := cpu.Regs()
 	if err != nil {
 		return fmt.Errorf("KVM_GET_REGS: %w", err)
 	}
 	code := make([]byte, 15)
 	if err := m.virt.Read(r.RIP, code); err != nil {
-		return m.kvmStop(ErrUnsupported, nr, fmt.Sprintf("the instruction at %#x, unreadable: %v", r.RIP, err))
+		return c.kvmStop(ErrUnsupported, nr, fmt.Sprintf("the instruction at %#x, unreadable: %v", r.RIP, err))
 	}
 	in, err := x86asm.Decode(code, 64)
 	if err != nil {
-		return m.kvmStop(ErrUnsupported, nr, fmt.Sprintf("% x", code))
+		return c.kvmStop(ErrUnsupported, nr, fmt.Sprintf("% x", code))
 	}
 	if in.Op != x86asm.CMPXCHG16B {
-		return m.kvmStop(ErrUnsupported, nr, fmt.Sprintf("%v (% x)", in, code[:in.Len]))
+		return c.kvmStop(ErrUnsupported, nr, fmt.Sprintf("%v (% x)", in, code[:in.Len]))
 	}
-	if err := m.cmpxchg16b(in, r); err != nil {
-		return m.kvmStop(ErrUnsupported, nr, fmt.Sprintf("%v: %v", in, err))
+	if err := c.cmpxchg16b(in, r); err != nil {
+		return c.kvmStop(ErrUnsupported, nr, fmt.Sprintf("%v: %v", in, err))
 	}
 	r.RIP += uint64(in.Len)
 	if err := cpu.SetRegs(r); err != nil {
@@ -771,15 +737,16 @@ func (m *Machine) emulate(nr int) error {
 // cmpxchg16b compares RDX:RAX with the 16 bytes at the operand: equal, it stores RCX:RBX and
 // sets ZF; else it loads them into RDX:RAX and clears ZF. An operand in an intercepted range
 // would need a decision this path cannot ask for.
-func (m *Machine) cmpxchg16b(in x86asm.Inst, r *kvm.Regs) error {
-	va, err := m.effectiveAddr(in, r)
+func (c *kvmCPU) cmpxchg16b(in x86asm.Inst, r *kvm.Regs) error {
+	m := c.m
+	va, err := c.effectiveAddr(in, r)
 	if err != nil {
 		return err
 	}
 	if va%16 != 0 {
 		return fmt.Errorf("operand %#x not 16-byte aligned (the CPU raises #GP)", va)
 	}
-	if pa, err := m.Phys(va); err == nil && InSpans(m.kvm.ranges, pa) {
+	if pa, err := m.Phys(va); err == nil && InSpans(c.ranges, pa) {
 		return fmt.Errorf("operand %#x in an intercepted range", va)
 	}
 	cur := make([]byte, 16)
@@ -800,7 +767,8 @@ func (m *Machine) cmpxchg16b(in x86asm.Inst, r *kvm.Regs) error {
 
 // effectiveAddr computes a memory operand's virtual address. The translation uses the
 // snapshot's page tables, so the vCPU must still be on them (it is: nothing switches tasks).
-func (m *Machine) effectiveAddr(in x86asm.Inst, r *kvm.Regs) (uint64, error) {
+func (c *kvmCPU) effectiveAddr(in x86asm.Inst, r *kvm.Regs) (uint64, error) {
+	m := c.m
 	mem, ok := in.Args[0].(x86asm.Mem)
 	if !ok {
 		return 0, errors.New("no memory operand")
@@ -808,7 +776,7 @@ func (m *Machine) effectiveAddr(in x86asm.Inst, r *kvm.Regs) (uint64, error) {
 	if in.AddrSize != 64 {
 		return 0, fmt.Errorf("%d-bit addressing", in.AddrSize)
 	}
-	s, err := m.kvm.cpu.Sregs()
+	s, err := c.cpu.Sregs()
 	if err != nil {
 		return 0, err
 	}

@@ -64,14 +64,14 @@ func TestKVMSyscallMatchesUnicorn(t *testing.T) {
 		t.Fatalf("getpid under KVM: %v (exits %v)", err, km.ExitsByReason())
 	}
 	t.Logf("getpid under KVM: %d in %v, %d exits", got, time.Since(start), km.Stats().Exits-exits)
-	if km.kvm.synced {
+	if km.exec.(*kvmCPU).synced {
 		// The registers KVM stored at the last exit (the halt at the return address) are the
 		// vCPU's.
-		synced, err := km.kvm.cpu.ExitRegs()
+		synced, err := km.exec.(*kvmCPU).cpu.ExitRegs()
 		if err != nil {
 			t.Fatal(err)
 		}
-		regs, err := km.kvm.cpu.Regs()
+		regs, err := km.exec.(*kvmCPU).cpu.Regs()
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -159,7 +159,7 @@ func TestKVMBlockedCallResets(t *testing.T) {
 // the timeout set here and waits for openKVM's 20 s.
 func TestKVMRunawayCallTimesOut(t *testing.T) {
 	m := openKVM(t)
-	m.kvm.opts.Timeout = 300 * time.Millisecond
+	m.exec.(*kvmCPU).opts.Timeout = 300 * time.Millisecond
 	spin := snap.Symbols["do_syscall_64"]
 	pa, err := m.Phys(spin)
 	if err != nil {
@@ -169,7 +169,7 @@ func TestKVMRunawayCallTimesOut(t *testing.T) {
 	start := time.Now()
 	_, err = m.Syscall(SysGetpid)
 	took := time.Since(start)
-	t.Logf("spinning getpid: %v after %v (timeout %v)", err, took, m.kvm.opts.Timeout)
+	t.Logf("spinning getpid: %v after %v (timeout %v)", err, took, m.exec.(*kvmCPU).opts.Timeout)
 	var se *StopError
 	if !errors.Is(err, ErrBudget) || !errors.As(err, &se) || se.RIP != spin {
 		t.Fatalf("spinning getpid: %v, want ErrBudget at the spin (%#x)", err, spin)
@@ -178,7 +178,7 @@ func TestKVMRunawayCallTimesOut(t *testing.T) {
 		t.Fatalf("stats %+v, want 1 over budget and 1 reset", st)
 	}
 	if took > 15*time.Second {
-		t.Fatalf("the watchdog took %v to stop a call with a %v timeout", took, m.kvm.opts.Timeout)
+		t.Fatalf("the watchdog took %v to stop a call with a %v timeout", took, m.exec.(*kvmCPU).opts.Timeout)
 	}
 	if pid, err := m.Syscall(SysGetpid); err != nil || int(pid) != snap.Agent.PID {
 		t.Fatalf("getpid after the reset: %d, %v", pid, err)

@@ -63,7 +63,7 @@ func TestOpenRejectsUnknownNames(t *testing.T) {
 // so; with no entries it has no opinion of its own, and an entry the snapshot does not record
 // comes from Symbols.
 func TestBlockingEntriesAreTheCallers(t *testing.T) {
-	m := open(t, Options{Blocking: []string{}, Budget: 2_000_000})
+	m := open(t, Options{Blocking: []string{}, Unicorn: &UnicornOptions{Budget: 2_000_000}})
 	err := sleepOneSecond(t, m)
 	t.Logf("nanosleep with no blocking entries: %v", err)
 	if err == nil || errors.Is(err, ErrBlocked) || m.Stats().Blocked != 0 {

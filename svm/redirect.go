@@ -48,10 +48,10 @@ func (s *Snapshot) imagePhys(sym string) uint64 {
 // hookSwaps installs the after-read hooks that put the SVM's bytes back after a read the taint
 // engine redirected (SwapInGuest) in the kernel image's data and freed pages: UC_HOOK_MEM_READ runs
 // before the load, UC_HOOK_MEM_READ_AFTER after it.
-func (m *Machine) hookSwaps() error {
+func (m *Machine) hookSwaps(e *emu.Engine) error {
 	// Behind a gate: most reads there need nothing undone, and a Go call for each would cost more
 	// than the rest of a Fast-Bridge run.
-	g, err := m.eng.NewMemGate(m.afterSwap)
+	g, err := e.NewMemGate(m.afterSwap)
 	if err != nil {
 		return err
 	}
@@ -135,10 +135,6 @@ type swapped struct {
 	guest []byte
 }
 
-// Stop ends the current system call with a fault (from a hook of another package, e.g. a
-// synchronous taint decision that cannot be carried out).
-func (m *Machine) Stop(detail string) { m.stopWith(ErrFault, detail) }
-
 // SwapInGuestForWrite makes the write about to happen at phys (from a memory hook running before
 // it) land on the guest's copy: the guest's bytes go in place, the write happens, and FlushWrites
 // (run by the next hooked access, and when the call ends) moves the result to the guest's private
@@ -181,7 +177,7 @@ func (m *Machine) afterSwap(_ emu.MemAccess, phys uint64, size int, _ int64) {
 // before the first system call.
 func (m *Machine) WatchAliases(ranges []PhysSpan) error {
 	if m.gate == nil {
-		return errors.New("WatchAliases needs Options.Window")
+		return errors.New("WatchAliases needs UnicornOptions.Window")
 	}
 	if len(ranges) == 0 {
 		return nil

@@ -202,7 +202,7 @@ func TestBlockingCallsStopAndReset(t *testing.T) {
 // TestBudgetOverrun: the budget counts instructions, so the stop is checked by counts; how long
 // it took depends on the host and is only logged.
 func TestBudgetOverrun(t *testing.T) {
-	m := open(t, Options{Budget: 2000})
+	m := open(t, Options{Unicorn: &UnicornOptions{Budget: 2000}})
 	start := time.Now()
 	_, err := m.ReadFile("/proc/1/stat")
 	if !errors.Is(err, ErrBudget) {
@@ -305,7 +305,7 @@ func TestClockContinuesTheGuests(t *testing.T) {
 	if m.Stats().TSCReads == 0 {
 		t.Fatal("no RDTSC went through the virtual TSC")
 	}
-	t.Logf("uptime %.2f -> %.2f; %d TSC reads, %d RDTSC sites hooked", u1, u2, m.Stats().TSCReads, m.tscHooks)
+	t.Logf("uptime %.2f -> %.2f; %d TSC reads, %d RDTSC sites hooked", u1, u2, m.Stats().TSCReads, m.exec.(*unicornExec).tscHooks)
 }
 
 func TestUname(t *testing.T) {
@@ -413,9 +413,9 @@ func must(t *testing.T, err error) {
 // page back to the snapshot's bytes — on a machine with memory hooks, which lists the pages its
 // code wrote, and on a plain one, which asks the kernel which pages were written (or drops all).
 func TestResetRestoresEveryPage(t *testing.T) {
-	for _, opts := range []Options{{}, {Window: true}} {
+	for _, opts := range []UnicornOptions{{}, {Window: true}} {
 		t.Run(fmt.Sprintf("window=%v", opts.Window), func(t *testing.T) {
-			m := open(t, opts)
+			m := open(t, Options{Unicorn: &opts})
 			for range 2 { // the second round resets pages the first one already made private
 				if _, err := m.ReadDir("/proc"); err != nil {
 					t.Fatal(err)
@@ -442,7 +442,7 @@ func TestResetRestoresEveryPage(t *testing.T) {
 // struct pages, overlaid) is undone by Reset like the SVM's own writes: a guest lock an aborted
 // operation took must not be held in the next.
 func TestResetRestoresRedirectedWrites(t *testing.T) {
-	m := open(t, Options{Window: true})
+	m := open(t, Options{Unicorn: &UnicornOptions{Window: true}})
 	const at, copyAt = 0x300000, 0x400000 // two RAM pages: the location and its "guest copy"
 	if err := m.SwapInAlias(at, m.ram[copyAt:copyAt+8], true); err != nil {
 		t.Fatal(err)

@@ -4,8 +4,6 @@ import (
 	"errors"
 	"fmt"
 	"time"
-
-	"hybridbridge/emu"
 )
 
 // ClockSource gives the RDTSCs of one kernel function a counter the caller supplies, e.g. a
@@ -98,41 +96,4 @@ func (m *Machine) clockSource() (func(addr uint64) bool, error) {
 // the captured rate.
 func (m *Machine) svmTSC() uint64 {
 	return m.snap.TSC + uint64(time.Since(m.tscBase).Nanoseconds())*m.snap.TSCKHz/1e6
-}
-
-// hookTSC makes RDTSC continue the SVM's own clock: Unicorn's RDTSC reads the host's counter,
-// which would make the guest's time jump by the host's uptime. Unicorn has no RDTSC hook and
-// ignores writes to the TSC MSR, so each RDTSC/RDTSCP instruction of the kernel (found when the
-// snapshot was built) gets a one-address code hook that supplies svmTSC, or the clock source's
-// counter, and steps over the instruction.
-func (m *Machine) hookTSC() error {
-	if m.snap.TSCKHz == 0 || len(m.snap.TSCSites) == 0 {
-		return fmt.Errorf("snapshot lacks the TSC rate or RDTSC sites")
-	}
-	sites, err := m.tscSites()
-	if err != nil {
-		return err
-	}
-	e := m.eng
-	for _, s := range sites {
-		if _, err := e.HookCode(s.addr, s.addr, func(uint64, uint32) {
-			m.stats.TSCReads++
-			tsc := m.svmTSC()
-			if s.clock {
-				tsc = m.opts.Clock.TSC()
-			}
-			regs := []emu.Reg{emu.RAX, emu.RDX, emu.RIP}
-			vals := []uint64{tsc & 0xffffffff, tsc >> 32, s.next()}
-			if s.aux {
-				regs, vals = append(regs, emu.RCX), append(vals, 0)
-			}
-			if err := e.SetRegs(regs, vals); err != nil {
-				m.stopWith(ErrFault, "emulate rdtsc: "+err.Error())
-			}
-		}); err != nil {
-			return err
-		}
-		m.tscHooks++
-	}
-	return nil
 }
