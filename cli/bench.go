@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"math/rand/v2"
 	"strings"
 	"text/tabwriter"
@@ -15,6 +16,7 @@ import (
 	"hybridbridge/guest"
 	"hybridbridge/inspect"
 	"hybridbridge/memo"
+	"hybridbridge/svm"
 	"hybridbridge/vmm"
 )
 
@@ -207,89 +209,125 @@ func (e *env) bench(ctx context.Context, g *guest.Guest, procs, snapshots int) (
 	case rep.KVM.RunsCode:
 		rep.Other = "this machine's KVM, which the probe turned down"
 	}
-	runOn := func(view int, mode bridge.Mode, m *memo.Memo, kvm bool) (benchRun, bridge.EngineStats, error) {
-		start := time.Now()
-		s, err := bridge.AttachWith(ctx, g, snap, syms, bridge.Options{Mode: mode, Memo: m, KVM: kvm})
-		if err != nil {
-			return benchRun{}, bridge.EngineStats{}, err
-		}
-		s.View = benchViews[view].Name
-		before := m.Entries()
-		_, _, rerr := benchViews[view].Read(s, 0)
-		st := s.Stats() // settles the hits replayed in C into the memo's entries
-		sc, _, _ := s.Work()
-		cerr := s.Close(context.WithoutCancel(ctx))
-		r := benchRun{Engine: st.FastTime + st.SlowTime, Whole: time.Since(start), FallBacks: st.FallBacks, Hits: st.Hits, Misses: st.Misses, Syscalls: sc,
-			Exits: st.KVMExits, Trapped: st.KVMTrapped}
-		r.InsnHits, r.InsnMisses = insnCounts(before, m.Entries(), st.Events)
-		return r, st, errors.Join(rerr, cerr)
-	}
-	run := func(view int, mode bridge.Mode, m *memo.Memo) (benchRun, bridge.EngineStats, error) {
-		return runOn(view, mode, m, onKVM)
-	}
+	b := &benchRunner{ctx: ctx, g: g, snap: snap, syms: syms, kvm: onKVM}
 	for i, v := range benchViews {
 		fmt.Fprintf(e.stderr, "bench %s...\n", v.Name)
-		bv := benchView{View: v.Name}
-		if bv.Slow, _, err = run(i, bridge.ModeSlow, memo.New(bridge.MemoKey(snap))); err != nil {
-			return nil, fmt.Errorf("%s slow: %w", v.Name, err)
-		}
-		m := memo.New(bridge.MemoKey(snap))
-		var cold bridge.EngineStats
-		if bv.ColdAuto, cold, err = run(i, bridge.ModeAuto, m); err != nil {
-			return nil, fmt.Errorf("%s cold auto: %w", v.Name, err)
-		}
-		// Warm: the memo trained; the best of three auto runs (the first may still learn, and
-		// its fall-backs are shown).
-		for range 3 {
-			r, _, err := run(i, bridge.ModeAuto, m)
-			if err != nil {
-				return nil, fmt.Errorf("%s warm: %w", v.Name, err)
-			}
-			bv.WarmFallBacks += r.FallBacks
-			if bv.WarmFast.Engine == 0 || r.Engine < bv.WarmFast.Engine {
-				bv.WarmFast = r
-			}
-		}
-		if _, _, err := run(i, bridge.ModeFast, m); errors.Is(err, bridge.ErrMemoMiss) {
-			bv.WarmMiss = err.Error()
-		} else if err != nil {
-			return nil, fmt.Errorf("%s fast: %w", v.Name, err)
-		}
-		if rep.Other != "" {
-			fmt.Fprintf(e.stderr, "bench %s on %s...\n", v.Name, rep.Other)
-			r, _, err := runOn(i, bridge.ModeAuto, m, !onKVM)
-			if err != nil {
-				return nil, fmt.Errorf("%s warm on %s: %w", v.Name, rep.Other, err)
-			}
-			bv.WarmOther = &r
-		}
-		bv.Ratio = float64(bv.Slow.Engine) / float64(max(bv.WarmFast.Engine, 1))
-		bv.HitRate, bv.InsnHitRate = bv.WarmFast.HitRate(), bv.WarmFast.InsnHitRate()
-		if len(cold.Events) > 0 {
-			var sum time.Duration
-			for _, ev := range cold.Events {
-				sum += ev.Latency
-			}
-			bv.FallBack = float64(sum.Microseconds()) / 1e3 / float64(len(cold.Events))
-			bv.FallWhole = float64((bv.ColdAuto.Whole - bv.WarmFast.Whole).Microseconds()) / 1e3 / float64(len(cold.Events))
+		bv, err := b.view(i, rep.Other, e.stderr)
+		if err != nil {
+			return nil, err
 		}
 		rep.Views = append(rep.Views, bv)
 	}
-	// Training series: an empty memo, the workload changing between snapshots.
-	m := memo.New(bridge.MemoKey(snap))
+	if rep.Snapshots, err = b.training(snapshots, e.stderr); err != nil {
+		return nil, err
+	}
+	return rep, nil
+}
+
+// benchRunner runs the benchmark's views on one guest, each in a session of its own.
+type benchRunner struct {
+	ctx  context.Context
+	g    *guest.Guest
+	snap *svm.Snapshot
+	syms *vmm.Symbols
+	kvm  bool // Fast-Bridge's executor is KVM
+}
+
+// runOn runs view i once in mode with memo m, Fast-Bridge on KVM or not, and measures it.
+func (b *benchRunner) runOn(i int, mode bridge.Mode, m *memo.Memo, kvm bool) (benchRun, bridge.EngineStats, error) {
+	start := time.Now()
+	s, err := bridge.AttachWith(b.ctx, b.g, b.snap, b.syms, bridge.Options{Mode: mode, Memo: m, KVM: kvm})
+	if err != nil {
+		return benchRun{}, bridge.EngineStats{}, err
+	}
+	s.View = benchViews[i].Name
+	before := m.Entries()
+	_, _, rerr := benchViews[i].Read(s, 0)
+	st := s.Stats() // settles the hits replayed in C into the memo's entries
+	sc, _, _ := s.Work()
+	cerr := s.Close(context.WithoutCancel(b.ctx))
+	r := benchRun{Engine: st.FastTime + st.SlowTime, Whole: time.Since(start), FallBacks: st.FallBacks, Hits: st.Hits, Misses: st.Misses, Syscalls: sc,
+		Exits: st.KVMExits, Trapped: st.KVMTrapped}
+	r.InsnHits, r.InsnMisses = insnCounts(before, m.Entries(), st.Events)
+	return r, st, errors.Join(rerr, cerr)
+}
+
+// run is runOn on the executor the benchmark chose.
+func (b *benchRunner) run(i int, mode bridge.Mode, m *memo.Memo) (benchRun, bridge.EngineStats, error) {
+	return b.runOn(i, mode, m, b.kvm)
+}
+
+// view measures view i: Slow-Bridge, cold auto from an empty memo, warm auto (the best of three),
+// fast only, and warm on the other executor where there is one (other names it).
+func (b *benchRunner) view(i int, other string, progress io.Writer) (benchView, error) {
+	name := benchViews[i].Name
+	bv := benchView{View: name}
+	var err error
+	if bv.Slow, _, err = b.run(i, bridge.ModeSlow, memo.New(bridge.MemoKey(b.snap))); err != nil {
+		return bv, fmt.Errorf("%s slow: %w", name, err)
+	}
+	m := memo.New(bridge.MemoKey(b.snap))
+	var cold bridge.EngineStats
+	if bv.ColdAuto, cold, err = b.run(i, bridge.ModeAuto, m); err != nil {
+		return bv, fmt.Errorf("%s cold auto: %w", name, err)
+	}
+	// Warm: the memo trained; the best of three auto runs (the first may still learn, and
+	// its fall-backs are shown).
+	for range 3 {
+		r, _, err := b.run(i, bridge.ModeAuto, m)
+		if err != nil {
+			return bv, fmt.Errorf("%s warm: %w", name, err)
+		}
+		bv.WarmFallBacks += r.FallBacks
+		if bv.WarmFast.Engine == 0 || r.Engine < bv.WarmFast.Engine {
+			bv.WarmFast = r
+		}
+	}
+	if _, _, err := b.run(i, bridge.ModeFast, m); errors.Is(err, bridge.ErrMemoMiss) {
+		bv.WarmMiss = err.Error()
+	} else if err != nil {
+		return bv, fmt.Errorf("%s fast: %w", name, err)
+	}
+	if other != "" {
+		fmt.Fprintf(progress, "bench %s on %s...\n", name, other)
+		r, _, err := b.runOn(i, bridge.ModeAuto, m, !b.kvm)
+		if err != nil {
+			return bv, fmt.Errorf("%s warm on %s: %w", name, other, err)
+		}
+		bv.WarmOther = &r
+	}
+	bv.Ratio = float64(bv.Slow.Engine) / float64(max(bv.WarmFast.Engine, 1))
+	bv.HitRate, bv.InsnHitRate = bv.WarmFast.HitRate(), bv.WarmFast.InsnHitRate()
+	if len(cold.Events) > 0 {
+		var sum time.Duration
+		for _, ev := range cold.Events {
+			sum += ev.Latency
+		}
+		bv.FallBack = float64(sum.Microseconds()) / 1e3 / float64(len(cold.Events))
+		bv.FallWhole = float64((bv.ColdAuto.Whole - bv.WarmFast.Whole).Microseconds()) / 1e3 / float64(len(cold.Events))
+	}
+	return bv, nil
+}
+
+// training runs every view over a series of snapshots from an empty memo, the workload changing
+// between them: how training converges.
+func (b *benchRunner) training(snapshots int, progress io.Writer) ([]benchSnapshot, error) {
+	var rows []benchSnapshot
+	m := memo.New(bridge.MemoKey(b.snap))
 	r := rand.New(rand.NewPCG(uint64(time.Now().UnixNano()), 7))
 	for k := 1; k <= snapshots; k++ {
 		change := "as grown"
 		if k > 1 {
-			if change, err = changeWorkload(ctx, g, r); err != nil {
+			var err error
+			if change, err = changeWorkload(b.ctx, b.g, r); err != nil {
 				return nil, err
 			}
 		}
-		fmt.Fprintf(e.stderr, "snapshot %d (%s)...\n", k, change)
+		fmt.Fprintf(progress, "snapshot %d (%s)...\n", k, change)
 		row := benchSnapshot{N: k, Change: change}
 		var hits, misses uint64
 		for i := range benchViews {
-			br, _, err := run(i, bridge.ModeAuto, m)
+			br, _, err := b.run(i, bridge.ModeAuto, m)
 			if err != nil {
 				return nil, fmt.Errorf("snapshot %d %s: %w", k, benchViews[i].Name, err)
 			}
@@ -300,12 +338,13 @@ func (e *env) bench(ctx context.Context, g *guest.Guest, procs, snapshots int) (
 		}
 		row.Misses, row.Memo = misses, m.Len()
 		row.HitRate = benchRun{Hits: hits, Misses: misses}.HitRate()
-		if row.Processes, err = countProcesses(ctx, g); err != nil {
+		var err error
+		if row.Processes, err = countProcesses(b.ctx, b.g); err != nil {
 			return nil, err
 		}
-		rep.Snapshots = append(rep.Snapshots, row)
+		rows = append(rows, row)
 	}
-	return rep, nil
+	return rows, nil
 }
 
 // growWorkload starts sleepers until the guest has about n processes, and returns the count.
