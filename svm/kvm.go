@@ -212,34 +212,12 @@ func (c *kvmCPU) intercept(ranges []PhysSpan, trap func(*Trapped) error) (kept [
 // GDT and TSS. KVM cannot walk tables or deliver an event through memory without a slot.
 func (m *Machine) cpuPages() (map[uint64]bool, error) {
 	pages := map[uint64]bool{}
-	var walk func(table uint64, level int) error
-	walk = func(table uint64, level int) error {
-		if pages[table] {
-			return nil
-		}
-		if table+4096 > uint64(len(m.ram)) {
-			return fmt.Errorf("page table at %#x outside SVM RAM", table)
-		}
-		pages[table] = true
-		if level == 1 {
-			return nil
-		}
-		for i := uint64(0); i < 512; i++ {
-			e := m.readPhys64(table + i*8)
-			if e&vmm.PTEPresent == 0 || (level <= 3 && e&vmm.PTEPageSize != 0) {
-				continue
-			}
-			next := e & vmm.PTEAddrMask
-			if next+4096 > uint64(len(m.ram)) {
-				continue // a grafted guest table beyond SVM RAM is nobody's hole
-			}
-			if err := walk(next, level-1); err != nil {
-				return err
-			}
-		}
-		return nil
+	w, err := vmm.NewWalker(m.phys, m.snap.CPU.CR3, vmm.PagingLevels(m.snap.CPU.CR4))
+	if err != nil {
+		return nil, err
 	}
-	if err := walk(m.snap.CPU.CR3&vmm.PTEAddrMask, 4); err != nil {
+	// A grafted guest table beyond SVM RAM is nobody's hole: Tables does not follow it.
+	if err := w.Tables(func(table uint64, _ int) error { pages[table] = true; return nil }); err != nil {
 		return nil, err
 	}
 	c := m.snap.CPU

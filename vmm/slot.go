@@ -1,6 +1,9 @@
 package vmm
 
-import "fmt"
+import (
+	"encoding/binary"
+	"fmt"
+)
 
 // Slot is one paging-structure entry as a place in memory: what a caller needs to write an
 // entry into existing tables, or to copy one level of them, rather than to translate.
@@ -60,4 +63,47 @@ func (w *Walker) Slots(first, last uint64, level int, visit func(Slot) error) er
 		return err
 	}
 	return w.walkFault(w.walk(first, last, level, slotsVisitor(visit)))
+}
+
+// Tables calls visit once for every page-table page reachable from the root, with its level
+// (Levels() for the root, 1 for the tables of 4 KiB pages): the pages a CPU reads by itself while
+// translating, which an executor must keep mapped. A table the view does not hold (an entry
+// pointing outside its RAM, e.g. one grafted from another machine's tables) is not followed; an
+// unreadable root is an error.
+func (w *Walker) Tables(visit func(table uint64, level int) error) error {
+	root := make([]byte, PageSize4K)
+	if err := w.mem.ReadPhys(w.root, root); err != nil {
+		return fmt.Errorf("page-table root %#x: %w", w.root, err)
+	}
+	seen := map[uint64]bool{}
+	var walk func(table uint64, level int, page []byte) error
+	walk = func(table uint64, level int, page []byte) error {
+		seen[table] = true
+		if err := visit(table, level); err != nil {
+			return err
+		}
+		if level == 1 {
+			return nil
+		}
+		for i := 0; i < len(page); i += 8 {
+			e := binary.LittleEndian.Uint64(page[i:])
+			// No level above the third has large pages; there the bit is reserved.
+			if e&PTEPresent == 0 || (level <= 3 && e&PTEPageSize != 0) {
+				continue
+			}
+			next := e & PTEAddrMask
+			if seen[next] {
+				continue
+			}
+			child := make([]byte, PageSize4K)
+			if w.mem.ReadPhys(next, child) != nil {
+				continue
+			}
+			if err := walk(next, level-1, child); err != nil {
+				return err
+			}
+		}
+		return nil
+	}
+	return walk(w.root, w.levels, root)
 }

@@ -173,3 +173,45 @@ func TestPagingLevels(t *testing.T) {
 		t.Errorf("PagingLevels: %d without LA57, %d with", PagingLevels(0x6f0), PagingLevels(0x6f0|CR4LA57))
 	}
 }
+
+// Tables visits every table page once with its level, does not descend through large pages or
+// into tables outside the view, and fails on an unreadable root.
+func TestTables(t *testing.T) {
+	for _, levels := range []int{4, 5} {
+		b := newTables(t, 4<<20, levels)
+		b.mapPage(kernelText, 0x200000, PageSize4K, PTEWrite)
+		b.mapPage(kernelText+PageSize2M, 0x200000, PageSize2M, PTEWrite)
+		b.mapPage(0x40000000, 0, PageSize1G, PTEWrite)
+		// A second directory entry pointing at an existing page table: one table, seen once.
+		pt := b.get(b.slot(kernelText, 2)) & PTEAddrMask
+		b.set(b.slot(kernelText+2*PageSize2M, 2), pt|PTEPresent|PTEWrite)
+		// A directory entry pointing outside the view: not followed.
+		b.set(b.slot(kernelText+3*PageSize2M, 2), 0x7ff000000|PTEPresent|PTEWrite)
+		made := int((b.next - 0x1000) / 0x1000) // every table the builder allocated
+		got := map[uint64]int{}
+		err := b.walker(0).Tables(func(table uint64, level int) error {
+			if _, dup := got[table]; dup {
+				t.Errorf("%d levels: table %#x visited twice", levels, table)
+			}
+			got[table] = level
+			return nil
+		})
+		if err != nil {
+			t.Fatalf("%d levels: %v", levels, err)
+		}
+		if len(got) != made {
+			t.Errorf("%d levels: visited %d tables %v, the builder made %d", levels, len(got), got, made)
+		}
+		if got[b.root] != levels || got[pt] != 1 {
+			t.Errorf("%d levels: root at level %d, page table at level %d", levels, got[b.root], got[pt])
+		}
+		stop := errors.New("stop")
+		if err := b.walker(0).Tables(func(uint64, int) error { return stop }); !errors.Is(err, stop) {
+			t.Errorf("%d levels: the visitor's error: %v", levels, err)
+		}
+		b.root = 0x7ff000000
+		if err := b.walker(0).Tables(func(uint64, int) error { return nil }); err == nil {
+			t.Errorf("%d levels: an unreadable root walked", levels)
+		}
+	}
+}
