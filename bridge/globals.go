@@ -15,7 +15,7 @@ import (
 
 // redirectList are the roots of guest state: the kernel globals whose guest copy a view must read.
 // Each entry says which kernel path needed it. Everything reached from them lies in the guest's
-// (overlaid) memory, so very few are needed (DESIGN §3.3).
+// (overlaid) memory, so very few are needed.
 var redirectList = map[string]string{
 	// proc_pid_readdir → next_tgid → find_ge_pid → idr_get_next(&ns->idr), and proc_pid_lookup →
 	// find_task_by_pid_ns: the PID IDR of the /proc mount's namespace, which is &init_pid_ns.

@@ -1,4 +1,4 @@
-// Package memo is the training memo of HYBRID-BRIDGE (DESIGN.md 3.3-3.5):
+// Package memo is the training memo of HYBRID-BRIDGE (README: "Fast-Bridge and fall-back"):
 // for every kernel instruction that Slow-Bridge saw touching an ambiguous
 // region, whether that access read the inspected guest's memory (Redirect),
 // the secure VM's own (Local), or both (semi-redirectable), so Fast-Bridge

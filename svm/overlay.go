@@ -13,7 +13,7 @@ import (
 )
 
 // Overlay places a guest's RAM into the SVM's physical address space at the guest's own physical
-// addresses, over the ranges the SVM reserved for it (DESIGN §3.2): every pointer the kernel
+// addresses, over the ranges the SVM reserved for it: every pointer the kernel
 // follows from guest data then lands in guest memory, natively, and every pointer from SVM data in
 // SVM memory. The guest's file is mapped private: the guest is never written, and Reset drops the
 // SVM's writes to it like any other.

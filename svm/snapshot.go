@@ -1,6 +1,6 @@
 // Package svm is the secure VM: a snapshot of the guest kernel stopped with an agent process at
 // system-call entry (built once per kernel under QEMU), and an executor that loads it into Unicorn
-// copy-on-write and injects system calls in kernel mode (DESIGN §3.1).
+// copy-on-write and injects system calls in kernel mode.
 package svm
 
 import (
@@ -61,7 +61,7 @@ type CPU struct {
 	EFER         uint64  `json:"efer"`
 }
 
-// Layout is the SVM's physical memory plan (DESIGN §3.2): guest RAM up to GVMMax is reserved
+// Layout is the SVM's physical memory plan (README: "The secure VM and the executor"): guest RAM up to GVMMax is reserved
 // in the SVM except the kernel image, so every allocation of the SVM's own lies above GVMMax and
 // the guest's RAM can later be overlaid at its own physical addresses.
 type Layout struct {

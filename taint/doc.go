@@ -2,7 +2,7 @@
 // by Unicorn (package emu). It labels every value with where it came from
 // (SVM, GVM, constant kernel global, user) and decides, for every memory
 // access, whether the data belongs to the SVM (Local) or to the inspected
-// guest (Redirect), as DESIGN §3.2–3.3 describes.
+// guest (Redirect), as README's "Slow-Bridge" section describes.
 //
 // # How it is driven
 //

@@ -90,12 +90,12 @@ type Policy interface {
 }
 
 // Classifier decides accesses whose address is a kernel global: the
-// per-global redirect and keep-local lists of DESIGN §3.3. It typically
+// per-global redirect and keep-local lists (bridge/globals.go). It typically
 // maps a.Phys (or a.Virt when known) back to a data symbol. It returns
 // Unknown for globals in neither list.
 type Classifier func(a *Access) decision.Decision
 
-// VMST is the default policy (DESIGN §3.3, VMST's rules adapted):
+// VMST is the default policy (VMST's rules, adapted):
 //
 //  1. gs-relative operands are per-cpu data: local.
 //  2. RSP-based operands (including push/pop/call/ret) are the SVM's stack:
