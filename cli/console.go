@@ -40,7 +40,11 @@ resumes it. Without a terminal it names the view subcommands (ps, ...) to use in
 			if !e.interactive() {
 				return errors.New(noTerminalMessage(cmd.Root()))
 			}
-			return e.console(cmd.Context(), name, false, ui.Options{Mode: uiMode(mode), Interval: interval})
+			um, err := uiMode(mode)
+			if err != nil {
+				return err
+			}
+			return e.console(cmd.Context(), name, false, ui.Options{Mode: um, Interval: interval})
 		},
 	}
 	c.Flags().StringVar(&name, "guest", "demo", "the running guest to inspect")
@@ -73,7 +77,11 @@ func noTerminalMessage(root *cobra.Command) string {
 // (which keeps non-interactive runs exercising the whole pipeline).
 func (e *env) runRoot(cmd *cobra.Command) error {
 	if e.interactive() {
-		return e.console(cmd.Context(), "demo", true, ui.Options{Mode: uiMode(e.mode), Interval: 10 * time.Second})
+		um, err := uiMode(e.mode)
+		if err != nil {
+			return err
+		}
+		return e.console(cmd.Context(), "demo", true, ui.Options{Mode: um, Interval: 10 * time.Second})
 	}
 	fmt.Fprintln(e.stderr, noTerminalMessage(cmd.Root()))
 	fmt.Fprintln(e.stderr, "printing the demo report instead:")

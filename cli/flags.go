@@ -75,7 +75,10 @@ func executorFlag(p *executor) *choiceValue[executor] {
 }
 
 // uiMode is m as the console's mode, which has the same names (TestModeNamesAgree keeps them so).
-func uiMode(m bridge.Mode) ui.Mode {
-	um, _ := ui.ParseMode(string(m))
-	return um
+func uiMode(m bridge.Mode) (ui.Mode, error) {
+	um, ok := ui.ParseMode(string(m))
+	if !ok {
+		return um, fmt.Errorf("the console has no mode %q", m)
+	}
+	return um, nil
 }

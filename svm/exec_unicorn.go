@@ -289,10 +289,13 @@ func (u *unicornExec) stop(err error, detail string) {
 	}
 }
 
-func (u *unicornExec) clearScratch() {
+func (u *unicornExec) clearScratch() error {
 	for _, p := range scratchPages {
-		_ = u.eng.WritePhys(p, make([]byte, 4096))
+		if err := u.eng.WritePhys(p, make([]byte, 4096)); err != nil {
+			return fmt.Errorf("clear scratch page %#x: %w", p, err)
+		}
 	}
+	return nil
 }
 
 func (u *unicornExec) intercept([]PhysSpan, func(*Trapped) error) ([]PhysSpan, error) {

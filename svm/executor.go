@@ -32,8 +32,9 @@ type executor interface {
 	// error, so there stop does nothing.
 	stop(err error, detail string)
 	// clearScratch zeroes the memory the executor gives the MMIO pages (scratchPages), at every
-	// reset. KVM gives them none: its reads there return zeros anyway.
-	clearScratch()
+	// reset, so no call reads what an earlier one left there. KVM gives them none: its reads
+	// there return zeros anyway.
+	clearScratch() error
 	// intercept makes accesses to the physical ranges stop and go to trap (Machine.Intercept).
 	// The Unicorn executor cannot: its accesses reach Go through memory hooks installed on
 	// Machine.Engine, and it returns an error.

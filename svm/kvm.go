@@ -574,7 +574,7 @@ func (c *kvmCPU) exits() map[string]int {
 func (c *kvmCPU) stop(error, string) {}
 
 // clearScratch does nothing: the scratch pages have no memory under KVM (mmio answers them).
-func (c *kvmCPU) clearScratch() {}
+func (c *kvmCPU) clearScratch() error { return nil }
 
 // OnKVM reports whether the machine runs its calls under KVM.
 func (m *Machine) OnKVM() bool {

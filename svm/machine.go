@@ -275,7 +275,9 @@ func (m *Machine) Reset() error {
 	}
 	m.swaps, m.writes = m.swaps[:0], m.writes[:0]
 	m.pending()
-	m.exec.clearScratch()
+	if err := m.exec.clearScratch(); err != nil {
+		return fmt.Errorf("reset SVM: %w", err)
+	}
 	m.stats.Resets++
 	if m.opts.OnReset != nil {
 		m.opts.OnReset()

@@ -2,7 +2,6 @@ package svm
 
 import (
 	"errors"
-	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -89,18 +88,7 @@ func TestClockSourceReadsTheCallersCounter(t *testing.T) {
 	// Past the capture, so the timekeeper's last update is behind the counter whatever it was.
 	counter := snap.TSC + 10*snap.TSCKHz*1000
 	m := open(t, Options{Symbols: kernelSymbols(t), Clock: &ClockSource{Func: "read_tsc", TSC: func() uint64 { return counter }}})
-	read := func() float64 {
-		t.Helper()
-		data, err := m.ReadFile("/proc/uptime")
-		if err != nil {
-			t.Fatal(err)
-		}
-		up, err := strconv.ParseFloat(strings.Fields(string(data))[0], 64)
-		if err != nil {
-			t.Fatal(err)
-		}
-		return up
-	}
+	read := func() float64 { return uptime(t, m) }
 	u1 := read()
 	time.Sleep(200 * time.Millisecond)
 	u2 := read()

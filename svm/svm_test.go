@@ -266,22 +266,30 @@ func TestResetDropsChanges(t *testing.T) {
 	}
 }
 
+// uptime is the SVM's clock as a reader of /proc/uptime sees it, in seconds.
+func uptime(t *testing.T, m *Machine) float64 {
+	t.Helper()
+	data, err := m.ReadFile("/proc/uptime")
+	if err != nil {
+		t.Fatal(err)
+	}
+	f := strings.Fields(string(data))
+	if len(f) != 2 {
+		t.Fatalf("/proc/uptime %q", data)
+	}
+	up, err := strconv.ParseFloat(f[0], 64)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return up
+}
+
 func TestClockContinuesTheGuests(t *testing.T) {
 	// The virtual clock advances with the host's time since the machine opened, so the bounds
 	// below are host time measured around the reads, never a guess at how long a read takes.
 	opened := time.Now()
 	m := open(t, Options{})
-	read := func() float64 {
-		data, err := m.ReadFile("/proc/uptime")
-		if err != nil {
-			t.Fatal(err)
-		}
-		up, err := strconv.ParseFloat(strings.Fields(string(data))[0], 64)
-		if err != nil {
-			t.Fatal(err)
-		}
-		return up
-	}
+	read := func() float64 { return uptime(t, m) }
 	first := time.Now()
 	u1 := read()
 	const pause = 500 * time.Millisecond
