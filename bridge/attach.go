@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"os"
 	"strings"
+	"time"
 
 	"hybridbridge/decision"
 	"hybridbridge/emu"
@@ -16,6 +17,7 @@ import (
 	"hybridbridge/memo"
 	"hybridbridge/svm"
 	"hybridbridge/taint"
+	"hybridbridge/target"
 	"hybridbridge/vmm"
 )
 
@@ -25,7 +27,9 @@ var ErrKernelMismatch = errors.New("the guest runs another kernel build than the
 // Session is one inspection: the guest paused and overlaid into an SVM machine. Close resumes
 // the guest if the session paused it.
 type Session struct {
-	g *guest.Guest
+	t target.Target
+	// closeTarget is set when the session made its target (AttachWith) and so closes it.
+	closeTarget bool
 	// paused is set when Attach paused a running guest: only that pause is the session's to undo.
 	// A guest the user (or a test hashing its memory) paused stays paused after Close.
 	paused bool
@@ -34,9 +38,13 @@ type Session struct {
 	// instead of running its view to the end with the guest paused.
 	ctx     context.Context
 	Machine *svm.Machine
-	ram     *os.File
-	Banner  string         // the guest's linux_banner
-	Grafts  svm.GraftStats // the guest's vmemmap entries copied into the SVM
+	ram     *target.RAM
+	// RAMCopied and RAMTook are what making the guest's RAM mappable cost: nothing for a guest
+	// we booted (its RAM is a shared file), a copy of its populated pages for a VM we attached.
+	RAMCopied uint64
+	RAMTook   time.Duration
+	Banner    string         // the guest's linux_banner
+	Grafts    svm.GraftStats // the guest's vmemmap entries copied into the SVM
 	// GuestTSC is the guest's TSC at its last timekeeping update, which the SVM's clocksource
 	// reads while the redirected timekeeper (tk_core) is the guest's: views see the guest's time
 	// as of that update (the guest is paused; an idle guest updates it when it wakes).
@@ -101,36 +109,60 @@ type Options struct {
 }
 
 // AttachWith is AttachMode with every option.
-func AttachWith(ctx context.Context, g *guest.Guest, snap *svm.Snapshot, syms *vmm.Symbols, o Options) (_ *Session, err error) {
+func AttachWith(ctx context.Context, g *guest.Guest, snap *svm.Snapshot, syms *vmm.Symbols, o Options) (*Session, error) {
+	t := target.FromGuest(g)
+	s, err := AttachTarget(ctx, t, snap, syms, o)
+	if err != nil {
+		return nil, errors.Join(err, t.Close())
+	}
+	s.closeTarget = true
+	return s, nil
+}
+
+// AttachTarget attaches any target: a guest we booted, a QEMU process, a libvirt domain or a
+// dump. Nothing from inside the guest is used: its kernel is found in its RAM by the SVM
+// kernel's banner, and its page-table root is the kernel's own init_top_pgt, cross-checked with
+// the vCPUs' CR3 where the target has vCPU state. A running target is paused until Close; one
+// that was paused (or a dump) stays as it is. The session does not close t.
+func AttachTarget(ctx context.Context, t target.Target, snap *svm.Snapshot, syms *vmm.Symbols, o Options) (_ *Session, err error) {
 	mode, mem := o.Mode, o.Memo
 	switch mode {
 	case ModeAuto, ModeFast, ModeSlow:
 	default:
 		return nil, fmt.Errorf("unknown mode %q (auto, fast or slow)", mode)
 	}
-	if g.Meta.RAMSize > snap.Layout.GVMMax {
-		return nil, fmt.Errorf("guest %q has %d MiB of RAM; the SVM snapshot serves guests up to %d MiB (rebuild it with: hybridbridge svm build --gvm-max %dM)",
-			g.Meta.Name, g.Meta.RAMSize>>20, snap.Layout.GVMMax>>20, g.Meta.RAMSize>>20)
+	var end uint64
+	for _, r := range t.Phys().Ranges() {
+		end = max(end, r.End())
 	}
-	cpu, err := g.CPU(ctx)
+	if end > snap.Layout.GVMMax {
+		return nil, fmt.Errorf("%s has RAM up to %d MiB; the SVM snapshot serves guests up to %d MiB (rebuild it with: hybridbridge svm build --gvm-max %dM)",
+			t.Name(), end>>20, snap.Layout.GVMMax>>20, (end+(1<<20)-1)>>20)
+	}
+	// Found before pausing: a guest running another kernel is refused without being touched.
+	place, err := locateKernel(t.Phys(), snap, syms)
 	if err != nil {
 		return nil, err
 	}
-	// A guest the caller paused stays as it is (its memory may have been hashed); one still
+	if place.text != snap.Layout.KernelStart {
+		return nil, fmt.Errorf("%w: %s's kernel is at physical %#x, the SVM's at %#x (is KASLR on? boot it with nokaslr)",
+			ErrKernelMismatch, t.Name(), place.text, snap.Layout.KernelStart)
+	}
+	// A target the caller paused stays as it is (its memory may have been hashed); one still
 	// running is paused where its clock is consistent.
-	status, err := g.Status(ctx)
+	state, err := t.State(ctx)
 	if err != nil {
 		return nil, err
 	}
-	if status == "running" {
-		err = PauseSettled(ctx, g, snap, syms)
+	if state == target.Running {
+		err = pauseSettled(ctx, t, syms, place)
 	} else {
-		err = clockSettled(g, snap, syms)
+		err = clockSettled(t.Phys(), syms, place)
 	}
 	if err != nil {
 		return nil, err
 	}
-	s := &Session{g: g, snap: snap, Memo: mem, onKVM: o.KVM && mode != ModeSlow, paused: status == "running", ctx: ctx}
+	s := &Session{t: t, snap: snap, Memo: mem, onKVM: o.KVM && mode != ModeSlow, paused: state == target.Running, ctx: ctx}
 	if s.Memo == nil {
 		s.Memo = memo.New(MemoKey(snap))
 	}
@@ -139,31 +171,32 @@ func AttachWith(ctx context.Context, g *guest.Guest, snap *svm.Snapshot, syms *v
 			s.Close(context.WithoutCancel(ctx))
 		}
 	}()
-	path, err := g.RAMPath()
+	cpus, err := t.CPUs(ctx)
 	if err != nil {
 		return nil, err
 	}
-	if s.ram, err = os.Open(path); err != nil {
-		return nil, fmt.Errorf("guest %q RAM: %w", g.Meta.Name, err)
-	}
-	phys, err := vmm.NewFileView(s.ram, vmm.PCRanges(g.Meta.RAMSize))
-	if err != nil {
+	if err := checkCR3(t.Phys(), place, cpus); err != nil {
 		return nil, err
+	}
+	if s.ram, err = t.RAM(ctx); err != nil {
+		return nil, err
+	}
+	s.RAMCopied, s.RAMTook = s.ram.Copied, s.ram.Took
+	phys, err := vmm.NewFileView(s.ram.File, s.ram.Ranges)
+	if err != nil {
+		return nil, fmt.Errorf("%s RAM: %w", t.Name(), err)
 	}
 	defer phys.Close()
-	levels := 4
-	if cpu.LA57() {
-		levels = 5
-	}
-	w, err := vmm.NewWalker(phys, cpu.CR3, levels)
+	w, err := vmm.NewWalker(phys, place.root, place.levels)
 	if err != nil {
 		return nil, err
 	}
-	if err := s.checkKernel(vmm.NewVirtView("guest "+g.Meta.Name, w), snap); err != nil {
+	virt := vmm.NewVirtView(t.Name(), w)
+	if err := s.checkKernel(virt, snap); err != nil {
 		return nil, err
 	}
 	s.Globals = NewGlobals(syms)
-	if s.GuestTSC, err = s.guestClock(vmm.NewVirtView("guest "+g.Meta.Name, w), snap); err != nil {
+	if s.GuestTSC, err = s.guestClock(virt, snap); err != nil {
 		return nil, err
 	}
 	if s.leaves, err = vmemmapGrafts(w, s.vmemmap); err != nil {
@@ -228,7 +261,7 @@ func (s *Session) openMachine(slow bool) (*svm.Machine, error) {
 			m.Close()
 		}
 	}()
-	if err := m.AttachOverlay(s.ram, s.g.Meta.RAMSize); err != nil {
+	if err := m.AttachOverlay(s.ram.File, s.ram.End()); err != nil {
 		return nil, err
 	}
 	if s.policy == nil {
@@ -395,7 +428,11 @@ func (s *Session) Close(ctx context.Context) error {
 	err := s.Detach()
 	if s.paused {
 		s.paused = false
-		err = errors.Join(err, s.g.Resume(ctx))
+		err = errors.Join(err, s.t.Resume(ctx))
+	}
+	if s.closeTarget {
+		s.closeTarget = false
+		err = errors.Join(err, s.t.Close())
 	}
 	return err
 }
@@ -410,9 +447,7 @@ func (s *Session) Detach() error {
 	if s.fast != nil {
 		errs = append(errs, s.fast.Close())
 	}
-	if s.ram != nil {
-		errs = append(errs, s.ram.Close())
-	}
+	errs = append(errs, s.ram.Close())
 	s.Machine, s.fast, s.ram = nil, nil, nil
 	return errors.Join(errs...)
 }

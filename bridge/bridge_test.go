@@ -14,6 +14,7 @@ import (
 	"hybridbridge/guest"
 	"hybridbridge/inspect"
 	"hybridbridge/svm"
+	"hybridbridge/target"
 	"hybridbridge/vmm"
 )
 
@@ -151,7 +152,7 @@ func compareProcesses(t *testing.T, view, truth []inspect.Process, self int) {
 // test.
 func pauseAndHash(t *testing.T, ctx context.Context) (*vmm.FileView, string) {
 	t.Helper()
-	if err := PauseSettled(ctx, demo, snap, syms); err != nil {
+	if err := PauseSettled(ctx, target.FromGuest(demo), snap, syms); err != nil {
 		t.Fatal(err)
 	}
 	mem, err := demo.Memory()
@@ -414,7 +415,7 @@ func TestPauseSettled(t *testing.T) {
 	ctx := need(t)
 	seq := func() uint32 {
 		t.Helper()
-		if err := PauseSettled(ctx, demo, snap, syms); err != nil {
+		if err := PauseSettled(ctx, target.FromGuest(demo), snap, syms); err != nil {
 			t.Fatal(err)
 		}
 		tk, _ := syms.Addr("tk_core")

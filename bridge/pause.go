@@ -5,11 +5,10 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
-	"os"
 	"time"
 
-	"hybridbridge/guest"
 	"hybridbridge/svm"
+	"hybridbridge/target"
 	"hybridbridge/vmm"
 )
 
@@ -22,22 +21,30 @@ var ErrClockUpdate = errors.New("the guest is paused in the middle of a clock up
 // in one rarely, and twice in a row far more rarely.
 const settleTries = 50
 
-// PauseSettled pauses the guest at a moment its clock is not being updated: when a pause lands
-// inside the update, the guest runs on for a moment and is paused again.
-func PauseSettled(ctx context.Context, g *guest.Guest, snap *svm.Snapshot, syms *vmm.Symbols) error {
+// PauseSettled pauses the target at a moment its clock is not being updated: when a pause lands
+// inside the update, the target runs on for a moment and is paused again.
+func PauseSettled(ctx context.Context, t target.Target, snap *svm.Snapshot, syms *vmm.Symbols) error {
+	p, err := locateKernel(t.Phys(), snap, syms)
+	if err != nil {
+		return err
+	}
+	return pauseSettled(ctx, t, syms, p)
+}
+
+func pauseSettled(ctx context.Context, t target.Target, syms *vmm.Symbols, p kernelPlace) error {
 	for try := 0; ; try++ {
-		if err := g.Pause(ctx); err != nil {
+		if err := t.Pause(ctx); err != nil {
 			return err
 		}
-		err := clockSettled(g, snap, syms)
+		err := clockSettled(t.Phys(), syms, p)
 		if !errors.Is(err, ErrClockUpdate) {
 			return err
 		}
 		if try == settleTries {
-			// This pause was ours: give the guest back running.
-			return errors.Join(err, g.Resume(context.WithoutCancel(ctx)))
+			// This pause was ours: give the target back running.
+			return errors.Join(err, t.Resume(context.WithoutCancel(ctx)))
 		}
-		if err := g.Resume(ctx); err != nil {
+		if err := t.Resume(ctx); err != nil {
 			return err
 		}
 		select {
@@ -48,26 +55,16 @@ func PauseSettled(ctx context.Context, g *guest.Guest, snap *svm.Snapshot, syms 
 	}
 }
 
-// clockSettled checks the paused guest's timekeeper sequence count (tk_core's first word) from its
-// RAM. The kernel image is where the snapshot's is (Attach checks it), so the global's physical
-// address is the SVM's.
-func clockSettled(g *guest.Guest, snap *svm.Snapshot, syms *vmm.Symbols) error {
+// clockSettled checks the paused guest's timekeeper sequence count (tk_core's first word) in its
+// kernel image, wherever the image was found.
+func clockSettled(phys vmm.PhysView, syms *vmm.Symbols, p kernelPlace) error {
 	tk, ok := syms.Addr("tk_core")
-	text := snap.Symbols["_text"]
-	if !ok || text == 0 || tk < text {
+	text, ok2 := syms.Addr("_text")
+	if !ok || !ok2 || tk < text {
 		return errors.New("no tk_core in the kernel's symbols")
 	}
-	path, err := g.RAMPath()
-	if err != nil {
-		return err
-	}
-	f, err := os.Open(path)
-	if err != nil {
-		return fmt.Errorf("guest %q RAM: %w", g.Meta.Name, err)
-	}
-	defer f.Close()
 	var seq [4]byte
-	if _, err := f.ReadAt(seq[:], int64(snap.Layout.KernelStart+tk-text)); err != nil {
+	if err := phys.ReadPhys(p.text+tk-text, seq[:]); err != nil {
 		return fmt.Errorf("guest timekeeper: %w", err)
 	}
 	if n := binary.LittleEndian.Uint32(seq[:]); n%2 == 1 {

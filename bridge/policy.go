@@ -118,7 +118,7 @@ func (s *Session) tracker(snap *svm.Snapshot, pol *policy) (*taint.Tracker, erro
 	m := s.Machine
 	var mem []taint.PhysRange
 	for _, sp := range snap.Layout.Reserved {
-		mem = append(mem, taint.PhysRange{Begin: sp.Start, End: min(sp.End, s.g.Meta.RAMSize), Label: taint.LabelGVM})
+		mem = append(mem, taint.PhysRange{Begin: sp.Start, End: min(sp.End, s.ram.End()), Label: taint.LabelGVM})
 	}
 	for va := snap.Agent.Buffer; va < snap.Agent.Buffer+snap.Agent.Size; va += 4096 {
 		pa, err := m.Phys(va)

@@ -6,6 +6,7 @@ import (
 	"testing"
 
 	"hybridbridge/inspect"
+	"hybridbridge/target"
 )
 
 // TestCloseResumesOnlyItsOwnPause: a session resumes a guest it paused, and leaves one that was
@@ -22,7 +23,7 @@ func TestCloseResumesOnlyItsOwnPause(t *testing.T) {
 	}
 	for _, pausedBefore := range []bool{false, true} {
 		if pausedBefore {
-			if err := PauseSettled(ctx, demo, snap, syms); err != nil {
+			if err := PauseSettled(ctx, target.FromGuest(demo), snap, syms); err != nil {
 				t.Fatal(err)
 			}
 		}

@@ -60,10 +60,6 @@ type Dump struct {
 // of the rest fail with vmm.ErrNotBacked rather than return zeros the guest never had.
 func (d *Dump) Phys() vmm.PhysView { return d.phys }
 
-// CPUs returns the vCPUs in the order QEMU wrote them (vCPU 0 first). Callers must not modify the
-// slice.
-func (d *Dump) CPUs() []CPUState { return d.cpus }
-
 // Path returns the file the dump was opened from.
 func (d *Dump) Path() string { return d.path }
 

@@ -170,12 +170,12 @@ func TestRealDump(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer d.Close()
-	t.Logf("OpenDump: %v; %d vCPU(s); ranges %v", time.Since(start).Round(time.Microsecond), len(d.CPUs()), d.Phys().Ranges())
+	t.Logf("OpenDump: %v; %d vCPU(s); ranges %v", time.Since(start).Round(time.Microsecond), len(d.cpus), d.Phys().Ranges())
 
-	if len(d.CPUs()) == 0 {
+	if len(d.cpus) == 0 {
 		t.Fatal("no vCPUs")
 	}
-	c0 := d.CPUs()[0]
+	c0 := d.cpus[0]
 	t.Logf("vCPU 0: CR0=%#x CR3=%#x CR4=%#x RIP=%#x GS=%#x KernelGS=%#x (%v)",
 		c0.CR0, c0.CR3, c0.CR4, c0.RIP, c0.GSBase, c0.KernelGSBase, c0.HasKernelGSBase)
 	if c0.CR3 != cpu.CR3 || c0.CR4 != cpu.CR4 || c0.CR0 != cpu.CR0 {
@@ -423,7 +423,7 @@ func TestSyntheticDump(t *testing.T) {
 	if err := d.Phys().ReadPhys(0x101000, buf[:8]); !errors.Is(err, vmm.ErrNotBacked) {
 		t.Errorf("read beyond p_filesz: %v, want ErrNotBacked", err)
 	}
-	cpus := d.CPUs()
+	cpus := d.cpus
 	if len(cpus) != 2 {
 		t.Fatalf("%d vCPUs, want 2", len(cpus))
 	}

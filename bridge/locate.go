@@ -1,0 +1,156 @@
+package bridge
+
+import (
+	"bytes"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"strings"
+
+	"hybridbridge/svm"
+	"hybridbridge/target"
+	"hybridbridge/vmm"
+)
+
+// kernelPlace is where the guest's kernel is in its RAM, found from the RAM alone: no vCPU
+// register and nothing from inside the guest is needed, so it works for dumps, for VMs reached
+// without a monitor, and for a vCPU whose CR3 is a user process's (PTI's user copy).
+type kernelPlace struct {
+	text   uint64 // guest-physical address of _text
+	root   uint64 // guest-physical address of init_top_pgt: the kernel's own page-table root
+	levels int
+}
+
+// physAlign is the kernel's CONFIG_PHYSICAL_ALIGN on x86-64 (Debian's and the default): the
+// physical load address, randomised or not, is a multiple of it, so the banner can only be at
+// one offset in each 2 MiB of RAM.
+const physAlign = 2 << 20
+
+// locateKernel finds the guest kernel's image in its RAM by the SVM kernel's banner at the
+// banner's offset from _text, and its page-table root (init_top_pgt) at the same displacement. A
+// candidate counts only if its page tables map _text back to it: a copy of the banner elsewhere
+// (a file in the page cache) does not. A guest running another build is refused naming both.
+func locateKernel(phys vmm.PhysView, snap *svm.Snapshot, syms *vmm.Symbols) (kernelPlace, error) {
+	text, banner := snap.Symbols["_text"], snap.Symbols["linux_banner"]
+	top, ok := syms.Addr("init_top_pgt")
+	if text == 0 || banner < text || !ok || top < text {
+		return kernelPlace{}, errors.New("the kernel's symbols lack _text, linux_banner or init_top_pgt")
+	}
+	want := []byte(snap.Banner + "\n")
+	got := make([]byte, len(want))
+	var tried []string
+	for _, r := range phys.Ranges() {
+		first := (r.GuestPhys + physAlign - 1) &^ (physAlign - 1)
+		for base := first; base+banner-text+uint64(len(want)) <= r.End(); base += physAlign {
+			if err := phys.ReadPhys(base+banner-text, got); err != nil {
+				return kernelPlace{}, fmt.Errorf("%s: %w", phys.Name(), err)
+			}
+			if !bytes.Equal(got, want) {
+				continue
+			}
+			p := kernelPlace{text: base, root: base + top - text}
+			var err error
+			if p.levels, err = pagingLevels(phys, syms, text, base); err != nil {
+				return kernelPlace{}, err
+			}
+			w, err := vmm.NewWalker(phys, p.root, p.levels)
+			if err != nil {
+				return kernelPlace{}, err
+			}
+			if pa, _, _, err := w.Translate(text); err != nil || pa != base {
+				tried = append(tried, fmt.Sprintf("%#x (its page tables map _text to %#x, %v)", base, pa, err))
+				continue
+			}
+			return p, nil
+		}
+	}
+	if len(tried) > 0 {
+		return kernelPlace{}, fmt.Errorf("%w: the SVM kernel's banner is in %s's RAM, but not in a kernel image whose page tables map it: %s",
+			ErrKernelMismatch, phys.Name(), strings.Join(tried, "; "))
+	}
+	return kernelPlace{}, fmt.Errorf("%w: %s runs %s; the SVM runs %q (name the guest's kernel with --kernel)",
+		ErrKernelMismatch, phys.Name(), guestVersion(phys), snap.Banner)
+}
+
+// pagingLevels reads whether the kernel at base runs with 5-level paging (__pgtable_l5_enabled,
+// set at boot when the CPU has LA57 and the kernel allows it). A kernel built without 5-level
+// support has no such variable and uses 4.
+func pagingLevels(phys vmm.PhysView, syms *vmm.Symbols, text, base uint64) (int, error) {
+	va, ok := syms.Addr("__pgtable_l5_enabled")
+	if !ok {
+		return 4, nil
+	}
+	var b [4]byte
+	if err := phys.ReadPhys(base+va-text, b[:]); err != nil {
+		return 0, fmt.Errorf("%s: __pgtable_l5_enabled: %w", phys.Name(), err)
+	}
+	if binary.LittleEndian.Uint32(b[:]) != 0 {
+		return 5, nil
+	}
+	return 4, nil
+}
+
+// guestVersion names the kernel a guest runs, for the mismatch message: the first
+// "Linux version ..." line in its RAM (its banner, or the boot log's copy of it).
+func guestVersion(phys vmm.PhysView) string {
+	const chunk = 4 << 20
+	marker := []byte("Linux version ")
+	buf := make([]byte, chunk+256)
+	for _, r := range phys.Ranges() {
+		for off := uint64(0); off < r.Size; off += chunk {
+			n := min(uint64(len(buf)), r.Size-off)
+			if err := phys.ReadPhys(r.GuestPhys+off, buf[:n]); err != nil {
+				return fmt.Sprintf("an unreadable kernel (%v)", err)
+			}
+			i := bytes.Index(buf[:n], marker)
+			if i < 0 {
+				continue
+			}
+			line := buf[i:n]
+			if j := bytes.IndexAny(line, "\n\x00"); j >= 0 {
+				line = line[:j]
+			}
+			return fmt.Sprintf("%q", line)
+		}
+	}
+	return "no Linux kernel that hybridbridge can find"
+}
+
+// checkCR3 cross-checks the root found in the image with the vCPUs' own: a vCPU runs either on
+// init_top_pgt or on a process's tables, whose kernel half the kernel copies from it. With PTI a
+// CR3 sampled in user mode points at the user copy (bit 12 set); the low 12 bits hold PCID or
+// cache flags.
+func checkCR3(phys vmm.PhysView, p kernelPlace, cpus []target.CPUState) error {
+	if len(cpus) == 0 {
+		return nil
+	}
+	kernelHalf := func(root uint64) ([]byte, error) {
+		b := make([]byte, 256*8)
+		return b, phys.ReadPhys(root+256*8, b)
+	}
+	want, err := kernelHalf(p.root)
+	if err != nil {
+		return fmt.Errorf("init_top_pgt: %w", err)
+	}
+	for i, c := range cpus {
+		if c.CR3 == 0 {
+			continue // a vCPU that never left real mode (not booted)
+		}
+		root := c.CR3 & vmm.PTEAddrMask &^ 0x1fff
+		if root == p.root {
+			continue
+		}
+		got, err := kernelHalf(root)
+		if err != nil {
+			return fmt.Errorf("vCPU %d CR3 %#x: %w", i, c.CR3, err)
+		}
+		for e := 0; e < 256; e++ {
+			w, g := binary.LittleEndian.Uint64(want[e*8:]), binary.LittleEndian.Uint64(got[e*8:])
+			if w != 0 && w != g {
+				return fmt.Errorf("%w: vCPU %d's CR3 %#x does not share the kernel's page tables found in the image at %#x (entry %d: %#x, the image's %#x)",
+					ErrKernelMismatch, i, c.CR3, p.root, 256+e, g, w)
+			}
+		}
+	}
+	return nil
+}
