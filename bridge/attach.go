@@ -45,10 +45,13 @@ type Session struct {
 	RAMTook   time.Duration
 	Banner    string         // the guest's linux_banner
 	Grafts    svm.GraftStats // the guest's vmemmap entries copied into the SVM
-	// GuestTSC is the guest's TSC at its last timekeeping update, which the SVM's clocksource
-	// reads while the redirected timekeeper (tk_core) is the guest's: views see the guest's time
-	// as of that update (the guest is paused; an idle guest updates it when it wakes).
-	GuestTSC uint64
+	// GuestTSC is the guest's clock counter at its last timekeeping update, which the guest's
+	// clock source read function (clockRead) returns in the SVM while the redirected timekeeper
+	// (tk_core) is the guest's: views see the guest's time as of that update (the guest is
+	// paused; an idle guest updates it when it wakes). It is a TSC value unless the guest's
+	// clock source is another counter (an HPET, when the guest found its TSC unstable).
+	GuestTSC  uint64
+	clockRead string // the guest clock source's read function, e.g. read_tsc or read_hpet
 	// ModuleGrafts are the guest's module-area directory entries copied into the SVM.
 	ModuleGrafts svm.GraftStats
 	Globals      *Globals       // the per-global lists, with the unknown globals seen
@@ -131,22 +134,14 @@ func AttachTarget(ctx context.Context, t target.Target, snap *svm.Snapshot, syms
 	default:
 		return nil, fmt.Errorf("unknown mode %q (auto, fast or slow)", mode)
 	}
-	var end uint64
-	for _, r := range t.Phys().Ranges() {
-		end = max(end, r.End())
-	}
-	if end > snap.Layout.GVMMax {
+	if end := target.RAMEnd(t.Phys().Ranges()); end > snap.Layout.GVMMax {
 		return nil, fmt.Errorf("%s has RAM up to %d MiB; the SVM snapshot serves guests up to %d MiB (rebuild it with: hybridbridge svm build --gvm-max %dM)",
 			t.Name(), end>>20, snap.Layout.GVMMax>>20, (end+(1<<20)-1)>>20)
 	}
-	// Found before pausing: a guest running another kernel is refused without being touched.
-	place, err := locateKernel(t.Phys(), snap, syms)
+	// Checked before pausing: a guest running another kernel is refused without being touched.
+	place, err := checkKernelPlace(ctx, t, snap, syms)
 	if err != nil {
 		return nil, err
-	}
-	if place.text != snap.Layout.KernelStart {
-		return nil, fmt.Errorf("%w: %s's kernel is at physical %#x, the SVM's at %#x (is KASLR on? boot it with nokaslr)",
-			ErrKernelMismatch, t.Name(), place.text, snap.Layout.KernelStart)
 	}
 	// A target the caller paused stays as it is (its memory may have been hashed); one still
 	// running is paused where its clock is consistent.
@@ -171,13 +166,6 @@ func AttachTarget(ctx context.Context, t target.Target, snap *svm.Snapshot, syms
 			s.Close(context.WithoutCancel(ctx))
 		}
 	}()
-	cpus, err := t.CPUs(ctx)
-	if err != nil {
-		return nil, err
-	}
-	if err := checkCR3(t.Phys(), place, cpus); err != nil {
-		return nil, err
-	}
 	if s.ram, err = t.RAM(ctx); err != nil {
 		return nil, err
 	}
@@ -196,7 +184,7 @@ func AttachTarget(ctx context.Context, t target.Target, snap *svm.Snapshot, syms
 		return nil, err
 	}
 	s.Globals = NewGlobals(syms)
-	if s.GuestTSC, err = s.guestClock(virt, snap); err != nil {
+	if s.GuestTSC, s.clockRead, err = s.guestClock(virt, snap); err != nil {
 		return nil, err
 	}
 	if s.leaves, err = vmemmapGrafts(w, s.vmemmap); err != nil {
@@ -231,18 +219,13 @@ func AttachTarget(ctx context.Context, t target.Target, snap *svm.Snapshot, syms
 // machines opened without a symbol table.
 func BlockingEntries() []string { return []string{"__switch_to_asm", "default_idle"} }
 
-// clockSource is the function through which the guest kernel's timekeeper reads the TSC (the TSC
-// clocksource's read): given the guest's counter, a view's "now" is the guest's (see tk_core in
-// redirectList), while the SVM's other RDTSCs keep its own clock.
-const clockSource = "read_tsc"
-
 // openMachine opens an SVM machine with the guest overlaid: its RAM, its vmemmap and module-area
 // mappings, the aliased struct pages watched. The first machine also settles the aliases and the
 // policy.
 func (s *Session) openMachine(slow bool) (*svm.Machine, error) {
 	// Every operation starts from a reset machine (do), so files need no closing.
 	opts := svm.Options{Symbols: s.Globals.syms, LeaveOpen: true, Blocking: BlockingEntries(),
-		Clock: &svm.ClockSource{Func: clockSource, TSC: func() uint64 { return s.GuestTSC }}}
+		Clock: &svm.ClockSource{Func: s.clockRead, TSC: func() uint64 { return s.GuestTSC }}}
 	if slow {
 		opts.OnReset = s.onReset
 	}
@@ -351,14 +334,14 @@ func (s *Session) checkKernel(virt *vmm.VirtView, snap *svm.Snapshot) error {
 	}
 	s.Banner = strings.TrimSpace(banner)
 	if s.Banner != snap.Banner {
-		return fmt.Errorf("%w:\n  guest: %q\n  SVM:   %q", ErrKernelMismatch, s.Banner, snap.Banner)
+		return fmt.Errorf("%w: %s runs %q; the SVM runs %q", ErrKernelMismatch, s.t.Name(), s.Banner, snap.Banner)
 	}
 	text, _, _, err := w.Translate(snap.Symbols["_text"])
 	if err != nil {
 		return fmt.Errorf("guest kernel text: %w", err)
 	}
 	if text != snap.Layout.KernelStart {
-		return fmt.Errorf("%w: the guest's kernel is at physical %#x, the SVM's at %#x (boot guests with nokaslr)", ErrKernelMismatch, text, snap.Layout.KernelStart)
+		return fmt.Errorf("%w: %s's kernel is at physical %#x, the SVM's at %#x (is KASLR on? boot it with nokaslr)", ErrKernelMismatch, s.t.Name(), text, snap.Layout.KernelStart)
 	}
 	for _, v := range []string{"page_offset_base", "vmemmap_base", "vmalloc_base"} {
 		gv, err1 := virt.ReadUint64(snap.Symbols[v])
@@ -400,26 +383,58 @@ func svmBytes(snap *svm.Snapshot, va uint64, n int) ([]byte, error) {
 }
 
 // guestClock finds the guest's last counter value in its timekeeper (tk_core's
-// tkr_mono.cycle_last). Its offset is not assumed: it is the field of the SVM's own timekeeper
-// that holds a counter value shortly before the snapshot's captured TSC (the SVM's clock
-// advances by ticks, so its last update is at most a few ticks earlier).
-func (s *Session) guestClock(virt *vmm.VirtView, snap *svm.Snapshot) (uint64, error) {
-	tk, ok := s.Globals.syms.Addr("tk_core")
+// tkr_mono.cycle_last) and the function its clock source reads the counter with. Offsets are
+// not assumed: cycle_last is the field of the SVM's own timekeeper that holds a counter value
+// shortly before the snapshot's captured TSC (the SVM's clock is the TSC and advances by ticks,
+// so its last update is at most a few ticks earlier), and the clock source pointer is two words
+// before it (struct tk_read_base: clock, mask, cycle_last), which the SVM's own confirms: it
+// points at clocksource_tsc, whose first word is read_tsc.
+func (s *Session) guestClock(virt *vmm.VirtView, snap *svm.Snapshot) (tsc uint64, read string, err error) {
+	syms := s.Globals.syms
+	tk, ok := syms.Addr("tk_core")
 	if !ok {
-		return 0, errors.New("no tk_core in the kernel's symbols")
+		return 0, "", errors.New("no tk_core in the kernel's symbols")
 	}
 	mine, err := svmBytes(snap, tk, 64)
 	if err != nil {
-		return 0, fmt.Errorf("SVM timekeeper: %w", err)
+		return 0, "", fmt.Errorf("SVM timekeeper: %w", err)
 	}
 	window := snap.TSCKHz * 1000 // one second of counter
-	for off := 0; off+8 <= len(mine); off += 8 {
-		v := binary.LittleEndian.Uint64(mine[off:])
+	off := -1
+	for o := 16; o+8 <= len(mine); o += 8 {
+		v := binary.LittleEndian.Uint64(mine[o:])
 		if v <= snap.TSC && snap.TSC-v < window {
-			return virt.ReadUint64(tk + uint64(off))
+			off = o
+			break
 		}
 	}
-	return 0, fmt.Errorf("no counter value near the snapshot's TSC %#x in the SVM's timekeeper (% x)", snap.TSC, mine)
+	if off < 0 {
+		return 0, "", fmt.Errorf("no counter value near the snapshot's TSC %#x in the SVM's timekeeper (% x)", snap.TSC, mine)
+	}
+	csTSC, ok1 := syms.Addr("clocksource_tsc")
+	readTSC, ok2 := syms.Addr("read_tsc")
+	if !ok1 || !ok2 || binary.LittleEndian.Uint64(mine[off-16:]) != csTSC {
+		return 0, "", fmt.Errorf("the SVM's timekeeper has no clocksource_tsc two words before cycle_last (% x)", mine)
+	}
+	if fn, err := svmBytes(snap, csTSC, 8); err != nil || binary.LittleEndian.Uint64(fn) != readTSC {
+		return 0, "", fmt.Errorf("the SVM's clocksource_tsc does not begin with read_tsc (%v)", err)
+	}
+	if tsc, err = virt.ReadUint64(tk + uint64(off)); err != nil {
+		return 0, "", fmt.Errorf("guest timekeeper: %w", err)
+	}
+	cs, err := virt.ReadUint64(tk + uint64(off-16))
+	if err != nil {
+		return 0, "", fmt.Errorf("guest clock source: %w", err)
+	}
+	fn, err := virt.ReadUint64(cs)
+	if err != nil {
+		return 0, "", fmt.Errorf("guest clock source at %#x: %w", cs, err)
+	}
+	name, delta, ok := syms.Lookup(fn)
+	if !ok || delta != 0 {
+		return 0, "", fmt.Errorf("the guest's clock source at %#x reads with %#x, not a function of the kernel image (a module's clock source is not supported)", cs, fn)
+	}
+	return tsc, name, nil
 }
 
 // Close releases the machines and resumes the guest if Attach paused it; a guest that was already

@@ -101,6 +101,11 @@ var redirectInList = map[string][]string{
 	"__cpu_possible_mask": {"uptime_proc_show", "get_idle_time", "show_stat", "__percpu_counter_sum",
 		"dev_lstats_read", "loopback_get_stats64", "dev_fetch_sw_netstats", "dev_get_tstats64"},
 	"__cpu_online_mask": {"get_idle_time", "get_cpu_idle_time_us", "nr_running", "show_stat"},
+	// How far those loops go: a guest with more CPUs than the SVM's one has per-CPU data beyond
+	// it (its idle time in /proc/uptime, vm_committed_as in /proc/meminfo, loopback counters).
+	"nr_cpu_ids": {"uptime_proc_show", "get_idle_time", "get_cpu_idle_time_us", "nr_running", "show_stat",
+		"__percpu_counter_sum", "dev_lstats_read", "loopback_get_stats64", "dev_fetch_sw_netstats", "dev_get_tstats64",
+		"meminfo_proc_show", "si_mem_available", "si_meminfo", "vm_events_fold_cpu"},
 	// The zones (NUMA node 0's pglist_data) for MemAvailable's watermarks and free counts.
 	"node_data": {"si_mem_available", "meminfo_proc_show", "si_meminfo",
 		// for_each_zone in si_mem_available starts here: without these, MemAvailable was
@@ -147,7 +152,7 @@ func init() {
 		"init_user_ns", "init_groups", "init_ucounts", "overflowuid", "overflowgid", "init_time_ns",
 		"namespace_sem", "uts_sem")
 	keepLocal("the SVM's scheduler, RCU, workqueues and CPU state",
-		"rcu_state", "qhimark", "qovld_calc", "wq_pool_attach_mutex", "nr_cpu_ids",
+		"rcu_state", "qhimark", "qovld_calc", "wq_pool_attach_mutex",
 		"system_state", "boot_cpu_data", "vsyscall_mode", "spectre_v2_user_ibpb", "spectre_v2_user_stibp",
 		"ssb_mode", "__sched_clock_offset")
 	keepLocal("the SVM's printing of kernel pointers (%p hashing keys)",

@@ -2,9 +2,11 @@ package bridge
 
 import (
 	"bytes"
+	"context"
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"regexp"
 	"strings"
 
 	"hybridbridge/svm"
@@ -30,7 +32,7 @@ const physAlign = 2 << 20
 // banner's offset from _text, and its page-table root (init_top_pgt) at the same displacement. A
 // candidate counts only if its page tables map _text back to it: a copy of the banner elsewhere
 // (a file in the page cache) does not. A guest running another build is refused naming both.
-func locateKernel(phys vmm.PhysView, snap *svm.Snapshot, syms *vmm.Symbols) (kernelPlace, error) {
+func locateKernel(name string, phys vmm.PhysView, snap *svm.Snapshot, syms *vmm.Symbols) (kernelPlace, error) {
 	text, banner := snap.Symbols["_text"], snap.Symbols["linux_banner"]
 	top, ok := syms.Addr("init_top_pgt")
 	if text == 0 || banner < text || !ok || top < text {
@@ -43,14 +45,14 @@ func locateKernel(phys vmm.PhysView, snap *svm.Snapshot, syms *vmm.Symbols) (ker
 		first := (r.GuestPhys + physAlign - 1) &^ (physAlign - 1)
 		for base := first; base+banner-text+uint64(len(want)) <= r.End(); base += physAlign {
 			if err := phys.ReadPhys(base+banner-text, got); err != nil {
-				return kernelPlace{}, fmt.Errorf("%s: %w", phys.Name(), err)
+				return kernelPlace{}, fmt.Errorf("%s: %w", name, err)
 			}
 			if !bytes.Equal(got, want) {
 				continue
 			}
 			p := kernelPlace{text: base, root: base + top - text}
 			var err error
-			if p.levels, err = pagingLevels(phys, syms, text, base); err != nil {
+			if p.levels, err = pagingLevels(name, phys, syms, text, base); err != nil {
 				return kernelPlace{}, err
 			}
 			w, err := vmm.NewWalker(phys, p.root, p.levels)
@@ -66,23 +68,23 @@ func locateKernel(phys vmm.PhysView, snap *svm.Snapshot, syms *vmm.Symbols) (ker
 	}
 	if len(tried) > 0 {
 		return kernelPlace{}, fmt.Errorf("%w: the SVM kernel's banner is in %s's RAM, but not in a kernel image whose page tables map it: %s",
-			ErrKernelMismatch, phys.Name(), strings.Join(tried, "; "))
+			ErrKernelMismatch, name, strings.Join(tried, "; "))
 	}
 	return kernelPlace{}, fmt.Errorf("%w: %s runs %s; the SVM runs %q (name the guest's kernel with --kernel)",
-		ErrKernelMismatch, phys.Name(), guestVersion(phys), snap.Banner)
+		ErrKernelMismatch, name, guestVersion(phys), snap.Banner)
 }
 
 // pagingLevels reads whether the kernel at base runs with 5-level paging (__pgtable_l5_enabled,
 // set at boot when the CPU has LA57 and the kernel allows it). A kernel built without 5-level
 // support has no such variable and uses 4.
-func pagingLevels(phys vmm.PhysView, syms *vmm.Symbols, text, base uint64) (int, error) {
+func pagingLevels(name string, phys vmm.PhysView, syms *vmm.Symbols, text, base uint64) (int, error) {
 	va, ok := syms.Addr("__pgtable_l5_enabled")
 	if !ok {
 		return 4, nil
 	}
 	var b [4]byte
 	if err := phys.ReadPhys(base+va-text, b[:]); err != nil {
-		return 0, fmt.Errorf("%s: __pgtable_l5_enabled: %w", phys.Name(), err)
+		return 0, fmt.Errorf("%s: __pgtable_l5_enabled: %w", name, err)
 	}
 	if binary.LittleEndian.Uint32(b[:]) != 0 {
 		return 5, nil
@@ -90,27 +92,28 @@ func pagingLevels(phys vmm.PhysView, syms *vmm.Symbols, text, base uint64) (int,
 	return 4, nil
 }
 
-// guestVersion names the kernel a guest runs, for the mismatch message: the first
-// "Linux version ..." line in its RAM (its banner, or the boot log's copy of it).
+// banner matches a kernel banner as linux_banner holds it: the release, the builder in
+// parentheses, then the build number ("#1 SMP ..."). A bare "Linux version " can be other text.
+var banner = regexp.MustCompile(`Linux version [^\x00\n ]+ \([^\x00\n]*\) #[0-9]+ [^\x00\n]*`)
+
+// guestVersion names the kernel a guest runs, for the mismatch message: the first banner in its
+// RAM (its linux_banner, or the boot log's copy of it).
 func guestVersion(phys vmm.PhysView) string {
 	const chunk = 4 << 20
-	marker := []byte("Linux version ")
-	buf := make([]byte, chunk+256)
+	buf := make([]byte, chunk)
 	for _, r := range phys.Ranges() {
-		for off := uint64(0); off < r.Size; off += chunk {
+		// Chunks overlap by a banner's length so that none is cut in two.
+		for off := uint64(0); off < r.Size; off += chunk - 512 {
 			n := min(uint64(len(buf)), r.Size-off)
 			if err := phys.ReadPhys(r.GuestPhys+off, buf[:n]); err != nil {
 				return fmt.Sprintf("an unreadable kernel (%v)", err)
 			}
-			i := bytes.Index(buf[:n], marker)
-			if i < 0 {
-				continue
+			if m := banner.Find(buf[:n]); m != nil {
+				return fmt.Sprintf("%q", m)
 			}
-			line := buf[i:n]
-			if j := bytes.IndexAny(line, "\n\x00"); j >= 0 {
-				line = line[:j]
+			if n < uint64(len(buf)) {
+				break
 			}
-			return fmt.Sprintf("%q", line)
 		}
 	}
 	return "no Linux kernel that hybridbridge can find"
@@ -153,4 +156,44 @@ func checkCR3(phys vmm.PhysView, p kernelPlace, cpus []target.CPUState) error {
 		}
 	}
 	return nil
+}
+
+// CheckKernel says whether t runs the SVM's kernel build where the SVM can serve it, without
+// pausing it or reading more than a few pages: the banner, the kernel's placement and the vCPUs'
+// page-table roots. It is what attaching checks first.
+func CheckKernel(ctx context.Context, t target.Target, snap *svm.Snapshot, syms *vmm.Symbols) error {
+	_, err := checkKernelPlace(ctx, t, snap, syms)
+	return err
+}
+
+// KernelView checks t as CheckKernel does and returns its kernel's address space, walked from
+// the kernel's own page-table root (init_top_pgt) in its RAM: no vCPU register is needed (a dump,
+// a VM without a monitor, a vCPU in user mode on PTI's user tables). Reads are stable only while
+// t is paused.
+func KernelView(ctx context.Context, t target.Target, snap *svm.Snapshot, syms *vmm.Symbols) (*vmm.VirtView, error) {
+	p, err := checkKernelPlace(ctx, t, snap, syms)
+	if err != nil {
+		return nil, err
+	}
+	w, err := vmm.NewWalker(t.Phys(), p.root, p.levels)
+	if err != nil {
+		return nil, fmt.Errorf("%s page tables: %w", t.Name(), err)
+	}
+	return vmm.NewVirtView(t.Name()+" kernel", w), nil
+}
+
+func checkKernelPlace(ctx context.Context, t target.Target, snap *svm.Snapshot, syms *vmm.Symbols) (kernelPlace, error) {
+	p, err := locateKernel(t.Name(), t.Phys(), snap, syms)
+	if err != nil {
+		return p, err
+	}
+	if p.text != snap.Layout.KernelStart {
+		return p, fmt.Errorf("%w: %s's kernel is at physical %#x, the SVM's at %#x (is KASLR on? boot it with nokaslr)",
+			ErrKernelMismatch, t.Name(), p.text, snap.Layout.KernelStart)
+	}
+	cpus, err := t.CPUs(ctx)
+	if err != nil {
+		return p, err
+	}
+	return p, checkCR3(t.Phys(), p, cpus)
 }

@@ -24,7 +24,7 @@ const settleTries = 50
 // PauseSettled pauses the target at a moment its clock is not being updated: when a pause lands
 // inside the update, the target runs on for a moment and is paused again.
 func PauseSettled(ctx context.Context, t target.Target, snap *svm.Snapshot, syms *vmm.Symbols) error {
-	p, err := locateKernel(t.Phys(), snap, syms)
+	p, err := locateKernel(t.Name(), t.Phys(), snap, syms)
 	if err != nil {
 		return err
 	}

@@ -114,7 +114,7 @@ func (capture) ReadRecords(path string) ([][]byte, error) {
 
 // viewTruth captures the views' files inside the guest and computes the views from them with
 // the same code.
-func viewTruth(t *testing.T, ctx context.Context, g *guest.Guest) (*viewSet, []inspect.LogLine, int) {
+func viewTruth(t *testing.T, ctx context.Context, g execer) (*viewSet, []inspect.LogLine, int) {
 	t.Helper()
 	res := mustExec(t, ctx, g, "capture in the guest", inspect.CaptureLinksCommand(viewFiles, []string{"/proc/[0-9]*/fd/*"}))
 	fs, err := inspect.ParseCapture(res.Stdout)

@@ -17,6 +17,7 @@ import (
 	"hybridbridge/inspect"
 	"hybridbridge/memo"
 	"hybridbridge/svm"
+	"hybridbridge/target"
 	"hybridbridge/vmm"
 )
 
@@ -149,16 +150,20 @@ netstat: Slow-Bridge time, cold auto time (empty memo: Fast-Bridge falling back 
 warm Fast-Bridge time with the trained memo, their ratio, the hit rate and the fall-back latency,
 each as engine time and as whole time (attach, run, detach). Then a series of snapshots starting
 from an empty memo, the workload changing between them, shows how training converges (like
-HYBRID-BRIDGE's Fig. 5). The memo used here is private to the benchmark; the saved one is untouched.`,
+HYBRID-BRIDGE's Fig. 5). The memo used here is private to the benchmark; the saved one is untouched.
+
+An attached VM (guest attach) is measured as it is: hybridbridge has no command channel into it to
+grow or change its workload, so --processes does not apply and the snapshots of the series see
+only what the VM changed by itself (a dump: nothing).`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			ctx := cmd.Context()
-			g, stop, err := e.benchGuest(ctx, name)
+			t, kernel, stop, err := e.benchGuest(ctx, name)
 			if err != nil {
 				return err
 			}
 			defer stop()
-			rep, err := e.bench(ctx, g, procs, snapshots)
+			rep, err := e.bench(ctx, name, t, kernel, procs, snapshots)
 			if err != nil {
 				return err
 			}
@@ -168,48 +173,59 @@ HYBRID-BRIDGE's Fig. 5). The memo used here is private to the benchmark; the sav
 			return printBench(e.stdout, rep)
 		},
 	}
-	c.Flags().StringVar(&name, "guest", "", "a running guest to measure (default: boot a demo guest for the benchmark)")
+	c.Flags().StringVar(&name, "guest", "", "a guest to measure, ours or attached (default: boot a demo guest for the benchmark)")
 	c.Flags().BoolVar(&asJSON, "json", false, "print the numbers as JSON")
 	c.Flags().IntVar(&snapshots, "snapshots", 5, "snapshots in the training series")
 	c.Flags().IntVar(&procs, "processes", 100, "grow the guest to this many processes first")
 	return c
 }
 
-// benchGuest opens the named guest or boots a demo guest owned by the benchmark.
-func (e *env) benchGuest(ctx context.Context, name string) (*guest.Guest, func(), error) {
+// benchGuest opens the named guest (ours or attached) or boots a demo guest owned by the
+// benchmark; stop closes the target and stops a guest it booted.
+func (e *env) benchGuest(ctx context.Context, name string) (target.Target, string, func(), error) {
 	if name != "" {
-		g, err := guest.Open(e.runDir, name)
-		return g, func() {}, err
+		t, kernel, err := e.openTarget(ctx, name)
+		if err != nil {
+			return nil, "", nil, err
+		}
+		return t, kernel, func() { t.Close() }, nil
 	}
 	fmt.Fprintln(e.stderr, "booting a demo guest for the benchmark...")
 	g, err := e.startDemo(ctx, fmt.Sprintf("bench-%d", time.Now().UnixNano()%100000), "512M", false)
 	if err != nil {
-		return nil, nil, err
+		return nil, "", nil, err
 	}
-	return g, func() { stopOwned(ctx, g) }, nil
+	t := target.FromGuest(g)
+	return t, g.Meta.Kernel, func() { t.Close(); stopOwned(ctx, g) }, nil
 }
 
-func (e *env) bench(ctx context.Context, g *guest.Guest, procs, snapshots int) (*benchReport, error) {
-	snap, syms, err := e.kernelOf(ctx, g)
+func (e *env) bench(ctx context.Context, name string, t target.Target, kernel string, procs, snapshots int) (*benchReport, error) {
+	snap, syms, err := e.kernelFor(ctx, kernel, ramEnd(t))
 	if err != nil {
 		return nil, err
 	}
-	n, err := growWorkload(ctx, g, procs)
-	if err != nil {
-		return nil, err
+	g := ownGuest(t)
+	n := 0
+	if g != nil {
+		if n, err = growWorkload(ctx, g, procs); err != nil {
+			return nil, err
+		}
+		name = g.Meta.Name
+	} else {
+		fmt.Fprintf(e.stderr, "%s is an attached VM: measured as it is (no command channel to grow or change its workload)\n", name)
 	}
 	onKVM, why, err := e.fastOnKVM()
 	if err != nil {
 		return nil, err
 	}
-	rep := &benchReport{Guest: g.Meta.Name, Processes: n, KVM: e.kvmProbe(), Executor: why}
+	rep := &benchReport{Guest: name, Processes: n, KVM: e.kvmProbe(), Executor: why}
 	switch {
 	case onKVM:
 		rep.Other = "Unicorn"
 	case rep.KVM.RunsCode:
 		rep.Other = "this machine's KVM, which the probe turned down"
 	}
-	b := &benchRunner{ctx: ctx, g: g, snap: snap, syms: syms, kvm: onKVM}
+	b := &benchRunner{ctx: ctx, t: t, g: g, snap: snap, syms: syms, kvm: onKVM}
 	for i, v := range benchViews {
 		fmt.Fprintf(e.stderr, "bench %s...\n", v.Name)
 		bv, err := b.view(i, rep.Other, e.stderr)
@@ -217,6 +233,9 @@ func (e *env) bench(ctx context.Context, g *guest.Guest, procs, snapshots int) (
 			return nil, err
 		}
 		rep.Views = append(rep.Views, bv)
+	}
+	if g == nil {
+		rep.Processes = b.procs
 	}
 	if rep.Snapshots, err = b.training(snapshots, e.stderr); err != nil {
 		return nil, err
@@ -227,22 +246,29 @@ func (e *env) bench(ctx context.Context, g *guest.Guest, procs, snapshots int) (
 // benchRunner runs the benchmark's views on one guest, each in a session of its own.
 type benchRunner struct {
 	ctx  context.Context
-	g    *guest.Guest
+	t    target.Target
+	g    *guest.Guest // the guest's command channel; nil for an attached VM, which has none
 	snap *svm.Snapshot
 	syms *vmm.Symbols
 	kvm  bool // Fast-Bridge's executor is KVM
+	// procs is how many processes the last ps run listed: the count for a guest without a
+	// command channel to ask.
+	procs int
 }
 
 // runOn runs view i once in mode with memo m, Fast-Bridge on KVM or not, and measures it.
 func (b *benchRunner) runOn(i int, mode bridge.Mode, m *memo.Memo, kvm bool) (benchRun, bridge.EngineStats, error) {
 	start := time.Now()
-	s, err := bridge.AttachWith(b.ctx, b.g, b.snap, b.syms, bridge.Options{Mode: mode, Memo: m, KVM: kvm})
+	s, err := bridge.AttachTarget(b.ctx, b.t, b.snap, b.syms, bridge.Options{Mode: mode, Memo: m, KVM: kvm})
 	if err != nil {
 		return benchRun{}, bridge.EngineStats{}, err
 	}
 	s.View = benchViews[i].Name
 	before := m.Entries()
-	_, _, rerr := benchViews[i].Read(s, 0)
+	res, _, rerr := benchViews[i].Read(s, 0)
+	if procs, ok := res.([]inspect.Process); ok && rerr == nil {
+		b.procs = len(procs)
+	}
 	st := s.Stats() // settles the hits replayed in C into the memo's entries
 	sc, _, _ := s.Work()
 	cerr := s.Close(context.WithoutCancel(b.ctx))
@@ -317,7 +343,12 @@ func (b *benchRunner) training(snapshots int, progress io.Writer) ([]benchSnapsh
 	r := rand.New(rand.NewPCG(uint64(time.Now().UnixNano()), 7))
 	for k := 1; k <= snapshots; k++ {
 		change := "as grown"
-		if k > 1 {
+		switch {
+		case b.g == nil && k == 1:
+			change = "as it is"
+		case b.g == nil:
+			change = "unchanged by hybridbridge (attached VM)"
+		case k > 1:
 			var err error
 			if change, err = changeWorkload(b.ctx, b.g, r); err != nil {
 				return nil, err
@@ -338,9 +369,12 @@ func (b *benchRunner) training(snapshots int, progress io.Writer) ([]benchSnapsh
 		}
 		row.Misses, row.Memo = misses, m.Len()
 		row.HitRate = benchRun{Hits: hits, Misses: misses}.HitRate()
-		var err error
-		if row.Processes, err = countProcesses(b.ctx, b.g); err != nil {
-			return nil, err
+		row.Processes = b.procs
+		if b.g != nil {
+			var err error
+			if row.Processes, err = countProcesses(b.ctx, b.g); err != nil {
+				return nil, err
+			}
 		}
 		rows = append(rows, row)
 	}

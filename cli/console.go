@@ -20,6 +20,7 @@ import (
 	"hybridbridge/inspect"
 	"hybridbridge/memo"
 	"hybridbridge/svm"
+	"hybridbridge/target"
 	"hybridbridge/ui"
 	"hybridbridge/vmm"
 )
@@ -30,11 +31,12 @@ func (e *env) consoleCommand() *cobra.Command {
 	var interval time.Duration
 	c := &cobra.Command{
 		Use:   "console",
-		Short: "Open the interactive console on a running guest",
-		Long: `Open the interactive terminal console on a running guest: its processes, sockets and kernel
-modules, computed by the guest kernel's own code in the SVM, with the engine that ran, the memo's
-hit rate and the fall-back log. Each refresh pauses the guest for the time the views take and
-resumes it. Without a terminal it names the view subcommands (ps, ...) to use instead.`,
+		Short: "Open the interactive console on a guest",
+		Long: `Open the interactive terminal console on a guest, one hybridbridge started or one attached with
+guest attach: its processes, sockets and kernel modules, computed by the guest kernel's own code
+in the SVM, with the engine that ran, the memo's hit rate and the fall-back log. Each refresh
+pauses a running guest for the time the views take and resumes it; nothing stays paused between
+refreshes. Without a terminal it names the view subcommands (ps, ...) to use instead.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if !e.interactive() {
@@ -47,7 +49,7 @@ resumes it. Without a terminal it names the view subcommands (ps, ...) to use in
 			return e.console(cmd.Context(), name, false, ui.Options{Mode: um, Interval: interval})
 		},
 	}
-	c.Flags().StringVar(&name, "guest", "demo", "the running guest to inspect")
+	c.Flags().StringVar(&name, "guest", "demo", "the guest to inspect (ours or attached)")
 	c.Flags().Var(modeFlag(&mode), "mode", "engine mode at start: auto, fast or slow (m cycles it)")
 	c.Flags().DurationVar(&interval, "refresh", 10*time.Second, "auto-refresh interval (0: start with auto-refresh off)")
 	return c
@@ -88,27 +90,33 @@ func (e *env) runRoot(cmd *cobra.Command) error {
 	return e.demo(cmd.Context())
 }
 
-// console runs the console on the named guest. With bootDemo, a demo guest that is not running is
-// booted first (progress on stderr, before the screen switches) and stopped when the console ends.
+// console runs the console on the named guest, ours or attached. With bootDemo, a demo guest that
+// is not running is booted first (progress on stderr, before the screen switches) and stopped when
+// the console ends.
 func (e *env) console(ctx context.Context, name string, bootDemo bool, opts ui.Options) error {
-	g, err := guest.Open(e.runDir, name)
-	owned := false
+	t, kernel, err := e.openTarget(ctx, name)
+	var owned *guest.Guest
 	if errors.Is(err, guest.ErrNotRunning) && bootDemo {
 		fmt.Fprintf(e.stderr, "booting the %s guest...\n", name)
-		g, err = e.startDemo(ctx, name, "512M", false)
-		owned = err == nil
+		owned, err = e.startDemo(ctx, name, "512M", false)
+		if err == nil {
+			t, kernel = target.FromGuest(owned), owned.Meta.Kernel
+		}
 	}
 	if err != nil {
 		return err
 	}
-	if owned {
+	if owned != nil {
 		defer func() {
-			if err := stopOwned(ctx, g); err != nil {
+			if err := stopOwned(ctx, owned); err != nil {
 				fmt.Fprintf(e.stderr, "stop guest %s: %v\n", name, err)
 			}
 		}()
 	}
-	src, err := e.newConsoleSource(ctx, g)
+	src, err := e.newConsoleSource(ctx, name, t, kernel)
+	// Each refresh opens the guest anew (an attached VM may be gone by then): this one only told
+	// what the console needs to know first.
+	t.Close()
 	if err != nil {
 		return err
 	}
@@ -122,9 +130,10 @@ func (e *env) console(ctx context.Context, name string, bootDemo bool, opts ui.O
 // consoleSource implements ui.Source with the bridge: one attach per refresh runs every
 // view, so the guest is paused once per refresh and resumed between refreshes.
 type consoleSource struct {
-	runDir   string
-	name     string
-	accel    string
+	name  string
+	accel string
+	// open opens the guest for a refresh; the refresh closes it.
+	open     func(ctx context.Context) (target.Target, error)
 	snap     *svm.Snapshot
 	syms     *vmm.Symbols
 	memoPath string
@@ -139,8 +148,8 @@ var _ ui.Source = (*consoleSource)(nil)
 
 // newConsoleSource prepares everything a refresh needs that may print progress (the snapshot is
 // built here when missing), so nothing writes to the terminal once the console draws on it.
-func (e *env) newConsoleSource(ctx context.Context, g *guest.Guest) (*consoleSource, error) {
-	snap, syms, err := e.kernelOf(ctx, g)
+func (e *env) newConsoleSource(ctx context.Context, name string, t target.Target, kernel string) (*consoleSource, error) {
+	snap, syms, err := e.kernelFor(ctx, kernel, ramEnd(t))
 	if err != nil {
 		return nil, err
 	}
@@ -148,8 +157,12 @@ func (e *env) newConsoleSource(ctx context.Context, g *guest.Guest) (*consoleSou
 	if err != nil {
 		return nil, err
 	}
-	c := &consoleSource{runDir: e.runDir, name: g.Meta.Name, accel: g.Meta.Accel, snap: snap, syms: syms,
+	c := &consoleSource{name: name, accel: accelOf(t), snap: snap, syms: syms,
 		memoPath: e.memoPath(snap.KernelID), kvm: onKVM, notes: []string{"Fast-Bridge executor: " + why}}
+	c.open = func(ctx context.Context) (target.Target, error) {
+		t, _, err := e.openTarget(ctx, name)
+		return t, err
+	}
 	var reason error
 	c.memo, reason = memo.LoadOrNew(c.memoPath, bridge.MemoKey(snap))
 	if reason != nil && !errors.Is(reason, fs.ErrNotExist) {
@@ -215,13 +228,14 @@ func (c *consoleSource) Refresh(ctx context.Context, mode ui.Mode, progress func
 	if err := ctx.Err(); err != nil {
 		return nil, err
 	}
-	g, err := guest.Open(c.runDir, c.name)
+	t, err := c.open(ctx)
 	if err != nil {
 		return nil, err
 	}
+	defer t.Close()
 	f := &ui.Frame{Time: time.Now(), Mode: mode, Notes: slices.Clone(c.notes)}
 	progress(ui.Progress{View: "attach"})
-	s, err := bridge.AttachWith(ctx, g, c.snap, c.syms, bridge.Options{Mode: bridge.Mode(mode.String()), Memo: c.memo, KVM: c.kvm})
+	s, err := bridge.AttachTarget(ctx, t, c.snap, c.syms, bridge.Options{Mode: bridge.Mode(mode.String()), Memo: c.memo, KVM: c.kvm})
 	if err != nil {
 		return nil, fmt.Errorf("attach guest %s: %w", c.name, err)
 	}
@@ -262,9 +276,11 @@ func (c *consoleSource) Refresh(ctx context.Context, mode ui.Mode, progress func
 	}
 	sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
 	defer cancel()
-	if f.GuestState, err = g.Status(sctx); err != nil {
+	if st, err := t.State(sctx); err != nil {
 		f.GuestState = "unknown"
 		f.Notes = append(f.Notes, "guest state: "+err.Error())
+	} else {
+		f.GuestState = string(st)
 	}
 	progress(ui.Progress{GuestState: f.GuestState})
 	if f.Kernel = c.snap.Release; s.Banner != "" {

@@ -9,6 +9,7 @@ import (
 	"hybridbridge/bridge"
 	"hybridbridge/guest"
 	"hybridbridge/inspect"
+	"hybridbridge/target"
 	"hybridbridge/vmm"
 )
 
@@ -35,31 +36,31 @@ func (e *env) demo(ctx context.Context) error {
 	if _, err := e.assets(); err != nil {
 		return err
 	}
-	k, err := g.OpenKernel(ctx, e.cacheDir)
+	t := target.FromGuest(g)
+	defer t.Close()
+	snap, syms, err := e.kernelFor(ctx, g.Meta.Kernel, ramEnd(t))
 	if err != nil {
 		return err
 	}
-	defer k.Close()
+	virt, err := bridge.KernelView(ctx, t, snap, syms)
+	if err != nil {
+		return err
+	}
 	inside, err := g.Exec(ctx, "cat /proc/version")
 	if err != nil {
 		return err
 	}
 	var banner, hash1, hash2 string
-	var cr3 uint64
-	err = paused(ctx, g, func() error {
+	err = pausedTarget(ctx, t, func() error {
 		var err error
-		if banner, _, err = k.ReadSymbolString("linux_banner", 512); err != nil {
+		addr, _ := syms.Addr("linux_banner")
+		if banner, err = virt.ReadCString(addr, 512); err != nil {
 			return err
 		}
-		cpu, err := g.CPU(ctx)
-		if err != nil {
+		if hash1, err = vmm.Hash(ctx, t.Phys()); err != nil {
 			return err
 		}
-		cr3 = cpu.CR3
-		if hash1, err = vmm.Hash(ctx, k.Phys); err != nil {
-			return err
-		}
-		hash2, err = vmm.Hash(ctx, k.Phys)
+		hash2, err = vmm.Hash(ctx, t.Phys())
 		return err
 	})
 	if err != nil {
@@ -69,8 +70,9 @@ func (e *env) demo(ctx context.Context) error {
 	if strings.TrimSpace(banner) != strings.TrimSpace(string(inside.Stdout)) {
 		same = "DIFFERENT"
 	}
-	fmt.Fprintf(e.stdout, "kernel symbols: %d (from the guest's kallsyms, cached per kernel build)\n", k.Syms.Len())
-	fmt.Fprintf(e.stdout, "page-table root (CR3 from QEMU): %#x, %d-level paging\n", cr3, k.Virt.Walker().Levels())
+	fmt.Fprintf(e.stdout, "kernel symbols: %d (the SVM's own kallsyms: the guest runs the same build)\n", syms.Len())
+	fmt.Fprintf(e.stdout, "page-table root: init_top_pgt at %#x, found with the kernel in the guest's RAM; %d-level paging\n",
+		virt.Walker().Root(), virt.Walker().Levels())
 	fmt.Fprintf(e.stdout, "linux_banner read from outside:\n  %s\n", strings.TrimSpace(banner))
 	fmt.Fprintf(e.stdout, "/proc/version inside the guest: %s\n", same)
 	fmt.Fprintf(e.stdout, "guest memory hash while paused: %s (twice: %v)\n", hash1[:16], hash1 == hash2)

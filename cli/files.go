@@ -15,11 +15,10 @@ func (e *env) catCommand() *cobra.Command {
 	c := &cobra.Command{
 		Use:   "cat PATH...",
 		Short: "Print files of a guest as its own kernel code produces them (e.g. /proc/uptime)",
-		Long: `Print files of a running guest, read from outside: the guest is paused and each file is read by
-system calls injected into the SVM against the guest's memory (--mode: Fast-Bridge falling back to
-Slow-Bridge by default). Paths under /proc are
-the guest's procfs. The engine's work, including kernel globals not yet classified (whose SVM copy
-was used), is summarised on stderr.`,
+		Long: `Print files of a guest, read from outside: each file is read by system calls injected into the
+SVM against the guest's memory (--mode: Fast-Bridge falling back to Slow-Bridge by default). Paths
+under /proc are the guest's procfs. The engine's work, including kernel globals not yet classified
+(whose SVM copy was used), is summarised on stderr.` + guestsHelp,
 		Args: cobra.MinimumNArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			var out [][]byte
@@ -45,6 +44,6 @@ was used), is summarised on stderr.`,
 			return nil
 		},
 	}
-	c.Flags().StringVar(&name, "guest", "demo", "the running guest to read")
+	c.Flags().StringVar(&name, "guest", "demo", "the guest to read: one hybridbridge started or an attached VM")
 	return c
 }

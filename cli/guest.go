@@ -4,24 +4,26 @@ import (
 	"context"
 	"encoding/hex"
 	"fmt"
-	"os"
-	"os/signal"
 	"strings"
-	"syscall"
-	"text/tabwriter"
 	"time"
 
 	"github.com/spf13/cobra"
 
+	"hybridbridge/bridge"
 	"hybridbridge/guest"
+	"hybridbridge/target"
+	"hybridbridge/vmm"
 )
 
 func (e *env) guestCommand() *cobra.Command {
 	g := &cobra.Command{
 		Use:   "guest",
-		Short: "Start, list, stop and query guest VMs run under QEMU",
+		Short: "Start, attach, list, stop and query guest VMs run under QEMU",
+		Long: `Guests are the VMs hybridbridge inspects: its own (guest start boots one from the demo image,
+with a command channel into it) and VMs it did not start, registered with guest attach (a QEMU
+process, a libvirt domain or a memory dump). Every view takes either kind with --guest NAME.`,
 	}
-	g.AddCommand(e.guestStart(), e.guestList(), e.guestStop(), e.guestExec(), e.guestRead())
+	g.AddCommand(e.guestStart(), e.guestAttach(), e.guestList(), e.guestDetach(), e.guestStop(), e.guestExec(), e.guestRead())
 	return g
 }
 
@@ -57,6 +59,9 @@ an established loopback connection, kernel modules) under QEMU. The guest keeps 
 command returns; stop it with 'hybridbridge guest stop NAME'.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
+			if rec, err := target.Lookup(e.runDir, name); err == nil {
+				return fmt.Errorf("%q names an attached VM (%s); choose another name", name, rec.Where())
+			}
 			g, err := e.startDemo(cmd.Context(), name, mem, e.detachGuests)
 			if err != nil {
 				return err
@@ -75,52 +80,19 @@ command returns; stop it with 'hybridbridge guest stop NAME'.`,
 	return c
 }
 
-func (e *env) guestList() *cobra.Command {
-	var asJSON bool
-	c := &cobra.Command{
-		Use:   "list",
-		Short: "List guests and whether they run",
-		Args:  cobra.NoArgs,
-		RunE: func(cmd *cobra.Command, _ []string) error {
-			rows, err := guest.List(e.runDir)
-			if err != nil {
-				return err
-			}
-			if asJSON {
-				if rows == nil {
-					rows = []guest.GuestStatus{}
-				}
-				return writeJSON(e.stdout, rows)
-			}
-			if len(rows) == 0 {
-				fmt.Fprintln(e.stdout, "no guests (start one with: hybridbridge guest start)")
-				return nil
-			}
-			tw := tabwriter.NewWriter(e.stdout, 0, 4, 2, ' ', 0)
-			fmt.Fprintln(tw, "NAME\tSTATE\tPID\tMEMORY\tACCEL\tUP")
-			for _, r := range rows {
-				if r.Meta == nil {
-					fmt.Fprintf(tw, "%s\t%s\t-\t-\t-\t-\n", r.Name, r.State)
-					continue
-				}
-				fmt.Fprintf(tw, "%s\t%s\t%d\t%dM\t%s\t%s\n", r.Name, r.State, r.Meta.PID, r.Meta.RAMSize>>20,
-					r.Meta.Accel, time.Since(r.Meta.StartedAt).Round(time.Second))
-			}
-			return tw.Flush()
-		},
-	}
-	c.Flags().BoolVar(&asJSON, "json", false, "print as JSON")
-	return c
-}
-
 func (e *env) guestStop() *cobra.Command {
 	return &cobra.Command{
 		Use:   "stop NAME",
-		Short: "Stop a guest (QEMU quits; its memory file and folder are removed)",
-		Args:  cobra.ExactArgs(1),
+		Short: "Stop a guest hybridbridge started (QEMU quits; its memory file and folder are removed)",
+		Long: `Stop a guest that guest start booted: QEMU quits, and its memory file and folder are removed.
+A VM registered with guest attach is never stopped by hybridbridge: detach it instead.`,
+		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			g, err := guest.Open(e.runDir, args[0])
 			if err != nil {
+				if nerr := e.notOurs(args[0], "detach it with: hybridbridge guest detach "+args[0]+" (the VM keeps running)"); nerr != nil {
+					return nerr
+				}
 				return err
 			}
 			return g.Stop(cmd.Context())
@@ -143,11 +115,15 @@ guest's shell, so spaces, quotes and $ in them mean nothing to it):
   hybridbridge guest exec demo -- sh -c 'exit 7'     exits with status 7
 
 The command's reply comes when its shell exits: output that processes it leaves in the background
-write later is not shown. Flags of exec (--timeout) go before --.`,
+write later is not shown. Flags of exec (--timeout) go before --. Only guests hybridbridge started
+have a command channel: an attached VM is refused.`,
 		Args: cobra.MinimumNArgs(2),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			g, err := guest.Open(e.runDir, args[0])
 			if err != nil {
+				if nerr := e.notOurs(args[0], "hybridbridge has no command channel into it; read it from outside with the views (hybridbridge ps --guest "+args[0]+", ...)"); nerr != nil {
+					return nerr
+				}
 				return err
 			}
 			ctx, cancel := context.WithTimeout(cmd.Context(), timeout)
@@ -193,9 +169,11 @@ func (e *env) guestRead() *cobra.Command {
 	c := &cobra.Command{
 		Use:   "read NAME SYMBOL",
 		Short: "Read guest kernel memory at a symbol, from outside the guest",
-		Long: `Read bytes at a kernel symbol of a running guest from outside: the guest is paused, its RAM
-is read through its own page tables (CR3 from QEMU), and it is resumed. Symbol addresses come from
-the guest's /proc/kallsyms, fetched once per kernel build and cached.`,
+		Long: `Read bytes at a kernel symbol of a guest from outside: a running guest is paused, its RAM is read
+through its kernel's page tables, and it is resumed (one paused before stays paused; a dump is
+read as it is). The page-table root is the kernel's own (init_top_pgt, found with the kernel in
+the guest's RAM by its banner) and the symbols are the SVM's /proc/kallsyms, which runs the same
+build: nothing is asked of the guest.`,
 		Args: cobra.ExactArgs(2),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if asString && !cmd.Flags().Changed("len") {
@@ -204,33 +182,31 @@ the guest's /proc/kallsyms, fetched once per kernel build and cached.`,
 			if length <= 0 || length > 1<<20 {
 				return fmt.Errorf("--len must be 1 to 1048576, not %d", length)
 			}
-			g, err := guest.Open(e.runDir, args[0])
-			if err != nil {
-				return err
-			}
 			if _, err := e.assets(); err != nil {
 				return err
 			}
 			ctx := cmd.Context()
-			// Symbols first: fetching them needs the guest running.
-			k, err := g.OpenKernel(ctx, e.cacheDir)
-			if err != nil {
-				return err
-			}
-			defer k.Close()
 			var data []byte
 			var text string
 			var addr uint64
-			err = paused(ctx, g, func() error {
+			read := func(syms *vmm.Symbols, virt *vmm.VirtView) error {
+				var ok bool
+				if addr, ok = syms.Addr(args[1]); !ok {
+					return fmt.Errorf("symbol %q not found in the guest kernel's kallsyms", args[1])
+				}
 				var err error
 				if asString {
-					text, addr, err = k.ReadSymbolString(args[1], length)
+					text, err = virt.ReadCString(addr, length)
 				} else {
-					data, addr, err = k.ReadSymbol(args[1], length)
+					data = make([]byte, length)
+					err = virt.Read(addr, data)
 				}
-				return err
-			})
-			if err != nil {
+				if err != nil {
+					return fmt.Errorf("read %s: %w", args[1], err)
+				}
+				return nil
+			}
+			if err := e.withKernelView(ctx, args[0], read); err != nil {
 				return err
 			}
 			switch {
@@ -255,28 +231,21 @@ the guest's /proc/kallsyms, fetched once per kernel build and cached.`,
 	return c
 }
 
-// paused runs fn with the guest paused and resumes it afterwards, also when fn fails or the user
-// interrupts: an inspection must never leave the guest stopped.
-func paused(ctx context.Context, g *guest.Guest, fn func() error) error {
-	if err := g.Pause(ctx); err != nil {
+// withKernelView runs fn on the named guest's kernel address space and symbols, with the guest
+// paused if it runs (see pausedTarget).
+func (e *env) withKernelView(ctx context.Context, name string, fn func(*vmm.Symbols, *vmm.VirtView) error) error {
+	t, kernel, err := e.openTarget(ctx, name)
+	if err != nil {
 		return err
 	}
-	// A signal arriving now is held until the guest runs again.
-	sig := make(chan os.Signal, 1)
-	signal.Notify(sig, os.Interrupt, syscall.SIGTERM)
-	defer signal.Stop(sig)
-	err := fn()
-	rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
-	defer cancel()
-	if rerr := g.Resume(rctx); rerr != nil && err == nil {
-		err = fmt.Errorf("resume guest: %w", rerr)
+	defer t.Close()
+	snap, syms, err := e.kernelFor(ctx, kernel, ramEnd(t))
+	if err != nil {
+		return err
 	}
-	select {
-	case s := <-sig:
-		if err == nil {
-			err = fmt.Errorf("interrupted by %v (the guest was resumed)", s)
-		}
-	default:
+	virt, err := bridge.KernelView(ctx, t, snap, syms)
+	if err != nil {
+		return err
 	}
-	return err
+	return pausedTarget(ctx, t, func() error { return fn(syms, virt) })
 }

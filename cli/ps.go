@@ -17,8 +17,6 @@ import (
 	"hybridbridge/guest"
 	"hybridbridge/inspect"
 	"hybridbridge/memo"
-	"hybridbridge/svm"
-	"hybridbridge/vmm"
 )
 
 // viewRun is one view computed against a guest: the session's counters for the summary line.
@@ -34,16 +32,22 @@ type viewRun struct {
 	mode     bridge.Mode
 	engine   bridge.EngineStats
 	vanished inspect.Vanished // what the view left out because it was gone when read
+	// ramCopied and ramTook are what making the guest's RAM mappable cost: nothing for our own
+	// guests (a shared file), a copy for an attached VM.
+	ramCopied uint64
+	ramTook   time.Duration
 }
 
-// inspectGuest attaches to a running guest (pausing it) in the engine mode of --mode, runs fn,
-// resumes the guest and saves the memo. The snapshot is built first if needed.
+// inspectGuest attaches to the named guest, ours or attached (pausing it if it runs), in the
+// engine mode of --mode, runs fn, resumes the guest and saves the memo. The snapshot is built
+// first if needed.
 func (e *env) inspectGuest(ctx context.Context, name, view string, fn func(*bridge.Session) error) (*viewRun, error) {
-	g, err := guest.Open(e.runDir, name)
+	t, kernel, err := e.openTarget(ctx, name)
 	if err != nil {
 		return nil, err
 	}
-	snap, syms, err := e.kernelOf(ctx, g)
+	defer t.Close()
+	snap, syms, err := e.kernelFor(ctx, kernel, ramEnd(t))
 	if err != nil {
 		return nil, err
 	}
@@ -60,13 +64,13 @@ func (e *env) inspectGuest(ctx context.Context, name, view string, fn func(*brid
 			return nil, err
 		}
 	}
-	s, err := bridge.AttachWith(ctx, g, snap, syms, bridge.Options{Mode: mode, Memo: mem, KVM: onKVM})
+	s, err := bridge.AttachTarget(ctx, t, snap, syms, bridge.Options{Mode: mode, Memo: mem, KVM: onKVM})
 	if err != nil {
 		return nil, err
 	}
 	s.View = view
 	ferr := fn(s)
-	run := &viewRun{name: view, elapsed: time.Since(start), mode: mode}
+	run := &viewRun{name: view, elapsed: time.Since(start), mode: mode, ramCopied: s.RAMCopied, ramTook: s.RAMTook}
 	run.syscalls, run.insns, run.window = s.Work()
 	run.globals, run.engine = s.Accesses(), s.Stats()
 	run.unknown = s.Globals.Unknown()
@@ -83,20 +87,6 @@ func (e *env) inspectGuest(ctx context.Context, name, view string, fn func(*brid
 		fmt.Fprintln(e.stderr, note)
 	}
 	return run, nil
-}
-
-// kernelOf returns what inspecting g needs: the SVM snapshot (built first if missing) and the
-// guest kernel's symbols (fetched once per kernel build).
-func (e *env) kernelOf(ctx context.Context, g *guest.Guest) (*svm.Snapshot, *vmm.Symbols, error) {
-	snap, err := e.snapshot(ctx)
-	if err != nil {
-		return nil, nil, err
-	}
-	syms, err := g.Symbols(ctx, e.cacheDir)
-	if err != nil {
-		return nil, nil, err
-	}
-	return snap, syms, nil
 }
 
 // stopOwned stops a guest this command booted, even when ctx is already cancelled.
@@ -117,6 +107,9 @@ func (r *viewRun) summary() string {
 		r.name, r.mode, r.syscalls, en.FastEngine, en.FastOps, en.FastTime.Round(time.Millisecond), en.Hits, en.Misses,
 		en.SlowOps, en.FallBacks, en.SlowTime.Round(time.Millisecond), r.insns,
 		r.globals.Redirect, r.globals.Local, r.globals.Unknown, r.memo, r.elapsed.Round(time.Millisecond))
+	if r.ramCopied > 0 {
+		s += fmt.Sprintf("; guest RAM copied for the SVM first: %d MiB read in %v", r.ramCopied>>20, r.ramTook.Round(time.Millisecond))
+	}
 	for _, ev := range en.Events {
 		s += fmt.Sprintf("\n  fall-back: %s at %s (%s) touching %s: %s; re-run under taint in %v",
 			ev.Syscall, ev.Symbol, ev.Disassembly, ev.Region, ev.Reason, ev.Latency.Round(time.Millisecond))

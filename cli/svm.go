@@ -11,6 +11,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"hybridbridge/bridge"
+	"hybridbridge/guest"
 	"hybridbridge/svm"
 )
 
@@ -27,18 +28,26 @@ system calls in kernel mode. The snapshot is built once per kernel build and cac
 }
 
 func (e *env) svmBuild() *cobra.Command {
-	var gvmMax string
+	var gvmMax, kernel string
 	var asJSON bool
 	c := &cobra.Command{
 		Use:   "build",
 		Short: "Boot the SVM under QEMU and capture its snapshot (replaces a cached one)",
-		Args:  cobra.NoArgs,
+		Long: `Boot the SVM under QEMU and capture its snapshot, replacing the cached one of the same kernel
+build. Views build it themselves when it is missing; this command rebuilds it on purpose, for
+larger guests (--gvm-max) or for another kernel build (--kernel: the bzImage a VM runs; one
+snapshot is cached per build).`,
+		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			mib, err := parseSize(gvmMax)
 			if err != nil {
 				return err
 			}
-			snap, err := e.buildSnapshot(cmd.Context(), mib)
+			a, err := e.kernelAssets(kernel)
+			if err != nil {
+				return err
+			}
+			snap, err := e.buildSnapshot(cmd.Context(), a, mib)
 			if err != nil {
 				return err
 			}
@@ -54,15 +63,13 @@ func (e *env) svmBuild() *cobra.Command {
 		},
 	}
 	c.Flags().StringVar(&gvmMax, "gvm-max", "1G", "largest guest memory the snapshot serves (128M to 2560M)")
+	c.Flags().StringVar(&kernel, "kernel", "", "the kernel build (a bzImage) to build it for (default: the one setup fetched)")
 	c.Flags().BoolVar(&asJSON, "json", false, "print the snapshot's metadata as JSON")
 	return c
 }
 
-func (e *env) buildSnapshot(ctx context.Context, gvmMaxMiB int) (*svm.Snapshot, error) {
-	a, err := e.assets()
-	if err != nil {
-		return nil, err
-	}
+// buildSnapshot builds the SVM snapshot of a's kernel, serving guests up to gvmMaxMiB.
+func (e *env) buildSnapshot(ctx context.Context, a *guest.Assets, gvmMaxMiB int) (*svm.Snapshot, error) {
 	report, done := progress(e.stderr)
 	defer done()
 	// The snapshot records the blocking entries so that a machine opened without the kernel's
@@ -71,28 +78,45 @@ func (e *env) buildSnapshot(ctx context.Context, gvmMaxMiB int) (*svm.Snapshot, 
 		KeepSymbols: bridge.BlockingEntries()})
 }
 
-// snapshot loads the cached snapshot, building it first when there is none or it was made for
-// another kernel or format. A corrupt snapshot is reported, not silently replaced.
+// defaultGVMMiB is the largest guest a snapshot built on demand serves, unless a bigger one
+// needs it.
+const defaultGVMMiB = 1024
+
+// snapshot loads the cached snapshot of the setup's kernel (see snapshotOf).
 func (e *env) snapshot(ctx context.Context) (*svm.Snapshot, error) {
 	a, err := e.assets()
 	if err != nil {
 		return nil, err
 	}
+	return e.snapshotOf(ctx, a, 0)
+}
+
+// snapshotOf loads the cached snapshot of a's kernel, building it first when there is none, it
+// was made for another kernel or format, or it serves guests smaller than ramEnd bytes (0: any
+// size). A corrupt snapshot is reported, not silently replaced.
+func (e *env) snapshotOf(ctx context.Context, a *guest.Assets, ramEnd uint64) (*svm.Snapshot, error) {
 	id, err := a.KernelID()
 	if err != nil {
 		return nil, err
 	}
+	need := max(defaultGVMMiB, int((ramEnd+mib-1)/mib))
 	snap, err := svm.Load(svm.SnapshotDir(e.cacheDir, id), id)
 	switch {
-	case err == nil:
+	case err == nil && snap.Layout.GVMMax >= ramEnd:
 		return snap, nil
+	case err == nil:
+		fmt.Fprintf(e.stderr, "building the SVM snapshot for %s again: it serves guests up to %d MiB, this one has RAM up to %d MiB\n",
+			a.Release, snap.Layout.GVMMax/mib, (ramEnd+mib-1)/mib)
+		return e.buildSnapshot(ctx, a, need)
 	case errors.Is(err, svm.ErrNoSnapshot), errors.Is(err, svm.ErrKernelMismatch), errors.Is(err, svm.ErrSnapshotFormat):
-		fmt.Fprintf(e.stderr, "building the SVM snapshot (%v)\n", firstLine(err))
-		return e.buildSnapshot(ctx, 1024)
+		fmt.Fprintf(e.stderr, "building the SVM snapshot for %s (%v)\n", a.Release, firstLine(err))
+		return e.buildSnapshot(ctx, a, need)
 	default:
 		return nil, err
 	}
 }
+
+const mib = 1 << 20
 
 func firstLine(err error) string {
 	s, _, _ := strings.Cut(err.Error(), "\n")

@@ -22,6 +22,14 @@ produces the files; then it resumes. One line of engine work goes to stderr, wit
 while it was read (a process that exited, a descriptor closed), which is left out. Any other
 failure to read fails the command: no records are printed.`
 
+// guestsHelp ends the help of every command that takes --guest.
+const guestsHelp = `
+
+--guest names a guest hybridbridge started or a VM attached with 'hybridbridge guest attach' (a
+QEMU process, a libvirt domain, a memory dump). A running VM is paused while it is read and
+resumed afterwards; one that was paused before stays paused, and a dump is read as it is. Nothing
+stays paused between commands.`
+
 // viewCommands are the commands of every view of inspect.Views but ps (psCommand).
 func (e *env) viewCommands() []*cobra.Command {
 	var out []*cobra.Command
@@ -44,7 +52,7 @@ func (e *env) viewCommand(v inspect.View, long, jsonUsage string) *cobra.Command
 	c := &cobra.Command{
 		Use:   v.Name,
 		Short: v.Short,
-		Long:  long,
+		Long:  long + guestsHelp,
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if v.PID && pid <= 0 {
@@ -68,7 +76,7 @@ func (e *env) viewCommand(v inspect.View, long, jsonUsage string) *cobra.Command
 			return printWhole(e.stdout, func(w io.Writer) error { return p.print(w, res) })
 		},
 	}
-	c.Flags().StringVar(&name, "guest", "demo", "the running guest to inspect")
+	c.Flags().StringVar(&name, "guest", "demo", "the guest to inspect: one hybridbridge started or an attached VM")
 	c.Flags().BoolVar(&asJSON, "json", false, jsonUsage)
 	if v.PID {
 		c.Flags().IntVar(&pid, "pid", 0, "the guest process (required)")

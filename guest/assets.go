@@ -1,11 +1,14 @@
 package guest
 
 import (
+	"bytes"
 	"crypto/sha256"
+	"encoding/binary"
 	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"os"
 	"path/filepath"
 	"strings"
@@ -86,6 +89,113 @@ func LoadAssets(cacheDir string) (*Assets, error) {
 		}
 	}
 	return a, nil
+}
+
+// ForKernel returns the assets with another build of the guest kernel, a bzImage: a VM someone
+// else started runs its own build, and the SVM must boot that same build. Its release comes from
+// the bzImage's own setup header. The setup's kernel modules belong to the setup's build, so the
+// result has none (the SVM image needs none; the demo image cannot be built from it). The same
+// file as the setup's kernel gives a itself.
+func (a *Assets) ForKernel(bzImage string) (*Assets, error) {
+	abs, err := filepath.Abs(bzImage)
+	if err != nil {
+		return nil, fmt.Errorf("kernel %s: %w", bzImage, err)
+	}
+	if same, err := sameFile(abs, a.Kernel); err != nil {
+		return nil, err
+	} else if same {
+		return a, nil
+	}
+	rel, err := KernelRelease(abs)
+	if err != nil {
+		return nil, err
+	}
+	b := *a
+	b.Kernel, b.Release, b.Modules = abs, rel, ""
+	return &b, nil
+}
+
+// sameFile reports whether two paths name one file; a missing first path is an error naming it.
+func sameFile(p, q string) (bool, error) {
+	pi, err := os.Stat(p)
+	if err != nil {
+		var pe *fs.PathError
+		if errors.As(err, &pe) {
+			err = pe.Err
+		}
+		return false, fmt.Errorf("kernel %s: %w", p, err)
+	}
+	qi, err := os.Stat(q)
+	if err != nil {
+		return false, nil
+	}
+	return os.SameFile(pi, qi), nil
+}
+
+// ErrNotBzImage means a file is not a Linux kernel in the x86 boot format (bzImage).
+var ErrNotBzImage = errors.New("not a Linux bzImage")
+
+// setupMax is the most a bzImage's setup code can take (setup_sects is one byte, plus the boot
+// sector): its kernel_version string lies inside it.
+const setupMax = (255 + 1) * 512
+
+// KernelRelease reads the release (e.g. 6.1.0-57-amd64) from a bzImage's setup header: the
+// first word of its kernel_version string.
+func KernelRelease(path string) (string, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return "", fmt.Errorf("kernel: %w", err)
+	}
+	defer f.Close()
+	head := make([]byte, setupMax)
+	n, err := io.ReadFull(f, head)
+	if err != nil && !errors.Is(err, io.ErrUnexpectedEOF) && !errors.Is(err, io.EOF) {
+		return "", fmt.Errorf("kernel %s: %w", path, err)
+	}
+	version, err := BzImageVersion(head[:n])
+	if err != nil {
+		return "", fmt.Errorf("kernel %s: %w", path, err)
+	}
+	return strings.Fields(version)[0], nil
+}
+
+// BzImageVersion returns the kernel_version string of a bzImage's setup header, given the file's
+// beginning (see the kernel's Documentation/arch/x86/boot.rst): setup_sects at 0x1f1 (0 means
+// 4), "HdrS" at 0x202, the boot protocol version at 0x206 (kernel_version exists from 2.00), and
+// at 0x20e the string's offset from 0x200, inside the setup code.
+func BzImageVersion(head []byte) (string, error) {
+	switch {
+	case len(head) >= 4 && string(head[:4]) == "\x7fELF":
+		return "", fmt.Errorf("%w: an ELF file (a vmlinux? name the compressed bzImage, e.g. /boot/vmlinuz-*)", ErrNotBzImage)
+	case len(head) < 0x210:
+		return "", fmt.Errorf("%w: %d bytes, too short for a setup header", ErrNotBzImage, len(head))
+	case string(head[0x202:0x206]) != "HdrS":
+		return "", fmt.Errorf("%w: no \"HdrS\" setup header signature at 0x202", ErrNotBzImage)
+	}
+	if proto := binary.LittleEndian.Uint16(head[0x206:]); proto < 0x200 {
+		return "", fmt.Errorf("%w: boot protocol %d.%02d is older than 2.00 and names no version", ErrNotBzImage, proto>>8, proto&0xff)
+	}
+	sects := int(head[0x1f1])
+	if sects == 0 {
+		sects = 4
+	}
+	if setup := (sects + 1) * 512; setup < len(head) {
+		head = head[:setup]
+	}
+	off := 0x200 + int(binary.LittleEndian.Uint16(head[0x20e:]))
+	if off <= 0x210 || off >= len(head) {
+		return "", fmt.Errorf("%w: kernel_version at %#x is outside the setup code (%d bytes read)", ErrNotBzImage, off, len(head))
+	}
+	s := head[off:]
+	end := bytes.IndexByte(s, 0)
+	if end < 0 {
+		return "", fmt.Errorf("%w: kernel_version at %#x has no end in the setup code", ErrNotBzImage, off)
+	}
+	version := string(s[:end])
+	if strings.TrimSpace(version) == "" || strings.ContainsFunc(version, func(r rune) bool { return r < 0x20 || r > 0x7e }) {
+		return "", fmt.Errorf("%w: kernel_version at %#x is not text", ErrNotBzImage, off)
+	}
+	return version, nil
 }
 
 // KernelID identifies the kernel build: the SHA-256 of vmlinuz, shortened. Caches that depend on

@@ -31,7 +31,7 @@ func (g *Guest) Memory() (*vmm.FileView, error) {
 // symbols/<kernel id>.kallsyms. Only the kernel image's symbols are cached: module addresses
 // depend on what a particular boot loaded.
 func (g *Guest) Symbols(ctx context.Context, cacheDir string) (*vmm.Symbols, error) {
-	path := filepath.Join(cacheDir, "symbols", g.Meta.KernelID+".kallsyms")
+	path := SymbolsPath(cacheDir, g.Meta.KernelID)
 	if syms, err := vmm.LoadSymbols(path); err == nil {
 		return syms, nil
 	}
@@ -67,6 +67,12 @@ func (g *Guest) Symbols(ctx context.Context, cacheDir string) (*vmm.Symbols, err
 		return nil, fmt.Errorf("cache kallsyms: %w", err)
 	}
 	return syms, nil
+}
+
+// SymbolsPath is where a kernel build's symbols are cached: the kernel image's lines of its
+// /proc/kallsyms (module lines depend on the boot and are left out).
+func SymbolsPath(cacheDir, kernelID string) string {
+	return filepath.Join(cacheDir, "symbols", kernelID+".kallsyms")
 }
 
 // Kernel is a guest's kernel address space, read from outside through its own page tables.

@@ -24,8 +24,11 @@ as_root() {
 
 # 1. Debian 12 packages.
 # qemu-system-x86 boots the guests; busybox-static fills their initramfs; gcc builds the cgo
-# binding; tmux drives the console in tests; xz-utils and zstd unpack .deb members.
-packages=(qemu-system-x86 busybox-static gcc libc6-dev tmux xz-utils zstd ca-certificates)
+# binding; tmux drives the console in tests; xz-utils and zstd unpack .deb members. The libvirt
+# packages run libvirt domains as targets (virsh and a libvirtd the tests start themselves: no
+# systemd needed).
+packages=(qemu-system-x86 busybox-static gcc libc6-dev tmux xz-utils zstd ca-certificates
+	libvirt-daemon-system libvirt-clients libvirt-daemon-driver-qemu)
 missing=()
 for p in "${packages[@]}"; do
 	dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")

@@ -171,6 +171,21 @@ func (u *unicornExec) hookTSC() error {
 			if s.clock {
 				tsc = m.opts.Clock.TSC()
 			}
+			if s.entry {
+				// Return the counter from the function: RAX, and the return address popped.
+				rsp, err := e.Reg(emu.RSP)
+				var ret uint64
+				if err == nil {
+					ret, err = m.virt.ReadUint64(rsp)
+				}
+				if err == nil {
+					err = e.SetRegs([]emu.Reg{emu.RAX, emu.RIP, emu.RSP}, []uint64{tsc, ret, rsp + 8})
+				}
+				if err != nil {
+					u.stop(ErrFault, "clock source "+m.opts.Clock.Func+": "+err.Error())
+				}
+				return
+			}
 			regs := []emu.Reg{emu.RAX, emu.RDX, emu.RIP}
 			vals := []uint64{tsc & 0xffffffff, tsc >> 32, s.next()}
 			if s.aux {

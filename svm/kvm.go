@@ -444,6 +444,17 @@ func (c *kvmCPU) halted(nr int) (bool, error) {
 		}
 		m.stats.TSCReads++
 		tsc := m.opts.Clock.TSC()
+		if h.tsc.entry {
+			ret, err := m.virt.ReadUint64(r.RSP)
+			if err != nil {
+				return false, c.kvmStop(ErrFault, nr, "clock source "+h.name+": return address: "+err.Error())
+			}
+			r.RAX, r.RIP, r.RSP = tsc, ret, r.RSP+8
+			if err := cpu.SetRegs(r); err != nil {
+				return false, fmt.Errorf("KVM_SET_REGS: %w", err)
+			}
+			return false, nil
+		}
 		r.RAX, r.RDX, r.RIP = tsc&0xffffffff, tsc>>32, h.tsc.next()
 		if h.tsc.aux {
 			r.RCX = 0

@@ -10,11 +10,15 @@ import (
 	"fmt"
 	"hash/crc32"
 	"io"
+	"io/fs"
 	"os"
 	"path/filepath"
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"hybridbridge/guest"
+	"hybridbridge/vmm"
 )
 
 const (
@@ -141,6 +145,21 @@ func (s *Snapshot) RAMPath() string { return filepath.Join(s.dir, ramFile) }
 // SnapshotDir is where the snapshot for a kernel lives in the cache.
 func SnapshotDir(cacheDir, kernelID string) string {
 	return filepath.Join(cacheDir, "svm", kernelID)
+}
+
+// KernelSymbols returns the kernel's symbols as the SVM's own /proc/kallsyms lists them: the
+// snapshot build's first boot caches them (guest.SymbolsPath), so no guest is ever asked for its
+// symbols. The guest runs the same build, and with the same layout the addresses are the same.
+func KernelSymbols(cacheDir string, snap *Snapshot) (*vmm.Symbols, error) {
+	path := guest.SymbolsPath(cacheDir, snap.KernelID)
+	syms, err := vmm.LoadSymbols(path)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil, fmt.Errorf("the SVM kernel's symbols are missing (%s); rebuild the snapshot: hybridbridge svm build", path)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("the SVM kernel's symbols: %w", err)
+	}
+	return syms, nil
 }
 
 // Load reads and checks a snapshot: format, version, the kernel it was built for, and the RAM

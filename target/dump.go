@@ -1,19 +1,24 @@
 // Package target abstracts what hybridbridge inspects: a source of guest-physical RAM, of the
 // guest's vCPU state and, for a live VM, of pause and resume.
 //
-// The one kind implemented here is a memory dump: the ELF core file that QEMU's
-// dump-guest-memory writes (and so `virsh dump --memory-only`). A dump is a guest frozen for
-// good, so it has RAM and vCPU state but nothing to pause or resume.
+// The kinds: a guest hybridbridge booted (Own), a running QEMU process reached by its QMP socket
+// or PID (Process), a libvirt domain (OpenLibvirt, a Process whose monitor is virsh), and a
+// memory dump: the ELF core file that QEMU's dump-guest-memory writes (and so `virsh dump
+// --memory-only`). A dump is a guest frozen for good, so it has RAM and vCPU state but nothing to
+// pause or resume.
 package target
 
 import (
 	"bytes"
+	"context"
 	"debug/elf"
 	"encoding/binary"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
 	"os"
+	"time"
 
 	"hybridbridge/vmm"
 )
@@ -313,4 +318,38 @@ func parseQEMUState(desc []byte) (CPUState, error) {
 		c.KernelGSBase, c.HasKernelGSBase = le.Uint64(desc[offKernelGSBase:]), true
 	}
 	return c, nil
+}
+
+// WriteDump makes QEMU write the guest's memory to path in the format OpenDump reads
+// (dump-guest-memory, paging off, ELF), detached so that the monitor stays free, and waits for
+// query-dump to report the end. Pause the guest first for one moment's memory.
+func WriteDump(ctx context.Context, m Monitor, path string) error {
+	args := map[string]any{"paging": false, "protocol": "file:" + path, "detach": true}
+	if _, err := m.Run(ctx, "dump-guest-memory", args); err != nil {
+		return fmt.Errorf("dump-guest-memory: %w", err)
+	}
+	for {
+		ret, err := m.Run(ctx, "query-dump", nil)
+		if err != nil {
+			return fmt.Errorf("query-dump: %w", err)
+		}
+		var st struct {
+			Status           string
+			Completed, Total uint64
+		}
+		if err := json.Unmarshal(ret, &st); err != nil {
+			return fmt.Errorf("query-dump: %w", err)
+		}
+		switch st.Status {
+		case "completed":
+			return nil
+		case "failed":
+			return fmt.Errorf("dump-guest-memory failed after %d of %d bytes", st.Completed, st.Total)
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("dump-guest-memory: %s after %d of %d bytes: %w", st.Status, st.Completed, st.Total, ctx.Err())
+		case <-time.After(20 * time.Millisecond):
+		}
+	}
 }

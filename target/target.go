@@ -71,14 +71,27 @@ type RAM struct {
 	Took time.Duration
 }
 
-// End returns the first guest-physical address after the last RAM range.
-func (r *RAM) End() uint64 {
+// End returns the first guest-physical address after the guest's RAM (RAMEnd).
+func (r *RAM) End() uint64 { return RAMEnd(r.Ranges) }
+
+// ioHole is where the 32-bit PCI hole starts on QEMU's pc machine (q35's starts lower): from there
+// to 4 GiB there is no RAM, only firmware and device memory, which dumps include (pc.bios at
+// 0xfffc0000).
+const ioHole = 0xe0000000
+
+// RAMEnd is the first guest-physical address after the RAM among ranges: how large a guest the
+// SVM must serve. Ranges inside the 32-bit I/O hole are not RAM and are left out.
+func RAMEnd(ranges []vmm.PhysRange) uint64 {
 	var end uint64
-	for _, g := range r.Ranges {
-		end = max(end, g.End())
+	for _, r := range ranges {
+		if !inIOHole(r) {
+			end = max(end, r.End())
+		}
 	}
 	return end
 }
+
+func inIOHole(r vmm.PhysRange) bool { return r.GuestPhys >= ioHole && r.End() <= 1<<32 }
 
 // Close closes the file.
 func (r *RAM) Close() error {
@@ -119,7 +132,8 @@ func (d *Dump) RAM(ctx context.Context) (*RAM, error) {
 	})
 }
 
-// copyRAM builds a RAM file from ranges read by read, in chunks; all-zero pages are left as holes.
+// copyRAM builds a RAM file from ranges read by read, in chunks; all-zero pages are left as holes,
+// and ranges in the I/O hole (firmware) are left out.
 func copyRAM(ctx context.Context, name string, ranges []vmm.PhysRange, read func(pa uint64, buf []byte) error) (*RAM, error) {
 	start := time.Now()
 	f, err := memFile(name)
@@ -129,6 +143,9 @@ func copyRAM(ctx context.Context, name string, ranges []vmm.PhysRange, read func
 	out := &RAM{File: f}
 	buf := make([]byte, copyChunk)
 	for _, r := range ranges {
+		if inIOHole(r) {
+			continue // firmware, not RAM (see RAMEnd)
+		}
 		if err := ctx.Err(); err != nil {
 			f.Close()
 			return nil, err

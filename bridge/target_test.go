@@ -1,0 +1,259 @@
+package bridge
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"path/filepath"
+	"reflect"
+	"sync"
+	"testing"
+	"time"
+
+	"hybridbridge/inspect"
+	"hybridbridge/internal/plainvm"
+	"hybridbridge/target"
+	"hybridbridge/vmm"
+)
+
+// plain is a VM started from a plain QEMU command line, standing for one hybridbridge did not
+// start: anonymous RAM, two vCPUs, QEMU's default CPU model, and the kernel's default arguments
+// (PTI forced on) but for nokaslr. It boots on first use and serves the package's target tests.
+var plain struct {
+	once sync.Once
+	vm   *plainvm.VM
+	dir  string
+	err  error
+}
+
+func bootPlain() {
+	plain.dir, plain.err = os.MkdirTemp("", "hbbridge-plain")
+	if plain.err != nil {
+		return
+	}
+	demoImg, err := plainvm.DemoImage()
+	if err != nil {
+		plain.err = err
+		return
+	}
+	dir := plain.dir
+	args := []string{
+		"-machine", "pc", "-accel", "tcg", "-m", "256M", "-smp", "2",
+		"-kernel", demoImg.Kernel, "-initrd", demoImg.Initrd,
+		"-append", "console=ttyS0 nokaslr panic=-1 pti=on",
+		"-nodefaults", "-display", "none", "-no-reboot",
+		"-serial", "file:" + filepath.Join(dir, "console.log"),
+		"-chardev", "socket,id=cmd,path=" + filepath.Join(dir, "cmd.sock") + ",server=on,wait=off",
+		"-serial", "chardev:cmd",
+		"-qmp", "unix:" + filepath.Join(dir, "qmp.sock") + ",server=on,wait=off",
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
+	defer cancel()
+	if plain.vm, plain.err = plainvm.Start(ctx, dir, args, plainvm.Options{}); plain.err != nil {
+		return
+	}
+	plain.err = plain.vm.WaitReady(ctx, 0)
+}
+
+// stopPlain stops the plain VM if a test booted it.
+func stopPlain() {
+	if plain.vm != nil {
+		plain.vm.Stop()
+	}
+	if plain.dir != "" {
+		os.RemoveAll(plain.dir)
+	}
+}
+
+// needPlain returns the plain VM, running: a test that stopped between a pause and its resume
+// must not leave it paused for the next.
+func needPlain(t *testing.T) (context.Context, *plainvm.VM) {
+	t.Helper()
+	ctx := need(t)
+	plain.once.Do(bootPlain)
+	if plain.err != nil {
+		t.Fatalf("plain VM: %v", plain.err)
+	}
+	t.Cleanup(func() {
+		rctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		tg, err := target.OpenQMP(rctx, plain.vm.QMPSocket)
+		if err != nil {
+			t.Errorf("plain VM after the test: %v", err)
+			return
+		}
+		defer tg.Close()
+		if st, err := tg.State(rctx); err != nil {
+			t.Errorf("plain VM after the test: %v", err)
+		} else if st == target.Paused {
+			t.Log("the test left the plain VM paused; resumed it")
+			if err := tg.Resume(rctx); err != nil {
+				t.Error(err)
+			}
+		}
+	})
+	return ctx, plain.vm
+}
+
+// attachedViews is what one attach of a target read.
+type attachedViews struct {
+	views  *viewSet
+	log    []inspect.LogLine
+	oracle *oracleViews
+}
+
+// readAttached attaches t, reads every view and the oracle's, and closes the session.
+func readAttached(ctx context.Context, tg target.Target, self int, o Options) (*attachedViews, *Session, error) {
+	s, err := AttachTarget(ctx, tg, snap, syms, o)
+	if err != nil {
+		return nil, nil, err
+	}
+	a := &attachedViews{}
+	a.views, err = readViews(s, self)
+	if err == nil {
+		a.log, _, err = inspect.KernelLogView.ReadTyped(s, 0)
+	}
+	if err == nil {
+		a.oracle, err = readOracleViews(s)
+	}
+	if cerr := s.Close(ctx); err == nil {
+		err = cerr
+	}
+	if err == nil && len(s.Globals.Unknown()) > 0 {
+		err = fmt.Errorf("globals in neither list were used: %v", s.Globals.Unknown())
+	}
+	return a, s, err
+}
+
+// TestAttachedVMMatchesItsTools attaches the plain VM three ways — by its QMP socket while it
+// runs, by its PID while it is paused (the QMP socket found on its command line), and by PID with
+// no monitor at all (RAM found in QEMU's mappings, paused by signals) — and compares every view
+// with the guest's own files and tools each time. A VM that ran comes back running; one that
+// was paused stays paused, with its memory unchanged.
+func TestAttachedVMMatchesItsTools(t *testing.T) {
+	ctx, vm := needPlain(t)
+	for _, c := range []struct {
+		name         string
+		open         func(ctx context.Context) (target.Target, error)
+		pausedBefore bool
+	}{
+		{"qmp", func(ctx context.Context) (target.Target, error) { return target.OpenQMP(ctx, vm.QMPSocket) }, false},
+		{"pid", func(ctx context.Context) (target.Target, error) { return target.OpenPID(ctx, vm.PID) }, true},
+		{"pid-without-monitor", func(ctx context.Context) (target.Target, error) {
+			return target.NewProcess(ctx, vm.PID, target.ProcessOptions{Name: fmt.Sprintf("QEMU pid %d without a monitor", vm.PID), Kind: target.KindPID})
+		}, false},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			queueSocketsIn(t, ctx, vm)
+			want, wantLog, self := viewTruth(t, ctx, vm)
+			tools := runToolsIn(t, ctx, vm)
+			tg, err := c.open(ctx)
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(func() { tg.Close() })
+			var before string
+			if c.pausedBefore {
+				if err := PauseSettled(ctx, tg, snap, syms); err != nil {
+					t.Fatal(err)
+				}
+				// Before the workload's cleanups, which need the VM running, if the test stops.
+				t.Cleanup(func() { tg.Resume(context.WithoutCancel(ctx)) })
+				if before, err = vmm.Hash(ctx, tg.Phys()); err != nil {
+					t.Fatal(err)
+				}
+			}
+			start := time.Now()
+			got, s, err := readAttached(ctx, tg, self, Options{Mode: ModeSlow})
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Logf("%s: attached and read every view in %v; RAM copied %d MiB in %v", tg.Name(),
+				time.Since(start).Round(time.Millisecond), s.RAMCopied>>20, s.RAMTook.Round(time.Millisecond))
+			st, err := tg.State(ctx)
+			switch {
+			case err != nil:
+				t.Fatal(err)
+			case c.pausedBefore && st != target.Paused:
+				t.Errorf("a VM paused before attach is %s after", st)
+			case !c.pausedBefore && st != target.Running:
+				t.Errorf("a running VM is %s after the session", st)
+			}
+			if c.pausedBefore {
+				after, err := vmm.Hash(ctx, tg.Phys())
+				if err != nil {
+					t.Fatal(err)
+				}
+				if after != before {
+					t.Errorf("the VM's memory changed during inspection: %s -> %s", before, after)
+				}
+				if err := tg.Resume(ctx); err != nil {
+					t.Fatal(err)
+				}
+			}
+			compareViews(t, got.views, want, got.log, wantLog)
+			compareWithTools(t, got.oracle, tools)
+			if _, err := vm.Exec(ctx, "true"); err != nil {
+				t.Errorf("the VM does not answer after detach: %v", err)
+			}
+		})
+	}
+}
+
+// TestDumpEqualsLiveVM: a dump taken of the paused VM gives the same views as the live VM at that
+// moment, field by field.
+func TestDumpEqualsLiveVM(t *testing.T) {
+	ctx, vm := needPlain(t)
+	tg, err := target.OpenQMP(ctx, vm.QMPSocket)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tg.Close()
+	if err := PauseSettled(ctx, tg, snap, syms); err != nil {
+		t.Fatal(err)
+	}
+	path := filepath.Join(t.TempDir(), "vm.elf")
+	start := time.Now()
+	if err := dumpVM(ctx, tg, path); err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("dump-guest-memory: %v", time.Since(start).Round(time.Millisecond))
+	live, _, err := readAttached(ctx, tg, 0, Options{Mode: ModeSlow})
+	if err != nil {
+		t.Fatal(err)
+	}
+	d, err := target.OpenDump(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer d.Close()
+	start = time.Now()
+	dumped, s, err := readAttached(ctx, d, 0, Options{Mode: ModeSlow})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("dump: attached and read every view in %v; RAM copied %d MiB in %v",
+		time.Since(start).Round(time.Millisecond), s.RAMCopied>>20, s.RAMTook.Round(time.Millisecond))
+	if err := tg.Resume(ctx); err != nil {
+		t.Fatal(err)
+	}
+	for name, pair := range map[string][2]any{
+		"views": {live.views, dumped.views}, "kernel log": {live.log, dumped.log}, "oracle views": {live.oracle, dumped.oracle},
+	} {
+		if !reflect.DeepEqual(pair[0], pair[1]) {
+			t.Errorf("%s differ between the live VM and its dump:\n live %+v\n dump %+v", name, pair[0], pair[1])
+		}
+	}
+	if n := len(live.views.Comm); n < 20 {
+		t.Errorf("only %d processes: the comparison proves little", n)
+	}
+}
+
+// dumpVM writes a paused VM's memory with QMP dump-guest-memory, through the target's own
+// monitor (QEMU serves one QMP client at a time).
+func dumpVM(ctx context.Context, tg *target.Process, path string) error {
+	if tg.Monitor() == nil {
+		return fmt.Errorf("%s has no monitor", tg.Name())
+	}
+	return target.WriteDump(ctx, tg.Monitor(), path)
+}
