@@ -20,6 +20,7 @@ const (
 	SysUname        = 63
 	SysReadlink     = 89
 	SysSysinfo      = 99
+	SysTime         = 201
 	SysGetuid       = 102
 	SysGetppid      = 110
 	SysGetdents64   = 217
@@ -37,7 +38,7 @@ var allowed = map[int]bool{
 	SysRead: true, SysClose: true, SysFstat: true, SysLseek: true, SysPread64: true,
 	SysNanosleep: true, SysGetpid: true, SysUname: true, SysReadlink: true, SysSysinfo: true,
 	SysGetuid: true, SysGetppid: true, SysGetdents64: true, SysClockGettime: true,
-	SysOpenat: true, SysNewfstatat: true, SysReadlinkat: true, SysPipe2: true,
+	SysOpenat: true, SysNewfstatat: true, SysReadlinkat: true, SysPipe2: true, SysTime: true,
 }
 
 var syscallNames = map[int]string{
@@ -45,7 +46,7 @@ var syscallNames = map[int]string{
 	SysNanosleep: "nanosleep", SysGetpid: "getpid", SysUname: "uname", SysReadlink: "readlink",
 	SysSysinfo: "sysinfo", SysGetuid: "getuid", SysGetppid: "getppid", SysGetdents64: "getdents64",
 	SysClockGettime: "clock_gettime", SysOpenat: "openat", SysNewfstatat: "newfstatat",
-	SysReadlinkat: "readlinkat", SysPipe2: "pipe2",
+	SysReadlinkat: "readlinkat", SysPipe2: "pipe2", SysTime: "time",
 }
 
 // SyscallName names a system call number.
