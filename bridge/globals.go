@@ -87,7 +87,9 @@ var redirectInList = map[string][]string{
 	// per_cpu(var, cpu) for another CPU adds __per_cpu_offset[cpu]: views summing per-CPU
 	// counters must add the guest's offsets (its per-CPU areas, in its RAM); the SVM's allocator
 	// and scheduler, its own.
-	"__per_cpu_offset": {"uptime_proc_show", "get_idle_time", "get_cpu_idle_time_us", "nr_running",
+	// kcpustat_cpu_fetch: a guest ticking periodically (no NOHZ: e.g. no ACPI timer, TSC
+	// unstable) counts its idle time in each CPU's kernel_cpustat, read there, not inlined.
+	"__per_cpu_offset": {"uptime_proc_show", "kcpustat_cpu_fetch", "get_idle_time", "get_cpu_idle_time_us", "nr_running",
 		"meminfo_proc_show", "si_mem_available", "si_meminfo", "vm_events_fold_cpu", "show_stat",
 		// percpu_counter_sum of a guest counter (vm_committed_as in /proc/meminfo). The SVM's own
 		// per-CPU counters are not summed by the system calls the views make.

@@ -3,10 +3,7 @@ package target
 import (
 	"bytes"
 	"context"
-	"encoding/xml"
 	"errors"
-	"fmt"
-	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -20,14 +17,6 @@ import (
 	"hybridbridge/internal/testenv"
 	"hybridbridge/vmm"
 )
-
-// libvirtDomain is a transient domain booted from the demo image for the libvirt tests.
-type libvirtDomain struct {
-	name     string
-	dir      string // world-traversable: kernel, initrd, console log, command channel socket
-	uri      string
-	bootTook time.Duration
-}
 
 // TestLibvirt boots one libvirt domain (the slow part, ~15 s under TCG) and inspects it through
 // OpenLibvirt the way an analyst's domain would be.
@@ -48,25 +37,24 @@ func TestLibvirt(t *testing.T) {
 	t.Logf("libvirt daemons: started %v, ready in %v", d.Started, d.Took.Round(time.Millisecond))
 	// OpenLibvirt connects where virsh would by default; the test's domain is on the system daemon.
 	t.Setenv("LIBVIRT_DEFAULT_URI", d.URI)
-	reapStaleDomains(ctx, t, d.URI)
 
-	dom := bootDomain(ctx, t, d.URI)
-	t.Logf("domain %s booted and answering in %v", dom.name, dom.bootTook.Round(time.Millisecond))
+	dom := bootDomain(ctx, t, d)
+	t.Logf("domain %s booted and answering in %v", dom.Name, dom.BootTook.Round(time.Millisecond))
 
-	tg, err := OpenLibvirt(ctx, dom.name)
+	tg, err := OpenLibvirt(ctx, dom.Name)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer tg.Close()
 
 	t.Run("Identity", func(t *testing.T) {
-		if got, want := tg.Name(), "libvirt domain "+dom.name; got != want {
+		if got, want := tg.Name(), "libvirt domain "+dom.Name; got != want {
 			t.Errorf("Name = %q, want %q", got, want)
 		}
 		if tg.Kind() != KindLibvirt {
 			t.Errorf("Kind = %q", tg.Kind())
 		}
-		b, err := os.ReadFile(filepath.Join("/run/libvirt/qemu", dom.name+".pid"))
+		b, err := os.ReadFile(filepath.Join("/run/libvirt/qemu", dom.Name+".pid"))
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -78,7 +66,7 @@ func TestLibvirt(t *testing.T) {
 
 	t.Run("ByID", func(t *testing.T) {
 		// A domain named by id has no pidfile of that name: QEMU's vCPU threads lead to it.
-		id := strings.TrimSpace(virshRun(ctx, t, dom.uri, "domid", dom.name))
+		id := strings.TrimSpace(virshRun(ctx, t, dom.URI, "domid", dom.Name))
 		byID, err := OpenLibvirt(ctx, id)
 		if err != nil {
 			t.Fatal(err)
@@ -90,7 +78,7 @@ func TestLibvirt(t *testing.T) {
 	})
 
 	t.Run("Monitor", func(t *testing.T) {
-		v, err := newVirsh(dom.name)
+		v, err := newVirsh(dom.Name)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -145,14 +133,14 @@ func TestLibvirt(t *testing.T) {
 	})
 
 	t.Run("PauseResumeSuspended", func(t *testing.T) {
-		virshRun(ctx, t, dom.uri, "suspend", dom.name)
-		defer virshRun(ctx, t, dom.uri, "resume", dom.name)
+		virshRun(ctx, t, dom.URI, "suspend", dom.Name)
+		defer virshRun(ctx, t, dom.URI, "resume", dom.Name)
 		checkPauseResume(ctx, t, tg, dom, "paused")
 	})
 
 	t.Run("RAMEqualsDump", func(t *testing.T) {
-		virshRun(ctx, t, dom.uri, "suspend", dom.name)
-		defer virshRun(ctx, t, dom.uri, "resume", dom.name)
+		virshRun(ctx, t, dom.URI, "suspend", dom.Name)
+		defer virshRun(ctx, t, dom.URI, "resume", dom.Name)
 
 		start := time.Now()
 		ram, err := tg.RAM(ctx)
@@ -167,9 +155,9 @@ func TestLibvirt(t *testing.T) {
 			t.Fatal(err)
 		}
 
-		path := filepath.Join(dom.dir, "dump.elf")
+		path := filepath.Join(dom.Dir, "dump.elf")
 		start = time.Now()
-		virshRun(ctx, t, dom.uri, "dump", "--memory-only", "--format", "elf", dom.name, path)
+		virshRun(ctx, t, dom.URI, "dump", "--memory-only", "--format", "elf", dom.Name, path)
 		t.Logf("virsh dump --memory-only: %v", time.Since(start).Round(time.Millisecond))
 		if st := domState(ctx, t, dom); st != "paused" {
 			t.Errorf("after virsh dump the domain is %s, want paused", st)
@@ -202,7 +190,7 @@ func TestLibvirt(t *testing.T) {
 	})
 
 	t.Run("NoSuchDomain", func(t *testing.T) {
-		name := dom.name + "-nosuch"
+		name := dom.Name + "-nosuch"
 		_, err := OpenLibvirt(ctx, name)
 		if err == nil {
 			t.Fatalf("OpenLibvirt(%q) succeeded", name)
@@ -219,7 +207,7 @@ func TestLibvirt(t *testing.T) {
 
 // checkPauseResume pauses and resumes through the target and checks that the domain ends as it
 // began: the target's Resume undoes only its own Pause.
-func checkPauseResume(ctx context.Context, t *testing.T, tg Target, dom *libvirtDomain, want string) {
+func checkPauseResume(ctx context.Context, t *testing.T, tg Target, dom *libvirtd.Domain, want string) {
 	t.Helper()
 	if st := domState(ctx, t, dom); st != want {
 		t.Fatalf("domain is %s before the test, want %s", st, want)
@@ -267,9 +255,9 @@ func compareRanges(t *testing.T, ranges []vmm.PhysRange, ram, dump vmm.PhysView)
 	}
 }
 
-// bootDomain creates a transient domain running the demo image and waits until its command
-// channel answers. The domain is destroyed when the test ends.
-func bootDomain(ctx context.Context, t *testing.T, uri string) *libvirtDomain {
+// bootDomain boots the demo image as a libvirt domain on d's daemon; it is destroyed when the
+// test ends.
+func bootDomain(ctx context.Context, t *testing.T, d *libvirtd.Daemons) *libvirtd.Domain {
 	t.Helper()
 	if cacheDir == "" {
 		t.Fatalf("no cache folder: %v", setupErr)
@@ -282,132 +270,21 @@ func bootDomain(ctx context.Context, t *testing.T, uri string) *libvirtDomain {
 	if err != nil {
 		t.Fatal(err)
 	}
-	// libvirt runs QEMU as libvirt-qemu and chowns the kernel and initrd to it while the domain
-	// runs: they must be copies in a folder that user can reach.
-	dir, err := os.MkdirTemp("", "hbtarget-libvirt")
+	dom, err := libvirtd.StartDemoDomain(ctx, d, libvirtd.DemoOptions{Kernel: img.Kernel, Initrd: img.Path, Logf: t.Logf})
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { os.RemoveAll(dir) })
-	if err := os.Chmod(dir, 0o755); err != nil {
-		t.Fatal(err)
-	}
-	for _, f := range []struct{ from, to string }{{img.Kernel, "vmlinuz"}, {img.Path, "initrd"}} {
-		if err := copyFile(f.from, filepath.Join(dir, f.to), 0o644); err != nil {
-			t.Fatal(err)
-		}
-	}
-	dom := &libvirtDomain{name: fmt.Sprintf("hbtest-%d", os.Getpid()), dir: dir, uri: uri}
-	xmlPath := filepath.Join(dir, "domain.xml")
-	if err := os.WriteFile(xmlPath, []byte(dom.xml()), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	start := time.Now()
-	virshRun(ctx, t, uri, "create", xmlPath)
 	t.Cleanup(func() {
-		cctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-		defer cancel()
-		if out, err := exec.CommandContext(cctx, "virsh", "-q", "-c", uri, "destroy", dom.name).CombinedOutput(); err != nil {
-			t.Errorf("virsh destroy %s: %v: %s", dom.name, err, out)
+		if err := dom.Destroy(); err != nil {
+			t.Error(err)
 		}
-		// Each run's domain has a name of its own: its log would pile up.
-		os.Remove(filepath.Join("/var/log/libvirt/qemu", dom.name+".log"))
 	})
-	if err := dom.waitReady(ctx); err != nil {
-		t.Fatalf("domain %s: %v\nconsole:\n%s", dom.name, err, tailFile(filepath.Join(dir, "console.log"), 15))
-	}
-	dom.bootTook = time.Since(start)
 	return dom
 }
 
-// xml is the domain's definition: the demo guest laid out as guest.Start lays out its own QEMU
-// (console on the first serial port, the command channel on the second), under TCG since libvirt
-// would otherwise pick KVM wherever /dev/kvm exists.
-func (d *libvirtDomain) xml() string {
-	esc := func(s string) string {
-		var b strings.Builder
-		_ = xml.EscapeText(&b, []byte(s))
-		return b.String()
-	}
-	return `<domain type='qemu'>
-  <name>` + esc(d.name) + `</name>
-  <memory unit='MiB'>256</memory>
-  <vcpu>2</vcpu>
-  <os>
-    <type arch='x86_64' machine='pc'>hvm</type>
-    <kernel>` + esc(filepath.Join(d.dir, "vmlinuz")) + `</kernel>
-    <initrd>` + esc(filepath.Join(d.dir, "initrd")) + `</initrd>
-    <cmdline>console=ttyS0 nokaslr panic=-1</cmdline>
-  </os>
-  <on_poweroff>destroy</on_poweroff>
-  <on_reboot>destroy</on_reboot>
-  <on_crash>destroy</on_crash>
-  <devices>
-    <serial type='file'>
-      <source path='` + esc(filepath.Join(d.dir, "console.log")) + `'/>
-      <target port='0'/>
-    </serial>
-    <serial type='unix'>
-      <source mode='bind' path='` + esc(filepath.Join(d.dir, "cmd.sock")) + `'/>
-      <target port='1'/>
-    </serial>
-    <memballoon model='none'/>
-  </devices>
-</domain>
-`
-}
-
-// waitReady polls the command channel until the guest runs a command: the demo image answers
-// only once its workload is up.
-func (d *libvirtDomain) waitReady(ctx context.Context) error {
-	ctx, cancel := context.WithTimeout(ctx, 2*time.Minute)
-	defer cancel()
-	var ch *guest.Channel
-	defer func() {
-		if ch != nil {
-			ch.Close()
-		}
-	}()
-	var last error
-	for {
-		if ch == nil {
-			ch, last = guest.DialChannel(ctx, filepath.Join(d.dir, "cmd.sock"))
-		}
-		if ch != nil {
-			pctx, pcancel := context.WithTimeout(ctx, 500*time.Millisecond)
-			res, err := ch.Exec(pctx, "true")
-			pcancel()
-			if err == nil && res.Status == 0 {
-				return nil
-			}
-			last = err
-		}
-		select {
-		case <-ctx.Done():
-			return fmt.Errorf("command channel did not answer: %v", last)
-		case <-time.After(100 * time.Millisecond):
-		}
-	}
-}
-
-// reapStaleDomains destroys test domains whose test process has died, so that a crashed run does
-// not leave a VM running for good.
-func reapStaleDomains(ctx context.Context, t *testing.T, uri string) {
+func domState(ctx context.Context, t *testing.T, d *libvirtd.Domain) string {
 	t.Helper()
-	out := virshRun(ctx, t, uri, "list", "--name")
-	for _, name := range strings.Fields(out) {
-		pid, err := strconv.Atoi(strings.TrimPrefix(name, "hbtest-"))
-		if err != nil || !strings.HasPrefix(name, "hbtest-") || processExists(pid) {
-			continue
-		}
-		t.Logf("destroying %s, left by a test process that is gone", name)
-		virshRun(ctx, t, uri, "destroy", name)
-	}
-}
-
-func domState(ctx context.Context, t *testing.T, d *libvirtDomain) string {
-	t.Helper()
-	return strings.TrimSpace(virshRun(ctx, t, d.uri, "domstate", d.name))
+	return strings.TrimSpace(virshRun(ctx, t, d.URI, "domstate", d.Name))
 }
 
 // virshRun runs virsh and fails the test with its message if it fails.
@@ -421,36 +298,6 @@ func virshRun(ctx context.Context, t *testing.T, uri string, args ...string) str
 		t.Fatalf("virsh %s: %v: %s", strings.Join(args, " "), err, strings.TrimSpace(stderr.String()))
 	}
 	return string(out)
-}
-
-func copyFile(from, to string, perm os.FileMode) error {
-	src, err := os.Open(from)
-	if err != nil {
-		return err
-	}
-	defer src.Close()
-	dst, err := os.OpenFile(to, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, perm)
-	if err != nil {
-		return err
-	}
-	if _, err := io.Copy(dst, src); err != nil {
-		dst.Close()
-		return fmt.Errorf("copy %s: %w", from, err)
-	}
-	if err := dst.Close(); err != nil {
-		return err
-	}
-	// The umask may have narrowed perm.
-	return os.Chmod(to, perm)
-}
-
-func tailFile(path string, n int) string {
-	b, err := os.ReadFile(path)
-	if err != nil {
-		return "(" + err.Error() + ")"
-	}
-	lines := strings.Split(strings.TrimRight(string(b), "\n"), "\n")
-	return strings.Join(lines[max(0, len(lines)-n):], "\n")
 }
 
 func TestVirshMessage(t *testing.T) {

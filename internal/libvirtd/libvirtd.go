@@ -12,6 +12,9 @@
 // and whoever ends the last use (nobody else holds the shared lock) stops the daemons the marker
 // names, if they are still the ones running. A test process that died without stopping them is
 // cleaned up after by the next one that ends.
+//
+// StartDemoDomain boots the demo image as a transient domain on those daemons, for tests that
+// inspect a VM the way an analyst's libvirt domain would be inspected.
 package libvirtd
 
 import (

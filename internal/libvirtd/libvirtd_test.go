@@ -2,8 +2,10 @@ package libvirtd
 
 import (
 	"context"
+	"encoding/xml"
 	"os"
 	"os/exec"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -125,5 +127,60 @@ func TestLogErrors(t *testing.T) {
 	want := " (libvirtd logged: Failed to acquire pid file '/run/libvirtd.pid': Resource temporarily unavailable)"
 	if got := logErrors(dm); got != want {
 		t.Errorf("logErrors = %q, want %q", got, want)
+	}
+}
+
+// TestDemoDomainXML checks the definition libvirt is given: what the tests rely on (TCG, 256 MiB,
+// 2 vCPUs, KASLR off, the serial layout the demo image expects) and that paths are escaped.
+func TestDemoDomainXML(t *testing.T) {
+	d := &Domain{Name: "hbtest-1", Dir: "/tmp/a&b", Channel: "/tmp/a&b/cmd.sock", Console: "/tmp/a&b/console.log"}
+	var def struct {
+		Type   string `xml:"type,attr"`
+		Name   string `xml:"name"`
+		Memory struct {
+			Unit  string `xml:"unit,attr"`
+			Value int    `xml:",chardata"`
+		} `xml:"memory"`
+		VCPU int `xml:"vcpu"`
+		OS   struct {
+			Kernel  string `xml:"kernel"`
+			Initrd  string `xml:"initrd"`
+			Cmdline string `xml:"cmdline"`
+		} `xml:"os"`
+		Serials []struct {
+			Type   string `xml:"type,attr"`
+			Source struct {
+				Path string `xml:"path,attr"`
+			} `xml:"source"`
+			Target struct {
+				Port int `xml:"port,attr"`
+			} `xml:"target"`
+		} `xml:"devices>serial"`
+	}
+	if err := xml.Unmarshal([]byte(d.xml()), &def); err != nil {
+		t.Fatal(err)
+	}
+	if def.Type != "qemu" || def.Name != d.Name || def.Memory.Unit != "MiB" || def.Memory.Value != 256 || def.VCPU != 2 {
+		t.Errorf("domain %+v", def)
+	}
+	if def.OS.Cmdline != "console=ttyS0 nokaslr panic=-1" || def.OS.Kernel != d.Dir+"/vmlinuz" || def.OS.Initrd != d.Dir+"/initrd" {
+		t.Errorf("os %+v", def.OS)
+	}
+	if len(def.Serials) != 2 || def.Serials[0].Source.Path != d.Console || def.Serials[0].Target.Port != 0 ||
+		def.Serials[1].Type != "unix" || def.Serials[1].Source.Path != d.Channel || def.Serials[1].Target.Port != 1 {
+		t.Errorf("serial ports %+v", def.Serials)
+	}
+}
+
+func TestStale(t *testing.T) {
+	for name, want := range map[string]bool{
+		domainPrefix + strconv.Itoa(os.Getpid()): false,
+		domainPrefix + strconv.Itoa(1<<22+1):     true, // above pid_max: no such process
+		domainPrefix + "x":                       false,
+		"hbother-" + strconv.Itoa(1<<22+1):       false,
+	} {
+		if got := stale(name); got != want {
+			t.Errorf("stale(%q) = %v, want %v", name, got, want)
+		}
 	}
 }
