@@ -24,6 +24,10 @@ import (
 // ErrKernelMismatch means the guest does not run the SVM snapshot's kernel build.
 var ErrKernelMismatch = errors.New("the guest runs another kernel build than the SVM")
 
+// ErrLayoutMismatch means the guest runs the SVM's kernel build, but KASLR placed it elsewhere
+// than the SVM's: pointers in its memory would not mean the same in the SVM.
+var ErrLayoutMismatch = errors.New("the guest's kernel layout is not the SVM's")
+
 // Session is one inspection: the guest paused and overlaid into an SVM machine. Close resumes
 // the guest if the session paused it.
 type Session struct {

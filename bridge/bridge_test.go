@@ -63,6 +63,7 @@ func TestMain(m *testing.M) {
 			defer demo.Stop(context.Background())
 		}
 		defer stopPlain()
+		defer stopKASLR()
 		return m.Run()
 	}()
 	os.Exit(code)

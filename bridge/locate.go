@@ -21,7 +21,28 @@ type kernelPlace struct {
 	text   uint64 // guest-physical address of _text
 	root   uint64 // guest-physical address of init_top_pgt: the kernel's own page-table root
 	levels int
+	layout Layout
 }
+
+// Layout is what KASLR chose when a kernel booted: where its image is, physically and
+// virtually, and the bases of its direct map, vmalloc area and struct pages
+// (CONFIG_RANDOMIZE_MEMORY). Pointers in a guest's memory mean the same in the SVM only where
+// both have the same layout.
+type Layout struct {
+	TextPhys uint64 // physical address of _text
+	// TextOffset is the virtual _text minus the build's own (nokaslr) _text.
+	TextOffset                               int64
+	PageOffsetBase, VmallocBase, VmemmapBase uint64
+}
+
+func (l Layout) String() string {
+	return fmt.Sprintf("kernel at physical %#x, text offset %+#x, page_offset_base %#x, vmalloc_base %#x, vmemmap_base %#x",
+		l.TextPhys, l.TextOffset, l.PageOffsetBase, l.VmallocBase, l.VmemmapBase)
+}
+
+// startKernelMap is __START_KERNEL_map: the kernel image's virtual mapping starts there, at
+// physical phys_base.
+const startKernelMap = 0xffffffff80000000
 
 // physAlign is the kernel's CONFIG_PHYSICAL_ALIGN on x86-64 (Debian's and the default): the
 // physical load address, randomised or not, is a multiple of it, so the banner can only be at
@@ -55,12 +76,21 @@ func locateKernel(name string, phys vmm.PhysView, snap *svm.Snapshot, syms *vmm.
 			if p.levels, err = pagingLevels(name, phys, syms, text, base); err != nil {
 				return kernelPlace{}, err
 			}
+			if p.layout, err = readLayout(name, phys, syms, text, base); err != nil {
+				return kernelPlace{}, err
+			}
 			w, err := vmm.NewWalker(phys, p.root, p.levels)
 			if err != nil {
 				return kernelPlace{}, err
 			}
-			if pa, _, _, err := w.Translate(text); err != nil || pa != base {
-				tried = append(tried, fmt.Sprintf("%#x (its page tables map _text to %#x, %v)", base, pa, err))
+			textVA := uint64(int64(text) + p.layout.TextOffset)
+			if pa, _, _, err := w.Translate(textVA); err != nil || pa != base {
+				tried = append(tried, fmt.Sprintf("%#x (its page tables map _text at %#x to %#x, %v)", base, textVA, pa, err))
+				continue
+			}
+			// The direct map must map the image where it is, too.
+			if pa, _, _, err := w.Translate(p.layout.PageOffsetBase + base); err != nil || pa != base {
+				tried = append(tried, fmt.Sprintf("%#x (its direct map at page_offset_base %#x maps it to %#x, %v)", base, p.layout.PageOffsetBase, pa, err))
 				continue
 			}
 			return p, nil
@@ -72,6 +102,62 @@ func locateKernel(name string, phys vmm.PhysView, snap *svm.Snapshot, syms *vmm.
 	}
 	return kernelPlace{}, fmt.Errorf("%w: %s runs %s; the SVM runs %q (name the guest's kernel with --kernel)",
 		ErrKernelMismatch, name, guestVersion(phys), snap.Banner)
+}
+
+// readLayout reads a kernel's layout from its image at base: the image's data is where the
+// build puts it relative to _text, whatever KASLR chose. phys_base is the physical address the
+// image's virtual mapping starts at (__pa of an image address is va - __START_KERNEL_map +
+// phys_base), so the virtual _text is base - phys_base + __START_KERNEL_map.
+func readLayout(name string, phys vmm.PhysView, syms *vmm.Symbols, text, base uint64) (Layout, error) {
+	read := func(sym string) (uint64, error) {
+		va, ok := syms.Addr(sym)
+		if !ok || va < text {
+			return 0, fmt.Errorf("the kernel's symbols lack %s", sym)
+		}
+		var b [8]byte
+		if err := phys.ReadPhys(base+va-text, b[:]); err != nil {
+			return 0, fmt.Errorf("%s: %s: %w", name, sym, err)
+		}
+		return binary.LittleEndian.Uint64(b[:]), nil
+	}
+	l := Layout{TextPhys: base}
+	pb, err := read("phys_base")
+	if err != nil {
+		return l, err
+	}
+	l.TextOffset = int64(base-pb+startKernelMap) - int64(text)
+	for _, v := range []struct {
+		sym string
+		to  *uint64
+	}{{"page_offset_base", &l.PageOffsetBase}, {"vmalloc_base", &l.VmallocBase}, {"vmemmap_base", &l.VmemmapBase}} {
+		if *v.to, err = read(v.sym); err != nil {
+			return l, err
+		}
+	}
+	return l, nil
+}
+
+// svmLayout is the SVM's own layout, read from its snapshot: nokaslr, so no text offset.
+func svmLayout(snap *svm.Snapshot) (Layout, error) {
+	l := Layout{TextPhys: snap.Layout.KernelStart}
+	for _, v := range []struct {
+		sym string
+		to  *uint64
+	}{{"page_offset_base", &l.PageOffsetBase}, {"vmalloc_base", &l.VmallocBase}, {"vmemmap_base", &l.VmemmapBase}} {
+		b, err := svmBytes(snap, snap.Symbols[v.sym], 8)
+		if err != nil {
+			return l, fmt.Errorf("SVM %s: %w", v.sym, err)
+		}
+		*v.to = binary.LittleEndian.Uint64(b)
+	}
+	return l, nil
+}
+
+// GuestLayout finds t's kernel in its RAM and reads the layout its boot chose. Nothing is
+// paused: the layout does not change while the kernel runs.
+func GuestLayout(t target.Target, snap *svm.Snapshot, syms *vmm.Symbols) (Layout, error) {
+	p, err := locateKernel(t.Name(), t.Phys(), snap, syms)
+	return p.layout, err
 }
 
 // pagingLevels reads whether the kernel at base runs with 5-level paging (__pgtable_l5_enabled,
@@ -187,9 +273,13 @@ func checkKernelPlace(ctx context.Context, t target.Target, snap *svm.Snapshot, 
 	if err != nil {
 		return p, err
 	}
-	if p.text != snap.Layout.KernelStart {
-		return p, fmt.Errorf("%w: %s's kernel is at physical %#x, the SVM's at %#x (is KASLR on? boot it with nokaslr)",
-			ErrKernelMismatch, t.Name(), p.text, snap.Layout.KernelStart)
+	mine, err := svmLayout(snap)
+	if err != nil {
+		return p, err
+	}
+	if p.layout != mine {
+		return p, fmt.Errorf("%w: %s booted with KASLR (%s); the SVM's is %s, and adopting a guest's layout is not supported yet: boot the guest with nokaslr",
+			ErrLayoutMismatch, t.Name(), p.layout, mine)
 	}
 	cpus, err := t.CPUs(ctx)
 	if err != nil {

@@ -1,0 +1,149 @@
+package bridge
+
+import (
+	"bytes"
+	"context"
+	"debug/elf"
+	"encoding/base64"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"sync"
+	"testing"
+	"time"
+
+	"hybridbridge/internal/plainvm"
+	"hybridbridge/target"
+)
+
+// kaslrVM is a plain QEMU VM booted with the kernel's defaults, KASLR included: the layout its
+// boot chose is what GuestLayout must find from outside. It boots on first use.
+var kaslrVM struct {
+	once sync.Once
+	vm   *plainvm.VM
+	dir  string
+	err  error
+}
+
+func bootKASLR() {
+	kaslrVM.dir, kaslrVM.err = os.MkdirTemp("", "hbbridge-kaslr")
+	if kaslrVM.err != nil {
+		return
+	}
+	demoImg, err := plainvm.DemoImage()
+	if err != nil {
+		kaslrVM.err = err
+		return
+	}
+	dir := kaslrVM.dir
+	args := []string{
+		"-machine", "pc", "-accel", "tcg", "-m", "256M", "-smp", "2",
+		"-kernel", demoImg.Kernel, "-initrd", demoImg.Initrd,
+		"-append", "console=ttyS0 panic=-1",
+		"-nodefaults", "-display", "none", "-no-reboot",
+		"-serial", "file:" + filepath.Join(dir, "console.log"),
+		"-chardev", "socket,id=cmd,path=" + filepath.Join(dir, "cmd.sock") + ",server=on,wait=off",
+		"-serial", "chardev:cmd",
+		"-qmp", "unix:" + filepath.Join(dir, "qmp.sock") + ",server=on,wait=off",
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
+	defer cancel()
+	if kaslrVM.vm, kaslrVM.err = plainvm.Start(ctx, dir, args, plainvm.Options{}); kaslrVM.err != nil {
+		return
+	}
+	kaslrVM.err = kaslrVM.vm.WaitReady(ctx, 0)
+}
+
+func stopKASLR() {
+	if kaslrVM.vm != nil {
+		kaslrVM.vm.Stop()
+	}
+	if kaslrVM.dir != "" {
+		os.RemoveAll(kaslrVM.dir)
+	}
+}
+
+// kcoreLayout is the layout as the guest's own kernel describes its memory in /proc/kcore's
+// program headers (fs/proc/kcore.c): the text entry's virtual and physical address are _text's;
+// a RAM entry's virtual address is page_offset_base plus its physical one; the vmalloc entry
+// starts at vmalloc_base; the struct pages of the first RAM range are at vmemmap_base (aligned
+// to 1 GiB by the randomisation).
+func kcoreLayout(headers []byte, ref uint64) (Layout, error) {
+	f, err := elf.NewFile(bytes.NewReader(headers))
+	if err != nil {
+		return Layout{}, fmt.Errorf("/proc/kcore headers: %w", err)
+	}
+	var l Layout
+	vmemmap := ^uint64(0)
+	for _, p := range f.Progs {
+		if p.Type != elf.PT_LOAD {
+			continue
+		}
+		noPhys := p.Paddr == ^uint64(0)
+		switch {
+		case !noPhys && p.Vaddr >= startKernelMap && l.TextPhys == 0:
+			l.TextPhys, l.TextOffset = p.Paddr, int64(p.Vaddr)-int64(ref)
+		case !noPhys && p.Vaddr < startKernelMap && l.PageOffsetBase == 0:
+			l.PageOffsetBase = p.Vaddr - p.Paddr
+		case noPhys && p.Memsz >= 1<<40:
+			l.VmallocBase = p.Vaddr
+		case noPhys && p.Vaddr < startKernelMap:
+			vmemmap = min(vmemmap, p.Vaddr)
+		}
+	}
+	l.VmemmapBase = vmemmap &^ (1<<30 - 1)
+	if l.TextPhys == 0 || l.PageOffsetBase == 0 || l.VmallocBase == 0 || vmemmap == ^uint64(0) {
+		return l, fmt.Errorf("/proc/kcore headers lack an entry: %+v", l)
+	}
+	return l, nil
+}
+
+// TestGuestLayoutOfKASLRGuest: the layout found from outside (the image by its banner, its data
+// where the build puts it) is the one the guest's own /proc/kcore describes; attaching is refused
+// naming it, and the VM runs on.
+func TestGuestLayoutOfKASLRGuest(t *testing.T) {
+	ctx := need(t)
+	kaslrVM.once.Do(bootKASLR)
+	if kaslrVM.err != nil {
+		t.Fatalf("KASLR VM: %v", kaslrVM.err)
+	}
+	vm := kaslrVM.vm
+	res := mustExec(t, ctx, vm, "kcore headers", "head -c 65536 /proc/kcore | base64")
+	headers, err := base64.StdEncoding.DecodeString(string(bytes.Join(bytes.Fields(res.Stdout), nil)))
+	if err != nil {
+		t.Fatalf("kcore headers: %v", err)
+	}
+	want, err := kcoreLayout(headers, snap.Symbols["_text"])
+	if err != nil {
+		t.Fatal(err)
+	}
+	tg, err := target.OpenQMP(ctx, vm.QMPSocket)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tg.Close()
+	got, err := GuestLayout(tg, snap, syms)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("guest: %s", got)
+	if got != want {
+		t.Errorf("layout from outside:\n  %s\nthe guest's /proc/kcore:\n  %s", got, want)
+	}
+	mine, err := svmLayout(snap)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got == mine {
+		t.Fatalf("the KASLR guest has the SVM's nokaslr layout (%s): the test proves nothing", mine)
+	}
+	_, err = AttachTarget(ctx, tg, snap, syms, Options{Mode: ModeSlow})
+	if !errors.Is(err, ErrLayoutMismatch) {
+		t.Fatalf("attach a KASLR guest: %v, want ErrLayoutMismatch", err)
+	}
+	t.Logf("refused: %v", err)
+	if st, err := tg.State(ctx); err != nil || st != target.Running {
+		t.Errorf("the VM is %s (%v) after the refused attach", st, err)
+	}
+}
