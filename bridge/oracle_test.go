@@ -491,8 +491,13 @@ func comparePS(view []inspect.Process, tt *tools) []string {
 		}
 		// STAT is the state letter, then W for a process without memory (busybox: vsz 0), < or
 		// N for its nice value, which the view does not have.
+		// A kernel thread ps saw running may sleep by the pause: on a guest of several CPUs
+		// one runs beside the capture (rcu_preempt did). The workload's processes may not.
+		ranThen := r.stat[:1] == "R" && p.Kernel && (p.State == "S" || p.State == "I")
 		if r.comm != "hbguest" {
-			field("state (STAT "+r.stat+")", p.State, r.stat[:1])
+			if !ranThen {
+				field("state (STAT "+r.stat+")", p.State, r.stat[:1])
+			}
 			field("RSS", busyboxSize4(uint64(p.RSSKiB)), r.rss)
 		}
 		if p.State != "Z" {
