@@ -59,8 +59,10 @@ func TestLibvirtDomainMatchesItsTools(t *testing.T) {
 	}{{"running", false}, {"suspended", true}} {
 		t.Run(c.name, func(t *testing.T) {
 			queueSocketsIn(t, ctx, dom)
-			want, wantLog, self := viewTruth(t, ctx, dom)
+			// The tools first: the files' capture, whose load average and clock the views are
+			// held to, comes right before the pause.
 			tools := runToolsIn(t, ctx, dom)
+			want, wantLog, self := viewTruth(t, ctx, dom)
 			tg, err := target.OpenLibvirt(ctx, dom.Name)
 			if err != nil {
 				t.Fatal(err)

@@ -145,8 +145,10 @@ func TestAttachedVMMatchesItsTools(t *testing.T) {
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			queueSocketsIn(t, ctx, vm)
-			want, wantLog, self := viewTruth(t, ctx, vm)
+			// The tools first: the files' capture, whose load average and clock the views are
+			// held to, comes right before the pause.
 			tools := runToolsIn(t, ctx, vm)
+			want, wantLog, self := viewTruth(t, ctx, vm)
 			tg, err := c.open(ctx)
 			if err != nil {
 				t.Fatal(err)
