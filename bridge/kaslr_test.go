@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"hybridbridge/internal/plainvm"
+	"hybridbridge/kaslr"
 	"hybridbridge/target"
 )
 
@@ -64,17 +65,21 @@ func stopKASLR() {
 	}
 }
 
+// startKernelMap is __START_KERNEL_map: the kernel image's virtual mapping starts there, at
+// physical phys_base.
+const startKernelMap = 0xffffffff80000000
+
 // kcoreLayout is the layout as the guest's own kernel describes its memory in /proc/kcore's
 // program headers (fs/proc/kcore.c): the text entry's virtual and physical address are _text's;
 // a RAM entry's virtual address is page_offset_base plus its physical one; the vmalloc entry
 // starts at vmalloc_base; the struct pages of the first RAM range are at vmemmap_base (aligned
 // to 1 GiB by the randomisation).
-func kcoreLayout(headers []byte, ref uint64) (Layout, error) {
+func kcoreLayout(headers []byte, ref uint64) (kaslr.Layout, error) {
 	f, err := elf.NewFile(bytes.NewReader(headers))
 	if err != nil {
-		return Layout{}, fmt.Errorf("/proc/kcore headers: %w", err)
+		return kaslr.Layout{}, fmt.Errorf("/proc/kcore headers: %w", err)
 	}
-	var l Layout
+	var l kaslr.Layout
 	vmemmap := ^uint64(0)
 	for _, p := range f.Progs {
 		if p.Type != elf.PT_LOAD {

@@ -9,6 +9,7 @@ import (
 	"regexp"
 	"strings"
 
+	"hybridbridge/kaslr"
 	"hybridbridge/svm"
 	"hybridbridge/target"
 	"hybridbridge/vmm"
@@ -21,28 +22,8 @@ type kernelPlace struct {
 	text   uint64 // guest-physical address of _text
 	root   uint64 // guest-physical address of init_top_pgt: the kernel's own page-table root
 	levels int
-	layout Layout
+	layout kaslr.Layout
 }
-
-// Layout is what KASLR chose when a kernel booted: where its image is, physically and
-// virtually, and the bases of its direct map, vmalloc area and struct pages
-// (CONFIG_RANDOMIZE_MEMORY). Pointers in a guest's memory mean the same in the SVM only where
-// both have the same layout.
-type Layout struct {
-	TextPhys uint64 // physical address of _text
-	// TextOffset is the virtual _text minus the build's own (nokaslr) _text.
-	TextOffset                               int64
-	PageOffsetBase, VmallocBase, VmemmapBase uint64
-}
-
-func (l Layout) String() string {
-	return fmt.Sprintf("kernel at physical %#x, text offset %+#x, page_offset_base %#x, vmalloc_base %#x, vmemmap_base %#x",
-		l.TextPhys, l.TextOffset, l.PageOffsetBase, l.VmallocBase, l.VmemmapBase)
-}
-
-// startKernelMap is __START_KERNEL_map: the kernel image's virtual mapping starts there, at
-// physical phys_base.
-const startKernelMap = 0xffffffff80000000
 
 // physAlign is the kernel's CONFIG_PHYSICAL_ALIGN on x86-64 (Debian's and the default): the
 // physical load address, randomised or not, is a multiple of it, so the banner can only be at
@@ -76,14 +57,14 @@ func locateKernel(name string, phys vmm.PhysView, snap *svm.Snapshot, syms *vmm.
 			if p.levels, err = pagingLevels(name, phys, syms, text, base); err != nil {
 				return kernelPlace{}, err
 			}
-			if p.layout, err = readLayout(name, phys, syms, text, base); err != nil {
+			if p.layout, err = readLayout(name, phys, syms, snap, base); err != nil {
 				return kernelPlace{}, err
 			}
 			w, err := vmm.NewWalker(phys, p.root, p.levels)
 			if err != nil {
 				return kernelPlace{}, err
 			}
-			textVA := uint64(int64(text) + p.layout.TextOffset)
+			textVA := text - uint64(snap.TextOffset()) + uint64(p.layout.TextOffset)
 			if pa, _, _, err := w.Translate(textVA); err != nil || pa != base {
 				tried = append(tried, fmt.Sprintf("%#x (its page tables map _text at %#x to %#x, %v)", base, textVA, pa, err))
 				continue
@@ -104,42 +85,20 @@ func locateKernel(name string, phys vmm.PhysView, snap *svm.Snapshot, syms *vmm.
 		ErrKernelMismatch, name, guestVersion(phys), snap.Banner)
 }
 
-// readLayout reads a kernel's layout from its image at base: the image's data is where the
-// build puts it relative to _text, whatever KASLR chose. phys_base is the physical address the
-// image's virtual mapping starts at (__pa of an image address is va - __START_KERNEL_map +
-// phys_base), so the virtual _text is base - phys_base + __START_KERNEL_map.
-func readLayout(name string, phys vmm.PhysView, syms *vmm.Symbols, text, base uint64) (Layout, error) {
-	read := func(sym string) (uint64, error) {
-		va, ok := syms.Addr(sym)
-		if !ok || va < text {
-			return 0, fmt.Errorf("the kernel's symbols lack %s", sym)
-		}
-		var b [8]byte
-		if err := phys.ReadPhys(base+va-text, b[:]); err != nil {
-			return 0, fmt.Errorf("%s: %s: %w", name, sym, err)
-		}
-		return binary.LittleEndian.Uint64(b[:]), nil
-	}
-	l := Layout{TextPhys: base}
-	pb, err := read("phys_base")
+// readLayout reads a kernel's layout from its image at base (kaslr.ReadLayout), with the text
+// offset measured from the build's nokaslr _text: the SVM's _text less its own offset.
+func readLayout(name string, phys vmm.PhysView, syms *vmm.Symbols, snap *svm.Snapshot, base uint64) (kaslr.Layout, error) {
+	l, err := kaslr.ReadLayout(phys, syms, snap.Symbols["_text"]-uint64(snap.TextOffset()), base)
 	if err != nil {
-		return l, err
-	}
-	l.TextOffset = int64(base-pb+startKernelMap) - int64(text)
-	for _, v := range []struct {
-		sym string
-		to  *uint64
-	}{{"page_offset_base", &l.PageOffsetBase}, {"vmalloc_base", &l.VmallocBase}, {"vmemmap_base", &l.VmemmapBase}} {
-		if *v.to, err = read(v.sym); err != nil {
-			return l, err
-		}
+		return l, fmt.Errorf("%s: %w", name, err)
 	}
 	return l, nil
 }
 
-// svmLayout is the SVM's own layout, read from its snapshot: nokaslr, so no text offset.
-func svmLayout(snap *svm.Snapshot) (Layout, error) {
-	l := Layout{TextPhys: snap.Layout.KernelStart}
+// svmLayout is the SVM's own layout, read from its snapshot: nokaslr unless it was built for a
+// guest's layout.
+func svmLayout(snap *svm.Snapshot) (kaslr.Layout, error) {
+	l := kaslr.Layout{TextPhys: snap.Layout.KernelStart, TextOffset: snap.TextOffset()}
 	for _, v := range []struct {
 		sym string
 		to  *uint64
@@ -155,7 +114,7 @@ func svmLayout(snap *svm.Snapshot) (Layout, error) {
 
 // GuestLayout finds t's kernel in its RAM and reads the layout its boot chose. Nothing is
 // paused: the layout does not change while the kernel runs.
-func GuestLayout(t target.Target, snap *svm.Snapshot, syms *vmm.Symbols) (Layout, error) {
+func GuestLayout(t target.Target, snap *svm.Snapshot, syms *vmm.Symbols) (kaslr.Layout, error) {
 	p, err := locateKernel(t.Name(), t.Phys(), snap, syms)
 	return p.layout, err
 }

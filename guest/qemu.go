@@ -41,6 +41,10 @@ type Config struct {
 	ExtraArgs []string
 	// Progress, if set, is called as the boot advances and about once a second while waiting.
 	Progress func(stage string, elapsed time.Duration)
+	// Started, if set, runs once QEMU answers on QMP, before the boot is waited for, within the
+	// boot deadline. With -S in ExtraArgs the VM has not run yet: a caller with a gdbstub can
+	// steer its boot, then resume it. An error ends the start.
+	Started func(ctx context.Context, g *Guest) error
 }
 
 // Meta is what a running guest records about itself in its folder, so other hybridbridge
@@ -326,6 +330,11 @@ func (g *Guest) waitReady(ctx context.Context, cfg Config, start time.Time) erro
 	// and removing its name means it disappears with QEMU however QEMU ends.
 	if err := os.Remove(g.Meta.RAMFile); err != nil {
 		return fail("unlinking RAM file", err)
+	}
+	if cfg.Started != nil {
+		if err := cfg.Started(ctx, g); err != nil {
+			return fail("steering the boot", err)
+		}
 	}
 	progress("booting")
 	var ch *Channel

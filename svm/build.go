@@ -21,6 +21,7 @@ import (
 
 	"hybridbridge/guest"
 	"hybridbridge/guest/gdbstub"
+	"hybridbridge/kaslr"
 	"hybridbridge/vmm"
 )
 
@@ -73,6 +74,11 @@ type BuildOptions struct {
 	// names callers will give in Options (Blocking) without a symbol table of their own. The
 	// kernel must have each.
 	KeepSymbols []string
+	// Layout, if set, is a KASLR layout (a guest's: bridge.GuestLayout) the SVM boots into
+	// instead of nokaslr's: its kernel image at the same physical and virtual addresses and
+	// the same direct-map, vmalloc and struct-page bases (DESIGN §3.7). The snapshot records
+	// it (Snapshot.KASLR); its default folder is LayoutSnapshotDir.
+	Layout *kaslr.Layout
 }
 
 // Build boots the secure VM under QEMU, stops its agent at system-call entry and saves the
@@ -99,38 +105,68 @@ func Build(ctx context.Context, a *guest.Assets, opt BuildOptions) (*Snapshot, e
 		return nil, fmt.Errorf("SVM image: %w", err)
 	}
 	guestProgress := func(stage string, _ time.Duration) { report(stage) }
+	gvmMax := uint64(opt.GVMMaxMiB) << 20
+	var steer *layoutBoot
+	if opt.Layout != nil {
+		report("reading the kernel's relocations")
+		if steer, err = openLayoutBoot(img.Kernel, *opt.Layout, gvmMax, report); err != nil {
+			return nil, err
+		}
+	}
 
 	// Boot 1: where does the kernel image sit physically? The reserved ranges must end at it and
-	// resume right after it.
+	// resume right after it. Its symbols are the build's nokaslr ones.
 	report("probing the kernel's physical placement")
 	syms, kstart, kend, err := probeKernel(ctx, a, img, opt.RunDir, guestProgress)
 	if err != nil {
 		return nil, fmt.Errorf("probe boot: %w", err)
 	}
-	kept, err := snapshotSymbols(syms, opt.KeepSymbols)
+	svmSyms := syms
+	if steer != nil {
+		if kstart, kend, err = steer.place(syms, kstart, kend); err != nil {
+			return nil, err
+		}
+		svmSyms = svmSymbols(syms, opt.Layout.TextOffset)
+	}
+	kept, err := snapshotSymbols(svmSyms, opt.KeepSymbols)
 	if err != nil {
 		return nil, err
 	}
-	layout := planLayout(uint64(opt.GVMMaxMiB)<<20, kstart, kend)
+	layout := planLayout(gvmMax, kstart, kend)
 
 	// Boot 2: the SVM itself.
 	gdbSock := filepath.Join(opt.RunDir, "svm-build.gdb")
 	_ = os.Remove(gdbSock)
 	defer os.Remove(gdbSock)
 	report("booting the SVM")
-	g, err := bootSVM(ctx, img, layout, opt.RunDir, gdbSock, guestProgress)
+	var started func(context.Context, *guest.Guest) error
+	if steer != nil {
+		steer.gdbSock = gdbSock
+		started = steer.steer
+	}
+	g, err := bootSVM(ctx, img, layout, opt.RunDir, gdbSock, started, guestProgress)
 	if err != nil {
 		return nil, fmt.Errorf("SVM boot: %w", err)
 	}
 	defer g.Stop(context.WithoutCancel(ctx))
 
 	snap := &Snapshot{KernelID: kernelID, Release: a.Release, Append: g.Meta.Append, Layout: layout}
+	if steer != nil {
+		l := *opt.Layout
+		snap.KASLR = &l
+		snap.Append = withoutNokaslr(g.Meta.Append)
+	}
 	if snap.Banner, err = bootBanner(g.ConsoleLog()); err != nil {
 		return nil, err
 	}
 	report("checking the SVM's memory layout")
 	if err := checkMemory(ctx, g, snap); err != nil {
 		return nil, err
+	}
+	if steer != nil {
+		if err := steer.check(g, svmSyms); err != nil {
+			return nil, err
+		}
 	}
 	report("starting the agent")
 	if snap.Agent, err = startAgent(ctx, g); err != nil {
@@ -144,17 +180,21 @@ func Build(ctx context.Context, a *guest.Assets, opt BuildOptions) (*Snapshot, e
 	}
 
 	report("stopping the agent at system-call entry")
-	if err := capture(ctx, gdbSock, syms, snap); err != nil {
+	if err := capture(ctx, gdbSock, svmSyms, snap); err != nil {
 		return nil, err
 	}
 	snap.Symbols = kept
-	if snap.TSCSites, err = findTSCSites(ctx, gdbSock, syms); err != nil {
+	if snap.TSCSites, err = findTSCSites(ctx, gdbSock, svmSyms); err != nil {
 		return nil, err
 	}
 
 	report("copying SVM memory")
 	dir := opt.OutDir
-	if dir == "" {
+	switch {
+	case dir != "":
+	case opt.Layout != nil:
+		dir = LayoutSnapshotDir(opt.CacheDir, kernelID, *opt.Layout)
+	default:
 		dir = SnapshotDir(opt.CacheDir, kernelID)
 	}
 	if err := writeSnapshot(g, snap, dir, start); err != nil {
@@ -165,14 +205,23 @@ func Build(ctx context.Context, a *guest.Assets, opt BuildOptions) (*Snapshot, e
 }
 
 // bootSVM boots the SVM image with the layout's RAM and reserved ranges, and a gdbstub on
-// gdbSock.
-func bootSVM(ctx context.Context, img *guest.Image, l Layout, runDir, gdbSock string, progress func(string, time.Duration)) (*guest.Guest, error) {
+// gdbSock. With started set, QEMU starts stopped and started steers the boot (layoutBoot).
+func bootSVM(ctx context.Context, img *guest.Image, l Layout, runDir, gdbSock string, started func(context.Context, *guest.Guest) error, progress func(string, time.Duration)) (*guest.Guest, error) {
 	svmImg := *img
 	svmImg.Append = img.Append + l.kernelArgs()
+	extra := []string{"-gdb", "unix:" + gdbSock + ",server=on,wait=off"}
+	if started != nil {
+		// Steering needs a decompressor that neither randomises nor relocates.
+		if !slices.Contains(strings.Fields(svmImg.Append), "nokaslr") {
+			svmImg.Append += " nokaslr"
+		}
+		extra = append(extra, "-S")
+	}
 	return guest.Start(ctx, guest.Config{
 		Name: "svm-build", MemMiB: int(l.RAMSize >> 20), Image: &svmImg, RunDir: runDir,
-		ExtraArgs: []string{"-gdb", "unix:" + gdbSock + ",server=on,wait=off"},
+		ExtraArgs: extra,
 		Progress:  progress,
+		Started:   started,
 	})
 }
 

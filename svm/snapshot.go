@@ -18,13 +18,14 @@ import (
 	"golang.org/x/sys/unix"
 
 	"hybridbridge/guest"
+	"hybridbridge/kaslr"
 	"hybridbridge/vmm"
 )
 
 const (
 	formatName = "hybridbridge-svm-snapshot"
 	// FormatVersion changes whenever the snapshot's meaning changes; older snapshots are rebuilt.
-	FormatVersion = 5
+	FormatVersion = 6
 	metaFile      = "snapshot.json"
 	ramFile       = "ram.img"
 )
@@ -110,8 +111,12 @@ type Snapshot struct {
 	Append   string `json:"append"` // its kernel command line
 
 	Layout Layout `json:"layout"`
-	CPU    CPU    `json:"cpu"`
-	Agent  Agent  `json:"agent"`
+	// KASLR is the guest layout the SVM was booted into (BuildOptions.Layout); nil for a
+	// nokaslr SVM. Every kernel address recorded here is the SVM's own, so with KASLR it
+	// includes KASLR.TextOffset.
+	KASLR *kaslr.Layout `json:"kaslr,omitempty"`
+	CPU   CPU           `json:"cpu"`
+	Agent Agent         `json:"agent"`
 
 	// The capture point: do_syscall_64(regs, nr) entered for the agent's marker call.
 	PtRegs     uint64   `json:"pt_regs"`     // RDI at entry
@@ -142,14 +147,31 @@ func (s *Snapshot) Dir() string { return s.dir }
 // RAMPath is the snapshot's RAM file.
 func (s *Snapshot) RAMPath() string { return filepath.Join(s.dir, ramFile) }
 
+// TextOffset is how far the SVM's kernel image is from the build's nokaslr addresses: 0 unless
+// the snapshot adopted a KASLR layout.
+func (s *Snapshot) TextOffset() int64 {
+	if s.KASLR == nil {
+		return 0
+	}
+	return s.KASLR.TextOffset
+}
+
 // SnapshotDir is where the snapshot for a kernel lives in the cache.
 func SnapshotDir(cacheDir, kernelID string) string {
 	return filepath.Join(cacheDir, "svm", kernelID)
 }
 
+// LayoutSnapshotDir is where the snapshot for a kernel booted into layout l lives in the cache:
+// one folder per layout, beside the nokaslr one rather than in it, since replacing a snapshot
+// replaces its whole folder.
+func LayoutSnapshotDir(cacheDir, kernelID string, l kaslr.Layout) string {
+	return filepath.Join(cacheDir, "svm", kernelID+"-kaslr", l.Key())
+}
+
 // KernelSymbols returns the kernel's symbols as the SVM's own /proc/kallsyms lists them: the
 // snapshot build's first boot caches them (guest.SymbolsPath), so no guest is ever asked for its
 // symbols. The guest runs the same build, and with the same layout the addresses are the same.
+// That boot is nokaslr: a snapshot with a KASLR layout gets them moved by its text offset.
 func KernelSymbols(cacheDir string, snap *Snapshot) (*vmm.Symbols, error) {
 	path := guest.SymbolsPath(cacheDir, snap.KernelID)
 	syms, err := vmm.LoadSymbols(path)
@@ -159,8 +181,23 @@ func KernelSymbols(cacheDir string, snap *Snapshot) (*vmm.Symbols, error) {
 	if err != nil {
 		return nil, fmt.Errorf("the SVM kernel's symbols: %w", err)
 	}
-	return syms, nil
+	return svmSymbols(syms, snap.TextOffset()), nil
 }
+
+// svmSymbols moves a nokaslr symbol table by a KASLR text offset: the symbols of the kernel map
+// (__START_KERNEL_map and the 1 GiB after it, KERNEL_IMAGE_SIZE) move, per-CPU offsets and
+// absolute values do not.
+func svmSymbols(syms *vmm.Symbols, offset int64) *vmm.Symbols {
+	if offset == 0 {
+		return syms
+	}
+	return syms.Shifted(startKernelMap, startKernelMap+kernelMapSize, offset)
+}
+
+const (
+	startKernelMap = 0xffffffff80000000 // __START_KERNEL_map
+	kernelMapSize  = 1 << 30            // KERNEL_IMAGE_SIZE with KASLR
+)
 
 // Load reads and checks a snapshot: format, version, the kernel it was built for, and the RAM
 // file's size and checksum. kernelID "" skips the kernel check.

@@ -366,7 +366,7 @@ func TestSnapshotErrors(t *testing.T) {
 	if _, err := Load(dir, snap.KernelID); !errors.Is(err, ErrSnapshotCorrupt) {
 		t.Errorf("truncated metadata: %v", err)
 	}
-	must(t, os.WriteFile(dir+"/"+metaFile, bytes.Replace(meta, []byte(`"version": 5`), []byte(`"version": 99`), 1), 0o644))
+	must(t, os.WriteFile(dir+"/"+metaFile, bytes.Replace(meta, fmt.Appendf(nil, `"version": %d`, FormatVersion), []byte(`"version": 99`), 1), 0o644))
 	if _, err := Load(dir, snap.KernelID); !errors.Is(err, ErrSnapshotFormat) {
 		t.Errorf("future version: %v", err)
 	}

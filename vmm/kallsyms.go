@@ -189,6 +189,22 @@ func LoadSymbols(path string) (*Symbols, error) {
 	return s, nil
 }
 
+// Shifted returns the table of the same kernel running with its image moved by delta: symbols
+// of the kernel image in [lo, hi) move, the rest (per-CPU offsets, absolute values, modules)
+// keep their addresses. It is how KASLR's text offset applies to a nokaslr table.
+func (s *Symbols) Shifted(lo, hi uint64, delta int64) *Symbols {
+	out := &Symbols{syms: make([]Symbol, len(s.syms)), byName: s.byName, byAddr: make([]int, len(s.syms))}
+	for i, sym := range s.syms {
+		if sym.Module == "" && sym.Addr >= lo && sym.Addr < hi {
+			sym.Addr += uint64(delta)
+		}
+		out.syms[i] = sym
+		out.byAddr[i] = i
+	}
+	sort.SliceStable(out.byAddr, func(i, j int) bool { return out.syms[out.byAddr[i]].Addr < out.syms[out.byAddr[j]].Addr })
+	return out
+}
+
 // Each calls fn for every symbol in address order, until fn returns false.
 func (s *Symbols) Each(fn func(Symbol) bool) {
 	for _, i := range s.byAddr {

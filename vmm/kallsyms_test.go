@@ -130,3 +130,32 @@ func TestKallsymsSaveLoad(t *testing.T) {
 		t.Errorf("Save left %d files behind", len(entries))
 	}
 }
+
+// TestKallsymsShifted: the image's symbols move by the offset, per-CPU and module ones stay, and
+// lookups by address follow; the original table is unchanged.
+func TestKallsymsShifted(t *testing.T) {
+	s := loadTestSymbols(t)
+	const delta = 0x3e00000
+	sh := s.Shifted(0xffffffff80000000, 0xffffffffc0000000, delta)
+	for name, want := range map[string]uint64{
+		"_text":             0xffffffff81000000 + delta,
+		"init_task":         0xffffffff82a00000 + delta,
+		"_end":              0xffffffff82c00000 + delta,
+		"cpu_debug_store":   0x1000,
+		"virtio_dev_probe":  0xffffffffc0002000,
+		"fixed_percpu_data": 0,
+	} {
+		if got, ok := sh.Addr(name); !ok || got != want {
+			t.Errorf("shifted %s = %#x, %v; want %#x", name, got, ok, want)
+		}
+	}
+	if name, off, ok := sh.Lookup(0xffffffff81002abc + delta); !ok || name != "do_one_initcall" || off != 0xabc {
+		t.Errorf("shifted Lookup = %s+%#x, %v", name, off, ok)
+	}
+	if a, _ := s.Addr("_text"); a != 0xffffffff81000000 {
+		t.Errorf("the original table moved: _text %#x", a)
+	}
+	if got := sh.All("cleanup_module_notes"); len(got) != 3 || got[0].Addr != 0xffffffff81ad0000+delta || got[2].Addr != 0xffffffffc0002120 {
+		t.Errorf("shifted All(cleanup_module_notes) = %+v", got)
+	}
+}

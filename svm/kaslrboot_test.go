@@ -1,0 +1,130 @@
+package svm
+
+import (
+	"bytes"
+	"context"
+	"encoding/binary"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"hybridbridge/kaslr"
+)
+
+// A layout a KASLR boot of the setup's kernel chose (as bridge.GuestLayout found it).
+var realLayout = kaslr.Layout{TextPhys: 0x9200000, TextOffset: 0x2200000,
+	PageOffsetBase: 0xffff8e69c0000000, VmallocBase: 0xffffd3c440000000, VmemmapBase: 0xfffffc7700000000}
+
+// TestLayoutRefusedBeforeBooting: a layout the SVM cannot take on fails in one line naming the
+// value, before anything boots.
+func TestLayoutRefusedBeforeBooting(t *testing.T) {
+	if buildErr != nil {
+		t.Fatalf("SVM snapshot build failed: %v", buildErr)
+	}
+	bad := []struct {
+		change func(*kaslr.Layout)
+		want   string
+	}{
+		{func(l *kaslr.Layout) { l.TextPhys += 1 << 20 }, "physical address 0x9300000 of _text: not a multiple of the kernel's alignment 0x200000"},
+		{func(l *kaslr.Layout) { l.TextPhys = 8 << 20 }, "at or above 0x1000000"},
+		{func(l *kaslr.Layout) { l.TextPhys = 1<<30 - 2<<20 }, "ends above the largest guest the SVM serves (1024 MiB)"},
+		{func(l *kaslr.Layout) { l.TextOffset += 1 << 20 }, "text offset +0x2300000: not a multiple"},
+		{func(l *kaslr.Layout) { l.TextOffset = 1 << 30 }, "text offset +0x40000000 puts _text at 0xffffffffc1000000"},
+		{func(l *kaslr.Layout) { l.TextOffset = -2 << 20 }, "text offset -0x200000 puts _text at 0xffffffff80e00000"},
+		{func(l *kaslr.Layout) { l.PageOffsetBase += 2 << 20 }, "page_offset_base 0xffff8e69c0200000: not a 1 GiB aligned address"},
+		{func(l *kaslr.Layout) { l.VmemmapBase = 0x7fff00000000 }, "vmemmap_base 0x7fff00000000"},
+	}
+	bz, err := kaslr.OpenBzImage(assets.Kernel)
+	if err != nil {
+		t.Fatal(err)
+	}
+	plan := planLayout(1024*mib, 0, 0)
+	if err := checkLayoutFits(bz, realLayout, plan); err != nil {
+		t.Fatalf("a real guest's layout refused: %v", err)
+	}
+	for _, c := range bad {
+		l := realLayout
+		c.change(&l)
+		err := checkLayoutFits(bz, l, plan)
+		if err == nil || !strings.Contains(err.Error(), c.want) || strings.Contains(err.Error(), "\n") {
+			t.Errorf("layout %s: %v; want one line with %q", l, err, c.want)
+		}
+	}
+
+	// Build refuses it before booting: no guest folder appears in its run folder.
+	runDir := t.TempDir()
+	l := realLayout
+	l.TextOffset++
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	_, err = Build(ctx, assets, BuildOptions{CacheDir: assets.CacheDir, RunDir: runDir, OutDir: filepath.Join(runDir, "snapshot"), Layout: &l})
+	if err == nil || !strings.HasPrefix(err.Error(), "the SVM cannot take on the layout (") || strings.Contains(err.Error(), "\n") {
+		t.Errorf("Build with layout %s: %v", l, err)
+	}
+	t.Logf("refused: %v", err)
+	if _, err := os.Stat(filepath.Join(runDir, "guests")); !os.IsNotExist(err) {
+		t.Errorf("Build started a guest before refusing the layout (%v)", err)
+	}
+}
+
+func TestWithoutNokaslr(t *testing.T) {
+	for in, want := range map[string]string{
+		"console=ttyS0 nokaslr noxsave nokaslr": "console=ttyS0 noxsave",
+		"nokaslr":                               "",
+		"quiet  nokaslrx":                       "quiet nokaslrx",
+	} {
+		if got := withoutNokaslr(in); got != want {
+			t.Errorf("withoutNokaslr(%q) = %q, want %q", in, got, want)
+		}
+	}
+}
+
+// TestLayoutSnapshotDirs: each layout has its own folder, outside the nokaslr snapshot's (which
+// a rebuild replaces whole).
+func TestLayoutSnapshotDirs(t *testing.T) {
+	base := SnapshotDir("/c", "k")
+	a := LayoutSnapshotDir("/c", "k", realLayout)
+	other := realLayout
+	other.VmallocBase += 1 << 30
+	b := LayoutSnapshotDir("/c", "k", other)
+	if a == b || strings.HasPrefix(a, base+string(filepath.Separator)) || a == base {
+		t.Errorf("snapshot folders: nokaslr %s, layouts %s and %s", base, a, b)
+	}
+	if a != LayoutSnapshotDir("/c", "k", realLayout) {
+		t.Error("the same layout gets another folder")
+	}
+}
+
+// TestMoveInitrd: an initrd in the decompression buffer moves below it with its bytes, and
+// boot_params follows; one clear of it stays; one with no room below is an error.
+func TestMoveInitrd(t *testing.T) {
+	const bp, lo, hi, end = 0x1000, 0x80000, 0xc0000, 0x20000
+	setup := func(rd, size uint32) []byte {
+		ram := make([]byte, 0x100000)
+		binary.LittleEndian.PutUint32(ram[bp+bpRamdiskImage:], rd)
+		binary.LittleEndian.PutUint32(ram[bp+bpRamdiskSize:], size)
+		for i := range size {
+			ram[rd+i] = byte(i*7 + 1)
+		}
+		return ram
+	}
+	ram := setup(0xc0000, 0x3000)
+	if from, to, err := moveInitrd(ram, bp, lo, hi, end); err != nil || from != to {
+		t.Errorf("initrd above the buffer: moved %#x -> %#x, %v", from, to, err)
+	}
+	ram = setup(0xbf000, 0x3000)
+	want := bytes.Clone(ram[0xbf000:0xc2000])
+	from, to, err := moveInitrd(ram, bp, lo, hi, end)
+	if err != nil || from != 0xbf000 || to != 0x7d000 {
+		t.Fatalf("initrd across the buffer's end: moved %#x -> %#x, %v", from, to, err)
+	}
+	if !bytes.Equal(ram[to:to+0x3000], want) || binary.LittleEndian.Uint32(ram[bp+bpRamdiskImage:]) != uint32(to) {
+		t.Error("moved initrd: bytes or ramdisk_image wrong")
+	}
+	ram = setup(0x90000, 0x70000)
+	if _, _, err := moveInitrd(ram, bp, lo, hi, end); err == nil {
+		t.Error("an initrd with no room below the buffer was moved")
+	}
+}
