@@ -459,6 +459,14 @@ func (s *Session) Close(ctx context.Context) error {
 // Detach releases the machines and leaves the guest paused (e.g. to inspect the same paused
 // guest again in another mode).
 func (s *Session) Detach() error {
+	if s.filter != nil {
+		// The filter lives in the Fast-Bridge machine's engine, which closes below: what it
+		// counted is kept, so Stats and Accesses stay whole after the session.
+		s.settleFilter()
+		skipped, _, _ := s.filter.Stats()
+		s.stats.Hits += skipped
+		s.filter = nil
+	}
 	var errs []error
 	if s.Machine != nil {
 		errs = append(errs, s.Machine.Close())

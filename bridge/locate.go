@@ -112,6 +112,16 @@ func svmLayout(snap *svm.Snapshot) (kaslr.Layout, error) {
 	return l, nil
 }
 
+// LayoutOf is GuestLayout, and whether it is snap's own: if not, inspecting t needs a snapshot
+// built in t's layout (svm.BuildOptions.Layout).
+func LayoutOf(t target.Target, snap *svm.Snapshot, syms *vmm.Symbols) (l kaslr.Layout, same bool, err error) {
+	if l, err = GuestLayout(t, snap, syms); err != nil {
+		return l, false, err
+	}
+	mine, err := svmLayout(snap)
+	return l, l == mine, err
+}
+
 // GuestLayout finds t's kernel in its RAM and reads the layout its boot chose. Nothing is
 // paused: the layout does not change while the kernel runs.
 func GuestLayout(t target.Target, snap *svm.Snapshot, syms *vmm.Symbols) (kaslr.Layout, error) {
@@ -237,7 +247,7 @@ func checkKernelPlace(ctx context.Context, t target.Target, snap *svm.Snapshot, 
 		return p, err
 	}
 	if p.layout != mine {
-		return p, fmt.Errorf("%w: %s booted with KASLR (%s); the SVM's is %s, and adopting a guest's layout is not supported yet: boot the guest with nokaslr",
+		return p, fmt.Errorf("%w: %s has %s; this SVM snapshot has %s (inspect it with a snapshot built in its layout: svm.BuildOptions.Layout, as the commands do)",
 			ErrLayoutMismatch, t.Name(), p.layout, mine)
 	}
 	cpus, err := t.CPUs(ctx)

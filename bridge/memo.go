@@ -11,7 +11,18 @@ import (
 // MemoKey is what a memo of decisions is valid for: the snapshot's kernel build, and the lists
 // and taint rules that made the decisions.
 func MemoKey(snap *svm.Snapshot) memo.Key {
-	return memo.Key{Kernel: snap.KernelID + " " + snap.Release, Policy: PolicyVersion()}
+	return memo.Key{Kernel: MemoID(snap) + " " + snap.Release, Policy: PolicyVersion()}
+}
+
+// MemoID names the memo a snapshot's sessions learn into: one per kernel build, and one per
+// KASLR layout of it. Decisions are keyed by instruction address, which a layout moves: an
+// address of one layout can be another instruction in another, so memos of different layouts
+// must never be mixed.
+func MemoID(snap *svm.Snapshot) string {
+	if snap.KASLR == nil {
+		return snap.KernelID
+	}
+	return snap.KernelID + "-kaslr-" + snap.KASLR.Key()
 }
 
 // MemoPath is where the memo of a kernel build (its ID, as svm.Snapshot.KernelID) lives in the

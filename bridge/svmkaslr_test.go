@@ -121,4 +121,22 @@ func TestSVMTakesOnKASLRGuestLayout(t *testing.T) {
 		t.Errorf("the SVM's /proc/kcore:\n  %s\nthe guest's:\n  %s", inside, want)
 	}
 	t.Logf("SVM: %s (Unicorn: %d calls)", inside, m.Stats().Syscalls)
+
+	// Attached with the snapshot in its layout, the KASLR guest's views equal its own files and
+	// tools, as a nokaslr guest's do with the nokaslr snapshot.
+	vm := kaslrVM.vm
+	queueSocketsIn(t, ctx, vm)
+	wantViews, wantLog, self := viewTruth(t, ctx, vm)
+	tools := runToolsIn(t, ctx, vm)
+	wantViews.toolsAfter = true
+	views, s, err := readAttachedWith(ctx, tg, ls, lsyms, self, Options{Mode: ModeAuto})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("KASLR guest: attached and read every view; %d Fast-Bridge operations, %d fall-backs", s.Stats().FastOps, s.Stats().FallBacks)
+	if st, err := tg.State(ctx); err != nil || st != target.Running {
+		t.Errorf("the VM is %s (%v) after the session", st, err)
+	}
+	compareViews(t, views.views, wantViews, views.log, wantLog)
+	compareWithTools(t, views.oracle, tools)
 }

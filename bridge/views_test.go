@@ -34,6 +34,9 @@ type viewSet struct {
 	// lateUptime is the guest's /proc/uptime read again at the end of a capture in the guest:
 	// the capture takes seconds, and the pause follows it.
 	lateUptime inspect.Uptime
+	// toolsAfter says the guest ran its tools (the oracle's) between this capture and the pause:
+	// seconds of ps, netstat and ls more, which raise the load and may start a kworker.
+	toolsAfter bool
 }
 
 // comparedView reports whether readViews reads v.
@@ -165,7 +168,7 @@ func compareViews(t *testing.T, got, want *viewSet, gotLog, wantLog []inspect.Lo
 		}
 	}
 	for pid := range got.Comm {
-		if _, ok := want.Comm[pid]; !ok {
+		if _, ok := want.Comm[pid]; !ok && !(want.toolsAfter && strings.HasPrefix(got.Comm[pid], "kworker/")) {
 			t.Errorf("pid %d (%s) is in the view only", pid, got.Comm[pid])
 		}
 	}
@@ -227,7 +230,13 @@ func compareUptime(t *testing.T, got, want *viewSet) {
 		t.Errorf("idle %.2f s, the guest said %.2f s during the capture and %.2f s at its end", u, w, late)
 	}
 	gl, wl := gu.LoadAvg, wu.LoadAvg
-	if gl.Load1 != wl.Load1 && math.Abs(gl.Load1-wl.Load1) > 0.5 || gl.LastPID < wl.LastPID || gl.Threads < wl.Threads-5 || gl.Threads > wl.Threads {
+	// The tools, when they ran in between, add runnable tasks for seconds (Load1 went from 0.55
+	// to 1.09 once on a two-CPU guest) and may start kworkers.
+	loadSlack, newThreads := 0.5, 0
+	if want.toolsAfter {
+		loadSlack, newThreads = 1.5, 5
+	}
+	if gl.Load1 != wl.Load1 && math.Abs(gl.Load1-wl.Load1) > loadSlack || gl.LastPID < wl.LastPID || gl.Threads < wl.Threads-5 || gl.Threads > wl.Threads+newThreads {
 		t.Errorf("loadavg differs:\n view  %+v\n guest %+v", gl, wl)
 	}
 }

@@ -200,7 +200,7 @@ func (e *env) benchGuest(ctx context.Context, name string) (target.Target, strin
 }
 
 func (e *env) bench(ctx context.Context, name string, t target.Target, kernel string, procs, snapshots int) (*benchReport, error) {
-	snap, syms, err := e.kernelFor(ctx, kernel, ramEnd(t))
+	snap, syms, err := e.kernelFor(ctx, kernel, t)
 	if err != nil {
 		return nil, err
 	}

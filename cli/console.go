@@ -149,7 +149,7 @@ var _ ui.Source = (*consoleSource)(nil)
 // newConsoleSource prepares everything a refresh needs that may print progress (the snapshot is
 // built here when missing), so nothing writes to the terminal once the console draws on it.
 func (e *env) newConsoleSource(ctx context.Context, name string, t target.Target, kernel string) (*consoleSource, error) {
-	snap, syms, err := e.kernelFor(ctx, kernel, ramEnd(t))
+	snap, syms, err := e.kernelFor(ctx, kernel, t)
 	if err != nil {
 		return nil, err
 	}
@@ -158,7 +158,7 @@ func (e *env) newConsoleSource(ctx context.Context, name string, t target.Target
 		return nil, err
 	}
 	c := &consoleSource{name: name, accel: accelOf(t), snap: snap, syms: syms,
-		memoPath: e.memoPath(snap.KernelID), kvm: onKVM, notes: []string{"Fast-Bridge executor: " + why}}
+		memoPath: e.memoPath(bridge.MemoID(snap)), kvm: onKVM, notes: []string{"Fast-Bridge executor: " + why}}
 	c.open = func(ctx context.Context) (target.Target, error) {
 		t, _, err := e.openTarget(ctx, name)
 		return t, err

@@ -38,7 +38,7 @@ func (e *env) demo(ctx context.Context) error {
 	}
 	t := target.FromGuest(g)
 	defer t.Close()
-	snap, syms, err := e.kernelFor(ctx, g.Meta.Kernel, ramEnd(t))
+	snap, syms, err := e.kernelFor(ctx, g.Meta.Kernel, t)
 	if err != nil {
 		return err
 	}

@@ -239,7 +239,7 @@ func (e *env) withKernelView(ctx context.Context, name string, fn func(*vmm.Symb
 		return err
 	}
 	defer t.Close()
-	snap, syms, err := e.kernelFor(ctx, kernel, ramEnd(t))
+	snap, syms, err := e.kernelFor(ctx, kernel, t)
 	if err != nil {
 		return err
 	}

@@ -47,11 +47,11 @@ func (e *env) inspectGuest(ctx context.Context, name, view string, fn func(*brid
 		return nil, err
 	}
 	defer t.Close()
-	snap, syms, err := e.kernelFor(ctx, kernel, ramEnd(t))
+	snap, syms, err := e.kernelFor(ctx, kernel, t)
 	if err != nil {
 		return nil, err
 	}
-	memoPath := e.memoPath(snap.KernelID)
+	memoPath := e.memoPath(bridge.MemoID(snap))
 	mem, reason := memo.LoadOrNew(memoPath, bridge.MemoKey(snap))
 	if reason != nil && !errors.Is(reason, fs.ErrNotExist) {
 		fmt.Fprintf(e.stderr, "memo rebuilt: %v\n", reason)

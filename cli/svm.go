@@ -12,6 +12,7 @@ import (
 
 	"hybridbridge/bridge"
 	"hybridbridge/guest"
+	"hybridbridge/kaslr"
 	"hybridbridge/svm"
 )
 
@@ -47,7 +48,7 @@ snapshot is cached per build).`,
 			if err != nil {
 				return err
 			}
-			snap, err := e.buildSnapshot(cmd.Context(), a, mib)
+			snap, err := e.buildSnapshot(cmd.Context(), a, mib, nil)
 			if err != nil {
 				return err
 			}
@@ -69,13 +70,13 @@ snapshot is cached per build).`,
 }
 
 // buildSnapshot builds the SVM snapshot of a's kernel, serving guests up to gvmMaxMiB.
-func (e *env) buildSnapshot(ctx context.Context, a *guest.Assets, gvmMaxMiB int) (*svm.Snapshot, error) {
+func (e *env) buildSnapshot(ctx context.Context, a *guest.Assets, gvmMaxMiB int, layout *kaslr.Layout) (*svm.Snapshot, error) {
 	report, done := progress(e.stderr)
 	defer done()
 	// The snapshot records the blocking entries so that a machine opened without the kernel's
 	// symbol table (machine, below) still stops a call that sleeps.
 	return svm.Build(ctx, a, svm.BuildOptions{CacheDir: e.cacheDir, RunDir: e.runDir, GVMMaxMiB: gvmMaxMiB, Progress: report,
-		KeepSymbols: bridge.BlockingEntries()})
+		KeepSymbols: bridge.BlockingEntries(), Layout: layout})
 }
 
 // defaultGVMMiB is the largest guest a snapshot built on demand serves, unless a bigger one
@@ -107,10 +108,10 @@ func (e *env) snapshotOf(ctx context.Context, a *guest.Assets, ramEnd uint64) (*
 	case err == nil:
 		fmt.Fprintf(e.stderr, "building the SVM snapshot for %s again: it serves guests up to %d MiB, this one has RAM up to %d MiB\n",
 			a.Release, snap.Layout.GVMMax/mib, (ramEnd+mib-1)/mib)
-		return e.buildSnapshot(ctx, a, need)
+		return e.buildSnapshot(ctx, a, need, nil)
 	case errors.Is(err, svm.ErrNoSnapshot), errors.Is(err, svm.ErrKernelMismatch), errors.Is(err, svm.ErrSnapshotFormat):
 		fmt.Fprintf(e.stderr, "building the SVM snapshot for %s (%v)\n", a.Release, firstLine(err))
-		return e.buildSnapshot(ctx, a, need)
+		return e.buildSnapshot(ctx, a, need, nil)
 	default:
 		return nil, err
 	}

@@ -67,24 +67,27 @@ func (e *env) kernelAssets(kernelPath string) (*guest.Assets, error) {
 	return a.ForKernel(kernelPath)
 }
 
-// kernelFor returns what inspecting a guest of the kernel build kernelPath ("" for the setup's)
-// with RAM up to ramEnd needs: the SVM snapshot of that build (built first when missing or too
-// small) and the build's symbols. The symbols are the SVM's own /proc/kallsyms, which the
-// snapshot build's first boot caches: nothing is asked of the guest, which may have no command
-// channel. Without the cached file the snapshot is built again, which writes it.
-func (e *env) kernelFor(ctx context.Context, kernelPath string, ramEnd uint64) (*svm.Snapshot, *vmm.Symbols, error) {
+// kernelFor returns what inspecting t, a guest of the kernel build kernelPath ("" for the
+// setup's), needs: the SVM snapshot of that build in t's layout (built first when missing or too
+// small for its RAM) and the build's symbols in that layout. The symbols are the SVM's own
+// /proc/kallsyms, which the nokaslr snapshot build's first boot caches: nothing is asked of the
+// guest, which may have no command channel. A guest booted with KASLR gets a snapshot of its own
+// layout, built once per layout (the nokaslr one comes first: it gives the symbols and finds the
+// guest's layout).
+func (e *env) kernelFor(ctx context.Context, kernelPath string, t target.Target) (*svm.Snapshot, *vmm.Symbols, error) {
 	a, err := e.kernelAssets(kernelPath)
 	if err != nil {
 		return nil, nil, err
 	}
-	snap, err := e.snapshotOf(ctx, a, ramEnd)
+	end := ramEnd(t)
+	snap, err := e.snapshotOf(ctx, a, end)
 	if err != nil {
 		return nil, nil, err
 	}
 	path := guest.SymbolsPath(e.cacheDir, snap.KernelID)
 	if _, err := os.Stat(path); errors.Is(err, fs.ErrNotExist) {
 		fmt.Fprintf(e.stderr, "building the SVM snapshot for %s again: its kernel's symbols are not cached (%s)\n", a.Release, path)
-		if snap, err = e.buildSnapshot(ctx, a, int(snap.Layout.GVMMax/mib)); err != nil {
+		if snap, err = e.buildSnapshot(ctx, a, int(snap.Layout.GVMMax/mib), nil); err != nil {
 			return nil, nil, err
 		}
 	}
@@ -92,7 +95,27 @@ func (e *env) kernelFor(ctx context.Context, kernelPath string, ramEnd uint64) (
 	if err != nil {
 		return nil, nil, err
 	}
-	return snap, syms, nil
+	l, same, err := bridge.LayoutOf(t, snap, syms)
+	if err != nil || same {
+		return snap, syms, err
+	}
+	dir := svm.LayoutSnapshotDir(e.cacheDir, snap.KernelID, l)
+	lsnap, err := svm.Load(dir, snap.KernelID)
+	switch {
+	case err == nil && lsnap.Layout.GVMMax >= end:
+	case err == nil, errors.Is(err, svm.ErrNoSnapshot), errors.Is(err, svm.ErrKernelMismatch), errors.Is(err, svm.ErrSnapshotFormat):
+		fmt.Fprintf(e.stderr, "building an SVM snapshot in %s's KASLR layout (%s); once per layout\n", t.Name(), l)
+		if lsnap, err = e.buildSnapshot(ctx, a, max(defaultGVMMiB, int((end+mib-1)/mib)), &l); err != nil {
+			return nil, nil, err
+		}
+	default:
+		return nil, nil, err
+	}
+	lsyms, err := svm.KernelSymbols(e.cacheDir, lsnap)
+	if err != nil {
+		return nil, nil, err
+	}
+	return lsnap, lsyms, nil
 }
 
 // ramEnd is how large a guest the SVM snapshot must serve for t.
@@ -276,7 +299,7 @@ func (e *env) attach(ctx context.Context, rec target.Record) (*listRow, error) {
 	if err != nil {
 		return nil, fmt.Errorf("attach %s: %w", rec.Name, err)
 	}
-	snap, syms, err := e.kernelFor(ctx, rec.Kernel, ramEnd(t))
+	snap, syms, err := e.kernelFor(ctx, rec.Kernel, t)
 	if err != nil {
 		return nil, err
 	}

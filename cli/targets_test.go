@@ -686,3 +686,82 @@ func TestAttachHelp(t *testing.T) {
 		}
 	}
 }
+
+// TestAttachKASLRVM attaches a VM booted with the kernel's defaults, KASLR included: the first
+// command builds an SVM snapshot in the VM's layout (said on stderr), and ps, lsmod and guest
+// read then equal what the VM's own /proc says.
+func TestAttachKASLRVM(t *testing.T) {
+	needGuest(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 8*time.Minute)
+	defer cancel()
+	d, err := plainvm.DemoImage()
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir, err := os.MkdirTemp("", "hbcli-kaslr") // unix socket paths must stay short
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer os.RemoveAll(dir)
+	qmp := filepath.Join(dir, "qmp.sock")
+	args := []string{"-machine", "pc", "-accel", "tcg", "-m", "256M", "-smp", "2",
+		"-nodefaults", "-display", "none", "-no-reboot",
+		"-kernel", d.Kernel, "-initrd", d.Initrd, "-append", "console=ttyS0 panic=-1"}
+	args = append(args, plainvm.ChannelArgs(filepath.Join(dir, "console.log"), filepath.Join(dir, "cmd.sock"))...)
+	args = append(args, plainvm.QMPArgs(qmp)...)
+	vm, err := plainvm.Start(ctx, dir, args, plainvm.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer vm.Stop()
+	if err := vm.WaitReady(ctx, 0); err != nil {
+		t.Fatal(err)
+	}
+	const name = "kaslr-qmp"
+	detachAtEnd(t, name)
+	start := time.Now()
+	out, errOut, err := run("guest", "attach", name, "--qmp", qmp)
+	if err != nil {
+		t.Fatalf("attach: %v\n%s", err, errOut)
+	}
+	t.Logf("attach in %v: %s", time.Since(start).Round(time.Millisecond), strings.TrimSpace(out))
+	if !strings.Contains(errOut, "KASLR layout") {
+		t.Errorf("attach did not say it builds a snapshot in the VM's layout: %q", errOut)
+	}
+	stillRunning(t, ctx, qmp, "attach")
+
+	before := guestProcesses(t, ctx, vm)
+	out, errOut, err = run("ps", "--guest", name, "--json")
+	if err != nil {
+		t.Fatalf("ps: %v\n%s", err, errOut)
+	}
+	t.Log(lastLine(errOut))
+	if strings.Contains(errOut, "building") {
+		t.Errorf("ps built a snapshot again: %q", errOut)
+	}
+	after := guestProcesses(t, ctx, vm)
+	var procs []inspect.Process
+	if err := json.Unmarshal([]byte(out), &procs); err != nil {
+		t.Fatal(err)
+	}
+	compareProcesses(t, procs, before, after)
+
+	out, errOut, err = run("lsmod", "--guest", name, "--json")
+	if err != nil {
+		t.Fatalf("lsmod: %v\n%s", err, errOut)
+	}
+	var mods []inspect.Module
+	if err := json.Unmarshal([]byte(out), &mods); err != nil {
+		t.Fatal(err)
+	}
+	compareModules(t, mods, vm, ctx)
+
+	banner, errOut, err := run("guest", "read", name, "linux_banner", "--string")
+	if err != nil {
+		t.Fatalf("guest read: %v\n%s", err, errOut)
+	}
+	if res, err := vm.Exec(ctx, "cat /proc/version"); err != nil || string(res.Stdout) != banner {
+		t.Errorf("linux_banner from outside %q, /proc/version inside %q (%v)", banner, res.Stdout, err)
+	}
+	stillRunning(t, ctx, qmp, "the views")
+}

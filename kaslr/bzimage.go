@@ -1,6 +1,6 @@
 // Package kaslr lets the secure VM take on a KASLR'd guest's layout. It reads the guest's own
 // bzImage: the kernel ELF inside its compressed payload and the relocation tables the build
-// appends to it, which the decompressor applies when KASLR moves the kernel (DESIGN §3.7).
+// appends to it, which the decompressor applies when KASLR moves the kernel.
 package kaslr
 
 import (

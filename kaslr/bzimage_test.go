@@ -16,7 +16,7 @@ import (
 	"hybridbridge/internal/testenv"
 )
 
-// The setup's kernel (Debian 6.1.0-57-amd64) as the spike measured it: these are facts of that
+// The setup's kernel (Debian 6.1.0-57-amd64) as measured when this was written: these are facts of that
 // build.
 const (
 	wantRel32 = 76906

@@ -76,7 +76,7 @@ type BuildOptions struct {
 	KeepSymbols []string
 	// Layout, if set, is a KASLR layout (a guest's: bridge.GuestLayout) the SVM boots into
 	// instead of nokaslr's: its kernel image at the same physical and virtual addresses and
-	// the same direct-map, vmalloc and struct-page bases (DESIGN §3.7). The snapshot records
+	// the same direct-map, vmalloc and struct-page bases. The snapshot records
 	// it (Snapshot.KASLR); its default folder is LayoutSnapshotDir.
 	Layout *kaslr.Layout
 }

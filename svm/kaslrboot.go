@@ -40,7 +40,7 @@ const (
 	fourGiB = 1 << 32
 )
 
-// layoutBoot steers the SVM's boot into a KASLR layout (DESIGN §3.7). The kernel boots with
+// layoutBoot steers the SVM's boot into a KASLR layout. The kernel boots with
 // nokaslr, so its decompressor neither randomises nor relocates anything; at three stops under
 // the gdbstub this does what KASLR would have done, with the layout's values for the random
 // ones. Until the kernel's own page tables are up, memory is read and written through the RAM
@@ -315,6 +315,11 @@ func withoutNokaslr(cmdline string) string {
 	return strings.Join(kept, " ")
 }
 
+// svmModuleLoadOffset is where the SVM's own allocations in the module area begin: above any
+// guest's modules (KASLR puts the first at most 4 MiB in; a guest rarely holds more than a few
+// tens of MiB of modules) and well inside the area's 1 GiB.
+const svmModuleLoadOffset = 256 << 20
+
 // setBases lets kernel_randomize_memory run (it chooses and stores the three bases, and
 // nothing later reads what else it computed) and then puts the layout's bases in its
 // variables.
@@ -344,7 +349,13 @@ func (b *layoutBoot) setBases(ctx context.Context, c *gdbstub.Client) error {
 	for _, v := range []struct {
 		sym  string
 		want uint64
-	}{{"page_offset_base", b.layout.PageOffsetBase}, {"vmalloc_base", b.layout.VmallocBase}, {"vmemmap_base", b.layout.VmemmapBase}} {
+	}{{"page_offset_base", b.layout.PageOffsetBase}, {"vmalloc_base", b.layout.VmallocBase}, {"vmemmap_base", b.layout.VmemmapBase},
+		// With KASLR the module area is used from a random offset of up to 4 MiB, chosen at the
+		// first module_alloc: the guest's modules are there, and the SVM's own allocations in
+		// the area (it loads no modules, but allocates there at boot) would take the same 2 MiB
+		// directory slots, which the bridge grafts whole. Set before any allocation, the SVM's
+		// start far above the guest's.
+		{"module_load_offset", svmModuleLoadOffset}} {
 		va, err := addr(v.sym)
 		if err != nil {
 			return err
