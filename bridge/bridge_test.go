@@ -62,8 +62,8 @@ func TestMain(m *testing.M) {
 		if demo != nil {
 			defer demo.Stop(context.Background())
 		}
-		defer stopPlain()
-		defer stopKASLR()
+		defer plain.stop()
+		defer kaslrVM.stop()
 		return m.Run()
 	}()
 	os.Exit(code)

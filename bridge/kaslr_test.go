@@ -2,68 +2,15 @@ package bridge
 
 import (
 	"bytes"
-	"context"
 	"debug/elf"
 	"encoding/base64"
 	"errors"
 	"fmt"
-	"os"
-	"path/filepath"
-	"sync"
 	"testing"
-	"time"
 
-	"hybridbridge/internal/plainvm"
 	"hybridbridge/kaslr"
 	"hybridbridge/target"
 )
-
-// kaslrVM is a plain QEMU VM booted with the kernel's defaults, KASLR included: the layout its
-// boot chose is what GuestLayout must find from outside. It boots on first use.
-var kaslrVM struct {
-	once sync.Once
-	vm   *plainvm.VM
-	dir  string
-	err  error
-}
-
-func bootKASLR() {
-	kaslrVM.dir, kaslrVM.err = os.MkdirTemp("", "hbbridge-kaslr")
-	if kaslrVM.err != nil {
-		return
-	}
-	demoImg, err := plainvm.DemoImage()
-	if err != nil {
-		kaslrVM.err = err
-		return
-	}
-	dir := kaslrVM.dir
-	args := []string{
-		"-machine", "pc", "-accel", "tcg", "-m", "256M", "-smp", "2",
-		"-kernel", demoImg.Kernel, "-initrd", demoImg.Initrd,
-		"-append", "console=ttyS0 panic=-1",
-		"-nodefaults", "-display", "none", "-no-reboot",
-		"-serial", "file:" + filepath.Join(dir, "console.log"),
-		"-chardev", "socket,id=cmd,path=" + filepath.Join(dir, "cmd.sock") + ",server=on,wait=off",
-		"-serial", "chardev:cmd",
-		"-qmp", "unix:" + filepath.Join(dir, "qmp.sock") + ",server=on,wait=off",
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
-	defer cancel()
-	if kaslrVM.vm, kaslrVM.err = plainvm.Start(ctx, dir, args, plainvm.Options{}); kaslrVM.err != nil {
-		return
-	}
-	kaslrVM.err = kaslrVM.vm.WaitReady(ctx, 0)
-}
-
-func stopKASLR() {
-	if kaslrVM.vm != nil {
-		kaslrVM.vm.Stop()
-	}
-	if kaslrVM.dir != "" {
-		os.RemoveAll(kaslrVM.dir)
-	}
-}
 
 // startKernelMap is __START_KERNEL_map: the kernel image's virtual mapping starts there, at
 // physical phys_base.
@@ -109,11 +56,7 @@ func kcoreLayout(headers []byte, ref uint64) (kaslr.Layout, error) {
 // naming it, and the VM runs on.
 func TestGuestLayoutOfKASLRGuest(t *testing.T) {
 	ctx := need(t)
-	kaslrVM.once.Do(bootKASLR)
-	if kaslrVM.err != nil {
-		t.Fatalf("KASLR VM: %v", kaslrVM.err)
-	}
-	vm := kaslrVM.vm
+	vm := kaslrVM.get(t)
 	res := mustExec(t, ctx, vm, "kcore headers", "head -c 65536 /proc/kcore | base64")
 	headers, err := base64.StdEncoding.DecodeString(string(bytes.Join(bytes.Fields(res.Stdout), nil)))
 	if err != nil {

@@ -25,11 +25,8 @@ func TestSVMTakesOnKASLRGuestLayout(t *testing.T) {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 8*time.Minute)
 	defer cancel()
-	kaslrVM.once.Do(bootKASLR)
-	if kaslrVM.err != nil {
-		t.Fatalf("KASLR VM: %v", kaslrVM.err)
-	}
-	tg, err := target.OpenQMP(ctx, kaslrVM.vm.QMPSocket)
+	vm := kaslrVM.get(t)
+	tg, err := target.OpenQMP(ctx, vm.QMPSocket)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -124,7 +121,6 @@ func TestSVMTakesOnKASLRGuestLayout(t *testing.T) {
 
 	// Attached with the snapshot in its layout, the KASLR guest's views equal its own files and
 	// tools, as a nokaslr guest's do with the nokaslr snapshot.
-	vm := kaslrVM.vm
 	queueSocketsIn(t, ctx, vm)
 	wantViews, wantLog, self := viewTruth(t, ctx, vm)
 	tools := runToolsIn(t, ctx, vm)

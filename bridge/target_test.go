@@ -17,52 +17,72 @@ import (
 	"hybridbridge/vmm"
 )
 
-// plain is a VM started from a plain QEMU command line, standing for one hybridbridge did not
-// start: anonymous RAM, two vCPUs, QEMU's default CPU model, and the kernel's default arguments
-// (PTI forced on) but for nokaslr. It boots on first use and serves the package's target tests.
-var plain struct {
-	once sync.Once
-	vm   *plainvm.VM
-	dir  string
-	err  error
+// sharedVM is a VM started from a plain QEMU command line written here, standing for one
+// hybridbridge did not start: anonymous RAM, two vCPUs, QEMU's default CPU model, and the kernel
+// command line given. It boots on first use and serves the package's tests until TestMain stops
+// it.
+type sharedVM struct {
+	what   string // in messages
+	append string // the kernel's command line
+	once   sync.Once
+	vm     *plainvm.VM
+	dir    string
+	err    error
 }
 
-func bootPlain() {
-	plain.dir, plain.err = os.MkdirTemp("", "hbbridge-plain")
-	if plain.err != nil {
+var (
+	// plain has the kernel's default arguments (PTI forced on) but for nokaslr.
+	plain = &sharedVM{what: "plain VM", append: "console=ttyS0 nokaslr panic=-1 pti=on"}
+	// kaslrVM has the kernel's defaults, KASLR included: the layout its boot chose is what
+	// GuestLayout must find from outside.
+	kaslrVM = &sharedVM{what: "KASLR VM", append: "console=ttyS0 panic=-1"}
+)
+
+func (s *sharedVM) boot() {
+	s.dir, s.err = os.MkdirTemp("", "hbbridge-vm")
+	if s.err != nil {
 		return
 	}
 	demoImg, err := plainvm.DemoImage()
 	if err != nil {
-		plain.err = err
+		s.err = err
 		return
 	}
-	dir := plain.dir
 	args := []string{
 		"-machine", "pc", "-accel", "tcg", "-m", "256M", "-smp", "2",
 		"-kernel", demoImg.Kernel, "-initrd", demoImg.Initrd,
-		"-append", "console=ttyS0 nokaslr panic=-1 pti=on",
+		"-append", s.append,
 		"-nodefaults", "-display", "none", "-no-reboot",
-		"-serial", "file:" + filepath.Join(dir, "console.log"),
-		"-chardev", "socket,id=cmd,path=" + filepath.Join(dir, "cmd.sock") + ",server=on,wait=off",
+		"-serial", "file:" + filepath.Join(s.dir, "console.log"),
+		"-chardev", "socket,id=cmd,path=" + filepath.Join(s.dir, "cmd.sock") + ",server=on,wait=off",
 		"-serial", "chardev:cmd",
-		"-qmp", "unix:" + filepath.Join(dir, "qmp.sock") + ",server=on,wait=off",
+		"-qmp", "unix:" + filepath.Join(s.dir, "qmp.sock") + ",server=on,wait=off",
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
 	defer cancel()
-	if plain.vm, plain.err = plainvm.Start(ctx, dir, args, plainvm.Options{}); plain.err != nil {
+	if s.vm, s.err = plainvm.Start(ctx, s.dir, args, plainvm.Options{}); s.err != nil {
 		return
 	}
-	plain.err = plain.vm.WaitReady(ctx, 0)
+	s.err = s.vm.WaitReady(ctx, 0)
 }
 
-// stopPlain stops the plain VM if a test booted it.
-func stopPlain() {
-	if plain.vm != nil {
-		plain.vm.Stop()
+// get boots the VM the first time and returns it; a failed boot fails the test.
+func (s *sharedVM) get(t *testing.T) *plainvm.VM {
+	t.Helper()
+	s.once.Do(s.boot)
+	if s.err != nil {
+		t.Fatalf("%s: %v", s.what, s.err)
 	}
-	if plain.dir != "" {
-		os.RemoveAll(plain.dir)
+	return s.vm
+}
+
+// stop stops the VM if a test booted it.
+func (s *sharedVM) stop() {
+	if s.vm != nil {
+		s.vm.Stop()
+	}
+	if s.dir != "" {
+		os.RemoveAll(s.dir)
 	}
 }
 
@@ -71,14 +91,11 @@ func stopPlain() {
 func needPlain(t *testing.T) (context.Context, *plainvm.VM) {
 	t.Helper()
 	ctx := need(t)
-	plain.once.Do(bootPlain)
-	if plain.err != nil {
-		t.Fatalf("plain VM: %v", plain.err)
-	}
+	vm := plain.get(t)
 	t.Cleanup(func() {
 		rctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 		defer cancel()
-		tg, err := target.OpenQMP(rctx, plain.vm.QMPSocket)
+		tg, err := target.OpenQMP(rctx, vm.QMPSocket)
 		if err != nil {
 			t.Errorf("plain VM after the test: %v", err)
 			return
@@ -93,7 +110,7 @@ func needPlain(t *testing.T) (context.Context, *plainvm.VM) {
 			}
 		}
 	})
-	return ctx, plain.vm
+	return ctx, vm
 }
 
 // attachedViews is what one attach of a target read.
@@ -150,63 +167,70 @@ func TestAttachedVMMatchesItsTools(t *testing.T) {
 			return target.NewProcess(ctx, vm.PID, target.ProcessOptions{Name: fmt.Sprintf("QEMU pid %d without a monitor", vm.PID), Kind: target.KindPID})
 		}, false},
 	} {
-		t.Run(c.name, func(t *testing.T) {
-			queueSocketsIn(t, ctx, vm)
-			// The files' capture first, the tools right before the pause (as the demo's oracle
-			// test has them): they are held to the moment more tightly.
-			want, wantLog, self := viewTruth(t, ctx, vm)
-			tools := runToolsIn(t, ctx, vm)
-			want.toolsAfter = true
-			tg, err := c.open(ctx)
-			if err != nil {
-				t.Fatal(err)
-			}
-			t.Cleanup(func() { tg.Close() })
-			var before string
-			if c.pausedBefore {
-				if err := PauseSettled(ctx, tg, snap, syms); err != nil {
-					t.Fatal(err)
-				}
-				// Before the workload's cleanups, which need the VM running, if the test stops.
-				t.Cleanup(func() { tg.Resume(context.WithoutCancel(ctx)) })
-				if before, err = vmm.Hash(ctx, tg.Phys()); err != nil {
-					t.Fatal(err)
-				}
-			}
-			start := time.Now()
-			got, s, err := readAttached(ctx, tg, self, Options{Mode: ModeSlow})
-			if err != nil {
-				t.Fatal(err)
-			}
-			t.Logf("%s: attached and read every view in %v; RAM copied %d MiB in %v", tg.Name(),
-				time.Since(start).Round(time.Millisecond), s.RAMCopied>>20, s.RAMTook.Round(time.Millisecond))
-			st, err := tg.State(ctx)
-			switch {
-			case err != nil:
-				t.Fatal(err)
-			case c.pausedBefore && st != target.Paused:
-				t.Errorf("a VM paused before attach is %s after", st)
-			case !c.pausedBefore && st != target.Running:
-				t.Errorf("a running VM is %s after the session", st)
-			}
-			if c.pausedBefore {
-				after, err := vmm.Hash(ctx, tg.Phys())
-				if err != nil {
-					t.Fatal(err)
-				}
-				if after != before {
-					t.Errorf("the VM's memory changed during inspection: %s -> %s", before, after)
-				}
-				if err := tg.Resume(ctx); err != nil {
-					t.Fatal(err)
-				}
-			}
-			compareViews(t, got.views, want, got.log, wantLog)
-			compareWithTools(t, got.oracle, tools)
-			if _, err := vm.Exec(ctx, "true"); err != nil {
-				t.Errorf("the VM does not answer after detach: %v", err)
-			}
-		})
+		t.Run(c.name, func(t *testing.T) { checkAttached(t, ctx, vm, c.open, c.pausedBefore) })
+	}
+}
+
+// checkAttached attaches the target open makes of a running guest of the demo image (g runs
+// commands in it) and compares every view with the guest's own files and tools. A VM that ran is
+// running again after the session; one paused before it (pausedBefore: paused here) stays paused
+// with its memory unchanged, and is resumed at the end. The VM answers afterwards.
+func checkAttached(t *testing.T, ctx context.Context, g execer, open func(context.Context) (target.Target, error), pausedBefore bool) {
+	t.Helper()
+	queueSocketsIn(t, ctx, g)
+	// The files' capture first, the tools right before the pause (as the demo's oracle test
+	// has them): they are held to the moment more tightly.
+	want, wantLog, self := viewTruth(t, ctx, g)
+	tools := runToolsIn(t, ctx, g)
+	want.toolsAfter = true
+	tg, err := open(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { tg.Close() })
+	var before string
+	if pausedBefore {
+		if err := PauseSettled(ctx, tg, snap, syms); err != nil {
+			t.Fatal(err)
+		}
+		// Before the workload's cleanups, which need the VM running, if the test stops.
+		t.Cleanup(func() { tg.Resume(context.WithoutCancel(ctx)) })
+		if before, err = vmm.Hash(ctx, tg.Phys()); err != nil {
+			t.Fatal(err)
+		}
+	}
+	start := time.Now()
+	got, s, err := readAttached(ctx, tg, self, Options{Mode: ModeSlow})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("%s: attached and read every view in %v; RAM copied %d MiB in %v", tg.Name(),
+		time.Since(start).Round(time.Millisecond), s.RAMCopied>>20, s.RAMTook.Round(time.Millisecond))
+	st, err := tg.State(ctx)
+	switch {
+	case err != nil:
+		t.Fatal(err)
+	case pausedBefore && st != target.Paused:
+		t.Errorf("%s, paused before attach, is %s after", tg.Name(), st)
+	case !pausedBefore && st != target.Running:
+		t.Errorf("%s, running before, is %s after the session", tg.Name(), st)
+	}
+	if pausedBefore {
+		after, err := vmm.Hash(ctx, tg.Phys())
+		if err != nil {
+			t.Fatal(err)
+		}
+		if after != before {
+			t.Errorf("%s's memory changed during inspection: %s -> %s", tg.Name(), before, after)
+		}
+		if err := tg.Resume(ctx); err != nil {
+			t.Fatal(err)
+		}
+	}
+	compareViews(t, got.views, want, got.log, wantLog)
+	compareWithTools(t, got.oracle, tools)
+	if _, err := g.Exec(ctx, "true"); err != nil {
+		t.Errorf("%s does not answer after detach: %v", tg.Name(), err)
 	}
 }
 

@@ -396,30 +396,8 @@ func TestAttachPlainVM(t *testing.T) {
 	needGuest(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 8*time.Minute)
 	defer cancel()
-	d, err := plainvm.DemoImage()
-	if err != nil {
-		t.Fatal(err)
-	}
-	dir, err := os.MkdirTemp("", "hbcli-plain") // unix socket paths must stay short
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer os.RemoveAll(dir)
-	qmp := filepath.Join(dir, "qmp.sock")
-	args := []string{"-machine", "pc", "-accel", "tcg", "-m", "256M", "-smp", "2",
-		"-nodefaults", "-display", "none", "-no-reboot"}
-	args = append(args, d.BootArgs("pti=on")...)
-	args = append(args, plainvm.ChannelArgs(filepath.Join(dir, "console.log"), filepath.Join(dir, "cmd.sock"))...)
-	args = append(args, plainvm.QMPArgs(qmp)...)
 	start := time.Now()
-	vm, err := plainvm.Start(ctx, dir, args, plainvm.Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer vm.Stop()
-	if err := vm.WaitReady(ctx, 0); err != nil {
-		t.Fatal(err)
-	}
+	vm, qmp := startVM(ctx, t, func(d plainvm.Demo) []string { return d.BootArgs("pti=on") })
 	t.Logf("plain VM pid %d ready in %v", vm.PID, time.Since(start).Round(time.Second))
 
 	for _, c := range []struct {
@@ -694,29 +672,10 @@ func TestAttachKASLRVM(t *testing.T) {
 	needGuest(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 8*time.Minute)
 	defer cancel()
-	d, err := plainvm.DemoImage()
-	if err != nil {
-		t.Fatal(err)
-	}
-	dir, err := os.MkdirTemp("", "hbcli-kaslr") // unix socket paths must stay short
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer os.RemoveAll(dir)
-	qmp := filepath.Join(dir, "qmp.sock")
-	args := []string{"-machine", "pc", "-accel", "tcg", "-m", "256M", "-smp", "2",
-		"-nodefaults", "-display", "none", "-no-reboot",
-		"-kernel", d.Kernel, "-initrd", d.Initrd, "-append", "console=ttyS0 panic=-1"}
-	args = append(args, plainvm.ChannelArgs(filepath.Join(dir, "console.log"), filepath.Join(dir, "cmd.sock"))...)
-	args = append(args, plainvm.QMPArgs(qmp)...)
-	vm, err := plainvm.Start(ctx, dir, args, plainvm.Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer vm.Stop()
-	if err := vm.WaitReady(ctx, 0); err != nil {
-		t.Fatal(err)
-	}
+	// The kernel's defaults, KASLR included.
+	vm, qmp := startVM(ctx, t, func(d plainvm.Demo) []string {
+		return []string{"-kernel", d.Kernel, "-initrd", d.Initrd, "-append", "console=ttyS0 panic=-1"}
+	})
 	const name = "kaslr-qmp"
 	detachAtEnd(t, name)
 	start := time.Now()
@@ -764,4 +723,35 @@ func TestAttachKASLRVM(t *testing.T) {
 		t.Errorf("linux_banner from outside %q, /proc/version inside %q (%v)", banner, res.Stdout, err)
 	}
 	stillRunning(t, ctx, qmp, "the views")
+}
+
+// startVM starts a VM from a plain QEMU command line (pc, 256M, two vCPUs, QEMU's default CPU,
+// anonymous RAM, QMP) booting the demo image with boot's kernel arguments, and waits for its
+// workload; it is stopped when the test ends. It returns the VM and its QMP socket.
+func startVM(ctx context.Context, t *testing.T, boot func(plainvm.Demo) []string) (*plainvm.VM, string) {
+	t.Helper()
+	d, err := plainvm.DemoImage()
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir, err := os.MkdirTemp("", "hbcli-vm") // unix socket paths must stay short
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	qmp := filepath.Join(dir, "qmp.sock")
+	args := []string{"-machine", "pc", "-accel", "tcg", "-m", "256M", "-smp", "2",
+		"-nodefaults", "-display", "none", "-no-reboot"}
+	args = append(args, boot(d)...)
+	args = append(args, plainvm.ChannelArgs(filepath.Join(dir, "console.log"), filepath.Join(dir, "cmd.sock"))...)
+	args = append(args, plainvm.QMPArgs(qmp)...)
+	vm, err := plainvm.Start(ctx, dir, args, plainvm.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { vm.Stop() })
+	if err := vm.WaitReady(ctx, 0); err != nil {
+		t.Fatal(err)
+	}
+	return vm, qmp
 }

@@ -202,8 +202,6 @@ func TestRealDump(t *testing.T) {
 // 512 MiB.
 func compareRAM(t *testing.T, dump vmm.PhysView, ram vmm.PhysView) {
 	t.Helper()
-	const chunk = 4 << 20
-	a, b := make([]byte, chunk), make([]byte, chunk)
 	var covered uint64
 	for _, r := range dump.Ranges() {
 		if !inside(r, ram.Ranges()) {
@@ -211,23 +209,7 @@ func compareRAM(t *testing.T, dump vmm.PhysView, ram vmm.PhysView) {
 			continue
 		}
 		covered += r.Size
-		for off := uint64(0); off < r.Size; off += chunk {
-			n := min(chunk, r.Size-off)
-			addr := r.GuestPhys + off
-			if err := dump.ReadPhys(addr, a[:n]); err != nil {
-				t.Fatal(err)
-			}
-			if err := ram.ReadPhys(addr, b[:n]); err != nil {
-				t.Fatal(err)
-			}
-			if !bytes.Equal(a[:n], b[:n]) {
-				i := 0
-				for a[i] == b[i] {
-					i++
-				}
-				t.Fatalf("dump and guest RAM differ at %#x", addr+uint64(i))
-			}
-		}
+		sameRange(t, "dump", dump, "guest RAM", ram, r)
 	}
 	const vgaWindow = 0xc0000 - 0xa0000
 	if covered+vgaWindow < ram.Size() {

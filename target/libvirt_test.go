@@ -25,21 +25,7 @@ func TestLibvirt(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
 	defer cancel()
 
-	d, err := libvirtd.Start(ctx)
-	if err != nil {
-		testenv.Skip(t, err.Error())
-	}
-	t.Cleanup(func() {
-		if err := d.Stop(); err != nil {
-			t.Errorf("stop libvirt daemons: %v", err)
-		}
-	})
-	t.Logf("libvirt daemons: started %v, ready in %v", d.Started, d.Took.Round(time.Millisecond))
-	// OpenLibvirt connects where virsh would by default; the test's domain is on the system daemon.
-	t.Setenv("LIBVIRT_DEFAULT_URI", d.URI)
-
-	dom := bootDomain(ctx, t, d)
-	t.Logf("domain %s booted and answering in %v", dom.Name, dom.BootTook.Round(time.Millisecond))
+	dom := libvirtd.DemoDomainForTest(ctx, t)
 
 	tg, err := OpenLibvirt(ctx, dom.Name)
 	if err != nil {
@@ -177,7 +163,7 @@ func TestLibvirt(t *testing.T) {
 			t.Errorf("RAM ranges cover %#x bytes, want %#x: %v", got, want, ram.Ranges)
 		}
 		start = time.Now()
-		compareRanges(t, ram.Ranges, view, dump.Phys())
+		sameBytes(t, "dump", dump.Phys(), "RAM file", view)
 		t.Logf("compared RAM with the dump in %v", time.Since(start).Round(time.Millisecond))
 
 		dcpus, _ := dump.CPUs(ctx)
@@ -227,59 +213,6 @@ func checkPauseResume(ctx context.Context, t *testing.T, tg Target, dom *libvirt
 	if st := domState(ctx, t, dom); st != want {
 		t.Errorf("after Pause and Resume the domain is %s, want %s as before", st, want)
 	}
-}
-
-// compareRanges checks that every RAM range reads the same from ram and from the dump.
-func compareRanges(t *testing.T, ranges []vmm.PhysRange, ram, dump vmm.PhysView) {
-	t.Helper()
-	const chunk = 4 << 20
-	a, b := make([]byte, chunk), make([]byte, chunk)
-	for _, r := range ranges {
-		for off := uint64(0); off < r.Size; off += chunk {
-			n := min(chunk, r.Size-off)
-			addr := r.GuestPhys + off
-			if err := ram.ReadPhys(addr, a[:n]); err != nil {
-				t.Fatal(err)
-			}
-			if err := dump.ReadPhys(addr, b[:n]); err != nil {
-				t.Fatalf("the dump lacks RAM the target has: %v", err)
-			}
-			if !bytes.Equal(a[:n], b[:n]) {
-				i := 0
-				for a[i] == b[i] {
-					i++
-				}
-				t.Fatalf("RAM and dump differ at %#x", addr+uint64(i))
-			}
-		}
-	}
-}
-
-// bootDomain boots the demo image as a libvirt domain on d's daemon; it is destroyed when the
-// test ends.
-func bootDomain(ctx context.Context, t *testing.T, d *libvirtd.Daemons) *libvirtd.Domain {
-	t.Helper()
-	if cacheDir == "" {
-		t.Fatalf("no cache folder: %v", setupErr)
-	}
-	assets, err := guest.LoadAssets(cacheDir)
-	if err != nil {
-		t.Fatal(err)
-	}
-	img, err := guest.BuildDemoImage(assets)
-	if err != nil {
-		t.Fatal(err)
-	}
-	dom, err := libvirtd.StartDemoDomain(ctx, d, libvirtd.DemoOptions{Kernel: img.Kernel, Initrd: img.Path, Logf: t.Logf})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		if err := dom.Destroy(); err != nil {
-			t.Error(err)
-		}
-	})
-	return dom
 }
 
 func domState(ctx context.Context, t *testing.T, d *libvirtd.Domain) string {
