@@ -53,7 +53,10 @@ func (e *env) demo(ctx context.Context) error {
 	var banner, hash1, hash2 string
 	err = pausedTarget(ctx, t, func() error {
 		var err error
-		addr, _ := syms.Addr("linux_banner")
+		addr, ok := syms.Addr("linux_banner")
+		if !ok {
+			return fmt.Errorf("no linux_banner in the kernel's symbols")
+		}
 		if banner, err = virt.ReadCString(addr, 512); err != nil {
 			return err
 		}

@@ -63,7 +63,10 @@ func parseMtree(text string) ([]flatView, error) {
 		r := flatRange{start: start, size: last - start + 1, kind: m[3], name: m[4]}
 		// After the name come " @offset" and flags such as " [logging]".
 		if at := mtreeAt.FindStringSubmatchIndex(r.name); at != nil {
-			r.offset, _ = strconv.ParseUint(r.name[at[2]:at[3]], 16, 64)
+			var err error
+			if r.offset, err = strconv.ParseUint(r.name[at[2]:at[3]], 16, 64); err != nil {
+				return nil, fmt.Errorf("info mtree: bad offset in %q: %w", line, err)
+			}
 			r.name = r.name[:at[0]]
 		}
 		r.name, _, _ = strings.Cut(r.name, " [")
@@ -149,8 +152,11 @@ func parseGPA2HVA(text string) (gpa, hva uint64, block string, err error) {
 	if m == nil {
 		return 0, 0, "", fmt.Errorf("gpa2hva: %s", strings.TrimSpace(text))
 	}
-	gpa, _ = strconv.ParseUint(m[1], 16, 64)
-	hva, _ = strconv.ParseUint(m[3], 16, 64)
+	gpa, err1 := strconv.ParseUint(m[1], 16, 64)
+	hva, err2 := strconv.ParseUint(m[3], 16, 64)
+	if err := errors.Join(err1, err2); err != nil {
+		return 0, 0, "", fmt.Errorf("gpa2hva: %q: %w", strings.TrimSpace(text), err)
+	}
 	return gpa, hva, m[2], nil
 }
 
@@ -178,7 +184,10 @@ func parseRegistersAll(text string) ([]CPUState, error) {
 		if i+1 < len(heads) {
 			end = heads[i+1][0]
 		}
-		n, _ := strconv.Atoi(text[h[2]:h[3]])
+		n, err := strconv.Atoi(text[h[2]:h[3]])
+		if err != nil {
+			return nil, fmt.Errorf("info registers -a: bad header %q: %w", text[h[0]:h[1]], err)
+		}
 		chunks = append(chunks, chunk{n, text[h[1]:end]})
 	}
 	var cpus []CPUState

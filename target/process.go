@@ -166,6 +166,15 @@ func OpenPID(ctx context.Context, pid int) (*Process, error) {
 	sockets := qmpSockets(info.args, info.cwd)
 	var tried []string
 	for _, s := range sockets {
+		// The path on the command line may now name another QEMU's socket (a relative path whose
+		// folder could not be read, a path reused since): only this process's monitor will do.
+		if peer, err := peerPID(ctx, s); err != nil || peer != pid {
+			if err == nil {
+				err = fmt.Errorf("served by pid %d, not this QEMU", peer)
+			}
+			tried = append(tried, fmt.Sprintf("%s: %v", s, err))
+			continue
+		}
 		q, err := dialQMP(ctx, s)
 		if err != nil {
 			tried = append(tried, fmt.Sprintf("%s: %v", s, err))
