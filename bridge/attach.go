@@ -288,6 +288,7 @@ func (s *Session) openMachine(slow bool) (*svm.Machine, error) {
 // guest, in the overlaid guest RAM.
 type alias struct {
 	svm, guest, size uint64
+	vmemmap          uint64 // the range's offset in the vmemmap region: which pages' struct pages
 }
 
 // aliasesIn finds, among the guest's vmemmap leaves, those the SVM maps itself.
@@ -306,7 +307,7 @@ func (s *Session) aliasesIn(m *svm.Machine, leaves []svm.Graft) ([]alias, error)
 		if !m.IsGuestRAM(guest, l.Size) {
 			return nil, fmt.Errorf("vmemmap %#x: the guest's struct pages at %#x are not in its overlaid RAM", l.VA, guest)
 		}
-		out = append(out, alias{svm: first, guest: guest, size: l.Size})
+		out = append(out, alias{svm: first, guest: guest, size: l.Size, vmemmap: l.VA - s.vmemmap})
 	}
 	return out, nil
 }

@@ -64,6 +64,7 @@ func TestMain(m *testing.M) {
 		}
 		defer plain.stop()
 		defer kaslrVM.stop()
+		defer kaslrVM2.stop()
 		return m.Run()
 	}()
 	os.Exit(code)

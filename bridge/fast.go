@@ -50,7 +50,8 @@ type FallBack struct {
 	View        string        `json:"view"`
 	Syscall     string        `json:"syscall"`
 	Path        string        `json:"path,omitempty"`
-	PC          uint64        `json:"pc"`
+	PC          uint64        `json:"pc"`      // in the SVM
+	MemoPC      uint64        `json:"memo_pc"` // the same instruction in the memo (its link address)
 	Symbol      string        `json:"symbol"`
 	Disassembly string        `json:"disassembly"`
 	Region      string        `json:"region"`
@@ -105,7 +106,7 @@ func (s *Session) settleFilter() {
 		if _, ok := s.policy.alias(addr); !ok && svm.InSpans(s.policy.data, addr) {
 			s.Counts.Local += int(n) // as count does for each
 		}
-		s.Memo.AddHits(pc, n)
+		s.Memo.AddHits(s.snap.LinkAddr(pc), n)
 	})
 }
 
@@ -236,7 +237,7 @@ func (s *Session) resolveFast(m *svm.Machine, phys uint64, size int, write bool)
 	key := [2]uint64{pc, phys}
 	if d, ok := s.replay[key]; ok {
 		s.stats.Hits++
-		s.Memo.AddHits(pc, 1)
+		s.Memo.AddHits(s.snap.LinkAddr(pc), 1)
 		s.swap(m, phys, size, write, d)
 		return
 	}
@@ -245,7 +246,7 @@ func (s *Session) resolveFast(m *svm.Machine, phys uint64, size int, write bool)
 	d, reason := s.fastDecision(pc, phys, region, syscall)
 	if reason != "" {
 		s.stats.Misses++
-		s.run.miss = &FallBack{Time: time.Now(), View: s.View, Syscall: syscall, PC: pc,
+		s.run.miss = &FallBack{Time: time.Now(), View: s.View, Syscall: syscall, PC: pc, MemoPC: s.snap.LinkAddr(pc),
 			Symbol: s.Globals.syms.Format(pc), Disassembly: s.disassemble(m, pc), Region: region, Reason: reason}
 		m.Stop("memo miss")
 		return
@@ -271,9 +272,10 @@ const guestPointer = " (guest pointer)"
 // the guest's for globals it reached through guest pointers, and not at all (a miss) for a
 // global it reached both ways.
 func (s *Session) fastDecision(pc, phys uint64, region, syscall string) (decision.Decision, string) {
-	ent, ok := s.Memo.Lookup(pc, s.View, syscall)
+	at := s.snap.LinkAddr(pc)
+	ent, ok := s.Memo.Lookup(at, s.View, syscall)
 	if !ok {
-		if ent.PC == pc && ent.Decision == decision.Unknown {
+		if ent.PC == at && ent.Decision == decision.Unknown {
 			return decision.Invalid, "the global " + region + " is in neither list"
 		}
 		return decision.Invalid, "instruction not in the memo"
@@ -295,7 +297,7 @@ func (s *Session) fastDecision(pc, phys uint64, region, syscall string) (decisio
 	case decision.Both:
 		switch {
 		case !data:
-			return addressDecision(ent, region, phys)
+			return addressDecision(ent, region, s.policy.place(phys))
 		case plain && viaGuest:
 			return decision.Invalid, "reached both by constant address and by guest pointer: the decision depends on provenance"
 		case viaGuest:
@@ -311,10 +313,10 @@ func (s *Session) fastDecision(pc, phys uint64, region, syscall string) (decisio
 // addressDecision replays an instruction seen both redirected and local in the image window or
 // the aliased struct pages from the decisions it got at this very address (the objects at an
 // address stay the guest's or the SVM's while the guest is paused).
-func addressDecision(ent memo.Entry, class string, phys uint64) (decision.Decision, string) {
+func addressDecision(ent memo.Entry, class string, place uint64) (decision.Decision, string) {
 	var got []decision.Decision
 	for _, d := range []decision.Decision{decision.Local, decision.Redirect} {
-		want := addressRegion(class, phys, d)
+		want := addressRegion(class, place, d)
 		for _, r := range append([]string{ent.Region}, ent.Regions...) {
 			if r == want {
 				got = append(got, d)

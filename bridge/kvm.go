@@ -49,13 +49,13 @@ func (s *Session) trapFast(m *svm.Machine, t *svm.Trapped) error {
 		}
 		if reason != "" {
 			s.stats.Misses++
-			s.run.miss = &FallBack{Time: time.Now(), View: s.View, Syscall: syscall, PC: pc,
+			s.run.miss = &FallBack{Time: time.Now(), View: s.View, Syscall: syscall, PC: pc, MemoPC: s.snap.LinkAddr(pc),
 				Symbol: s.Globals.syms.Format(pc), Disassembly: s.disassemble(m, pc), Region: region, Reason: reason}
 			return errMiss
 		}
 		s.replay[key] = d
 	} else {
-		s.Memo.AddHits(pc, 1) // replayed without a lookup
+		s.Memo.AddHits(s.snap.LinkAddr(pc), 1) // replayed without a lookup
 	}
 	s.stats.Hits++
 	return s.carryOut(m, t, d)
@@ -67,7 +67,7 @@ func (s *Session) trapFast(m *svm.Machine, t *svm.Trapped) error {
 func (s *Session) writer(pcs []uint64) (uint64, string) {
 	var known []uint64
 	for _, pc := range pcs {
-		if _, ok := s.Memo.Peek(pc); ok {
+		if _, ok := s.Memo.Peek(s.snap.LinkAddr(pc)); ok {
 			known = append(known, pc)
 		}
 	}

@@ -9,20 +9,10 @@ import (
 )
 
 // MemoKey is what a memo of decisions is valid for: the snapshot's kernel build, and the lists
-// and taint rules that made the decisions.
+// and taint rules that made the decisions. Not the KASLR layout: the memo keeps link addresses
+// (learn), so one memo serves every boot of a build.
 func MemoKey(snap *svm.Snapshot) memo.Key {
-	return memo.Key{Kernel: MemoID(snap) + " " + snap.Release, Policy: PolicyVersion()}
-}
-
-// MemoID names the memo a snapshot's sessions learn into: one per kernel build, and one per
-// KASLR layout of it. Decisions are keyed by instruction address, which a layout moves: an
-// address of one layout can be another instruction in another, so memos of different layouts
-// must never be mixed.
-func MemoID(snap *svm.Snapshot) string {
-	if snap.KASLR == nil {
-		return snap.KernelID
-	}
-	return snap.KernelID + "-kaslr-" + snap.KASLR.Key()
+	return memo.Key{Kernel: snap.KernelID + " " + snap.Release, Policy: PolicyVersion()}
 }
 
 // MemoPath is where the memo of a kernel build (its ID, as svm.Snapshot.KernelID) lives in the
@@ -32,21 +22,41 @@ func MemoPath(cacheDir, kernelID string) string {
 }
 
 // learn records one decision for the instruction at pc, reading its bytes the first time so the
-// memo can show it without the kernel.
+// memo can show it without the kernel. The memo keeps the build's link addresses and bytes
+// (svm.Snapshot.LinkAddr, LinkBytes): what one KASLR layout learns, every other replays.
 func (s *Session) learn(pc uint64, d decision.Decision, region string) {
 	if s.Memo == nil {
 		return
 	}
 	o := memo.Observation{Decision: d, Region: region, View: s.View, Syscall: svm.SyscallName(s.Machine.CurrentSyscall())}
-	if _, ok := s.Memo.Peek(pc); !ok {
-		b := make([]byte, memo.MaxInsnBytes)
-		if s.Machine.ReadVirt(pc, b) == nil {
-			o.Bytes = b
-		}
+	at := s.snap.LinkAddr(pc)
+	if _, ok := s.Memo.Peek(at); !ok {
+		o.Bytes = s.linkedInsn(pc)
 	}
-	if _, err := s.Memo.Learn(pc, o); err != nil && s.learnErr == nil {
+	if _, err := s.Memo.Learn(at, o); err != nil && s.learnErr == nil {
 		// The hook cannot return it; the operation does (runSlow), so nothing learned is lost
 		// without a word.
 		s.learnErr = err
 	}
+}
+
+// linkedInsn reads the (at most) 15 bytes of the instruction at pc as the build links them, or
+// nil if they cannot be read. A relocated place is up to 8 bytes and may begin before pc's
+// window ends, so the read takes a margin on each side when the page allows.
+func (s *Session) linkedInsn(pc uint64) []byte {
+	const margin = 8
+	b := make([]byte, margin+memo.MaxInsnBytes+margin)
+	start := pc - margin
+	if s.Machine.ReadVirt(start, b) != nil {
+		start, b = pc, b[:memo.MaxInsnBytes+margin]
+		if s.Machine.ReadVirt(start, b) != nil {
+			b = b[:memo.MaxInsnBytes]
+			if s.Machine.ReadVirt(start, b) != nil {
+				return nil
+			}
+		}
+	}
+	s.snap.LinkBytes(start, b)
+	off := pc - start
+	return b[off : off+memo.MaxInsnBytes]
 }

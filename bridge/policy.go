@@ -165,7 +165,7 @@ func (s *Session) decideImage(a *taint.Access) {
 	} else {
 		// Where both VMs keep objects at the same address, the decision is per access; the
 		// address it was made for lets Fast-Bridge replay an instruction seen both ways.
-		region = addressRegion(region, a.Phys, a.Decision)
+		region = addressRegion(region, s.policy.place(a.Phys), a.Decision)
 	}
 	s.learn(a.PC, a.Decision, region)
 }
@@ -216,8 +216,19 @@ func (s *Session) count(phys uint64, d decision.Decision) {
 	}
 }
 
-// addressRegion names a decision at one physical address of the image window or the aliased
-// struct pages, as memoized: "image-window 0x1e05040 redirect".
-func addressRegion(class string, phys uint64, d decision.Decision) string {
-	return fmt.Sprintf("%s %#x %s", class, phys, d)
+// addressRegion names a decision at one address of the image window or the aliased struct
+// pages, as memoized: "image-window +0xe05040 redirect". The address is given as where it lies
+// in the image or the vmemmap region (place), not physically: KASLR moves both, and the memo
+// serves every layout.
+func addressRegion(class string, place uint64, d decision.Decision) string {
+	return fmt.Sprintf("%s +%#x %s", class, place, d)
+}
+
+// place is where a physical address of the image window or the aliased struct pages lies in
+// the kernel image, or in the vmemmap region (which pages' struct pages it holds).
+func (p *policy) place(phys uint64) uint64 {
+	if a, ok := p.alias(phys); ok {
+		return a.vmemmap + phys - a.svm
+	}
+	return phys - p.snap.Layout.KernelStart
 }

@@ -1,15 +1,17 @@
 package bridge
 
 import (
+	"bytes"
 	"context"
-	"os"
+	"fmt"
 	"os/exec"
-	"path/filepath"
 	"strings"
 	"testing"
 	"time"
 
+	"hybridbridge/internal/plainvm"
 	"hybridbridge/kaslr"
+	"hybridbridge/memo"
 	"hybridbridge/svm"
 	"hybridbridge/target"
 	"hybridbridge/vmm"
@@ -25,34 +27,15 @@ func TestSVMTakesOnKASLRGuestLayout(t *testing.T) {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 8*time.Minute)
 	defer cancel()
+	want, ls, lsyms := kaslrVM.layoutSnapshot(t, ctx)
+	t.Logf("guest: %s", want)
 	vm := kaslrVM.get(t)
 	tg, err := target.OpenQMP(ctx, vm.QMPSocket)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer tg.Close()
-	want, err := GuestLayout(tg, snap, syms)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Logf("guest: %s", want)
-	if want.TextOffset == 0 {
-		t.Fatalf("the guest's kernel was not moved (%s): the test proves nothing", want)
-	}
-
-	runDir, err := os.MkdirTemp("", "hbkaslr")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer os.RemoveAll(runDir)
-	out := filepath.Join(runDir, "snapshot")
-	ls, err := svm.Build(ctx, assets, svm.BuildOptions{
-		CacheDir: assets.CacheDir, RunDir: runDir, OutDir: out, KeepSymbols: BlockingEntries(), Layout: &want,
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	du, _ := exec.Command("du", "-sh", out).Output()
+	du, _ := exec.Command("du", "-sh", ls.Dir()).Output()
 	t.Logf("snapshot build: nokaslr %.1fs, with the guest's layout %.1fs; the layout snapshot takes %s on disk (%d MiB of data)",
 		snap.BuildTimeS, ls.BuildTimeS, strings.Fields(string(du) + " ?")[0], ls.RAMData>>20)
 	if ls.KASLR == nil || *ls.KASLR != want || ls.Layout.KernelStart != want.TextPhys {
@@ -66,10 +49,6 @@ func TestSVMTakesOnKASLRGuestLayout(t *testing.T) {
 	}
 
 	// From outside: the snapshot's RAM, read as the bridge reads a guest's.
-	lsyms, err := svm.KernelSymbols(assets.CacheDir, ls)
-	if err != nil {
-		t.Fatal(err)
-	}
 	if a, _ := lsyms.Addr("do_syscall_64"); a != ls.Symbols["do_syscall_64"] {
 		t.Errorf("KernelSymbols do_syscall_64 %#x, the snapshot's %#x", a, ls.Symbols["do_syscall_64"])
 	}
@@ -135,4 +114,110 @@ func TestSVMTakesOnKASLRGuestLayout(t *testing.T) {
 	}
 	compareViews(t, views.views, wantViews, views.log, wantLog)
 	compareWithTools(t, views.oracle, tools)
+}
+
+// TestOneMemoServesEveryLayout: a memo trained on one KASLR boot serves the same boot again,
+// another boot of the build in another layout, and a nokaslr boot: every view equals the boot's
+// files and tools, and no instruction learned on the first boot misses on another (a miss there
+// would be a memo keyed by the layout). The memo keeps the build's link addresses and linked
+// instruction bytes, whatever layout it learned in: its bytes are the nokaslr SVM's.
+//
+// Fall-backs do remain on every boot, the first included, where the decision depends on the
+// pointer's provenance at an address the memo has not seen (struct pages both kernels keep, a
+// global reached both by constant and by guest pointer) or on a code path the first boot did
+// not take; they are logged.
+func TestOneMemoServesEveryLayout(t *testing.T) {
+	if setupErr != nil {
+		t.Fatalf("setup: %v", setupErr)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
+	defer cancel()
+	la, sa, ya := kaslrVM.layoutSnapshot(t, ctx)
+	lb, sb, yb := kaslrVM2.layoutSnapshot(t, ctx)
+	t.Logf("boot A: %s\nboot B: %s", la, lb)
+	if la == lb {
+		t.Fatalf("two boots chose the same layout (%s): the test proves nothing", la)
+	}
+	if MemoKey(sa) != MemoKey(sb) || MemoKey(sa) != MemoKey(snap) {
+		t.Errorf("one build, three memo keys: %v, %v, %v", MemoKey(snap), MemoKey(sa), MemoKey(sb))
+	}
+	m := memo.New(MemoKey(sa))
+
+	tgA, err := target.OpenQMP(ctx, kaslrVM.get(t).QMPSocket)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, s, err := readAttachedWith(ctx, tgA, sa, ya, 0, Options{Mode: ModeAuto, Memo: m})
+	tgA.Close() // QEMU serves one QMP client at a time
+	if err != nil {
+		t.Fatal(err)
+	}
+	trained := s.Stats()
+	if trained.FallBacks == 0 {
+		t.Fatal("training boot A from an empty memo did not fall back: nothing was learned")
+	}
+	// By symbol and offset, which the boots' own symbols give whatever the memo's keys are.
+	learned := map[string]bool{}
+	for _, e := range m.Entries() {
+		learned[syms.Format(e.PC)] = true
+	}
+	t.Logf("boot A, from an empty memo: %d fall-backs, %d instructions learned", trained.FallBacks, len(learned))
+
+	serves := func(t *testing.T, vm *plainvm.VM, ls *svm.Snapshot, lsyms *vmm.Symbols) {
+		queueSocketsIn(t, ctx, vm)
+		want, wantLog, self := viewTruth(t, ctx, vm)
+		tools := runToolsIn(t, ctx, vm)
+		want.toolsAfter = true
+		tg, err := target.OpenQMP(ctx, vm.QMPSocket)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer tg.Close()
+		got, s, err := readAttachedWith(ctx, tg, ls, lsyms, self, Options{Mode: ModeAuto, Memo: m})
+		if err != nil {
+			t.Fatal(err)
+		}
+		st := s.Stats()
+		why := map[string]int{}
+		for _, ev := range st.Events {
+			if ev.Reason == "instruction not in the memo" && learned[ev.Symbol] {
+				t.Errorf("missed %s %q, learned on boot A: the memo did not find it in this layout", ev.Symbol, ev.Disassembly)
+			}
+			why[fmt.Sprintf("%s on %s: %s", ev.Symbol, ev.Region, ev.Reason)]++
+		}
+		t.Logf("%d Fast-Bridge operations, %d memo hits, %d fall-backs: %v", st.FastOps, st.Hits, st.FallBacks, why)
+		compareViews(t, got.views, want, got.log, wantLog)
+		compareWithTools(t, got.oracle, tools)
+	}
+	t.Run("the same boot", func(t *testing.T) { serves(t, kaslrVM.get(t), sa, ya) })
+	t.Run("another layout", func(t *testing.T) { serves(t, kaslrVM2.get(t), sb, yb) })
+	t.Run("nokaslr", func(t *testing.T) { serves(t, plain.get(t), snap, syms) })
+
+	// The bytes learned in layout A are the build's: the nokaslr SVM's at the same address.
+	mem, err := vmm.OpenFileView(snap.RAMPath(), vmm.PCRanges(snap.Layout.RAMSize))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer mem.Close()
+	text := snap.Symbols["_text"]
+	checked, differ := 0, 0
+	for _, e := range m.Entries() {
+		if len(e.Bytes) == 0 || e.PC < text || e.PC >= snap.Symbols["_etext"] {
+			continue
+		}
+		b := make([]byte, len(e.Bytes))
+		if err := mem.ReadPhys(e.PC-text+snap.Layout.KernelStart, b); err != nil {
+			t.Fatal(err)
+		}
+		checked++
+		if !bytes.Equal(b, e.Bytes) {
+			if differ++; differ <= 5 {
+				t.Errorf("%s: memo bytes % x, the nokaslr SVM's % x", syms.Format(e.PC), e.Bytes, b)
+			}
+		}
+	}
+	if checked == 0 || differ > 0 {
+		t.Errorf("%d of %d instructions learned in layout A differ from the build's", differ, checked)
+	}
+	t.Logf("%d instructions learned in layout A hold the build's linked bytes", checked)
 }

@@ -12,6 +12,7 @@ import (
 
 	"hybridbridge/inspect"
 	"hybridbridge/internal/plainvm"
+	"hybridbridge/kaslr"
 	"hybridbridge/svm"
 	"hybridbridge/target"
 	"hybridbridge/vmm"
@@ -28,6 +29,13 @@ type sharedVM struct {
 	vm     *plainvm.VM
 	dir    string
 	err    error
+
+	// The SVM snapshot in the VM's KASLR layout, built on first use (layoutSnapshot).
+	layoutOnce sync.Once
+	layout     kaslr.Layout
+	lsnap      *svm.Snapshot
+	lsyms      *vmm.Symbols
+	layoutErr  error
 }
 
 var (
@@ -36,6 +44,8 @@ var (
 	// kaslrVM has the kernel's defaults, KASLR included: the layout its boot chose is what
 	// GuestLayout must find from outside.
 	kaslrVM = &sharedVM{what: "KASLR VM", append: "console=ttyS0 panic=-1"}
+	// kaslrVM2 is another boot of the same: another layout, for the memo to serve.
+	kaslrVM2 = &sharedVM{what: "second KASLR VM", append: "console=ttyS0 panic=-1"}
 )
 
 func (s *sharedVM) boot() {
@@ -74,6 +84,40 @@ func (s *sharedVM) get(t *testing.T) *plainvm.VM {
 		t.Fatalf("%s: %v", s.what, s.err)
 	}
 	return s.vm
+}
+
+// layoutSnapshot boots the VM if needed, reads its KASLR layout from outside and builds the SVM
+// snapshot in that layout, the first time; a failure fails the test.
+func (s *sharedVM) layoutSnapshot(t *testing.T, ctx context.Context) (kaslr.Layout, *svm.Snapshot, *vmm.Symbols) {
+	t.Helper()
+	vm := s.get(t)
+	s.layoutOnce.Do(func() {
+		s.layoutErr = func() error {
+			tg, err := target.OpenQMP(ctx, vm.QMPSocket)
+			if err != nil {
+				return err
+			}
+			defer tg.Close()
+			if s.layout, err = GuestLayout(tg, snap, syms); err != nil {
+				return err
+			}
+			if s.layout.TextOffset == 0 {
+				return fmt.Errorf("the kernel was not moved (%s): KASLR tests would prove nothing", s.layout)
+			}
+			s.lsnap, err = svm.Build(ctx, assets, svm.BuildOptions{
+				CacheDir: assets.CacheDir, RunDir: s.dir, OutDir: filepath.Join(s.dir, "snapshot"), KeepSymbols: BlockingEntries(), Layout: &s.layout,
+			})
+			if err != nil {
+				return err
+			}
+			s.lsyms, err = svm.KernelSymbols(assets.CacheDir, s.lsnap)
+			return err
+		}()
+	})
+	if s.layoutErr != nil {
+		t.Fatalf("%s: its layout's SVM snapshot: %v", s.what, s.layoutErr)
+	}
+	return s.layout, s.lsnap, s.lsyms
 }
 
 // stop stops the VM if a test booted it.

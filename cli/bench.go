@@ -75,7 +75,7 @@ func insnCounts(before, after []memo.Entry, events []bridge.FallBack) (hits, mis
 	}
 	missed := map[uint64]bool{}
 	for _, ev := range events {
-		missed[ev.PC] = true
+		missed[ev.MemoPC] = true
 	}
 	hit := map[uint64]bool{}
 	for _, e := range after {

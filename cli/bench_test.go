@@ -37,7 +37,7 @@ func TestBenchRatesWithoutLookups(t *testing.T) {
 func TestBenchInstructionCounts(t *testing.T) {
 	before := []memo.Entry{{PC: 1, Hits: 5}, {PC: 2, Hits: 1}, {PC: 3}}
 	after := []memo.Entry{{PC: 1, Hits: 1005}, {PC: 2, Hits: 2, Misses: 1}, {PC: 3}, {PC: 4, Hits: 7}}
-	hits, misses := insnCounts(before, after, []bridge.FallBack{{PC: 9}, {PC: 9}})
+	hits, misses := insnCounts(before, after, []bridge.FallBack{{PC: 0x109, MemoPC: 9}, {PC: 0x109, MemoPC: 9}})
 	if hits != 2 || misses != 2 {
 		t.Errorf("insnCounts: %d hit, %d missed; want 2 (pcs 1 and 4) and 2 (pcs 2 and 9)", hits, misses)
 	}

@@ -158,7 +158,7 @@ func (e *env) newConsoleSource(ctx context.Context, name string, t target.Target
 		return nil, err
 	}
 	c := &consoleSource{name: name, accel: accelOf(t), snap: snap, syms: syms,
-		memoPath: e.memoPath(bridge.MemoID(snap)), kvm: onKVM, notes: []string{"Fast-Bridge executor: " + why}}
+		memoPath: e.memoPath(snap.KernelID), kvm: onKVM, notes: []string{"Fast-Bridge executor: " + why}}
 	c.open = func(ctx context.Context) (target.Target, error) {
 		t, _, err := e.openTarget(ctx, name)
 		return t, err
@@ -395,7 +395,7 @@ func (c *consoleSource) memoSummary() ui.MemoSummary {
 				break
 			}
 			out = append(out, ui.MemoEntry{
-				PC: en.PC, Symbol: c.syms.Format(en.PC), Disassembly: memo.Disassemble(en.PC, en.Bytes),
+				PC: en.PC, Symbol: c.syms.Format(c.snap.SVMAddr(en.PC)), Disassembly: memo.Disassemble(en.PC, en.Bytes),
 				Decision: en.Decision.String(), Region: en.Region, Seen: en.Seen, Hits: en.Hits, Misses: en.Misses,
 				View: en.View, Syscall: en.Syscall,
 			})

@@ -51,7 +51,7 @@ func (e *env) inspectGuest(ctx context.Context, name, view string, fn func(*brid
 	if err != nil {
 		return nil, err
 	}
-	memoPath := e.memoPath(bridge.MemoID(snap))
+	memoPath := e.memoPath(snap.KernelID)
 	mem, reason := memo.LoadOrNew(memoPath, bridge.MemoKey(snap))
 	if reason != nil && !errors.Is(reason, fs.ErrNotExist) {
 		fmt.Fprintf(e.stderr, "memo rebuilt: %v\n", reason)

@@ -1,9 +1,11 @@
 package kaslr
 
 import (
+	"bytes"
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"slices"
 )
 
 // kernelImageSize is KERNEL_IMAGE_SIZE with KASLR on x86-64: the kernel map spans 1 GiB from
@@ -144,4 +146,88 @@ func (b *BzImage) Relocate(image []byte, delta int64) error {
 		}
 	}
 	return nil
+}
+
+// relocsMagic starts MarshalBinary's encoding; the digit is its version.
+const relocsMagic = "HBRELOC1"
+
+// MarshalBinary encodes the tables compactly (sorted, delta-coded varints: about 1.5 bytes per
+// entry for a kernel's 200,000), for a snapshot that must undo them later (Undo).
+func (r *Relocs) MarshalBinary() ([]byte, error) {
+	out := []byte(relocsMagic)
+	for _, t := range r.tables() {
+		s := slices.Clone(t.entries)
+		slices.Sort(s)
+		out = binary.AppendUvarint(out, uint64(len(s)))
+		var prev uint64
+		for _, a := range s {
+			out = binary.AppendUvarint(out, a-prev)
+			prev = a
+		}
+	}
+	return out, nil
+}
+
+// UnmarshalBinary decodes MarshalBinary's encoding; the tables come out sorted.
+func (r *Relocs) UnmarshalBinary(data []byte) error {
+	if !bytes.HasPrefix(data, []byte(relocsMagic)) {
+		return errors.New("relocation tables: not an encoding of them (bad magic)")
+	}
+	b := data[len(relocsMagic):]
+	next := func() (uint64, error) {
+		v, n := binary.Uvarint(b)
+		if n <= 0 {
+			return 0, errors.New("relocation tables: truncated or bad varint")
+		}
+		b = b[n:]
+		return v, nil
+	}
+	var tables [3][]uint64
+	for i := range tables {
+		n, err := next()
+		if err != nil {
+			return err
+		}
+		if n > uint64(len(b)) { // every entry takes at least a byte
+			return fmt.Errorf("relocation tables: %d entries in %d bytes", n, len(b))
+		}
+		t := make([]uint64, n)
+		var a uint64
+		for j := range t {
+			d, err := next()
+			if err != nil {
+				return err
+			}
+			a += d
+			t[j] = a
+		}
+		tables[i] = t
+	}
+	if len(b) != 0 {
+		return fmt.Errorf("relocation tables: %d trailing bytes", len(b))
+	}
+	r.Rel32, r.Inv32, r.Rel64 = tables[0], tables[1], tables[2]
+	return nil
+}
+
+// Undo is Relocate backwards for a window of the running kernel: b holds the bytes at link
+// address va of a kernel relocated by delta, and every relocated place wholly inside b gets its
+// linked value back. Places cut by the window's edges are left as they are, so a caller wanting
+// exact bytes for [va, va+n) reads a few bytes more on each side. The tables must be sorted
+// (UnmarshalBinary's are).
+func (r *Relocs) Undo(va uint64, b []byte, delta int64) {
+	le := binary.LittleEndian
+	end := va + uint64(len(b))
+	for _, t := range r.tables() {
+		d := uint64(delta * t.sign)
+		i, _ := slices.BinarySearch(t.entries, va)
+		for ; i < len(t.entries) && t.entries[i]+t.width <= end; i++ {
+			p := b[t.entries[i]-va:]
+			if t.width == 4 {
+				le.PutUint32(p, le.Uint32(p)-uint32(d))
+			} else {
+				le.PutUint64(p, le.Uint64(p)-d)
+			}
+		}
+	}
 }

@@ -8,6 +8,7 @@ import (
 	"encoding/binary"
 	"fmt"
 	"os/exec"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -451,5 +452,64 @@ func BenchmarkRelocate(b *testing.B) {
 			b.Fatal(err)
 		}
 		sign = -sign
+	}
+}
+
+// TestUndoRealKernel: the setup kernel's tables survive their encoding, and Undo gives back the
+// linked bytes of any window of a relocated image, read with the margin its comment asks for;
+// bad encodings are refused.
+func TestUndoRealKernel(t *testing.T) {
+	bz, _, _ := needKernel(t)
+	enc, err := bz.Relocs.MarshalBinary()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got Relocs
+	if err := got.UnmarshalBinary(enc); err != nil {
+		t.Fatal(err)
+	}
+	for i, tb := range got.tables() {
+		want := slices.Sorted(slices.Values(bz.Relocs.tables()[i].entries))
+		if !slices.Equal(tb.entries, want) {
+			t.Fatalf("%s table: %d entries decoded, %d encoded, or they differ", tb.name, len(tb.entries), len(want))
+		}
+	}
+	t.Logf("%d entries in %d bytes", got.Len(), len(enc))
+
+	orig := bz.Image()
+	img := bytes.Clone(orig)
+	const delta = 0x2e400000
+	if err := bz.Relocate(img, delta); err != nil {
+		t.Fatal(err)
+	}
+	const margin = 8
+	wrong, windows := 0, 0
+	// Instruction-sized windows at every 13th byte of the text, 15 bytes each as the memo keeps them.
+	for off := margin; off+15+margin < len(img) && off < 8<<20; off += 13 {
+		w := bytes.Clone(img[off-margin : off+15+margin])
+		got.Undo(bz.TextVA+uint64(off-margin), w, delta)
+		windows++
+		if !bytes.Equal(w[margin:margin+15], orig[off:off+15]) {
+			wrong++
+		}
+	}
+	if wrong > 0 {
+		t.Errorf("%d of %d windows differ from the linked image after Undo", wrong, windows)
+	}
+
+	for _, c := range []struct {
+		name string
+		data []byte
+		want string
+	}{
+		{"magic", []byte("HBRELOC0\x00\x00\x00"), "bad magic"},
+		{"truncated", enc[:len(enc)/2], "relocation tables"},
+		{"trailing", append(bytes.Clone(enc), 0), "1 trailing bytes"},
+		{"huge count", []byte(relocsMagic + "\xff\xff\xff\x0f"), "entries in"},
+	} {
+		var r Relocs
+		if err := r.UnmarshalBinary(c.data); err == nil || !strings.Contains(err.Error(), c.want) {
+			t.Errorf("%s: %v; want %q", c.name, err, c.want)
+		}
 	}
 }

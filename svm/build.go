@@ -154,6 +154,7 @@ func Build(ctx context.Context, a *guest.Assets, opt BuildOptions) (*Snapshot, e
 	if steer != nil {
 		l := *opt.Layout
 		snap.KASLR = &l
+		snap.relocs = &steer.bz.Relocs
 		snap.Append = withoutNokaslr(g.Meta.Append)
 	}
 	if snap.Banner, err = bootBanner(g.ConsoleLog()); err != nil {

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/binary"
+	"errors"
 	"os"
 	"path/filepath"
 	"strings"
@@ -126,5 +127,73 @@ func TestMoveInitrd(t *testing.T) {
 	ram = setup(0x90000, 0x70000)
 	if _, _, err := moveInitrd(ram, bp, lo, hi, end); err == nil {
 		t.Error("an initrd with no room below the buffer was moved")
+	}
+}
+
+// TestLayoutSnapshotRelocs: a snapshot with a KASLR layout saves the kernel's relocation tables
+// beside it and loads them back; a snapshot whose tables are missing or damaged is corrupt. Its
+// addresses and bytes go back to the build's: LinkAddr moves the kernel map only, and LinkBytes
+// gives a relocated window of the image its linked bytes.
+func TestLayoutSnapshotRelocs(t *testing.T) {
+	if buildErr != nil {
+		t.Fatal(buildErr)
+	}
+	bz, err := kaslr.OpenBzImage(assets.Kernel)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The nokaslr snapshot's metadata and RAM, saved as if it had realLayout.
+	tmp := filepath.Join(t.TempDir(), "tmp")
+	must(t, os.Mkdir(tmp, 0o755))
+	must(t, copySparse(snap.RAMPath(), filepath.Join(tmp, ramFile), snap.Layout.RAMSize))
+	s := *snap
+	l := realLayout
+	s.KASLR, s.relocs = &l, &bz.Relocs
+	dir := filepath.Join(t.TempDir(), "layout")
+	must(t, s.save(tmp, dir))
+	got, err := Load(dir, snap.KernelID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got.relocs == nil || got.relocs.Len() != bz.Relocs.Len() {
+		t.Fatalf("loaded %v relocation entries, the kernel has %d", got.relocs, bz.Relocs.Len())
+	}
+
+	text := bz.TextVA + uint64(l.TextOffset)
+	for va, want := range map[uint64]uint64{
+		text: bz.TextVA, text + 0x1234: bz.TextVA + 0x1234,
+		0xffffffffc0001000: 0xffffffffc0001000, // the module area
+		0xffff888000001000: 0xffff888000001000, // the direct map
+	} {
+		if a := got.LinkAddr(va); a != want || got.SVMAddr(a) != va {
+			t.Errorf("LinkAddr(%#x) = %#x, SVMAddr of it %#x; want %#x", va, a, got.SVMAddr(a), want)
+		}
+	}
+	orig := bz.Image()
+	img := bytes.Clone(orig)
+	must(t, bz.Relocate(img, l.TextOffset))
+	const off, n = 0x10000, 0x4000
+	w := bytes.Clone(img[off-8 : off+n+8])
+	got.LinkBytes(text+off-8, w)
+	if !bytes.Equal(w[8:8+n], orig[off:off+n]) {
+		t.Error("LinkBytes did not give a relocated window the linked bytes")
+	}
+	if bytes.Equal(img[off:off+n], orig[off:off+n]) {
+		t.Error("the window holds no relocated place: the test proves nothing")
+	}
+
+	relocs := filepath.Join(dir, relocsFile)
+	data, err := os.ReadFile(relocs)
+	if err != nil {
+		t.Fatal(err)
+	}
+	data[len(data)/2] ^= 1
+	must(t, os.WriteFile(relocs, data, 0o644))
+	if _, err := Load(dir, snap.KernelID); !errors.Is(err, ErrSnapshotCorrupt) || !strings.Contains(err.Error(), "checksum") {
+		t.Errorf("damaged relocs.bin: %v", err)
+	}
+	must(t, os.Remove(relocs))
+	if _, err := Load(dir, snap.KernelID); !errors.Is(err, ErrSnapshotCorrupt) {
+		t.Errorf("missing relocs.bin: %v", err)
 	}
 }

@@ -25,9 +25,10 @@ import (
 const (
 	formatName = "hybridbridge-svm-snapshot"
 	// FormatVersion changes whenever the snapshot's meaning changes; older snapshots are rebuilt.
-	FormatVersion = 6
+	FormatVersion = 7
 	metaFile      = "snapshot.json"
 	ramFile       = "ram.img"
+	relocsFile    = "relocs.bin" // a KASLR layout's relocation tables (kaslr.Relocs.MarshalBinary)
 )
 
 // Errors a snapshot load reports. Each is wrapped with the path and details.
@@ -115,8 +116,11 @@ type Snapshot struct {
 	// nokaslr SVM. Every kernel address recorded here is the SVM's own, so with KASLR it
 	// includes KASLR.TextOffset.
 	KASLR *kaslr.Layout `json:"kaslr,omitempty"`
-	CPU   CPU           `json:"cpu"`
-	Agent Agent         `json:"agent"`
+	// RelocsCRC32C checks relocs.bin, which a snapshot with a KASLR layout keeps: the places
+	// its relocation changed, so that the instruction bytes it runs can be told as linked.
+	RelocsCRC32C uint32 `json:"relocs_crc32c,omitempty"`
+	CPU          CPU    `json:"cpu"`
+	Agent        Agent  `json:"agent"`
 
 	// The capture point: do_syscall_64(regs, nr) entered for the agent's marker call.
 	PtRegs     uint64   `json:"pt_regs"`     // RDI at entry
@@ -138,7 +142,8 @@ type Snapshot struct {
 	CreatedAt  time.Time `json:"created_at"`
 	BuildTimeS float64   `json:"build_time_s"`
 
-	dir string
+	dir    string
+	relocs *kaslr.Relocs // sorted; set with KASLR
 }
 
 // Dir is the snapshot's folder.
@@ -154,6 +159,39 @@ func (s *Snapshot) TextOffset() int64 {
 		return 0
 	}
 	return s.KASLR.TextOffset
+}
+
+// LinkAddr is the build's own (nokaslr, link-time) address of the SVM's kernel address va: the
+// kernel map moves with the text offset, nothing else does. Addresses kept across boots (the
+// memo's) are link addresses, so that every layout of a build shares them.
+func (s *Snapshot) LinkAddr(va uint64) uint64 {
+	if off := s.TextOffset(); off != 0 && inKernelMap(va) {
+		return va - uint64(off)
+	}
+	return va
+}
+
+// SVMAddr is LinkAddr backwards.
+func (s *Snapshot) SVMAddr(link uint64) uint64 {
+	if off := s.TextOffset(); off != 0 && inKernelMap(link) {
+		return link + uint64(off)
+	}
+	return link
+}
+
+// inKernelMap reports whether va lies in __START_KERNEL_map's 1 GiB, which holds only the kernel
+// image (the modules follow it).
+func inKernelMap(va uint64) bool { return va >= startKernelMap && va-startKernelMap < kernelMapSize }
+
+// LinkBytes turns b, read from the SVM's memory at kernel address va, into the bytes the build
+// links there: the relocated places wholly inside b get their linked values back, so the same
+// instruction reads the same in every layout. A caller wanting exact bytes for a range reads 8
+// more on each side (a place is at most 8 bytes).
+func (s *Snapshot) LinkBytes(va uint64, b []byte) {
+	if s.relocs == nil || !inKernelMap(va) {
+		return
+	}
+	s.relocs.Undo(s.LinkAddr(va), b, s.TextOffset())
 }
 
 // SnapshotDir is where the snapshot for a kernel lives in the cache.
@@ -234,7 +272,28 @@ func Load(dir, kernelID string) (*Snapshot, error) {
 			return nil, fmt.Errorf("%w: symbol %s missing", ErrSnapshotCorrupt, name)
 		}
 	}
+	if s.KASLR != nil {
+		if s.relocs, err = loadRelocs(filepath.Join(dir, relocsFile), s.RelocsCRC32C); err != nil {
+			return nil, fmt.Errorf("%w: %v (rebuild with: hybridbridge svm build)", ErrSnapshotCorrupt, err)
+		}
+	}
 	return s, nil
+}
+
+// loadRelocs reads a KASLR snapshot's relocation tables and checks them against crc.
+func loadRelocs(path string, crc uint32) (*kaslr.Relocs, error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return nil, err
+	}
+	if got := crc32.Checksum(data, castagnoli); got != crc {
+		return nil, fmt.Errorf("%s: checksum %08x, recorded %08x", path, got, crc)
+	}
+	r := new(kaslr.Relocs)
+	if err := r.UnmarshalBinary(data); err != nil {
+		return nil, fmt.Errorf("%s: %w", path, err)
+	}
+	return r, nil
 }
 
 // requiredSymbols are the kernel addresses the executor itself uses. Those a caller names in
@@ -295,6 +354,25 @@ func (s *Snapshot) save(tmpDir, dir string) error {
 		return fmt.Errorf("RAM file is %d bytes, SVM RAM is %d", size, s.Layout.RAMSize)
 	}
 	s.RAMCRC32C, s.RAMData = crc, n
+	if s.KASLR != nil {
+		if s.relocs == nil {
+			return errors.New("a KASLR layout without its relocation tables")
+		}
+		enc, err := s.relocs.MarshalBinary()
+		if err != nil {
+			return err
+		}
+		if err := os.WriteFile(filepath.Join(tmpDir, relocsFile), enc, 0o644); err != nil {
+			return err
+		}
+		s.RelocsCRC32C = crc32.Checksum(enc, castagnoli)
+		// As Load would have them: sorted, which LinkBytes needs.
+		sorted := new(kaslr.Relocs)
+		if err := sorted.UnmarshalBinary(enc); err != nil {
+			return err
+		}
+		s.relocs = sorted
+	}
 	s.Format, s.Version = formatName, FormatVersion
 	data, err := json.MarshalIndent(s, "", "  ")
 	if err != nil {
