@@ -111,11 +111,29 @@ func (e *env) kernelFor(ctx context.Context, kernelPath string, t target.Target)
 	default:
 		return nil, nil, err
 	}
+	e.pruneLayouts(lsnap)
 	lsyms, err := svm.KernelSymbols(e.cacheDir, lsnap)
 	if err != nil {
 		return nil, nil, err
 	}
 	return lsnap, lsyms, nil
+}
+
+// pruneLayouts marks snap, a layout snapshot, used and removes the least recently used ones of
+// its build beyond svm.KeepLayouts (each about 84 MB; every boot of a KASLR guest makes one). A
+// cache that cannot be tidied is said, not fatal: the snapshot itself is fine.
+func (e *env) pruneLayouts(snap *svm.Snapshot) {
+	err := snap.MarkUsed()
+	if err == nil {
+		var removed []string
+		removed, err = svm.PruneLayouts(e.cacheDir, snap.KernelID, svm.KeepLayouts, snap.Dir())
+		if len(removed) > 0 {
+			fmt.Fprintf(e.stderr, "removed %d SVM snapshots of older KASLR layouts (the cache keeps the %d last used)\n", len(removed), svm.KeepLayouts)
+		}
+	}
+	if err != nil {
+		fmt.Fprintf(e.stderr, "note: %v\n", err)
+	}
 }
 
 // ramEnd is how large a guest the SVM snapshot must serve for t.

@@ -7,6 +7,7 @@ import (
 	"errors"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -195,5 +196,51 @@ func TestLayoutSnapshotRelocs(t *testing.T) {
 	must(t, os.Remove(relocs))
 	if _, err := Load(dir, snap.KernelID); !errors.Is(err, ErrSnapshotCorrupt) {
 		t.Errorf("missing relocs.bin: %v", err)
+	}
+}
+
+// TestPruneLayouts: beyond the most recently used, layout snapshots go, the oldest first; the one
+// in use and builds in progress stay; a folder without metadata counts as the oldest.
+func TestPruneLayouts(t *testing.T) {
+	cache := t.TempDir()
+	var dirs []string
+	base := time.Now().Add(-time.Hour)
+	for i := range 5 {
+		l := realLayout
+		l.VmallocBase += uint64(i) << 30
+		d := LayoutSnapshotDir(cache, "k", l)
+		must(t, os.MkdirAll(d, 0o755))
+		if i != 2 { // 2 is an interrupted build: no metadata
+			must(t, os.WriteFile(filepath.Join(d, metaFile), nil, 0o644))
+			s := &Snapshot{dir: d}
+			must(t, s.MarkUsed())
+			at := base.Add(time.Duration(i) * time.Minute)
+			must(t, os.Chtimes(filepath.Join(d, metaFile), at, at))
+		}
+		dirs = append(dirs, d)
+	}
+	building := filepath.Join(filepath.Dir(dirs[0]), ".build-123")
+	must(t, os.Mkdir(building, 0o755))
+	// Keep 3, dirs[0] (the oldest) in use: dirs[4] and dirs[3] stay with it.
+	removed, err := PruneLayouts(cache, "k", 3, dirs[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	slices.Sort(removed)
+	want := []string{dirs[1], dirs[2]}
+	slices.Sort(want)
+	if !slices.Equal(removed, want) {
+		t.Errorf("removed %v, want %v", removed, want)
+	}
+	for _, d := range []string{dirs[0], dirs[3], dirs[4], building} {
+		if _, err := os.Stat(d); err != nil {
+			t.Errorf("%s: %v", d, err)
+		}
+	}
+	if removed, err := PruneLayouts(cache, "k", 3, dirs[0]); err != nil || len(removed) != 0 {
+		t.Errorf("second prune: %v, %v", removed, err)
+	}
+	if removed, err := PruneLayouts(cache, "other", 1, ""); err != nil || removed != nil {
+		t.Errorf("a build with no layouts: %v, %v", removed, err)
 	}
 }

@@ -203,7 +203,12 @@ func SnapshotDir(cacheDir, kernelID string) string {
 // one folder per layout, beside the nokaslr one rather than in it, since replacing a snapshot
 // replaces its whole folder.
 func LayoutSnapshotDir(cacheDir, kernelID string, l kaslr.Layout) string {
-	return filepath.Join(cacheDir, "svm", kernelID+"-kaslr", l.Key())
+	return filepath.Join(layoutsDir(cacheDir, kernelID), l.Key())
+}
+
+// layoutsDir holds the layout snapshots of a kernel build.
+func layoutsDir(cacheDir, kernelID string) string {
+	return filepath.Join(cacheDir, "svm", kernelID+"-kaslr")
 }
 
 // KernelSymbols returns the kernel's symbols as the SVM's own /proc/kallsyms lists them: the
