@@ -256,7 +256,11 @@ func (s *Session) openMachine(slow bool) (*svm.Machine, error) {
 		if err != nil {
 			return nil, err
 		}
+		if s.Globals.frameless, err = framelessHelpers(s.Globals.syms, m.ReadVirt); err != nil {
+			return nil, err
+		}
 		s.policy = newPolicy(s.snap, s.Globals, aliases)
+		s.policy.caller = func(pc uint64) uint64 { return s.callerOf(s.Machine, pc) }
 	}
 	if s.Grafts, err = m.Graft(s.leaves); err != nil {
 		return nil, err

@@ -243,7 +243,7 @@ func (s *Session) resolveFast(m *svm.Machine, phys uint64, size int, write bool)
 	}
 	syscall := svm.SyscallName(m.CurrentSyscall())
 	region := s.region(phys)
-	d, reason := s.fastDecision(pc, phys, region, syscall)
+	d, reason := s.fastDecision(m, pc, phys, region, syscall)
 	if reason != "" {
 		s.stats.Misses++
 		s.run.miss = &FallBack{Time: time.Now(), View: s.View, Syscall: syscall, PC: pc, MemoPC: s.snap.LinkAddr(pc),
@@ -271,7 +271,7 @@ const guestPointer = " (guest pointer)"
 // memcpy) is decided per global: by the lists for globals it reached by constant address, as
 // the guest's for globals it reached through guest pointers, and not at all (a miss) for a
 // global it reached both ways.
-func (s *Session) fastDecision(pc, phys uint64, region, syscall string) (decision.Decision, string) {
+func (s *Session) fastDecision(m *svm.Machine, pc, phys uint64, region, syscall string) (decision.Decision, string) {
 	at := s.snap.LinkAddr(pc)
 	ent, ok := s.Memo.Lookup(at, s.View, syscall)
 	if !ok {
@@ -281,6 +281,9 @@ func (s *Session) fastDecision(pc, phys uint64, region, syscall string) (decisio
 		return decision.Invalid, "instruction not in the memo"
 	}
 	data := svm.InSpans(s.policy.data, phys)
+	if !data && s.policy.guestFrame(phys) {
+		return decision.Redirect, "" // as Slow-Bridge decides it, by the frame's owner
+	}
 	plain, viaGuest := false, false
 	if data {
 		for _, r := range append([]string{ent.Region}, ent.Regions...) {
@@ -299,11 +302,16 @@ func (s *Session) fastDecision(pc, phys uint64, region, syscall string) (decisio
 		case !data:
 			return addressDecision(ent, region, s.policy.place(phys))
 		case plain && viaGuest:
+			// Through a guest pointer the global is the guest's; by constant address, the lists
+			// say. Where they say the guest's too, provenance does not matter.
+			if s.Globals.decide(s.policy.virt(phys), pc, s.callerOf(m, pc)) == decision.Redirect {
+				return decision.Redirect, ""
+			}
 			return decision.Invalid, "reached both by constant address and by guest pointer: the decision depends on provenance"
 		case viaGuest:
 			return decision.Redirect, ""
 		}
-		if d := s.Globals.decide(s.policy.virt(phys), pc); d != decision.Unknown {
+		if d := s.Globals.decide(s.policy.virt(phys), pc, s.callerOf(m, pc)); d != decision.Unknown {
 			return d, ""
 		}
 	}

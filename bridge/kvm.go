@@ -45,7 +45,7 @@ func (s *Session) trapFast(m *svm.Machine, t *svm.Trapped) error {
 		region := s.region(t.Phys)
 		reason := why
 		if reason == "" {
-			d, reason = s.fastDecision(pc, t.Phys, region, syscall)
+			d, reason = s.fastDecision(m, pc, t.Phys, region, syscall)
 		}
 		if reason != "" {
 			s.stats.Misses++

@@ -27,6 +27,8 @@ type policy struct {
 	data    []svm.PhysSpan
 	window  []svm.PhysSpan
 	aliases []alias
+	// caller is Session.callerOf on the Slow-Bridge machine.
+	caller func(pc uint64) uint64
 }
 
 func newPolicy(snap *svm.Snapshot, g *Globals, aliases []alias) *policy {
@@ -73,7 +75,7 @@ func (p *policy) Decide(a *taint.Access) (decision.Decision, taint.Reason) {
 		if guestOnly && !a.DispGlobal {
 			return decision.Redirect, taint.ReasonGVMPointer
 		}
-		switch d := p.globals.decide(p.virt(a.Phys), a.PC); d {
+		switch d := p.globals.decide(p.virt(a.Phys), a.PC, p.caller(a.PC)); d {
 		case decision.Redirect:
 			return d, taint.ReasonGlobalRedirect
 		case decision.Local:
@@ -82,10 +84,27 @@ func (p *policy) Decide(a *taint.Access) (decision.Decision, taint.Reason) {
 			return decision.Unknown, taint.ReasonGlobalUnknown
 		}
 	}
+	if p.guestFrame(a.Phys) {
+		return decision.Redirect, taint.ReasonGuestFrame
+	}
 	if _, ok := p.alias(a.Phys); ok || svm.InSpans(p.window, a.Phys) {
 		return p.shared(a, guestOnly)
 	}
 	return taint.VMST{}.Decide(a)
+}
+
+// guestFrame reports whether phys, in the aliased struct pages, is the struct page of a page frame
+// the SVM reserved for the guest. The SVM never uses those frames, so their struct pages are the
+// guest's whatever the pointer's provenance: a page-table page's lock, a guest page's count. No
+// per-address memo is needed for them, and none would carry over to another boot, whose page
+// tables are elsewhere.
+func (p *policy) guestFrame(phys uint64) bool {
+	a, ok := p.alias(phys)
+	if !ok || p.snap.StructPage == 0 {
+		return false
+	}
+	frame := (a.vmemmap + phys - a.svm) / p.snap.StructPage << 12
+	return svm.InSpans(p.snap.Layout.Reserved, frame)
 }
 
 // shared decides an access where both VMs keep their own data at the same physical address (the
@@ -162,7 +181,7 @@ func (s *Session) decideImage(a *taint.Access) {
 			// Decided by provenance, not by the lists: Fast-Bridge must not re-derive it from them.
 			region += guestPointer
 		}
-	} else {
+	} else if a.Reason != taint.ReasonGuestFrame {
 		// Where both VMs keep objects at the same address, the decision is per access; the
 		// address it was made for lets Fast-Bridge replay an instruction seen both ways.
 		region = addressRegion(region, s.policy.place(a.Phys), a.Decision)

@@ -169,6 +169,9 @@ func Build(ctx context.Context, a *guest.Assets, opt BuildOptions) (*Snapshot, e
 			return nil, err
 		}
 	}
+	if snap.StructPage, err = readStructPageSize(g, svmSyms, snap.Layout.KernelStart); err != nil {
+		return nil, err
+	}
 	report("starting the agent")
 	if snap.Agent, err = startAgent(ctx, g); err != nil {
 		return nil, err
@@ -238,6 +241,16 @@ func checkMemory(ctx context.Context, g *guest.Guest, snap *Snapshot) error {
 	}
 	snap.Window, err = freedImagePages(ctx, g, snap.Layout)
 	return err
+}
+
+// readStructPageSize is structPageSize on the booted SVM's memory.
+func readStructPageSize(g *guest.Guest, syms *vmm.Symbols, kernelStart uint64) (uint64, error) {
+	mem, err := g.Memory()
+	if err != nil {
+		return 0, err
+	}
+	defer mem.Close()
+	return structPageSize(mem, syms, kernelStart)
 }
 
 // startAgent starts the agent in the SVM and returns what it reports on the console.

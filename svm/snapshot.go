@@ -119,8 +119,11 @@ type Snapshot struct {
 	// RelocsCRC32C checks relocs.bin, which a snapshot with a KASLR layout keeps: the places
 	// its relocation changed, so that the instruction bytes it runs can be told as linked.
 	RelocsCRC32C uint32 `json:"relocs_crc32c,omitempty"`
-	CPU          CPU    `json:"cpu"`
-	Agent        Agent  `json:"agent"`
+	// StructPage is sizeof(struct page), from the kernel's BTF; 0 if it has none. An address in
+	// the struct-page array then tells which page frame it describes.
+	StructPage uint64 `json:"struct_page,omitempty"`
+	CPU        CPU    `json:"cpu"`
+	Agent      Agent  `json:"agent"`
 
 	// The capture point: do_syscall_64(regs, nr) entered for the agent's marker call.
 	PtRegs     uint64   `json:"pt_regs"`     // RDI at entry

@@ -24,12 +24,14 @@ const (
 	ReasonGlobalLocal                  // kernel global the classifier keeps local
 	ReasonGlobalUnknown                // kernel global the classifier does not know
 	ReasonUnknownAddress               // no operand gives the address (undecodable or unmodelled instruction): Unknown
+	ReasonGuestFrame                   // the struct page of a page frame only the guest uses
 	NumReasons
 )
 
 var reasonNames = [...]string{
 	"unlabelled", "stack", "per-cpu", "svm-pointer", "gvm-pointer", "mixed-pointer",
 	"user-pointer", "global-redirect", "global-local", "global-unknown", "unknown-address",
+	"guest-frame",
 }
 
 func (r Reason) String() string {
