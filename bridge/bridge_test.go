@@ -18,11 +18,15 @@ import (
 	"hybridbridge/vmm"
 )
 
-// One demo guest and one freshly built SVM snapshot serve the package.
+// One demo guest, booted with KASLR as distributions boot, and two freshly built SVM snapshots
+// serve the package: the nokaslr one (the reference: it finds a guest's layout, and serves the
+// nokaslr VMs) and one in the demo guest's layout, which its tests use.
 var (
 	demo     *guest.Guest
-	snap     *svm.Snapshot
+	snap     *svm.Snapshot // in demo's layout
 	syms     *vmm.Symbols
+	refSnap  *svm.Snapshot // nokaslr
+	refSyms  *vmm.Symbols
 	assets   *guest.Assets
 	setupErr error
 )
@@ -35,7 +39,7 @@ func TestMain(m *testing.M) {
 			return 1
 		}
 		defer os.RemoveAll(runDir)
-		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+		ctx, cancel := context.WithTimeout(context.Background(), 8*time.Minute)
 		defer cancel()
 		setupErr = func() error {
 			cache, err := guest.FindCacheDir()
@@ -49,13 +53,28 @@ func TestMain(m *testing.M) {
 			if err != nil {
 				return err
 			}
-			if snap, err = svm.Build(ctx, assets, svm.BuildOptions{CacheDir: cache, RunDir: runDir, OutDir: runDir + "/snapshot", KeepSymbols: BlockingEntries()}); err != nil {
+			if refSnap, err = svm.Build(ctx, assets, svm.BuildOptions{CacheDir: cache, RunDir: runDir, OutDir: runDir + "/snapshot", KeepSymbols: BlockingEntries()}); err != nil {
+				return err
+			}
+			// The SVM's own symbols, as for any target: nothing is asked of the guest.
+			if refSyms, err = svm.KernelSymbols(cache, refSnap); err != nil {
 				return err
 			}
 			if demo, err = guest.Start(ctx, guest.Config{Name: "demo", MemMiB: 512, Image: img, RunDir: runDir}); err != nil {
 				return err
 			}
-			// The SVM's own symbols, as for any target: nothing is asked of the guest.
+			tg := target.FromGuest(demo)
+			l, err := GuestLayout(tg, refSnap, refSyms)
+			tg.Close()
+			if err != nil {
+				return err
+			}
+			if l.TextOffset == 0 {
+				return fmt.Errorf("the demo guest's kernel was not moved (%s): it did not boot with KASLR", l)
+			}
+			if snap, err = svm.Build(ctx, assets, svm.BuildOptions{CacheDir: cache, RunDir: runDir, OutDir: runDir + "/demo-snapshot", KeepSymbols: BlockingEntries(), Layout: &l}); err != nil {
+				return err
+			}
 			syms, err = svm.KernelSymbols(cache, snap)
 			return err
 		}()

@@ -62,7 +62,7 @@ func TestGuestLayoutOfKASLRGuest(t *testing.T) {
 	if err != nil {
 		t.Fatalf("kcore headers: %v", err)
 	}
-	want, err := kcoreLayout(headers, snap.Symbols["_text"])
+	want, err := kcoreLayout(headers, refSnap.Symbols["_text"])
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -71,7 +71,7 @@ func TestGuestLayoutOfKASLRGuest(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer tg.Close()
-	got, err := GuestLayout(tg, snap, syms)
+	got, err := GuestLayout(tg, refSnap, refSyms)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -79,14 +79,14 @@ func TestGuestLayoutOfKASLRGuest(t *testing.T) {
 	if got != want {
 		t.Errorf("layout from outside:\n  %s\nthe guest's /proc/kcore:\n  %s", got, want)
 	}
-	mine, err := svmLayout(snap)
+	mine, err := svmLayout(refSnap)
 	if err != nil {
 		t.Fatal(err)
 	}
 	if got == mine {
 		t.Fatalf("the KASLR guest has the SVM's nokaslr layout (%s): the test proves nothing", mine)
 	}
-	_, err = AttachTarget(ctx, tg, snap, syms, Options{Mode: ModeSlow})
+	_, err = AttachTarget(ctx, tg, refSnap, refSyms, Options{Mode: ModeSlow})
 	if !errors.Is(err, ErrLayoutMismatch) {
 		t.Fatalf("attach a KASLR guest: %v, want ErrLayoutMismatch", err)
 	}

@@ -37,11 +37,11 @@ func TestSVMTakesOnKASLRGuestLayout(t *testing.T) {
 	defer tg.Close()
 	du, _ := exec.Command("du", "-sh", ls.Dir()).Output()
 	t.Logf("snapshot build: nokaslr %.1fs, with the guest's layout %.1fs; the layout snapshot takes %s on disk (%d MiB of data)",
-		snap.BuildTimeS, ls.BuildTimeS, strings.Fields(string(du) + " ?")[0], ls.RAMData>>20)
+		refSnap.BuildTimeS, ls.BuildTimeS, strings.Fields(string(du) + " ?")[0], ls.RAMData>>20)
 	if ls.KASLR == nil || *ls.KASLR != want || ls.Layout.KernelStart != want.TextPhys {
 		t.Errorf("snapshot records layout %v, kernel at %#x; want %s", ls.KASLR, ls.Layout.KernelStart, want)
 	}
-	if got, ref := ls.Symbols["_text"], snap.Symbols["_text"]; got != ref+uint64(want.TextOffset) {
+	if got, ref := ls.Symbols["_text"], refSnap.Symbols["_text"]; got != ref+uint64(want.TextOffset) {
 		t.Errorf("snapshot _text %#x, want the nokaslr %#x moved by %+#x", got, ref, want.TextOffset)
 	}
 	if strings.Contains(ls.Append, "nokaslr") {
@@ -57,7 +57,7 @@ func TestSVMTakesOnKASLRGuestLayout(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer mem.Close()
-	got, err := kaslr.ReadLayout(mem, lsyms, snap.Symbols["_text"], ls.Layout.KernelStart)
+	got, err := kaslr.ReadLayout(mem, lsyms, refSnap.Symbols["_text"], ls.Layout.KernelStart)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -89,7 +89,7 @@ func TestSVMTakesOnKASLRGuestLayout(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	inside, err := kcoreLayout(headers, snap.Symbols["_text"])
+	inside, err := kcoreLayout(headers, refSnap.Symbols["_text"])
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -138,8 +138,8 @@ func TestOneMemoServesEveryLayout(t *testing.T) {
 	if la == lb {
 		t.Fatalf("two boots chose the same layout (%s): the test proves nothing", la)
 	}
-	if MemoKey(sa) != MemoKey(sb) || MemoKey(sa) != MemoKey(snap) {
-		t.Errorf("one build, three memo keys: %v, %v, %v", MemoKey(snap), MemoKey(sa), MemoKey(sb))
+	if MemoKey(sa) != MemoKey(sb) || MemoKey(sa) != MemoKey(refSnap) {
+		t.Errorf("one build, three memo keys: %v, %v, %v", MemoKey(refSnap), MemoKey(sa), MemoKey(sb))
 	}
 	m := memo.New(MemoKey(sa))
 
@@ -159,7 +159,7 @@ func TestOneMemoServesEveryLayout(t *testing.T) {
 	// By symbol and offset, which the boots' own symbols give whatever the memo's keys are.
 	learned := map[string]bool{}
 	for _, e := range m.Entries() {
-		learned[syms.Format(e.PC)] = true
+		learned[refSyms.Format(e.PC)] = true
 	}
 	t.Logf("boot A, from an empty memo: %d fall-backs, %d instructions learned", trained.FallBacks, len(learned))
 
@@ -191,28 +191,28 @@ func TestOneMemoServesEveryLayout(t *testing.T) {
 	}
 	t.Run("the same boot", func(t *testing.T) { serves(t, kaslrVM.get(t), sa, ya) })
 	t.Run("another layout", func(t *testing.T) { serves(t, kaslrVM2.get(t), sb, yb) })
-	t.Run("nokaslr", func(t *testing.T) { serves(t, plain.get(t), snap, syms) })
+	t.Run("nokaslr", func(t *testing.T) { serves(t, plain.get(t), refSnap, refSyms) })
 
 	// The bytes learned in layout A are the build's: the nokaslr SVM's at the same address.
-	mem, err := vmm.OpenFileView(snap.RAMPath(), vmm.PCRanges(snap.Layout.RAMSize))
+	mem, err := vmm.OpenFileView(refSnap.RAMPath(), vmm.PCRanges(refSnap.Layout.RAMSize))
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer mem.Close()
-	text := snap.Symbols["_text"]
+	text := refSnap.Symbols["_text"]
 	checked, differ := 0, 0
 	for _, e := range m.Entries() {
-		if len(e.Bytes) == 0 || e.PC < text || e.PC >= snap.Symbols["_etext"] {
+		if len(e.Bytes) == 0 || e.PC < text || e.PC >= refSnap.Symbols["_etext"] {
 			continue
 		}
 		b := make([]byte, len(e.Bytes))
-		if err := mem.ReadPhys(e.PC-text+snap.Layout.KernelStart, b); err != nil {
+		if err := mem.ReadPhys(e.PC-text+refSnap.Layout.KernelStart, b); err != nil {
 			t.Fatal(err)
 		}
 		checked++
 		if !bytes.Equal(b, e.Bytes) {
 			if differ++; differ <= 5 {
-				t.Errorf("%s: memo bytes % x, the nokaslr SVM's % x", syms.Format(e.PC), e.Bytes, b)
+				t.Errorf("%s: memo bytes % x, the nokaslr SVM's % x", refSyms.Format(e.PC), e.Bytes, b)
 			}
 		}
 	}

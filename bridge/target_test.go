@@ -98,7 +98,7 @@ func (s *sharedVM) layoutSnapshot(t *testing.T, ctx context.Context) (kaslr.Layo
 				return err
 			}
 			defer tg.Close()
-			if s.layout, err = GuestLayout(tg, snap, syms); err != nil {
+			if s.layout, err = GuestLayout(tg, refSnap, refSyms); err != nil {
 				return err
 			}
 			if s.layout.TextOffset == 0 {
@@ -167,7 +167,7 @@ type attachedViews struct {
 // readAttached attaches t with the package's snapshot, reads every view and the oracle's, and
 // closes the session.
 func readAttached(ctx context.Context, tg target.Target, self int, o Options) (*attachedViews, *Session, error) {
-	return readAttachedWith(ctx, tg, snap, syms, self, o)
+	return readAttachedWith(ctx, tg, refSnap, refSyms, self, o)
 }
 
 // readAttachedWith is readAttached with another snapshot (one in a guest's KASLR layout).
@@ -234,7 +234,7 @@ func checkAttached(t *testing.T, ctx context.Context, g execer, open func(contex
 	t.Cleanup(func() { tg.Close() })
 	var before string
 	if pausedBefore {
-		if err := PauseSettled(ctx, tg, snap, syms); err != nil {
+		if err := PauseSettled(ctx, tg, refSnap, refSyms); err != nil {
 			t.Fatal(err)
 		}
 		// Before the workload's cleanups, which need the VM running, if the test stops.
@@ -287,7 +287,7 @@ func TestDumpEqualsLiveVM(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer tg.Close()
-	if err := PauseSettled(ctx, tg, snap, syms); err != nil {
+	if err := PauseSettled(ctx, tg, refSnap, refSyms); err != nil {
 		t.Fatal(err)
 	}
 	path := filepath.Join(t.TempDir(), "vm.elf")

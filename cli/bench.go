@@ -191,7 +191,7 @@ func (e *env) benchGuest(ctx context.Context, name string) (target.Target, strin
 		return t, kernel, func() { t.Close() }, nil
 	}
 	fmt.Fprintln(e.stderr, "booting a demo guest for the benchmark...")
-	g, err := e.startDemo(ctx, fmt.Sprintf("bench-%d", time.Now().UnixNano()%100000), "512M", false)
+	g, err := e.startDemo(ctx, fmt.Sprintf("bench-%d", time.Now().UnixNano()%100000), "512M", false, false)
 	if err != nil {
 		return nil, "", nil, err
 	}

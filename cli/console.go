@@ -98,7 +98,7 @@ func (e *env) console(ctx context.Context, name string, bootDemo bool, opts ui.O
 	var owned *guest.Guest
 	if errors.Is(err, guest.ErrNotRunning) && bootDemo {
 		fmt.Fprintf(e.stderr, "booting the %s guest...\n", name)
-		owned, err = e.startDemo(ctx, name, "512M", false)
+		owned, err = e.startDemo(ctx, name, "512M", false, false)
 		if err == nil {
 			t, kernel = target.FromGuest(owned), owned.Meta.Kernel
 		}

@@ -21,7 +21,7 @@ func (e *env) demo(ctx context.Context) error {
 	owned := false
 	if errors.Is(err, guest.ErrNotRunning) {
 		fmt.Fprintln(e.stderr, "booting the demo guest...")
-		g, err = e.startDemo(ctx, "demo", "512M", false)
+		g, err = e.startDemo(ctx, "demo", "512M", false, false)
 		owned = true
 	}
 	if err != nil {

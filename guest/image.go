@@ -23,9 +23,14 @@ type Image struct {
 }
 
 // CommonArgs are the kernel arguments of every guest hybridbridge boots, demo guests and the secure
-// VM alike, because both must run the identical kernel the same way: no KASLR (kernel addresses
-// equal in both), and no CPU features the Unicorn emulator lacks (xsave, PTI's PCID use).
-const CommonArgs = "console=ttyS0 nokaslr noxsave nopti mitigations=off panic=-1"
+// VM alike: no CPU features the Unicorn emulator lacks (xsave, PTI's PCID use). KASLR stays on in
+// demo guests, as distributions boot: the SVM boots nokaslr and takes on a guest's layout when its
+// snapshot is built (svm.BuildOptions.Layout).
+const CommonArgs = "console=ttyS0 noxsave nopti mitigations=off panic=-1"
+
+// NoKASLR is the argument that boots a guest without KASLR (guest start --nokaslr): its kernel at
+// the build's own addresses, which the SVM's nokaslr snapshot serves without a layout of its own.
+const NoKASLR = "nokaslr"
 
 // DemoModules are loaded into the demo guest with insmod. All come from the kernel package and
 // have no dependencies (checked when the image is built).
@@ -202,7 +207,7 @@ func BuildSVMImage(a *Assets) (*Image, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &Image{Path: path, Kernel: a.Kernel, Append: CommonArgs}, nil
+	return &Image{Path: path, Kernel: a.Kernel, Append: CommonArgs + " " + NoKASLR}, nil
 }
 
 // baseImage is what every guest image has: busybox, init, the command channel's helper.

@@ -7,6 +7,7 @@ import (
 	"context"
 	"fmt"
 	"path/filepath"
+	"slices"
 	"strings"
 
 	"hybridbridge/vmm"
@@ -26,14 +27,18 @@ func (g *Guest) Memory() (*vmm.FileView, error) {
 	return v, nil
 }
 
-// Symbols returns the guest kernel's symbols. They come from the guest's /proc/kallsyms once per
-// kernel build (the Debian package has no real System.map) and are cached under
-// symbols/<kernel id>.kallsyms. Only the kernel image's symbols are cached: module addresses
-// depend on what a particular boot loaded.
+// Symbols returns the guest kernel's symbols, from its /proc/kallsyms (the Debian package has no
+// real System.map). Those of a nokaslr boot are the build's own and are cached under
+// symbols/<kernel id>.kallsyms, once per build; a KASLR boot's are its layout's, read each time
+// and never cached. Only the kernel image's symbols are kept: module addresses depend on what a
+// particular boot loaded.
 func (g *Guest) Symbols(ctx context.Context, cacheDir string) (*vmm.Symbols, error) {
-	path := SymbolsPath(cacheDir, g.Meta.KernelID)
-	if syms, err := vmm.LoadSymbols(path); err == nil {
-		return syms, nil
+	path := "" // where to cache them: nowhere for a KASLR boot
+	if slices.Contains(strings.Fields(g.Meta.Append), NoKASLR) {
+		path = SymbolsPath(cacheDir, g.Meta.KernelID)
+		if syms, err := vmm.LoadSymbols(path); err == nil {
+			return syms, nil
+		}
 	}
 	// Compressed in the guest: the serial channel carries ~0.5 MB/s.
 	res, err := g.Exec(ctx, "gzip -c /proc/kallsyms")
@@ -62,6 +67,9 @@ func (g *Guest) Symbols(ctx context.Context, cacheDir string) (*vmm.Symbols, err
 	syms, err := vmm.ParseKallsyms(bytes.NewReader(kernelOnly.Bytes()))
 	if err != nil {
 		return nil, fmt.Errorf("guest %q kallsyms: %w", g.Meta.Name, err)
+	}
+	if path == "" {
+		return syms, nil
 	}
 	if err := writeFileAtomic(path, kernelOnly.Bytes(), 0o644); err != nil {
 		return nil, fmt.Errorf("cache kallsyms: %w", err)
