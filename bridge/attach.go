@@ -74,9 +74,11 @@ type Session struct {
 	snap    *svm.Snapshot
 	leaves  []svm.Graft // the guest's vmemmap mappings
 	mods    []svm.Graft // the guest's module-area directory entries
-	mode    Mode
-	fast    *svm.Machine   // Fast-Bridge's machine (modes auto and fast)
-	filter  *emu.MemFilter // Fast-Bridge's hook, with the accesses it lets through in C
+	// foreignCode is the guest's module code the SVM cannot run (codePage), guarded per machine.
+	foreignCode []codePage
+	mode        Mode
+	fast        *svm.Machine   // Fast-Bridge's machine (modes auto and fast)
+	filter      *emu.MemFilter // Fast-Bridge's hook, with the accesses it lets through in C
 	// replay holds the redirect decisions Fast-Bridge replayed, by (instruction, physical
 	// address), until the memo changes: the filter's counterpart for what needs a swap in Go.
 	replay   map[[2]uint64]decision.Decision
@@ -197,6 +199,9 @@ func AttachTarget(ctx context.Context, t target.Target, snap *svm.Snapshot, syms
 	if s.mods, err = moduleGrafts(w); err != nil {
 		return nil, err
 	}
+	if s.foreignCode, err = moduleCodeInImage(w, snap); err != nil {
+		return nil, err
+	}
 	s.mode = mode
 	first, err := s.openMachine(mode == ModeSlow)
 	if err != nil {
@@ -269,6 +274,9 @@ func (s *Session) openMachine(slow bool) (*svm.Machine, error) {
 		return nil, err
 	}
 	if s.ModuleGrafts, err = m.Graft(s.mods); err != nil {
+		return nil, err
+	}
+	if err := s.guardModuleCode(m); err != nil {
 		return nil, err
 	}
 	var spans []svm.PhysSpan

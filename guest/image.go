@@ -23,14 +23,25 @@ type Image struct {
 }
 
 // CommonArgs are the kernel arguments of every guest hybridbridge boots, demo guests and the secure
-// VM alike: no CPU features the Unicorn emulator lacks (xsave, PTI's PCID use). KASLR stays on in
-// demo guests, as distributions boot: the SVM boots nokaslr and takes on a guest's layout when its
-// snapshot is built (svm.BuildOptions.Layout).
+// VM alike: no CPU features the Unicorn emulator lacks (xsave, PTI's PCID use).
 const CommonArgs = "console=ttyS0 noxsave nopti mitigations=off panic=-1"
 
-// NoKASLR is the argument that boots a guest without KASLR (guest start --nokaslr): its kernel at
-// the build's own addresses, which the SVM's nokaslr snapshot serves without a layout of its own.
+// NoKASLR boots a kernel at the build's own addresses. The SVM always boots so (it takes on a
+// guest's layout only when a snapshot is built in it: svm.BuildOptions.Layout), and so do demo
+// guests unless started with KASLR (guest start --kaslr): a KASLR boot may give module code pages
+// the kernel freed from its image, which the SVM cannot run (README, known limits).
 const NoKASLR = "nokaslr"
+
+// WithoutArg is a kernel command line with every word equal to arg removed.
+func WithoutArg(cmdline, arg string) string {
+	var kept []string
+	for _, w := range strings.Fields(cmdline) {
+		if w != arg {
+			kept = append(kept, w)
+		}
+	}
+	return strings.Join(kept, " ")
+}
 
 // DemoModules are loaded into the demo guest with insmod. All come from the kernel package and
 // have no dependencies (checked when the image is built).
@@ -177,7 +188,7 @@ func BuildDemoImage(a *Assets) (*Image, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &Image{Path: path, Kernel: a.Kernel, Append: CommonArgs + " quiet", Modules: order}, nil
+	return &Image{Path: path, Kernel: a.Kernel, Append: CommonArgs + " " + NoKASLR + " quiet", Modules: order}, nil
 }
 
 // svmRC prepares the secure VM: nothing runs in it but init, the command channel and (started

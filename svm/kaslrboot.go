@@ -6,7 +6,6 @@ import (
 	"encoding/binary"
 	"fmt"
 	"os"
-	"strings"
 
 	"golang.org/x/sys/unix"
 
@@ -305,15 +304,7 @@ func moveInitrd(ram []byte, bp, lo, hi, end uint64) (from, to uint64, err error)
 }
 
 // withoutNokaslr is a kernel command line with its nokaslr arguments removed.
-func withoutNokaslr(cmdline string) string {
-	var kept []string
-	for _, w := range strings.Fields(cmdline) {
-		if w != "nokaslr" {
-			kept = append(kept, w)
-		}
-	}
-	return strings.Join(kept, " ")
-}
+func withoutNokaslr(cmdline string) string { return guest.WithoutArg(cmdline, guest.NoKASLR) }
 
 // svmModuleLoadOffset is where the SVM's own allocations in the module area begin: above any
 // guest's modules (KASLR puts the first at most 4 MiB in; a guest rarely holds more than a few

@@ -467,7 +467,7 @@ func TestWedgedStub(t *testing.T) {
 	defer qemuProc.Signal(syscall.SIGCONT)
 	const deadline = 300 * time.Millisecond
 	start := time.Now()
-	_, err := c.ReadMemory(ctxT(t, deadline), 0xffffffff81000000, 64)
+	_, err := c.ReadMemory(ctxT(t, deadline), symbol(t, "_text"), 64)
 	el := time.Since(start)
 	t.Logf("read from a frozen QEMU: %v after %v (deadline %v)", err, el.Round(time.Millisecond), deadline)
 	if !errors.Is(err, context.DeadlineExceeded) {
@@ -589,7 +589,7 @@ func TestResumedElsewhere(t *testing.T) {
 			t.Fatalf("%s after a cont elsewhere: %v", op, err)
 		}
 		t.Logf("%s after a cont elsewhere: %v", op, time.Since(start).Round(time.Millisecond))
-		if _, err := c.ReadMemory(ctxT(t, 5*time.Second), 0xffffffff81000000, 16); err != nil {
+		if _, err := c.ReadMemory(ctxT(t, 5*time.Second), symbol(t, "_text"), 16); err != nil {
 			t.Fatalf("read memory after %s: %v", op, err)
 		}
 	}
