@@ -18,6 +18,7 @@ import (
 
 	"hybridbridge/decision"
 	"hybridbridge/guest"
+	"hybridbridge/inspect"
 	"hybridbridge/memo"
 )
 
@@ -567,4 +568,79 @@ func TestGuestStartDiesWithTests(t *testing.T) {
 			t.Fatalf("QEMU pid %d outlived the killed test binary that started it (killed now)", pid)
 		}
 	}
+}
+
+// TestGuestStartKASLR: guest start --kaslr boots the demo guest with KASLR. Its first command says
+// it builds the SVM snapshot in the guest's layout; the kernel is elsewhere than in the nokaslr
+// guest, and ps from outside lists every process the guest lists before and after.
+func TestGuestStartKASLR(t *testing.T) {
+	needGuest(t)
+	const name = "cli-kaslr"
+	if _, errOut, err := run("guest", "start", "--name", name, "--mem", "256M", "--kaslr"); err != nil {
+		t.Fatalf("guest start --kaslr: %v\n%s", err, errOut)
+	}
+	defer run("guest", "stop", name)
+	g, err := guest.Open(runDir, name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if strings.Contains(g.Meta.Append, guest.NoKASLR) {
+		t.Fatalf("booted with %q", g.Meta.Append)
+	}
+	addr := func(guestName string) string {
+		out, errOut, err := run("guest", "read", guestName, "linux_banner", "--len", "13", "--json")
+		if err != nil {
+			t.Fatalf("guest read %s: %v\n%s", guestName, err, errOut)
+		}
+		var j struct{ Address string }
+		if err := json.Unmarshal([]byte(out), &j); err != nil {
+			t.Fatal(err)
+		}
+		if guestName == name && (!strings.Contains(errOut, "building an SVM snapshot in") || !strings.Contains(errOut, "KASLR layout")) {
+			t.Errorf("the first command did not say it builds a snapshot in the layout: %q", errOut)
+		}
+		return j.Address
+	}
+	if moved, fixed := addr(name), addr("cli"); moved == fixed {
+		t.Errorf("linux_banner at %s in both the KASLR and the nokaslr guest", moved)
+	}
+
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	pids := func() map[int]bool {
+		res, err := g.Exec(ctx, "cd /proc && echo [0-9]*")
+		if err != nil {
+			t.Fatal(err)
+		}
+		out := map[int]bool{}
+		for _, f := range strings.Fields(string(res.Stdout)) {
+			if n, err := strconv.Atoi(f); err == nil {
+				out[n] = true
+			}
+		}
+		return out
+	}
+	before := pids()
+	out, errOut, err := run("ps", "--guest", name, "--json")
+	if err != nil {
+		t.Fatalf("ps: %v\n%s", err, errOut)
+	}
+	after := pids()
+	var procs []inspect.Process
+	if err := json.Unmarshal([]byte(out), &procs); err != nil {
+		t.Fatal(err)
+	}
+	seen := map[int]bool{}
+	for _, p := range procs {
+		seen[p.PID] = true
+	}
+	for pid := range before {
+		if after[pid] && !seen[pid] {
+			t.Errorf("pid %d, in the guest before and after, is not in the view", pid)
+		}
+	}
+	if len(procs) < 40 || !seen[1] {
+		t.Errorf("ps listed %d processes (pid 1: %v)", len(procs), seen[1])
+	}
+	t.Logf("KASLR guest: %d processes; %s", len(procs), lastLine(errOut))
 }
