@@ -491,9 +491,11 @@ func comparePS(view []inspect.Process, tt *tools) []string {
 		}
 		// STAT is the state letter, then W for a process without memory (busybox: vsz 0), < or
 		// N for its nice value, which the view does not have.
-		// A kernel thread ps saw running may sleep by the pause: on a guest of several CPUs
-		// one runs beside the capture (rcu_preempt did). The workload's processes may not.
-		ranThen := r.stat[:1] == "R" && p.Kernel && (p.State == "S" || p.State == "I")
+		// A kernel thread ps saw running may sleep by the pause, or one it saw asleep wake: on a
+		// guest of several CPUs one runs beside the capture (rcu_preempt did, both ways). The
+		// workload's processes may not.
+		asleep := func(s string) bool { return s == "S" || s == "I" }
+		ranThen := p.Kernel && (r.stat[:1] == "R" && asleep(p.State) || asleep(r.stat[:1]) && p.State == "R")
 		if r.comm != "hbguest" {
 			if !ranThen {
 				field("state (STAT "+r.stat+")", p.State, r.stat[:1])
