@@ -265,7 +265,7 @@ func (s *Session) openMachine(slow bool) (*svm.Machine, error) {
 			return nil, err
 		}
 		s.policy = newPolicy(s.snap, s.Globals, aliases)
-		s.policy.caller = func(pc uint64) uint64 { return s.callerOf(s.Machine, pc) }
+		s.policy.caller = func() uint64 { return s.callerOf(s.Machine) }
 	}
 	if s.Grafts, err = m.Graft(s.leaves); err != nil {
 		return nil, err
@@ -302,6 +302,10 @@ type alias struct {
 	svm, guest, size uint64
 	vmemmap          uint64 // the range's offset in the vmemmap region: which pages' struct pages
 }
+
+// place is where phys, in the alias, lies in the vmemmap region: which page frame's struct page
+// it is part of, the same in every KASLR layout.
+func (a alias) place(phys uint64) uint64 { return a.vmemmap + phys - a.svm }
 
 // aliasesIn finds, among the guest's vmemmap leaves, those the SVM maps itself.
 func (s *Session) aliasesIn(m *svm.Machine, leaves []svm.Graft) ([]alias, error) {

@@ -298,20 +298,21 @@ func (s *Session) fastDecision(m *svm.Machine, pc, phys uint64, region, syscall 
 	case decision.Local, decision.Redirect:
 		return ent.Decision, ""
 	case decision.Both:
+		caller := func() uint64 { return s.callerOf(m) }
 		switch {
 		case !data:
 			return addressDecision(ent, region, s.policy.place(phys))
 		case plain && viaGuest:
 			// Through a guest pointer the global is the guest's; by constant address, the lists
 			// say. Where they say the guest's too, provenance does not matter.
-			if s.Globals.decide(s.policy.virt(phys), pc, s.callerOf(m, pc)) == decision.Redirect {
+			if s.Globals.decide(s.policy.virt(phys), pc, caller) == decision.Redirect {
 				return decision.Redirect, ""
 			}
 			return decision.Invalid, "reached both by constant address and by guest pointer: the decision depends on provenance"
 		case viaGuest:
 			return decision.Redirect, ""
 		}
-		if d := s.Globals.decide(s.policy.virt(phys), pc, s.callerOf(m, pc)); d != decision.Unknown {
+		if d := s.Globals.decide(s.policy.virt(phys), pc, caller); d != decision.Unknown {
 			return d, ""
 		}
 	}

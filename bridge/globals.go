@@ -237,25 +237,21 @@ func (g *Globals) count(name string) {
 	g.mu.Unlock()
 }
 
-// inFramelessHelper reports whether pc lies in a frameless scoped helper.
-func (g *Globals) inFramelessHelper(pc uint64) bool {
-	fn, _, _ := g.syms.Lookup(pc)
-	return g.frameless[fn]
-}
-
 // decide looks the global at virt, accessed by the instruction at pc, up in the lists: Redirect,
-// Local, or Unknown for one in neither. It does not count. caller is where a frameless scoped
-// helper at pc returns to (Session.callerOf), 0 if unknown: for the scoped globals that function
-// decides, not the helper.
-func (g *Globals) decide(virt, pc, caller uint64) decision.Decision {
+// Local, or Unknown for one in neither. It does not count. caller tells where a frameless scoped
+// helper at pc returns to (Session.callerOf: 0 if unknown; nil, never asked): for the scoped
+// globals that function decides, not the helper. It is asked only then.
+func (g *Globals) decide(virt, pc uint64, caller func() uint64) decision.Decision {
 	name, _, ok := g.syms.Lookup(virt)
 	if !ok {
 		return decision.Unknown
 	}
 	if fns, scoped := redirectInList[name]; scoped {
 		fn, _, _ := g.syms.Lookup(pc)
-		if caller != 0 && g.frameless[fn] {
-			fn, _, _ = g.syms.Lookup(caller)
+		if g.frameless[fn] && caller != nil {
+			if ret := caller(); ret != 0 {
+				fn, _, _ = g.syms.Lookup(ret)
+			}
 		}
 		for _, f := range fns {
 			if f == fn {

@@ -78,22 +78,21 @@ func frameless(code []byte) bool {
 	return true
 }
 
-// callerOf is the address a frameless scoped helper running at pc returns to, or 0 when pc is in
-// none or the machine cannot tell (on KVM the trap carries no stack pointer).
-func (s *Session) callerOf(m *svm.Machine, pc uint64) uint64 {
-	if !s.Globals.inFramelessHelper(pc) {
-		return 0
-	}
+// callerOf is where the frameless scoped helper m is running returns to: [RSP]. It is 0 where the
+// machine cannot tell (on KVM the trap carries no stack pointer), and where the stack cannot be
+// read, which stops the call: Unicorn holds the registers and the kernel stack is mapped.
+func (s *Session) callerOf(m *svm.Machine) uint64 {
 	e := m.Engine()
 	if e == nil {
 		return 0
 	}
 	rsp, err := e.Reg(emu.RSP)
-	if err != nil {
-		return 0
-	}
 	var b [8]byte
-	if m.ReadVirt(rsp, b[:]) != nil {
+	if err == nil {
+		err = m.ReadVirt(rsp, b[:])
+	}
+	if err != nil {
+		m.Stop(fmt.Sprintf("read a helper's return address: %v", err))
 		return 0
 	}
 	return binary.LittleEndian.Uint64(b[:])

@@ -28,7 +28,7 @@ type policy struct {
 	window  []svm.PhysSpan
 	aliases []alias
 	// caller is Session.callerOf on the Slow-Bridge machine.
-	caller func(pc uint64) uint64
+	caller func() uint64
 }
 
 func newPolicy(snap *svm.Snapshot, g *Globals, aliases []alias) *policy {
@@ -75,7 +75,7 @@ func (p *policy) Decide(a *taint.Access) (decision.Decision, taint.Reason) {
 		if guestOnly && !a.DispGlobal {
 			return decision.Redirect, taint.ReasonGVMPointer
 		}
-		switch d := p.globals.decide(p.virt(a.Phys), a.PC, p.caller(a.PC)); d {
+		switch d := p.globals.decide(p.virt(a.Phys), a.PC, p.caller); d {
 		case decision.Redirect:
 			return d, taint.ReasonGlobalRedirect
 		case decision.Local:
@@ -103,7 +103,7 @@ func (p *policy) guestFrame(phys uint64) bool {
 	if !ok || p.snap.StructPage == 0 {
 		return false
 	}
-	frame := (a.vmemmap + phys - a.svm) / p.snap.StructPage << 12
+	frame := a.place(phys) / p.snap.StructPage << 12
 	return svm.InSpans(p.snap.Layout.Reserved, frame)
 }
 
@@ -247,7 +247,7 @@ func addressRegion(class string, place uint64, d decision.Decision) string {
 // the kernel image, or in the vmemmap region (which pages' struct pages it holds).
 func (p *policy) place(phys uint64) uint64 {
 	if a, ok := p.alias(phys); ok {
-		return a.vmemmap + phys - a.svm
+		return a.place(phys)
 	}
 	return phys - p.snap.Layout.KernelStart
 }
