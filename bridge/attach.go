@@ -59,9 +59,9 @@ type Session struct {
 	// ModuleGrafts are the guest's module-area directory entries copied into the SVM.
 	ModuleGrafts svm.GraftStats
 	Globals      *Globals       // the per-global lists, with the unknown globals seen
-	Taint        *taint.Tracker // provenance for the image window
-	// Counts are the accesses to kernel globals by decision, plus guest-derived accesses in the
-	// image window under Redirect. On Unicorn Fast-Bridge, the local ones let through in C are
+	Taint        *taint.Tracker // provenance for the kernel image's data and shared struct pages
+	// Counts are the accesses to kernel globals by decision, plus guest-derived accesses to the
+	// shared struct pages under Redirect. On Unicorn Fast-Bridge, the local ones let through in C are
 	// added by Accesses (and Stats).
 	Counts decision.Counts
 	// OnAccess, if set, sees every memory access the taint engine decided (slow; for debugging
@@ -87,7 +87,7 @@ type Session struct {
 	onKVM    bool           // Fast-Bridge runs under KVM
 	kept     []svm.PhysSpan // on KVM: decided pages the CPU reads itself, left unintercepted
 	stats    EngineStats
-	policy   *policy // decides the kernel image's data and window
+	policy   *policy // decides the kernel image's data and the shared struct pages
 	// learnErr is the first decision the memo refused during the Slow-Bridge operation in
 	// progress (a bug: Slow-Bridge only makes valid ones); the operation fails with it.
 	learnErr error
@@ -241,7 +241,7 @@ func (s *Session) openMachine(slow bool) (*svm.Machine, error) {
 	if !slow && s.onKVM {
 		opts.KVM = &svm.KVMOptions{}
 	} else {
-		opts.Unicorn = &svm.UnicornOptions{Window: true}
+		opts.Unicorn = &svm.UnicornOptions{Swaps: true}
 	}
 	m, err := svm.Open(s.snap, opts)
 	if err != nil {

@@ -252,7 +252,7 @@ func TestProcessViewMatchesGuest(t *testing.T) {
 	}
 	ts := s.Taint.Stats()
 	t.Logf("%d processes in %v: %d syscalls, %d instructions tainted, kernel-image accesses local/redirect/unknown %v, guest bytes swapped in %d; unknown globals: %s",
-		len(view), elapsed.Round(time.Millisecond), st.Syscalls, ts.Instructions, s.Counts, st.WindowSwaps, strings.Join(unknown[:min(len(unknown), 20)], " "))
+		len(view), elapsed.Round(time.Millisecond), st.Syscalls, ts.Instructions, s.Counts, st.Swaps, strings.Join(unknown[:min(len(unknown), 20)], " "))
 	if s.Counts.Redirect == 0 {
 		t.Fatal("no access was redirected: the view shows the SVM, not the guest")
 	}

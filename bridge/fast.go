@@ -202,7 +202,7 @@ func (s *Session) runSlow(op func(m *svm.Machine) error) error {
 }
 
 // hookFast installs Fast-Bridge's only instrumentation: a memory hook bounded to the physical
-// ranges whose accesses need a decision (the kernel image's data and window, the aliased struct
+// ranges whose accesses need a decision (the kernel image's data, the aliased struct
 // pages), resolved from the memo by instruction address. Everything else — the guest's heap
 // through the overlay, the SVM's own memory — runs natively, without taint.
 func (s *Session) hookFast(m *svm.Machine) error {
@@ -319,8 +319,8 @@ func (s *Session) fastDecision(m *svm.Machine, pc, phys uint64, region, syscall 
 	return decision.Invalid, fmt.Sprintf("memo says %s", ent.Decision)
 }
 
-// addressDecision replays an instruction seen both redirected and local in the image window or
-// the aliased struct pages from the decisions it got at this very address (the objects at an
+// addressDecision replays an instruction seen both redirected and local in the aliased struct
+// pages from the decisions it got at this very address (the objects at an
 // address stay the guest's or the SVM's while the guest is paused).
 func addressDecision(ent memo.Entry, class string, place uint64) (decision.Decision, string) {
 	var got []decision.Decision
@@ -356,7 +356,7 @@ func (s *Session) region(phys uint64) string {
 		}
 		return "kernel-data"
 	}
-	return "image-window"
+	return "kernel-image"
 }
 
 // disassemble renders the instruction at pc, for fall-back events.
@@ -378,7 +378,7 @@ func (s *Session) Work() (syscalls int, tainted uint64, swapped int) {
 		if m != nil {
 			st := m.Stats()
 			syscalls += st.Syscalls
-			swapped += st.WindowSwaps
+			swapped += st.Swaps
 		}
 	}
 	if s.Taint != nil {

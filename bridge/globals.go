@@ -189,7 +189,7 @@ func init() {
 }
 
 // policyVersion changes with the bridge's own decision rules (bridge/policy.go).
-const policyVersion = 2
+const policyVersion = 3
 
 // PolicyVersion names the lists' content, the taint rules and the bridge's decision rules:
 // memoized decisions are valid only for what made them.

@@ -14,33 +14,35 @@ import (
 // same addresses hold the SVM's data and, in the guest's copy, the guest's:
 //
 //   - In the data sections (globals): an address derived from guest data (a guest task's
-//     &init_nsproxy, a guest pointer into freed image memory the guest reused) is the guest's;
-//     any other address — a constant or an SVM pointer such as the /proc mount's &init_pid_ns —
-//     is decided per global by the redirect and keep-local lists.
-//   - In the image window (the parts both kernels freed and reuse as ordinary memory): guest-derived
-//     addresses are the guest's, others the SVM's (VMST).
+//     &init_nsproxy) is the guest's; any other address — a constant or an SVM pointer such as the
+//     /proc mount's &init_pid_ns — is decided per global by the redirect and keep-local lists.
+//   - In the struct pages both kernels keep at the same address: the struct page of a frame only
+//     the guest uses is the guest's; elsewhere guest-derived addresses are the guest's, others
+//     the SVM's (VMST).
+//
+// The image's pages a kernel frees and reuses need no decision: the SVM keeps them unused and
+// the guest's RAM is overlaid there (svm.Snapshot.KeptImage).
 //
 // Data read through a redirected access is labelled as the guest's, so provenance follows it.
 type policy struct {
 	snap    *svm.Snapshot
 	globals *Globals
 	data    []svm.PhysSpan
-	window  []svm.PhysSpan
 	aliases []alias
 	// caller is Session.callerOf on the Slow-Bridge machine.
 	caller func() uint64
 }
 
 func newPolicy(snap *svm.Snapshot, g *Globals, aliases []alias) *policy {
-	return &policy{snap: snap, globals: g, data: snap.DataRanges(), window: snap.WindowRanges(), aliases: aliases}
+	return &policy{snap: snap, globals: g, data: snap.DataRanges(), aliases: aliases}
 }
 
 // decided are the inclusive physical ranges whose accesses need a decision before they complete:
-// the kernel image's data and window, and the aliased struct pages. Slow-Bridge decides them by
-// taint, Fast-Bridge from the memo.
+// the kernel image's data and the aliased struct pages. Slow-Bridge decides them by taint,
+// Fast-Bridge from the memo.
 func (p *policy) decided() [][2]uint64 {
 	var out [][2]uint64
-	for _, r := range append(append([]svm.PhysSpan{}, p.data...), p.window...) {
+	for _, r := range p.data {
 		if r.End > r.Start {
 			out = append(out, [2]uint64{r.Start, r.End - 1})
 		}
@@ -87,14 +89,14 @@ func (p *policy) Decide(a *taint.Access) (decision.Decision, taint.Reason) {
 	if p.guestFrame(a.Phys) {
 		return decision.Redirect, taint.ReasonGuestFrame
 	}
-	if _, ok := p.alias(a.Phys); ok || svm.InSpans(p.window, a.Phys) {
+	if _, ok := p.alias(a.Phys); ok {
 		return p.shared(a, guestOnly)
 	}
 	return taint.VMST{}.Decide(a)
 }
 
 // guestFrame reports whether phys, in the aliased struct pages, is the struct page of a page frame
-// the SVM reserved for the guest. The SVM never uses those frames, so their struct pages are the
+// the SVM reserved or kept for the guest. The SVM never uses those frames, so their struct pages are the
 // guest's whatever the pointer's provenance: a page-table page's lock, a guest page's count. No
 // per-address memo is needed for them, and none would carry over to another boot, whose page
 // tables are elsewhere.
@@ -104,11 +106,11 @@ func (p *policy) guestFrame(phys uint64) bool {
 		return false
 	}
 	frame := a.place(phys) / p.snap.StructPage << 12
-	return svm.InSpans(p.snap.Layout.Reserved, frame)
+	return svm.InSpans(p.snap.Layout.Reserved, frame) || svm.InSpans(p.snap.KeptImage, frame)
 }
 
 // shared decides an access where both VMs keep their own data at the same physical address (the
-// image window, struct pages of shared sections). An address from guest data alone is the guest's,
+// struct pages of frames both use). An address from guest data alone is the guest's,
 // one without guest provenance the SVM's. A mixed address is decided by its base register — the
 // pointer; an index is only an amount (a guest-given length into an SVM buffer). When the pointer
 // itself is mixed, reads are the guest's (guest data at an SVM-given position, as in VMST) and
@@ -131,12 +133,12 @@ func (p *policy) shared(a *taint.Access, guestOnly bool) (decision.Decision, tai
 }
 
 // tracker builds the taint engine for a session: guest memory is labelled as the guest's, the
-// agent's buffer as user data, and every access to the kernel image's data and window is decided
+// agent's buffer as user data, and every access to the kernel image's data is decided
 // synchronously, so a redirected one uses the guest's bytes before it completes.
 func (s *Session) tracker(snap *svm.Snapshot, pol *policy) (*taint.Tracker, error) {
 	m := s.Machine
 	var mem []taint.PhysRange
-	for _, sp := range snap.Layout.Reserved {
+	for _, sp := range append(append([]svm.PhysSpan{}, snap.Layout.Reserved...), snap.KeptImage...) {
 		mem = append(mem, taint.PhysRange{Begin: sp.Start, End: min(sp.End, s.ram.End()), Label: taint.LabelGVM})
 	}
 	for va := snap.Agent.Buffer; va < snap.Agent.Buffer+snap.Agent.Size; va += 4096 {
@@ -169,7 +171,7 @@ func (s *Session) tracker(snap *svm.Snapshot, pol *policy) (*taint.Tracker, erro
 	return tr, nil
 }
 
-// decideImage runs before each access to the kernel image's data or window completes
+// decideImage runs before each access to the kernel image's data or aliased struct pages completes
 // (Slow-Bridge): it applies the taint engine's decision and learns it.
 func (s *Session) decideImage(a *taint.Access) {
 	region := s.apply(s.Machine, a.Phys, a.Size, a.Write, a.Decision)
@@ -182,14 +184,14 @@ func (s *Session) decideImage(a *taint.Access) {
 			region += guestPointer
 		}
 	} else if a.Reason != taint.ReasonGuestFrame {
-		// Where both VMs keep objects at the same address, the decision is per access; the
+		// Where both VMs keep struct pages at the same address, the decision is per access; the
 		// address it was made for lets Fast-Bridge replay an instruction seen both ways.
 		region = addressRegion(region, s.policy.place(a.Phys), a.Decision)
 	}
 	s.learn(a.PC, a.Decision, region)
 }
 
-// apply carries out a decision for an access to the kernel image's data or window, or to aliased
+// apply carries out a decision for an access to the kernel image's data, or to aliased
 // struct pages, on machine m: a redirected access gets the guest's bytes swapped in for just that
 // access. It returns the region touched (the global's name in the data sections).
 func (s *Session) apply(m *svm.Machine, phys uint64, size int, write bool, d decision.Decision) string {
@@ -226,7 +228,7 @@ func (s *Session) swap(m *svm.Machine, phys uint64, size int, write bool, d deci
 }
 
 // count adds a decided access to Counts: every access to a global by its decision, and in the
-// image window and the aliased struct pages the redirected ones.
+// aliased struct pages the redirected ones.
 func (s *Session) count(phys uint64, d decision.Decision) {
 	if _, ok := s.policy.alias(phys); !ok && svm.InSpans(s.policy.data, phys) {
 		s.Counts.Add(d, 1)
@@ -235,16 +237,15 @@ func (s *Session) count(phys uint64, d decision.Decision) {
 	}
 }
 
-// addressRegion names a decision at one address of the image window or the aliased struct
-// pages, as memoized: "image-window +0xe05040 redirect". The address is given as where it lies
-// in the image or the vmemmap region (place), not physically: KASLR moves both, and the memo
-// serves every layout.
+// addressRegion names a decision at one address of the aliased struct pages, as memoized:
+// "struct-pages +0x1c0040 redirect". The address is given as where it lies in the vmemmap
+// region (place), not physically: KASLR moves it, and the memo serves every layout.
 func addressRegion(class string, place uint64, d decision.Decision) string {
 	return fmt.Sprintf("%s +%#x %s", class, place, d)
 }
 
-// place is where a physical address of the image window or the aliased struct pages lies in
-// the kernel image, or in the vmemmap region (which pages' struct pages it holds).
+// place is where a physical address of the aliased struct pages lies in the vmemmap region
+// (which pages' struct pages it holds), or in the kernel image for any other.
 func (p *policy) place(phys uint64) uint64 {
 	if a, ok := p.alias(phys); ok {
 		return a.place(phys)

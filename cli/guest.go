@@ -27,8 +27,8 @@ process, a libvirt domain or a memory dump). Every view takes either kind with -
 	return g
 }
 
-// startDemo boots the demo image with progress on stderr, nokaslr unless kaslr.
-func (e *env) startDemo(ctx context.Context, name, mem string, detached, kaslr bool) (*guest.Guest, error) {
+// startDemo boots the demo image with progress on stderr, with KASLR unless nokaslr.
+func (e *env) startDemo(ctx context.Context, name, mem string, detached, nokaslr bool) (*guest.Guest, error) {
 	mib, err := parseSize(mem)
 	if err != nil {
 		return nil, err
@@ -41,8 +41,8 @@ func (e *env) startDemo(ctx context.Context, name, mem string, detached, kaslr b
 	if err != nil {
 		return nil, fmt.Errorf("build demo image: %w", err)
 	}
-	if kaslr {
-		img.Append = guest.WithoutArg(img.Append, guest.NoKASLR)
+	if nokaslr {
+		img.Append += " " + guest.NoKASLR
 	}
 	report, done := progress(e.stderr)
 	defer done()
@@ -53,7 +53,7 @@ func (e *env) startDemo(ctx context.Context, name, mem string, detached, kaslr b
 
 func (e *env) guestStart() *cobra.Command {
 	var name, mem string
-	var asJSON, kaslr bool
+	var asJSON, nokaslr bool
 	c := &cobra.Command{
 		Use:   "start",
 		Short: "Boot a demo guest in the background and wait until its workload is up",
@@ -61,15 +61,15 @@ func (e *env) guestStart() *cobra.Command {
 an established loopback connection, kernel modules) under QEMU. The guest keeps running after this
 command returns; stop it with 'hybridbridge guest stop NAME'.
 
---kaslr boots it with KASLR, as distributions do: the first view of the boot then builds an SVM
-snapshot in its layout (about 20 s, once per boot). Without it the kernel runs at its own
-addresses, which the SVM's first snapshot serves directly.`,
+It boots with KASLR, as distributions do: the first view of each boot builds an SVM snapshot in
+its layout (about 20 s, with progress; later views load it). --nokaslr runs the kernel at its own
+addresses instead, which the SVM's first snapshot serves directly (for debugging).`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if rec, err := target.Lookup(e.runDir, name); err == nil {
 				return fmt.Errorf("%q names an attached VM (%s); choose another name", name, rec.Where())
 			}
-			g, err := e.startDemo(cmd.Context(), name, mem, e.detachGuests, kaslr)
+			g, err := e.startDemo(cmd.Context(), name, mem, e.detachGuests, nokaslr)
 			if err != nil {
 				return err
 			}
@@ -84,7 +84,7 @@ addresses, which the SVM's first snapshot serves directly.`,
 	c.Flags().StringVar(&name, "name", "demo", "guest name")
 	c.Flags().StringVar(&mem, "mem", "512M", "guest memory (64M to 3G)")
 	c.Flags().BoolVar(&asJSON, "json", false, "print the guest's metadata as JSON")
-	c.Flags().BoolVar(&kaslr, "kaslr", false, "boot with KASLR (a random layout the SVM takes on; see the README's known limits)")
+	c.Flags().BoolVar(&nokaslr, "nokaslr", false, "boot without KASLR, at the kernel's own addresses (for debugging)")
 	return c
 }
 

@@ -26,7 +26,7 @@ type viewRun struct {
 	syscalls int
 	insns    uint64
 	globals  decision.Counts
-	window   int
+	swaps    int
 	unknown  []bridge.UnknownCount
 	memo     int
 	mode     bridge.Mode
@@ -71,7 +71,7 @@ func (e *env) inspectGuest(ctx context.Context, name, view string, fn func(*brid
 	s.View = view
 	ferr := fn(s)
 	run := &viewRun{name: view, elapsed: time.Since(start), mode: mode, ramCopied: s.RAMCopied, ramTook: s.RAMTook}
-	run.syscalls, run.insns, run.window = s.Work()
+	run.syscalls, run.insns, run.swaps = s.Work()
 	run.globals, run.engine = s.Accesses(), s.Stats()
 	run.unknown = s.Globals.Unknown()
 	cerr := s.Close(context.WithoutCancel(ctx))

@@ -27,9 +27,9 @@ type Image struct {
 const CommonArgs = "console=ttyS0 noxsave nopti mitigations=off panic=-1"
 
 // NoKASLR boots a kernel at the build's own addresses. The SVM always boots so (it takes on a
-// guest's layout only when a snapshot is built in it: svm.BuildOptions.Layout), and so do demo
-// guests unless started with KASLR (guest start --kaslr): a KASLR boot may give module code pages
-// the kernel freed from its image, which the SVM cannot run (README, known limits).
+// guest's layout only when a snapshot is built in it: svm.BuildOptions.Layout). Demo guests boot
+// with KASLR, as distributions do, unless started with --nokaslr (for debugging: the SVM's first
+// snapshot then serves them without a layout build).
 const NoKASLR = "nokaslr"
 
 // WithoutArg is a kernel command line with every word equal to arg removed.
@@ -188,7 +188,7 @@ func BuildDemoImage(a *Assets) (*Image, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &Image{Path: path, Kernel: a.Kernel, Append: CommonArgs + " " + NoKASLR + " quiet", Modules: order}, nil
+	return &Image{Path: path, Kernel: a.Kernel, Append: CommonArgs + " quiet", Modules: order}, nil
 }
 
 // svmRC prepares the secure VM: nothing runs in it but init, the command channel and (started

@@ -46,7 +46,7 @@ const (
 type Observation struct {
 	Decision decision.Decision
 	// Region is the global ("init_pid_ns") or region class ("heap",
-	// "stack", "per-cpu", "image-window", "vmalloc", "module") touched.
+	// "stack", "per-cpu", "struct-pages", "vmalloc", "module") touched.
 	Region string
 	// View and Syscall name the introspection command ("ps") and the
 	// injected syscall ("getdents64") that ran the instruction.

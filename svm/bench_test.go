@@ -20,7 +20,7 @@ func BenchmarkReset(b *testing.B) {
 	for _, c := range []struct {
 		name string
 		opts Options
-	}{{"pagemap-scan", Options{}}, {"write-log", Options{Unicorn: &UnicornOptions{Window: true}}}} {
+	}{{"pagemap-scan", Options{}}, {"write-log", Options{Unicorn: &UnicornOptions{Swaps: true}}}} {
 		b.Run(c.name, func(b *testing.B) {
 			m := open(b, c.opts)
 			pages := 0

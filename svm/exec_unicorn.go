@@ -18,9 +18,9 @@ type UnicornOptions struct {
 	Budget uint64
 	// CountInstructions makes Stats count executed instructions exactly, at some speed cost.
 	CountInstructions bool
-	// Window installs the hooks that undo SwapInGuest over the kernel image's data and freed
-	// pages, for a taint engine that redirects accesses there.
-	Window bool
+	// Swaps installs the hooks that undo SwapInGuest over the kernel image's data, for a taint
+	// engine that redirects accesses there.
+	Swaps bool
 }
 
 // unicornExec is a Machine's Unicorn engine, mapped onto the machine's RAM, with the hooks
@@ -35,8 +35,11 @@ type unicornExec struct {
 	// Set by hooks during a run, read after Start returns.
 	stopErr    error
 	stopDetail string
-	trace      *emu.TraceBuffer // with CountInstructions: every executed instruction, counted
-	budget     *emu.Budget
+	// lastException is the last exception this call delivered, for the message of an oops it
+	// leads to: the faulting instruction is far down the stack by then.
+	lastException string
+	trace         *emu.TraceBuffer // with CountInstructions: every executed instruction, counted
+	budget        *emu.Budget
 }
 
 // openUnicornExec makes the machine's executor a new Unicorn engine.
@@ -93,7 +96,11 @@ func (u *unicornExec) setup() error {
 		if addr := m.snap.Symbols[name]; addr != 0 {
 			where := name
 			if _, err := e.HookCode(addr, addr, func(uint64, uint32) {
-				u.stop(ErrFault, "kernel "+where)
+				detail := "kernel " + where
+				if u.lastException != "" {
+					detail += " after " + u.lastException
+				}
+				u.stop(ErrFault, detail)
 			}); err != nil {
 				return err
 			}
@@ -127,7 +134,7 @@ func (u *unicornExec) setup() error {
 	if err := u.hookTSC(); err != nil {
 		return err
 	}
-	if u.opts.Window {
+	if u.opts.Swaps {
 		if err := m.hookSwaps(e); err != nil {
 			return err
 		}
@@ -261,7 +268,7 @@ func (u *unicornExec) enter(nr int) error {
 	); err != nil {
 		return fmt.Errorf("%s: set registers: %w", SyscallName(nr), err)
 	}
-	u.stopErr, u.stopDetail = nil, ""
+	u.stopErr, u.stopDetail, u.lastException = nil, "", ""
 	return nil
 }
 
@@ -343,9 +350,27 @@ var hasErrorCode = map[uint32]bool{8: true, 10: true, 11: true, 12: true, 13: tr
 // reports the vector. The frame goes on the current stack or the gate's IST stack.
 func (u *unicornExec) onInterrupt(vector uint32) {
 	u.m.stats.Exceptions[vector]++
+	u.lastException = u.describeException(vector)
 	if err := u.deliver(vector); err != nil {
 		u.stop(ErrFault, fmt.Sprintf("exception %d: %v", vector, err))
 	}
+}
+
+// describeException names an exception about to be delivered: vector, instruction and, for a
+// page fault, the address.
+func (u *unicornExec) describeException(vector uint32) string {
+	var r [2]uint64
+	if err := u.eng.Regs([]emu.Reg{emu.RIP, emu.CR2}, r[:]); err != nil {
+		return fmt.Sprintf("exception %d", vector)
+	}
+	at := fmt.Sprintf("%#x", r[0])
+	if syms := u.m.opts.Symbols; syms != nil {
+		at = syms.Format(r[0])
+	}
+	if vector == 14 {
+		return fmt.Sprintf("a page fault at %s (address %#x)", at, r[1])
+	}
+	return fmt.Sprintf("exception %d at %s", vector, at)
 }
 
 func (u *unicornExec) deliver(vector uint32) error {

@@ -45,11 +45,10 @@ const (
 // ones. Until the kernel's own page tables are up, memory is read and written through the RAM
 // file.
 type layoutBoot struct {
-	bz      *kaslr.BzImage
-	layout  kaslr.Layout
-	ref     *vmm.Symbols // the build's nokaslr symbols: breakpoints are these plus the offset
-	gdbSock string
-	report  func(stage string) // Build's progress
+	bz     *kaslr.BzImage
+	layout kaslr.Layout
+	ref    *vmm.Symbols       // the build's nokaslr symbols: breakpoints are these plus the offset
+	report func(stage string) // Build's progress
 }
 
 // checkLayoutFits refuses, before anything boots, a layout the SVM cannot take on: one its
@@ -115,9 +114,10 @@ func (b *layoutBoot) check(g *guest.Guest, svmSyms *vmm.Symbols) error {
 	return nil
 }
 
-// steer is guest.Config.Started for the SVM's boot: QEMU was started with -S, so nothing has
-// run yet. It leaves the VM running.
-func (b *layoutBoot) steer(ctx context.Context, g *guest.Guest) error {
+// enter stops at the protected-mode entry and at the kernel's 64-bit entry to place and
+// relocate the kernel. Until the kernel's own page tables are up, memory is written through the
+// RAM file.
+func (b *layoutBoot) enter(ctx context.Context, c *gdbstub.Client, g *guest.Guest) error {
 	path, err := g.RAMPath()
 	if err != nil {
 		return err
@@ -132,12 +132,6 @@ func (b *layoutBoot) steer(ctx context.Context, g *guest.Guest) error {
 		return fmt.Errorf("map SVM RAM: %w", err)
 	}
 	defer unix.Munmap(ram)
-
-	c, err := gdbstub.Dial(ctx, b.gdbSock)
-	if err != nil {
-		return err
-	}
-	defer c.Close()
 	b.report(fmt.Sprintf("placing the kernel at physical %#x", b.layout.TextPhys))
 	if err := b.placeImage(ctx, c, ram); err != nil {
 		return fmt.Errorf("at the protected-mode entry: %w", err)
@@ -145,22 +139,6 @@ func (b *layoutBoot) steer(ctx context.Context, g *guest.Guest) error {
 	b.report(fmt.Sprintf("relocating the kernel by %+#x", b.layout.TextOffset))
 	if err := b.relocate(ctx, c, ram); err != nil {
 		return fmt.Errorf("at the kernel's entry: %w", err)
-	}
-	b.report("setting the direct-map, vmalloc and vmemmap bases")
-	if err := b.setBases(ctx, c); err != nil {
-		return fmt.Errorf("at kernel_randomize_memory: %w", err)
-	}
-	if err := c.Close(); err != nil {
-		return err
-	}
-	// The gdbstub leaves the VM stopped when its client goes; the monitor resumes it.
-	q, err := guest.DialQMP(ctx, g.QMPSocket())
-	if err != nil {
-		return err
-	}
-	defer q.Close()
-	if _, err := q.Run(ctx, "cont", nil); err != nil {
-		return fmt.Errorf("resume the SVM: %w", err)
 	}
 	return nil
 }
@@ -311,32 +289,33 @@ func withoutNokaslr(cmdline string) string { return guest.WithoutArg(cmdline, gu
 // tens of MiB of modules) and well inside the area's 1 GiB.
 const svmModuleLoadOffset = 256 << 20
 
-// setBases lets kernel_randomize_memory run (it chooses and stores the three bases, and
-// nothing later reads what else it computed) and then puts the layout's bases in its
-// variables.
+// stopForBases adds the stops that let kernel_randomize_memory run (it chooses and stores the
+// three bases, and nothing later reads what else it computed) and then put the layout's bases in
+// its variables.
+func (b *layoutBoot) stopForBases(ctx context.Context, st *stops) error {
+	krm, err := b.addr("kernel_randomize_memory")
+	if err != nil {
+		return err
+	}
+	return st.add(ctx, krm, "kernel_randomize_memory", true, func(ctx context.Context, regs map[string]uint64) error {
+		return st.atReturn(ctx, regs, "kernel_randomize_memory", func(ctx context.Context, _ map[string]uint64) error {
+			b.report("setting the direct-map, vmalloc and vmemmap bases")
+			return b.setBases(ctx, st.c)
+		})
+	})
+}
+
+func (b *layoutBoot) addr(name string) (uint64, error) {
+	a, ok := b.ref.Addr(name)
+	if !ok {
+		return 0, fmt.Errorf("symbol %s missing", name)
+	}
+	return a + uint64(b.layout.TextOffset), nil
+}
+
+// setBases puts the layout's bases in kernel_randomize_memory's variables, and the SVM's
+// module_load_offset.
 func (b *layoutBoot) setBases(ctx context.Context, c *gdbstub.Client) error {
-	addr := func(name string) (uint64, error) {
-		a, ok := b.ref.Addr(name)
-		if !ok {
-			return 0, fmt.Errorf("symbol %s missing", name)
-		}
-		return a + uint64(b.layout.TextOffset), nil
-	}
-	krm, err := addr("kernel_randomize_memory")
-	if err != nil {
-		return err
-	}
-	regs, err := runTo(ctx, c, krm, "kernel_randomize_memory")
-	if err != nil {
-		return err
-	}
-	raw, err := c.ReadMemory(ctx, regs["rsp"], 8)
-	if err != nil {
-		return fmt.Errorf("its return address: %w", err)
-	}
-	if _, err := runTo(ctx, c, binary.LittleEndian.Uint64(raw), "kernel_randomize_memory's return"); err != nil {
-		return err
-	}
 	for _, v := range []struct {
 		sym  string
 		want uint64
@@ -347,21 +326,14 @@ func (b *layoutBoot) setBases(ctx context.Context, c *gdbstub.Client) error {
 		// directory slots, which the bridge grafts whole. Set before any allocation, the SVM's
 		// start far above the guest's.
 		{"module_load_offset", svmModuleLoadOffset}} {
-		va, err := addr(v.sym)
+		va, err := b.addr(v.sym)
 		if err != nil {
 			return err
 		}
 		var buf [8]byte
 		binary.LittleEndian.PutUint64(buf[:], v.want)
-		if err := c.WriteMemory(ctx, va, buf[:]); err != nil {
+		if err := writeChecked(ctx, c, va, buf[:]); err != nil {
 			return fmt.Errorf("set %s: %w", v.sym, err)
-		}
-		got, err := c.ReadMemory(ctx, va, 8)
-		if err != nil {
-			return fmt.Errorf("read %s back: %w", v.sym, err)
-		}
-		if !bytes.Equal(got, buf[:]) {
-			return fmt.Errorf("%s reads %#x after writing %#x", v.sym, binary.LittleEndian.Uint64(got), v.want)
 		}
 	}
 	return nil

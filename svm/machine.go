@@ -93,7 +93,7 @@ type Stats struct {
 	ResetPages   int // written RAM pages put back by resets (0 where all RAM is dropped)
 	Blocked      int
 	OverBudget   int
-	WindowSwaps  int // guest-derived reads in the image window given the guest's bytes
+	Swaps        int // accesses given the guest's bytes at an SVM address (kernel data, struct pages)
 	// LeftoverSwaps counts redirected reads whose after-read hook never came (the access faulted).
 	LeftoverSwaps int
 	// Under KVM only: exits to user space, accesses to memory without a slot (intercepted ranges),

@@ -13,7 +13,8 @@ import (
 )
 
 // Overlay places a guest's RAM into the SVM's physical address space at the guest's own physical
-// addresses, over the ranges the SVM reserved for it: every pointer the kernel
+// addresses, over the ranges the SVM reserved for it and the pages of its image it keeps unused
+// (Snapshot.KeptImage): every pointer the kernel
 // follows from guest data then lands in guest memory, natively, and every pointer from SVM data in
 // SVM memory. The guest's file is mapped private: the guest is never written, and Reset drops the
 // SVM's writes to it like any other.
@@ -50,7 +51,8 @@ func (m *Machine) AttachOverlay(f *os.File, size uint64) error {
 		return fmt.Errorf("map guest RAM: %w", err)
 	}
 	ov.guest = guest
-	for _, r := range l.Reserved {
+	// The kept image pages come last: the SVM's kernel maps them already (planDirectMap skips them).
+	for _, r := range append(append([]PhysSpan{}, l.Reserved...), m.snap.KeptImage...) {
 		start := (r.Start + 4095) &^ 4095 // the page holding _end is the SVM's
 		end := min(r.End, size) &^ 4095
 		if start >= end {
@@ -156,7 +158,11 @@ func (m *Machine) planDirectMap() error {
 	}
 	ov := m.overlay
 	ov.pte = ov.pte[:0]
+	l := m.snap.Layout
 	for _, s := range ov.spans {
+		if s.Start >= l.KernelStart && s.End <= (l.KernelEnd+4095)&^4095 {
+			continue // kept image pages: in the SVM's direct map like the rest of its image
+		}
 		for pa := s.Start; pa < s.End; {
 			va := base + pa
 			// The page directory must exist: the overlay writes into tables the SVM has.

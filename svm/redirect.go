@@ -8,8 +8,8 @@ import (
 )
 
 // DataRanges are the physical ranges of the kernel image holding globals whose contents differ
-// between VMs: ro-after-init, data and bss, without the pages the kernel freed (Window). Text and
-// rodata are identical in both.
+// between VMs: ro-after-init, data and bss, without the pages the guest's kernel reuses
+// (KeptImage). Text and rodata are identical in both.
 func (s *Snapshot) DataRanges() []PhysSpan {
 	sections := []PhysSpan{
 		{s.imagePhys("__start_ro_after_init"), s.imagePhys("__end_ro_after_init")},
@@ -18,7 +18,7 @@ func (s *Snapshot) DataRanges() []PhysSpan {
 	var out []PhysSpan
 	for _, sec := range sections {
 		start := sec.Start
-		for _, w := range s.Window {
+		for _, w := range s.KeptImage {
 			if w.End <= start || w.Start >= sec.End {
 				continue
 			}
@@ -34,20 +34,13 @@ func (s *Snapshot) DataRanges() []PhysSpan {
 	return out
 }
 
-// WindowRanges are the pages of the kernel image each kernel frees after boot and then uses as
-// ordinary memory (init sections, the gaps between sections, unused decrypted memory, SMP
-// alternatives): the same physical pages hold the SVM's own objects and, in the guest, the
-// guest's. Both kernels free the same pages (same build, same arguments). An access there is the
-// guest's only if its address came from guest data, which only provenance (taint) can tell.
-func (s *Snapshot) WindowRanges() []PhysSpan { return s.Window }
-
 func (s *Snapshot) imagePhys(sym string) uint64 {
 	return s.Symbols[sym] - s.Symbols["_text"] + s.Layout.KernelStart
 }
 
 // hookSwaps installs the after-read hooks that put the SVM's bytes back after a read the taint
-// engine redirected (SwapInGuest) in the kernel image's data and freed pages: UC_HOOK_MEM_READ runs
-// before the load, UC_HOOK_MEM_READ_AFTER after it.
+// engine redirected (SwapInGuest) in the kernel image's data: UC_HOOK_MEM_READ runs before the
+// load, UC_HOOK_MEM_READ_AFTER after it.
 func (m *Machine) hookSwaps(e *emu.Engine) error {
 	// Behind a gate: most reads there need nothing undone, and a Go call for each would cost more
 	// than the rest of a Fast-Bridge run.
@@ -56,7 +49,7 @@ func (m *Machine) hookSwaps(e *emu.Engine) error {
 		return err
 	}
 	m.gate = g
-	return g.HookSpans(emu.HookMemReadAfter, spans(append(m.snap.WindowRanges(), m.snap.DataRanges()...)))
+	return g.HookSpans(emu.HookMemReadAfter, spans(m.snap.DataRanges()))
 }
 
 // spans are the non-empty ranges as inclusive hook bounds.
@@ -84,7 +77,7 @@ func (m *Machine) SwapInGuest(phys uint64, size int) error {
 	if err := m.swapIn(phys, size); err != nil {
 		return err
 	}
-	m.stats.WindowSwaps++
+	m.stats.Swaps++
 	return nil
 }
 
@@ -118,7 +111,7 @@ func (m *Machine) SwapInAlias(phys uint64, guest []byte, write bool) error {
 	if err := m.swapFrom(phys, guest); err != nil {
 		return err
 	}
-	m.stats.WindowSwaps++
+	m.stats.Swaps++
 	if write {
 		m.writes = append(m.writes, m.swaps[len(m.swaps)-1])
 		m.swaps = m.swaps[:len(m.swaps)-1]
@@ -177,7 +170,7 @@ func (m *Machine) afterSwap(_ emu.MemAccess, phys uint64, size int, _ int64) {
 // before the first system call.
 func (m *Machine) WatchAliases(ranges []PhysSpan) error {
 	if m.gate == nil {
-		return errors.New("WatchAliases needs UnicornOptions.Window")
+		return errors.New("WatchAliases needs UnicornOptions.Swaps")
 	}
 	if len(ranges) == 0 {
 		return nil

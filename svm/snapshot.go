@@ -25,7 +25,7 @@ import (
 const (
 	formatName = "hybridbridge-svm-snapshot"
 	// FormatVersion changes whenever the snapshot's meaning changes; older snapshots are rebuilt.
-	FormatVersion = 7
+	FormatVersion = 8
 	metaFile      = "snapshot.json"
 	ramFile       = "ram.img"
 	relocsFile    = "relocs.bin" // a KASLR layout's relocation tables (kaslr.Relocs.MarshalBinary)
@@ -134,9 +134,11 @@ type Snapshot struct {
 
 	Symbols map[string]uint64 `json:"symbols"` // the kernel addresses the executor needs
 	PIDs    []int             `json:"pids"`    // /proc's process list at capture (ground truth)
-	// Window lists the kernel-image pages the SVM's kernel freed after boot (not PageReserved in
-	// /proc/kpageflags), merged into ranges: see WindowRanges.
-	Window []PhysSpan `json:"window"`
+	// KeptImage are the pages of the kernel image that a kernel frees during boot and its page
+	// allocator then hands out (init sections, the gaps between sections, the unused decrypted
+	// bss and brk). The SVM's boot was steered to keep them unused (steering), so there they are
+	// the guest's alone: the overlay maps the guest's RAM over them.
+	KeptImage []PhysSpan `json:"kept_image"`
 	// UptimeBeforeCapture is /proc/uptime read inside the SVM just before the capture.
 	UptimeBeforeCapture float64 `json:"uptime_before_capture"`
 

@@ -421,8 +421,8 @@ func must(t *testing.T, err error) {
 // page back to the snapshot's bytes — on a machine with memory hooks, which lists the pages its
 // code wrote, and on a plain one, which asks the kernel which pages were written (or drops all).
 func TestResetRestoresEveryPage(t *testing.T) {
-	for _, opts := range []UnicornOptions{{}, {Window: true}} {
-		t.Run(fmt.Sprintf("window=%v", opts.Window), func(t *testing.T) {
+	for _, opts := range []UnicornOptions{{}, {Swaps: true}} {
+		t.Run(fmt.Sprintf("swaps=%v", opts.Swaps), func(t *testing.T) {
 			m := open(t, Options{Unicorn: &opts})
 			for range 2 { // the second round resets pages the first one already made private
 				if _, err := m.ReadDir("/proc"); err != nil {
@@ -450,7 +450,7 @@ func TestResetRestoresEveryPage(t *testing.T) {
 // struct pages, overlaid) is undone by Reset like the SVM's own writes: a guest lock an aborted
 // operation took must not be held in the next.
 func TestResetRestoresRedirectedWrites(t *testing.T) {
-	m := open(t, Options{Unicorn: &UnicornOptions{Window: true}})
+	m := open(t, Options{Unicorn: &UnicornOptions{Swaps: true}})
 	const at, copyAt = 0x300000, 0x400000 // two RAM pages: the location and its "guest copy"
 	if err := m.SwapInAlias(at, m.ram[copyAt:copyAt+8], true); err != nil {
 		t.Fatal(err)
