@@ -159,6 +159,15 @@ func compareViews(t *testing.T, got, want *viewSet, gotLog, wantLog []inspect.Lo
 				if v.Name == inspect.OpenFileView.Name && want.Comm[pid] == "hbguest" {
 					continue // the command channel's helper opens and closes pipes for the capture
 				}
+				if _, listed := got.Comm[pid]; !listed && strings.HasPrefix(want.Comm[pid], "kworker/") {
+					// A worker pool reaps idle workers (after five minutes idle): one may end between
+					// the capture and the pause. The process list of the pause has it or not, and
+					// every view of the pause agrees with that list.
+					if _, ok := got.ByPID[v.Name][pid]; ok {
+						t.Errorf("%s of %d (%s): in the view but not in its process list", v.Name, pid, want.Comm[pid])
+					}
+					continue
+				}
 				equalView(t, fmt.Sprintf("%s of %d (%s)", v.Name, pid, want.Comm[pid]), got.ByPID[v.Name][pid], w)
 			}
 		case nearViews[v.Name] != nil:
