@@ -209,6 +209,8 @@ func TestErrorsAreOneClearLine(t *testing.T) {
 		{[]string{"guest", "read", "cli", "linux_banner", "--len", "0"}, "--len"},
 		{[]string{"guest", "start", "--name", "x", "--mem", "lots"}, "bad memory size"},
 		{[]string{"guest", "start", "--name", "x", "--mem", "8G"}, "out of range"},
+		{[]string{"guest", "start", "--name", "x", "--image", "debian", "--mem", "16G"}, "out of range"},
+		{[]string{"guest", "start", "--name", "x", "--image", "windows"}, "unknown image"},
 		{[]string{"guest", "start", "--name", "cli"}, "already running"},
 		{[]string{"guest", "stop", "nosuch"}, "not running"},
 	}

@@ -29,17 +29,40 @@ process, a libvirt domain or a memory dump). Every view takes either kind with -
 
 // startDemo boots the demo image with progress on stderr, with KASLR unless nokaslr.
 func (e *env) startDemo(ctx context.Context, name, mem string, detached, nokaslr bool) (*guest.Guest, error) {
-	mib, err := parseSize(mem)
-	if err != nil {
-		return nil, err
-	}
+	return e.startGuest(ctx, name, "demo", mem, detached, nokaslr)
+}
+
+// guestImages are the images guest start boots.
+var guestImages = []string{"demo", "debian"}
+
+// startGuest boots one of guestImages with progress on stderr, with KASLR unless nokaslr; mem ""
+// is the image's own size.
+func (e *env) startGuest(ctx context.Context, name, image, mem string, detached, nokaslr bool) (*guest.Guest, error) {
 	a, err := e.assets()
 	if err != nil {
 		return nil, err
 	}
-	img, err := guest.BuildDemoImage(a)
-	if err != nil {
-		return nil, fmt.Errorf("build demo image: %w", err)
+	var img *guest.Image
+	switch image {
+	case "demo":
+		if img, err = guest.BuildDemoImage(a); err != nil {
+			return nil, fmt.Errorf("build demo image: %w", err)
+		}
+	case "debian":
+		if img, err = guest.DebianImage(a); err != nil {
+			return nil, err
+		}
+	default:
+		return nil, fmt.Errorf("unknown image %q: use %s", image, strings.Join(guestImages, " or "))
+	}
+	mib := img.MemMiB
+	if mib == 0 {
+		mib = 512
+	}
+	if mem != "" {
+		if mib, err = parseSize(mem); err != nil {
+			return nil, err
+		}
 	}
 	if nokaslr {
 		img.Append += " " + guest.NoKASLR
@@ -52,14 +75,19 @@ func (e *env) startDemo(ctx context.Context, name, mem string, detached, nokaslr
 }
 
 func (e *env) guestStart() *cobra.Command {
-	var name, mem string
+	var name, mem, image string
 	var asJSON, nokaslr bool
 	c := &cobra.Command{
 		Use:   "start",
-		Short: "Boot a demo guest in the background and wait until its workload is up",
-		Long: `Boot a guest from the built-in demo image (busybox, named processes, TCP and UDP listeners,
-an established loopback connection, kernel modules) under QEMU. The guest keeps running after this
+		Short: "Boot a demo or Debian guest in the background and wait until its workload is up",
+		Long: `Boot a guest under QEMU and wait until its workload is up. The guest keeps running after this
 command returns; stop it with 'hybridbridge guest stop NAME'.
+
+--image demo (the default) is the built-in demo image: busybox on an initramfs, named processes,
+TCP and UDP listeners, an established loopback connection, kernel modules; 512 MiB, one vCPU.
+--image debian is the Debian 12 guest scripts/setup.sh builds: systemd, sshd, cron, a user analyst,
+a process in its own namespaces, on an ext4 root disk (each boot writes to a layer of its own), q35
+with 2 vCPUs and 4 GiB, booted with the image's own kernel and initramfs.
 
 It boots with KASLR, as distributions do: the first view of each boot builds an SVM snapshot in
 its layout (about 20 s, with progress; later views load it). --nokaslr runs the kernel at its own
@@ -69,7 +97,7 @@ addresses instead, which the SVM's first snapshot serves directly (for debugging
 			if rec, err := target.Lookup(e.runDir, name); err == nil {
 				return fmt.Errorf("%q names an attached VM (%s); choose another name", name, rec.Where())
 			}
-			g, err := e.startDemo(cmd.Context(), name, mem, e.detachGuests, nokaslr)
+			g, err := e.startGuest(cmd.Context(), name, image, mem, e.detachGuests, nokaslr)
 			if err != nil {
 				return err
 			}
@@ -82,7 +110,8 @@ addresses instead, which the SVM's first snapshot serves directly (for debugging
 		},
 	}
 	c.Flags().StringVar(&name, "name", "demo", "guest name")
-	c.Flags().StringVar(&mem, "mem", "512M", "guest memory (64M to 3G)")
+	c.Flags().StringVar(&mem, "mem", "", "guest memory (default: the image's; demo 64M to 3G, debian 256M to 8G)")
+	c.Flags().StringVar(&image, "image", "demo", "what to boot: "+strings.Join(guestImages, " or "))
 	c.Flags().BoolVar(&asJSON, "json", false, "print the guest's metadata as JSON")
 	c.Flags().BoolVar(&nokaslr, "nokaslr", false, "boot without KASLR, at the kernel's own addresses (for debugging)")
 	return c

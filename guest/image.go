@@ -14,12 +14,22 @@ import (
 	"github.com/cavaliergopher/cpio"
 )
 
-// Image is an initramfs a guest boots from, with the kernel command line it needs.
+// Image is what a guest boots: a kernel, an initramfs and the command line they need, and for a
+// distribution's guest its root disk and machine.
 type Image struct {
-	Path    string // the cpio archive
+	Path    string // the initramfs (a cpio archive)
 	Kernel  string // vmlinuz
 	Append  string // kernel command line
 	Modules []string
+	// Disk, if set, is a raw root disk image. Each boot writes to a copy-on-write layer of its own
+	// in the guest's folder; the image itself is never written.
+	Disk string
+	// Machine is QEMU's machine type: "pc" (also when empty) or "q35".
+	Machine string
+	// CPUs is the number of vCPUs; 0 means 1.
+	CPUs int
+	// MemMiB is the RAM the image is meant to boot with when none is asked for; 0 means 512 MiB.
+	MemMiB int
 }
 
 // CommonArgs are the kernel arguments of every guest hybridbridge boots, demo guests and the secure

@@ -13,6 +13,15 @@ import (
 	"hybridbridge/vmm"
 )
 
+// RAMRanges are where the guest's machine puts its RAM file in guest-physical memory.
+func (g *Guest) RAMRanges() ([]vmm.PhysRange, error) {
+	r, err := vmm.MachineRanges(g.Meta.Machine, g.Meta.RAMSize)
+	if err != nil {
+		return nil, fmt.Errorf("guest %q: %w", g.Meta.Name, err)
+	}
+	return r, nil
+}
+
 // Memory maps the guest's RAM read-only. The guest is never written through it. Reads are only
 // stable while the guest is paused; the caller closes the view.
 func (g *Guest) Memory() (*vmm.FileView, error) {
@@ -20,7 +29,11 @@ func (g *Guest) Memory() (*vmm.FileView, error) {
 	if err != nil {
 		return nil, err
 	}
-	v, err := vmm.OpenFileView(path, vmm.PCRanges(g.Meta.RAMSize))
+	ranges, err := g.RAMRanges()
+	if err != nil {
+		return nil, err
+	}
+	v, err := vmm.OpenFileView(path, ranges)
 	if err != nil {
 		return nil, fmt.Errorf("guest %q: map RAM: %w", g.Meta.Name, err)
 	}

@@ -1,6 +1,7 @@
 package guest
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -51,12 +52,15 @@ type Config struct {
 // processes can find it.
 type Meta struct {
 	Name      string    `json:"name"`
-	PID       int       `json:"pid"`        // QEMU's
-	RAMFile   string    `json:"ram_file"`   // the shared memory file; unlinked once QEMU holds it
-	RAMSize   uint64    `json:"ram_size"`   // bytes
-	Kernel    string    `json:"kernel"`     // vmlinuz path
-	KernelID  string    `json:"kernel_id"`  // hash of vmlinuz
-	Image     string    `json:"image"`      // initramfs path
+	PID       int       `json:"pid"`               // QEMU's
+	RAMFile   string    `json:"ram_file"`          // the shared memory file; unlinked once QEMU holds it
+	RAMSize   uint64    `json:"ram_size"`          // bytes
+	Kernel    string    `json:"kernel"`            // vmlinuz path
+	KernelID  string    `json:"kernel_id"`         // hash of vmlinuz
+	Image     string    `json:"image"`             // initramfs path
+	Disk      string    `json:"disk,omitempty"`    // root disk image (its copy-on-write layer is in the guest's folder)
+	Machine   string    `json:"machine,omitempty"` // QEMU machine type: pc when empty
+	CPUs      int       `json:"cpus,omitempty"`
 	Append    string    `json:"append"`     // kernel command line
 	Accel     string    `json:"accel"`      // kvm or tcg
 	Detached  bool      `json:"detached"`   // started by `guest start`
@@ -97,6 +101,9 @@ func (g *Guest) QMPSocket() string     { return g.path("qmp.sock") }
 func (g *Guest) ChannelSocket() string { return g.path("cmd.sock") }
 func (g *Guest) ConsoleLog() string    { return g.path("console.log") }
 
+// DiskLayer is the copy-on-write layer over the image's root disk that the guest writes to.
+func (g *Guest) DiskLayer() string { return g.path("disk.qcow2") }
+
 // Start boots a guest and waits until its command channel answers, which the demo image does only
 // once its whole workload is up.
 func Start(ctx context.Context, cfg Config) (*Guest, error) {
@@ -114,6 +121,12 @@ func Start(ctx context.Context, cfg Config) (*Guest, error) {
 	g := &Guest{Dir: dir}
 	if g.Meta, err = newMeta(cfg); err != nil {
 		return nil, err
+	}
+	if cfg.Image.Disk != "" {
+		if err := makeDiskLayer(cfg.Image.Disk, g.DiskLayer()); err != nil {
+			os.RemoveAll(dir)
+			return nil, err
+		}
 	}
 	if err := g.startQEMU(qemu, g.qemuArgs(cfg), cfg.Detached); err != nil {
 		return nil, err
@@ -143,11 +156,23 @@ func (cfg Config) check() error {
 	if !validName.MatchString(cfg.Name) {
 		return fmt.Errorf("invalid guest name %q: use 1-32 lower-case letters, digits, - or _", cfg.Name)
 	}
-	if cfg.MemMiB < 64 || cfg.MemMiB > 3072 {
-		return fmt.Errorf("guest memory %d MiB out of range: 64 MiB to 3 GiB (larger guests would split RAM around the PCI hole)", cfg.MemMiB)
-	}
 	if cfg.Image == nil {
 		return errors.New("no guest image")
+	}
+	switch cfg.Image.Machine {
+	case "", "pc":
+		if cfg.MemMiB < 64 || cfg.MemMiB > 3072 {
+			return fmt.Errorf("guest memory %d MiB out of range: 64 MiB to 3 GiB (larger pc guests would split RAM around the PCI hole)", cfg.MemMiB)
+		}
+	case "q35":
+		if cfg.MemMiB < 256 || cfg.MemMiB > 8192 {
+			return fmt.Errorf("guest memory %d MiB out of range: 256 MiB to 8 GiB", cfg.MemMiB)
+		}
+	default:
+		return fmt.Errorf("machine type %q: use pc or q35", cfg.Image.Machine)
+	}
+	if cfg.Image.CPUs < 0 || cfg.Image.CPUs > 8 {
+		return fmt.Errorf("%d vCPUs out of range: 1 to 8", cfg.Image.CPUs)
 	}
 	return nil
 }
@@ -186,6 +211,9 @@ func newMeta(cfg Config) (Meta, error) {
 		Kernel:   cfg.Image.Kernel,
 		KernelID: id,
 		Image:    cfg.Image.Path,
+		Disk:     cfg.Image.Disk,
+		Machine:  cfg.Image.Machine,
+		CPUs:     cfg.Image.CPUs,
 		Append:   cfg.Image.Append,
 		Accel:    accel,
 		Detached: cfg.Detached,
@@ -195,9 +223,13 @@ func newMeta(cfg Config) (Meta, error) {
 // qemuArgs is QEMU's command line for g. Its RAM is a shared file so that other processes can
 // map the guest's memory; its name lets alive recognise the process.
 func (g *Guest) qemuArgs(cfg Config) []string {
+	machine := cfg.Image.Machine
+	if machine == "" {
+		machine = "pc"
+	}
 	args := []string{
 		"-name", "hybridbridge-" + cfg.Name,
-		"-machine", "pc,memory-backend=ram",
+		"-machine", machine + ",memory-backend=ram",
 		"-cpu", "qemu64",
 		"-m", fmt.Sprintf("%dM", cfg.MemMiB),
 		"-object", fmt.Sprintf("memory-backend-file,id=ram,size=%dM,mem-path=%s,share=on", cfg.MemMiB, g.Meta.RAMFile),
@@ -209,6 +241,14 @@ func (g *Guest) qemuArgs(cfg Config) []string {
 		"-chardev", "socket,id=cmd,path=" + g.ChannelSocket() + ",server=on,wait=off",
 		"-serial", "chardev:cmd",
 		"-qmp", "unix:" + g.QMPSocket() + ",server=on,wait=off",
+	}
+	if cfg.Image.CPUs > 1 {
+		args = append(args, "-smp", strconv.Itoa(cfg.Image.CPUs))
+	}
+	if cfg.Image.Disk != "" {
+		// A network card too: a distribution configures it (DHCP from QEMU's user network).
+		args = append(args, "-drive", "file="+g.DiskLayer()+",if=virtio,format=qcow2",
+			"-nic", "user,model=virtio-net-pci")
 	}
 	args = append(args, cfg.ExtraArgs...)
 	return append(args, "-accel", g.Meta.Accel)
@@ -527,4 +567,21 @@ func sweepStaleRAM() {
 			_ = os.Remove(f)
 		}
 	}
+}
+
+// makeDiskLayer creates a qcow2 layer at layer over the raw disk image, so that the image stays
+// as built.
+func makeDiskLayer(image, layer string) error {
+	abs, err := filepath.Abs(image)
+	if err != nil {
+		return err
+	}
+	if _, err := os.Stat(abs); err != nil {
+		return fmt.Errorf("root disk: %w", err)
+	}
+	out, err := exec.Command("qemu-img", "create", "-q", "-f", "qcow2", "-b", abs, "-F", "raw", layer).CombinedOutput()
+	if err != nil {
+		return fmt.Errorf("qemu-img create (from Debian's qemu-utils, installed by scripts/setup.sh): %v: %s", err, bytes.TrimSpace(out))
+	}
+	return nil
 }

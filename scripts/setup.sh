@@ -3,7 +3,7 @@
 # step checks its own result first, downloads land in .cache/ (ignored by git) and are unpacked into
 # a temporary folder that is renamed into place only when complete.
 #
-#   scripts/setup.sh          packages, kernel, Unicorn, build
+#   scripts/setup.sh          packages, kernel, Unicorn, build, the Debian guest image
 #
 # Nothing here changes the machine's apt configuration: the Debian 13 Unicorn package is fetched
 # with a private sources list and private state and cache folders.
@@ -26,9 +26,10 @@ as_root() {
 # qemu-system-x86 boots the guests; busybox-static fills their initramfs; gcc builds the cgo
 # binding; tmux drives the console in tests; xz-utils and zstd unpack .deb members. The libvirt
 # packages run libvirt domains as targets (virsh and a libvirtd the tests start themselves: no
-# systemd needed).
-packages=(qemu-system-x86 busybox-static gcc libc6-dev tmux xz-utils zstd ca-certificates
-	libvirt-daemon-system libvirt-clients libvirt-daemon-driver-qemu)
+# systemd needed). debootstrap and e2fsprogs build the Debian guest's disk, qemu-utils gives each of
+# its boots a copy-on-write layer.
+packages=(qemu-system-x86 qemu-utils busybox-static gcc libc6-dev tmux xz-utils zstd ca-certificates
+	libvirt-daemon-system libvirt-clients libvirt-daemon-driver-qemu debootstrap e2fsprogs)
 missing=()
 for p in "${packages[@]}"; do
 	dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
@@ -118,4 +119,9 @@ step "building the guest helper, the SVM agent and bin/hybridbridge"
 (cd "$root" && CGO_ENABLED=0 go build -trimpath -ldflags="-s -w" -o .cache/guest/hbguest ./cmd/hbguest)
 (cd "$root" && gcc -static -O2 -Wall -o .cache/guest/hbagent svm/agent/hbagent.c)
 (cd "$root" && go build -o bin/hybridbridge .)
+
+# 5. The Debian 12 guest (guest start --image debian), with the guest kernel's own package.
+kdeb=$(ls "$cache/debs/linux-image-$(cat "$kdir/release")"_*.deb 2>/dev/null | head -n 1)
+[ -n "$kdeb" ] || die "the guest kernel's package is not in $cache/debs (remove $kdir and run setup again)"
+as_root "$root/scripts/debian-image.sh" "$cache" "$kdeb" "$cache/guest/hbguest"
 step "setup complete"

@@ -54,7 +54,12 @@ func (o *Own) RAM(ctx context.Context) (*RAM, error) {
 	if err != nil {
 		return nil, fmt.Errorf("%s RAM: %w", o.Name(), err)
 	}
-	return &RAM{File: f, Ranges: vmm.PCRanges(o.g.Meta.RAMSize)}, nil
+	ranges, err := o.g.RAMRanges()
+	if err != nil {
+		f.Close()
+		return nil, err
+	}
+	return &RAM{File: f, Ranges: ranges}, nil
 }
 
 // State implements Target.

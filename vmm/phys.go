@@ -57,6 +57,41 @@ func PCRanges(ramSize uint64) []PhysRange {
 	}
 }
 
+// q35SplitAbove is the RAM size from which QEMU's q35 machine splits its RAM around the PCI hole
+// (pc_q35_init in hw/i386/pc_q35.c, QEMU 7.2: below it 0xb0000000 bytes fit under the hole and
+// MMCONFIG), and q35Low how much stays below 4 GiB then.
+const (
+	q35SplitAbove = 0xb0000000
+	q35Low        = 0x80000000
+)
+
+// Q35Ranges is PCRanges for QEMU's q35 machine: below 2.75 GiB all RAM at guest-physical 0;
+// otherwise the low 2 GiB there and the rest at 4 GiB, from file offset 2 GiB.
+func Q35Ranges(ramSize uint64) []PhysRange {
+	if ramSize == 0 {
+		return nil
+	}
+	if ramSize < q35SplitAbove {
+		return []PhysRange{{GuestPhys: 0, FileOffset: 0, Size: ramSize}}
+	}
+	return []PhysRange{
+		{GuestPhys: 0, FileOffset: 0, Size: q35Low},
+		{GuestPhys: fourGiB, FileOffset: q35Low, Size: ramSize - q35Low},
+	}
+}
+
+// MachineRanges is where QEMU's machine type machine ("pc" or "q35", as a guest's metadata
+// records it; "" is pc) puts ramSize bytes of RAM from one backend.
+func MachineRanges(machine string, ramSize uint64) ([]PhysRange, error) {
+	switch machine {
+	case "", "pc":
+		return PCRanges(ramSize), nil
+	case "q35":
+		return Q35Ranges(ramSize), nil
+	}
+	return nil, fmt.Errorf("machine type %q: RAM layout unknown", machine)
+}
+
 // PhysView reads guest-physical memory.
 type PhysView interface {
 	// Name identifies the view in errors.

@@ -9,6 +9,7 @@ import (
 	"os"
 	"path/filepath"
 	"runtime/debug"
+	"slices"
 	"testing"
 )
 
@@ -42,6 +43,34 @@ func TestPCRanges(t *testing.T) {
 		if total != tc.ram {
 			t.Errorf("PCRanges(%#x) covers %#x bytes", tc.ram, total)
 		}
+	}
+}
+
+// TestQ35Ranges: q35 keeps RAM below 2.75 GiB whole; from there on it splits at 2 GiB, as the
+// Debian guest's own /proc/iomem shows for 4 GiB (System RAM up to 0x7ffdbfff, then
+// 0x100000000-0x17fffffff; the top of the low part is firmware-reserved, still RAM in the file).
+func TestQ35Ranges(t *testing.T) {
+	const gib = 1 << 30
+	tests := []struct {
+		ram  uint64
+		want []PhysRange
+	}{
+		{0, nil},
+		{gib, []PhysRange{{0, 0, gib}}},
+		{0xb0000000 - 1, []PhysRange{{0, 0, 0xb0000000 - 1}}},
+		{0xb0000000, []PhysRange{{0, 0, 2 * gib}, {4 * gib, 2 * gib, 0xb0000000 - 2*gib}}},
+		{4 * gib, []PhysRange{{0, 0, 2 * gib}, {4 * gib, 2 * gib, 2 * gib}}},
+	}
+	for _, tc := range tests {
+		if got := Q35Ranges(tc.ram); !slices.Equal(got, tc.want) {
+			t.Errorf("Q35Ranges(%#x) = %v, want %v", tc.ram, got, tc.want)
+		}
+	}
+	if _, err := MachineRanges("microvm", gib); err == nil {
+		t.Error("MachineRanges accepted an unknown machine type")
+	}
+	if r, err := MachineRanges("", 4*gib); err != nil || !slices.Equal(r, PCRanges(4*gib)) {
+		t.Errorf("MachineRanges(\"\") = %v, %v: not pc's", r, err)
 	}
 }
 

@@ -1,5 +1,6 @@
-// Command hbguest is the small static helper that runs inside hybridbridge's demo guests. It is
-// built with CGO_ENABLED=0 by scripts/setup.sh and copied into the guest's initramfs.
+// Command hbguest is the small static helper that runs inside hybridbridge's own guests. It is
+// built with CGO_ENABLED=0 by scripts/setup.sh and copied into the demo guest's initramfs and the
+// Debian guest's disk (a systemd service there).
 //
 //	hbguest serve /dev/ttyS1   run shell commands sent by the host over a serial port
 //	hb-udpd PORT               (argv[0]) hold a bound UDP socket and echo datagrams
