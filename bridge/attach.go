@@ -140,9 +140,13 @@ func AttachTarget(ctx context.Context, t target.Target, snap *svm.Snapshot, syms
 	default:
 		return nil, fmt.Errorf("unknown mode %q (auto, fast or slow)", mode)
 	}
-	if end := target.RAMEnd(t.Phys().Ranges()); end > snap.Layout.GVMMax {
+	if ram := target.RAMOnly(t.Phys().Ranges()); !snap.Layout.Serves(ram) {
+		need, err := svm.GVMMaxFor(ram)
+		if err != nil {
+			return nil, fmt.Errorf("%s: %w", t.Name(), err)
+		}
 		return nil, fmt.Errorf("%s has RAM up to %d MiB; the SVM snapshot serves guests up to %d MiB (rebuild it with: hybridbridge svm build --gvm-max %dM)",
-			t.Name(), end>>20, snap.Layout.GVMMax>>20, (end+(1<<20)-1)>>20)
+			t.Name(), target.RAMEnd(ram)>>20, snap.Layout.GVMMax>>20, need>>20)
 	}
 	// Checked before pausing: a guest running another kernel is refused without being touched.
 	place, err := checkKernelPlace(ctx, t, snap, syms)
@@ -253,7 +257,7 @@ func (s *Session) openMachine(slow bool) (*svm.Machine, error) {
 			m.Close()
 		}
 	}()
-	if err := m.AttachOverlay(s.ram.File, s.ram.End()); err != nil {
+	if err := m.AttachOverlay(s.ram.File, target.RAMOnly(s.ram.Ranges)); err != nil {
 		return nil, err
 	}
 	if s.policy == nil {

@@ -11,7 +11,7 @@ import (
 // moving RSP disqualifies a function.
 func TestFramelessHelpers(t *testing.T) {
 	need(t)
-	mem, err := vmm.OpenFileView(snap.RAMPath(), vmm.PCRanges(snap.Layout.RAMSize))
+	mem, err := vmm.OpenFileView(snap.RAMPath(), snap.Layout.SnapshotRanges())
 	if err != nil {
 		t.Fatal(err)
 	}

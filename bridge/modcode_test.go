@@ -99,7 +99,7 @@ func TestKeptImageIsWhatTheGuestFrees(t *testing.T) {
 		if pa := (first + i) << 12; !svm.InSpans(snap.KeptImage, pa) {
 			outside++
 			if outside <= 5 {
-				t.Errorf("the guest freed its image page at %#x, which the SVM did not keep (kept: %x)", pa, snap.KeptImage)
+				t.Errorf("the guest freed its image page at %#x, which the SVM did not keep (kept: %v)", pa, snap.KeptImage)
 			}
 		}
 	}

@@ -52,7 +52,7 @@ func TestSVMTakesOnKASLRGuestLayout(t *testing.T) {
 	if a, _ := lsyms.Addr("do_syscall_64"); a != ls.Symbols["do_syscall_64"] {
 		t.Errorf("KernelSymbols do_syscall_64 %#x, the snapshot's %#x", a, ls.Symbols["do_syscall_64"])
 	}
-	mem, err := vmm.OpenFileView(ls.RAMPath(), vmm.PCRanges(ls.Layout.RAMSize))
+	mem, err := vmm.OpenFileView(ls.RAMPath(), ls.Layout.SnapshotRanges())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -194,7 +194,7 @@ func TestOneMemoServesEveryLayout(t *testing.T) {
 	t.Run("nokaslr", func(t *testing.T) { serves(t, plain.get(t), refSnap, refSyms) })
 
 	// The bytes learned in layout A are the build's: the nokaslr SVM's at the same address.
-	mem, err := vmm.OpenFileView(refSnap.RAMPath(), vmm.PCRanges(refSnap.Layout.RAMSize))
+	mem, err := vmm.OpenFileView(refSnap.RAMPath(), refSnap.Layout.SnapshotRanges())
 	if err != nil {
 		t.Fatal(err)
 	}

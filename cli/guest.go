@@ -55,14 +55,19 @@ func (e *env) startGuest(ctx context.Context, name, image, mem string, detached,
 	default:
 		return nil, fmt.Errorf("unknown image %q: use %s", image, strings.Join(guestImages, " or "))
 	}
-	mib := img.MemMiB
-	if mib == 0 {
-		mib = 512
+	// What the SVM serves: a pc guest below the PCI hole (from 3.5 GiB pc splits RAM at 3 GiB),
+	// a q35 one split as q35 splits it, up to 8 GiB.
+	mib, lo, hi := 512, 64, 2560
+	if img.MemMiB != 0 {
+		mib, lo, hi = img.MemMiB, 512, 8<<10
 	}
 	if mem != "" {
 		if mib, err = parseSize(mem); err != nil {
 			return nil, err
 		}
+	}
+	if mib < lo || mib > hi {
+		return nil, fmt.Errorf("guest memory %d MiB out of range for the %s image: %d MiB to %d MiB", mib, image, lo, hi)
 	}
 	if nokaslr {
 		img.Append += " " + guest.NoKASLR
@@ -110,7 +115,7 @@ addresses instead, which the SVM's first snapshot serves directly (for debugging
 		},
 	}
 	c.Flags().StringVar(&name, "name", "demo", "guest name")
-	c.Flags().StringVar(&mem, "mem", "", "guest memory (default: the image's; demo 64M to 3G, debian 256M to 8G)")
+	c.Flags().StringVar(&mem, "mem", "", "guest memory (default: the image's; demo 64M to 2560M, debian 512M to 8G)")
 	c.Flags().StringVar(&image, "image", "demo", "what to boot: "+strings.Join(guestImages, " or "))
 	c.Flags().BoolVar(&asJSON, "json", false, "print the guest's metadata as JSON")
 	c.Flags().BoolVar(&nokaslr, "nokaslr", false, "boot without KASLR, at the kernel's own addresses (for debugging)")

@@ -14,6 +14,8 @@ import (
 	"hybridbridge/guest"
 	"hybridbridge/kaslr"
 	"hybridbridge/svm"
+	"hybridbridge/target"
+	"hybridbridge/vmm"
 )
 
 func (e *env) svmCommand() *cobra.Command {
@@ -63,7 +65,7 @@ snapshot is cached per build).`,
 			return nil
 		},
 	}
-	c.Flags().StringVar(&gvmMax, "gvm-max", "1G", "largest guest memory the snapshot serves (128M to 2560M)")
+	c.Flags().StringVar(&gvmMax, "gvm-max", "1G", "largest guest memory the snapshot serves (128M to 8G; above 2560M the guest's RAM is split as q35 splits it: 2 GiB at 0, the rest at 4 GiB)")
 	c.Flags().StringVar(&kernel, "kernel", "", "the kernel build (a bzImage) to build it for (default: the one setup fetched)")
 	c.Flags().BoolVar(&asJSON, "json", false, "print the snapshot's metadata as JSON")
 	return c
@@ -89,25 +91,32 @@ func (e *env) snapshot(ctx context.Context) (*svm.Snapshot, error) {
 	if err != nil {
 		return nil, err
 	}
-	return e.snapshotOf(ctx, a, 0)
+	return e.snapshotOf(ctx, a, nil)
 }
 
 // snapshotOf loads the cached snapshot of a's kernel, building it first when there is none, it
-// was made for another kernel or format, or it serves guests smaller than ramEnd bytes (0: any
-// size). A corrupt snapshot is reported, not silently replaced.
-func (e *env) snapshotOf(ctx context.Context, a *guest.Assets, ramEnd uint64) (*svm.Snapshot, error) {
+// was made for another kernel or format, or it does not serve a guest whose RAM lies in ram (nil:
+// any guest). A corrupt snapshot is reported, not silently replaced.
+func (e *env) snapshotOf(ctx context.Context, a *guest.Assets, ram []vmm.PhysRange) (*svm.Snapshot, error) {
 	id, err := a.KernelID()
 	if err != nil {
 		return nil, err
 	}
-	need := max(defaultGVMMiB, int((ramEnd+mib-1)/mib))
+	need := defaultGVMMiB
+	if ram != nil {
+		gvm, err := svm.GVMMaxFor(ram)
+		if err != nil {
+			return nil, err
+		}
+		need = max(need, int(gvm/mib))
+	}
 	snap, err := svm.Load(svm.SnapshotDir(e.cacheDir, id), id)
 	switch {
-	case err == nil && snap.Layout.GVMMax >= ramEnd:
+	case err == nil && snap.Layout.Serves(ram):
 		return snap, nil
 	case err == nil:
 		fmt.Fprintf(e.stderr, "building the SVM snapshot for %s again: it serves guests up to %d MiB, this one has RAM up to %d MiB\n",
-			a.Release, snap.Layout.GVMMax/mib, (ramEnd+mib-1)/mib)
+			a.Release, snap.Layout.GVMMax/mib, target.RAMEnd(ram)/mib)
 		return e.buildSnapshot(ctx, a, need, nil)
 	case errors.Is(err, svm.ErrNoSnapshot), errors.Is(err, svm.ErrKernelMismatch), errors.Is(err, svm.ErrSnapshotFormat):
 		fmt.Fprintf(e.stderr, "building the SVM snapshot for %s (%v)\n", a.Release, firstLine(err))

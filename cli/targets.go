@@ -79,8 +79,8 @@ func (e *env) kernelFor(ctx context.Context, kernelPath string, t target.Target)
 	if err != nil {
 		return nil, nil, err
 	}
-	end := ramEnd(t)
-	snap, err := e.snapshotOf(ctx, a, end)
+	ram := target.RAMOnly(t.Phys().Ranges())
+	snap, err := e.snapshotOf(ctx, a, ram)
 	if err != nil {
 		return nil, nil, err
 	}
@@ -102,10 +102,10 @@ func (e *env) kernelFor(ctx context.Context, kernelPath string, t target.Target)
 	dir := svm.LayoutSnapshotDir(e.cacheDir, snap.KernelID, l)
 	lsnap, err := svm.Load(dir, snap.KernelID)
 	switch {
-	case err == nil && lsnap.Layout.GVMMax >= end:
+	case err == nil && lsnap.Layout.Serves(ram):
 	case err == nil, errors.Is(err, svm.ErrNoSnapshot), errors.Is(err, svm.ErrKernelMismatch), errors.Is(err, svm.ErrSnapshotFormat):
 		fmt.Fprintf(e.stderr, "building an SVM snapshot in %s's KASLR layout (%s); once per layout\n", t.Name(), l)
-		if lsnap, err = e.buildSnapshot(ctx, a, max(defaultGVMMiB, int((end+mib-1)/mib)), &l); err != nil {
+		if lsnap, err = e.buildSnapshot(ctx, a, int(snap.Layout.GVMMax/mib), &l); err != nil {
 			return nil, nil, err
 		}
 	default:
@@ -137,7 +137,6 @@ func (e *env) pruneLayouts(snap *svm.Snapshot) {
 }
 
 // ramEnd is how large a guest the SVM snapshot must serve for t.
-func ramEnd(t target.Target) uint64 { return target.RAMEnd(t.Phys().Ranges()) }
 
 // ramSize is how much RAM t has.
 func ramSize(t target.Target) uint64 {

@@ -5,20 +5,29 @@ package debianguest_test
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"os"
+	"path/filepath"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
 	"time"
 
+	"hybridbridge/bridge"
 	"hybridbridge/guest"
+	"hybridbridge/inspect"
+	"hybridbridge/svm"
+	"hybridbridge/target"
 	"hybridbridge/vmm"
 )
 
 var (
 	deb      *guest.Guest
+	debImg   *guest.Image
+	assets   *guest.Assets
 	setupErr error
 )
 
@@ -30,19 +39,17 @@ func TestMain(m *testing.M) {
 			return 1
 		}
 		defer os.RemoveAll(dir)
-		var img *guest.Image
 		cache, err := guest.FindCacheDir()
-		var assets *guest.Assets
 		if err == nil {
 			assets, err = guest.LoadAssets(cache)
 		}
 		if err == nil {
-			img, err = guest.DebianImage(assets)
+			debImg, err = guest.DebianImage(assets)
 		}
 		if err == nil {
 			start := time.Now()
 			deb, err = guest.Start(context.Background(), guest.Config{
-				Name: "debian", MemMiB: img.MemMiB, Image: img, RunDir: dir, Timeout: 5 * time.Minute,
+				Name: "debian", MemMiB: debImg.MemMiB, Image: debImg, RunDir: dir, Timeout: 5 * time.Minute,
 			})
 			if err == nil {
 				fmt.Fprintf(os.Stderr, "Debian guest ready in %.1fs\n", time.Since(start).Seconds())
@@ -157,4 +164,128 @@ func TestNamespacedProcess(t *testing.T) {
 	if own == init {
 		t.Errorf("the namespaced process shares init's network namespace %s", own)
 	}
+}
+
+// TestViewsOn4GiB: with the SVM planned for q35's 4 GiB (the guest's RAM above 4 GiB overlaid at
+// its own addresses, the direct map given page directories of its own there), ps, lsmod and free
+// from outside agree with the guest's own tools. A KASLR boot may put the kernel above 4 GiB,
+// where the SVM cannot follow it (its decompressor runs below 4 GiB): then that refusal, in one
+// line, is checked, and a nokaslr boot of the same image serves the views.
+func TestViewsOn4GiB(t *testing.T) {
+	ctx := need(t)
+	ctx, cancel := context.WithTimeout(ctx, 10*time.Minute)
+	defer cancel()
+	dir := t.TempDir()
+	ref, err := svm.Build(ctx, assets, svm.BuildOptions{CacheDir: assets.CacheDir, RunDir: dir, OutDir: filepath.Join(dir, "snapshot"),
+		GVMMaxMiB: 4096, KeepSymbols: bridge.BlockingEntries()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	syms, err := svm.KernelSymbols(assets.CacheDir, ref)
+	if err != nil {
+		t.Fatal(err)
+	}
+	g, snap := deb, ref
+	tg := target.FromGuest(deb)
+	l, same, err := bridge.LayoutOf(tg, ref, syms)
+	tg.Close()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !same {
+		snap, err = svm.Build(ctx, assets, svm.BuildOptions{CacheDir: assets.CacheDir, RunDir: dir, OutDir: filepath.Join(dir, "layout"),
+			GVMMaxMiB: 4096, KeepSymbols: bridge.BlockingEntries(), Layout: &l})
+		switch {
+		case err == nil:
+			t.Logf("the guest's layout: %s", l)
+			if syms, err = svm.KernelSymbols(assets.CacheDir, snap); err != nil {
+				t.Fatal(err)
+			}
+		case l.TextPhys >= 1<<32:
+			if msg := err.Error(); !strings.Contains(msg, "the SVM cannot take on the layout") || !strings.Contains(msg, "below 4 GiB") || strings.Contains(msg, "\n") {
+				t.Fatalf("a kernel at physical %#x: %v; want one line saying the SVM cannot take it on below 4 GiB", l.TextPhys, err)
+			}
+			t.Logf("refused as it must be: %v", err)
+			img := *debImg
+			img.Append += " " + guest.NoKASLR
+			if g, err = guest.Start(ctx, guest.Config{Name: "debian-nokaslr", MemMiB: img.MemMiB, Image: &img, RunDir: dir, Timeout: 5 * time.Minute}); err != nil {
+				t.Fatal(err)
+			}
+			defer g.Stop(context.Background())
+			snap = ref
+		default:
+			t.Fatalf("layout %s: %v", l, err)
+		}
+	}
+
+	before := guestPIDs(t, ctx, g)
+	s, err := bridge.AttachMode(ctx, g, snap, syms, bridge.ModeAuto, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	procs, _, perr := inspect.ProcessView.ReadTyped(s, 0)
+	mods, _, merr := inspect.ModuleView.ReadTyped(s, 0)
+	mem, _, ferr := inspect.MeminfoView.ReadTyped(s, 0)
+	if err := s.Close(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := errors.Join(perr, merr, ferr); err != nil {
+		t.Fatal(err)
+	}
+	after := guestPIDs(t, ctx, g)
+	seen := map[int]bool{}
+	for _, p := range procs {
+		seen[p.PID] = true
+	}
+	for pid := range before {
+		if after[pid] && !seen[pid] {
+			t.Errorf("pid %d, in the guest's ps before and after, is not in the view", pid)
+		}
+	}
+	var names []string
+	for _, m := range mods {
+		names = append(names, m.Name)
+	}
+	res, err := g.Exec(ctx, "lsmod | tail -n +2 | cut -d' ' -f1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := strings.Fields(string(res.Stdout)); !equalSets(names, want) {
+		t.Errorf("lsmod from outside: %v\nthe guest's lsmod: %v", names, want)
+	}
+	res, err = g.Exec(ctx, "free -k | awk '/^Mem:/ {print $2}'")
+	if err != nil {
+		t.Fatal(err)
+	}
+	total := strings.TrimSpace(string(res.Stdout))
+	for _, f := range mem {
+		if f.Name == "MemTotal" && strconv.FormatUint(f.Value, 10) != total {
+			t.Errorf("MemTotal %d kB from outside, the guest's free says %s", f.Value, total)
+		}
+	}
+	st := s.Stats()
+	t.Logf("%d processes, %d modules; from an empty memo: %d Fast-Bridge operations, %d fall-backs", len(procs), len(mods), st.FastOps, st.FallBacks)
+}
+
+// guestPIDs lists the guest's processes by its own ps.
+func guestPIDs(t *testing.T, ctx context.Context, g *guest.Guest) map[int]bool {
+	t.Helper()
+	res, err := g.Exec(ctx, "ps -eo pid=")
+	if err != nil || res.Status != 0 {
+		t.Fatalf("ps in the guest: %v %s", err, res.Stderr)
+	}
+	out := map[int]bool{}
+	for _, f := range strings.Fields(string(res.Stdout)) {
+		if n, err := strconv.Atoi(f); err == nil {
+			out[n] = true
+		}
+	}
+	return out
+}
+
+func equalSets(a, b []string) bool {
+	a, b = slices.Clone(a), slices.Clone(b)
+	slices.Sort(a)
+	slices.Sort(b)
+	return slices.Equal(a, b)
 }

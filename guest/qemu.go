@@ -159,17 +159,11 @@ func (cfg Config) check() error {
 	if cfg.Image == nil {
 		return errors.New("no guest image")
 	}
-	switch cfg.Image.Machine {
-	case "", "pc":
-		if cfg.MemMiB < 64 || cfg.MemMiB > 3072 {
-			return fmt.Errorf("guest memory %d MiB out of range: 64 MiB to 3 GiB (larger pc guests would split RAM around the PCI hole)", cfg.MemMiB)
-		}
-	case "q35":
-		if cfg.MemMiB < 256 || cfg.MemMiB > 8192 {
-			return fmt.Errorf("guest memory %d MiB out of range: 256 MiB to 8 GiB", cfg.MemMiB)
-		}
-	default:
+	if cfg.Image.Machine != "" && cfg.Image.Machine != "pc" && cfg.Image.Machine != "q35" {
 		return fmt.Errorf("machine type %q: use pc or q35", cfg.Image.Machine)
+	}
+	if cfg.MemMiB < 64 || cfg.MemMiB > 16<<10 {
+		return fmt.Errorf("guest memory %d MiB out of range: 64 MiB to 16 GiB", cfg.MemMiB)
 	}
 	if cfg.Image.CPUs < 0 || cfg.Image.CPUs > 8 {
 		return fmt.Errorf("%d vCPUs out of range: 1 to 8", cfg.Image.CPUs)

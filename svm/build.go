@@ -93,8 +93,8 @@ func Build(ctx context.Context, a *guest.Assets, opt BuildOptions) (*Snapshot, e
 	if opt.GVMMaxMiB == 0 {
 		opt.GVMMaxMiB = 1024
 	}
-	if opt.GVMMaxMiB < 128 || opt.GVMMaxMiB > 2560 {
-		return nil, fmt.Errorf("largest guest %d MiB out of range: 128 MiB to 2.5 GiB (the SVM adds 512 MiB and must stay below QEMU's PCI hole)", opt.GVMMaxMiB)
+	if opt.GVMMaxMiB < 128 || opt.GVMMaxMiB > maxGVMMiB {
+		return nil, fmt.Errorf("largest guest %d MiB out of range: 128 MiB to %d GiB", opt.GVMMaxMiB, maxGVMMiB>>10)
 	}
 	kernelID, err := a.KernelID()
 	if err != nil {
@@ -335,7 +335,7 @@ func writeSnapshot(g *guest.Guest, snap *Snapshot, dir string, start time.Time) 
 	if err != nil {
 		return err
 	}
-	if err := copySparse(ramPath, filepath.Join(tmp, ramFile), snap.Layout.RAMSize); err != nil {
+	if err := copySparse(ramPath, filepath.Join(tmp, ramFile), snap.Layout.RAMRanges()); err != nil {
 		return fmt.Errorf("copy SVM RAM: %w", err)
 	}
 	snap.CreatedAt = time.Now().UTC()
@@ -388,23 +388,11 @@ func probeKernel(ctx context.Context, a *guest.Assets, img *guest.Image, runDir 
 
 const mib = 1 << 20
 
-// planLayout reserves [1 MiB, _text) and [_end, gvmMax) for the guest: the SVM keeps the first
-// MiB (firmware, real-mode trampoline), its own kernel image, and everything above gvmMax.
-// The second range starts at _end exactly, not rounded, so no page is usable by both kernels.
-func planLayout(gvmMax, kstart, kend uint64) Layout {
-	return Layout{
-		RAMSize:     gvmMax + 512*mib,
-		GVMMax:      gvmMax,
-		KernelStart: kstart,
-		KernelEnd:   kend,
-		Reserved:    []PhysSpan{{1 * mib, kstart}, {kend, gvmMax}},
-	}
-}
-
-// kernelArgs renders the reserved ranges as memmap=size$start arguments.
+// kernelArgs renders the reserved ranges and the overlay's table pages as memmap=size$start
+// arguments.
 func (l Layout) kernelArgs() string {
 	var b strings.Builder
-	for _, r := range l.Reserved {
+	for _, r := range l.reservedAll() {
 		fmt.Fprintf(&b, " memmap=%#x$%#x", r.End-r.Start, r.Start)
 	}
 	return b.String()
@@ -431,7 +419,7 @@ func checkLayout(iomem string, l Layout) ([]PhysSpan, error) {
 		return nil, fmt.Errorf("SVM /proc/iomem lists no System RAM (is it readable?):\n%s", iomem)
 	}
 	for _, r := range ram {
-		for _, res := range l.Reserved {
+		for _, res := range l.reservedAll() {
 			lo := (res.Start + 4095) &^ 4095
 			if r.Start < res.End && r.End > lo {
 				return nil, fmt.Errorf("SVM memory layout wrong: System RAM %#x-%#x overlaps the range %#x-%#x reserved for the guest (kernel args:%s)",
@@ -654,9 +642,10 @@ func parseInfoRegisters(text string) (CPU, error) {
 	return cpu, nil
 }
 
-// copySparse copies the first size bytes of src to dst, skipping all-zero pages, so the
-// snapshot's RAM file takes only the space the SVM used.
-func copySparse(src, dst string, size uint64) error {
+// copySparse copies the RAM ranges of src (QEMU's RAM file) to dst at their physical addresses,
+// skipping all-zero pages, so the snapshot's RAM file takes only the space the SVM used and the
+// PCI hole none.
+func copySparse(src, dst string, ranges []vmm.PhysRange) error {
 	in, err := os.Open(src)
 	if err != nil {
 		return err
@@ -667,21 +656,23 @@ func copySparse(src, dst string, size uint64) error {
 		return err
 	}
 	defer out.Close()
-	r := bufio.NewReaderSize(io.LimitReader(in, int64(size)), 4<<20)
 	page := make([]byte, 4096)
 	zero := make([]byte, 4096)
-	for off := int64(0); off < int64(size); off += 4096 {
-		if _, err := io.ReadFull(r, page); err != nil {
-			return fmt.Errorf("read at %#x: %w", off, err)
-		}
-		if bytes.Equal(page, zero) {
-			continue
-		}
-		if _, err := out.WriteAt(page, off); err != nil {
-			return err
+	for _, rg := range ranges {
+		r := bufio.NewReaderSize(io.NewSectionReader(in, int64(rg.FileOffset), int64(rg.Size)), 4<<20)
+		for off := uint64(0); off < rg.Size; off += 4096 {
+			if _, err := io.ReadFull(r, page); err != nil {
+				return fmt.Errorf("read at %#x: %w", rg.FileOffset+off, err)
+			}
+			if bytes.Equal(page, zero) {
+				continue
+			}
+			if _, err := out.WriteAt(page, int64(rg.GuestPhys+off)); err != nil {
+				return err
+			}
 		}
 	}
-	if err := out.Truncate(int64(size)); err != nil {
+	if err := out.Truncate(int64(ranges[len(ranges)-1].End())); err != nil {
 		return err
 	}
 	return out.Sync()

@@ -72,8 +72,11 @@ func (m *Machine) Engine() *emu.Engine {
 
 func (u *unicornExec) setup() error {
 	m, e := u.m, u.eng
-	if err := e.MapPtr(0, m.snap.Layout.RAMSize, emu.ProtAll, m.ram); err != nil {
-		return fmt.Errorf("map SVM RAM into Unicorn: %w", err)
+	// Each RAM range at its physical address; the PCI hole between stays unmapped.
+	for _, r := range m.snap.Layout.RAMRanges() {
+		if err := e.MapPtr(r.GuestPhys, r.Size, emu.ProtAll, m.ram[r.GuestPhys:r.End()]); err != nil {
+			return fmt.Errorf("map SVM RAM %v into Unicorn: %w", r, err)
+		}
 	}
 	for _, p := range scratchPages {
 		if err := e.Map(p, 4096, emu.ProtRead|emu.ProtWrite); err != nil {
@@ -138,7 +141,7 @@ func (u *unicornExec) setup() error {
 		if err := m.hookSwaps(e); err != nil {
 			return err
 		}
-		if m.wlog, err = e.NewWriteLog(0, m.snap.Layout.RAMSize); err != nil {
+		if m.wlog, err = e.NewWriteLog(0, m.snap.Layout.RAMEnd()); err != nil {
 			return err
 		}
 	}

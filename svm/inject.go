@@ -21,7 +21,7 @@ func mapSnapshotRAM(snap *Snapshot, prot, flags int) ([]byte, error) {
 		return nil, err
 	}
 	defer f.Close()
-	ram, err := unix.Mmap(int(f.Fd()), 0, int(snap.Layout.RAMSize), prot, flags)
+	ram, err := unix.Mmap(int(f.Fd()), 0, int(snap.Layout.RAMEnd()), prot, flags)
 	if err != nil {
 		return nil, fmt.Errorf("map SVM RAM %s: %w", snap.RAMPath(), err)
 	}

@@ -61,14 +61,18 @@ func checkLayoutFits(bz *kaslr.BzImage, l kaslr.Layout, plan Layout) error {
 		return err
 	}
 	p := l.TextPhys
-	if end := p + uint64(bz.Header.InitSize); end > plan.RAMSize || end > fourGiB {
-		return fmt.Errorf("the kernel needs [%#x, %#x) to decompress (init_size %#x), beyond the SVM's %d MiB of RAM or 4 GiB",
-			p, end, bz.Header.InitSize, plan.RAMSize>>20)
+	low := plan.RAMRanges()[0]
+	if end := p + uint64(bz.Header.InitSize); end > low.End() || end > fourGiB {
+		return fmt.Errorf("the kernel needs [%#x, %#x) to decompress (init_size %#x), beyond the SVM's RAM below 4 GiB (%d MiB)",
+			p, end, bz.Header.InitSize, low.End()>>20)
 	}
-	if end := p + bz.ImageSize(); end > plan.GVMMax {
-		return fmt.Errorf("the kernel image [%#x, %#x) ends above the largest guest the SVM serves (%d MiB)", p, end, plan.GVMMax>>20)
+	end := p + bz.ImageSize()
+	for _, g := range plan.Guest {
+		if p >= g.Start && end <= g.End {
+			return nil
+		}
 	}
-	return nil
+	return fmt.Errorf("the kernel image [%#x, %#x) lies outside the guest RAM the SVM serves (%s, guests up to %d MiB)", p, end, spansText(plan.Guest), plan.GVMMax>>20)
 }
 
 // openLayoutBoot reads the kernel's bzImage for its relocations and checks that the SVM can take

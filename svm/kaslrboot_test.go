@@ -31,7 +31,7 @@ func TestLayoutRefusedBeforeBooting(t *testing.T) {
 	}{
 		{func(l *kaslr.Layout) { l.TextPhys += 1 << 20 }, "physical address 0x9300000 of _text: not a multiple of the kernel's alignment 0x200000"},
 		{func(l *kaslr.Layout) { l.TextPhys = 8 << 20 }, "at or above 0x1000000"},
-		{func(l *kaslr.Layout) { l.TextPhys = 1<<30 - 2<<20 }, "ends above the largest guest the SVM serves (1024 MiB)"},
+		{func(l *kaslr.Layout) { l.TextPhys = 1<<30 - 2<<20 }, "lies outside the guest RAM the SVM serves ([0x0, 0x40000000), guests up to 1024 MiB)"},
 		{func(l *kaslr.Layout) { l.TextOffset += 1 << 20 }, "text offset +0x2300000: not a multiple"},
 		{func(l *kaslr.Layout) { l.TextOffset = 1 << 30 }, "text offset +0x40000000 puts _text at 0xffffffffc1000000"},
 		{func(l *kaslr.Layout) { l.TextOffset = -2 << 20 }, "text offset -0x200000 puts _text at 0xffffffff80e00000"},
@@ -146,7 +146,7 @@ func TestLayoutSnapshotRelocs(t *testing.T) {
 	// The nokaslr snapshot's metadata and RAM, saved as if it had realLayout.
 	tmp := filepath.Join(t.TempDir(), "tmp")
 	must(t, os.Mkdir(tmp, 0o755))
-	must(t, copySparse(snap.RAMPath(), filepath.Join(tmp, ramFile), snap.Layout.RAMSize))
+	must(t, copySparse(snap.RAMPath(), filepath.Join(tmp, ramFile), snap.Layout.SnapshotRanges()))
 	s := *snap
 	l := realLayout
 	s.KASLR, s.relocs = &l, &bz.Relocs

@@ -273,7 +273,8 @@ func subtractPages(spans []PhysSpan, pages map[uint64]bool) (left, removed []Phy
 func (c *kvmCPU) addSlots() error {
 	m := c.m
 	start := uint64(0)
-	for _, h := range append(append([]PhysSpan(nil), c.holes...), PhysSpan{uint64(len(m.ram)), uint64(len(m.ram))}) {
+	holes := mergeSpans(append(append([]PhysSpan(nil), c.holes...), m.snap.Layout.ramGaps()...))
+	for _, h := range append(holes, PhysSpan{uint64(len(m.ram)), uint64(len(m.ram))}) {
 		if h.Start > start {
 			if err := c.vm.AddMemory(start, m.ram[start:h.Start], false); err != nil {
 				return err

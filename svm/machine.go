@@ -296,7 +296,8 @@ func (m *Machine) pristine(p uint64) []byte {
 	if ov := m.overlay; ov != nil {
 		for _, s := range ov.spans {
 			if p >= s.Start && p < s.End {
-				return ov.guest[p : p+4096]
+				off, _ := ov.fileOffset(p)
+				return ov.guest[off : off+4096]
 			}
 		}
 	}

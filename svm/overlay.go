@@ -19,14 +19,16 @@ import (
 // SVM memory. The guest's file is mapped private: the guest is never written, and Reset drops the
 // SVM's writes to it like any other.
 type Overlay struct {
-	file  *os.File
-	size  uint64     // guest RAM bytes
-	spans []PhysSpan // page-aligned parts of the reserved ranges inside guest RAM, as mapped
-	image []byte     // private mapping of the guest's copy of the kernel-image range
-	guest []byte     // read-only shared mapping of the guest's RAM: what Reset copies back
+	file   *os.File
+	ranges []vmm.PhysRange // where the guest's RAM lies, and where its file holds it
+	spans  []PhysSpan      // page-aligned parts of the reserved ranges inside guest RAM, as mapped
+	image  []byte          // private mapping of the guest's copy of the kernel-image range
+	guest  []byte          // read-only shared mapping of the guest's RAM: what Reset copies back
 	// pte are the direct-map entries written into the SVM's page tables: Reset drops them with
 	// every other change, so they are written again.
 	pte []pteWrite
+	// tables counts the pages of Layout.Tables in use as page directories.
+	tables uint64
 }
 
 type pteWrite struct{ at, value uint64 }
@@ -34,40 +36,52 @@ type pteWrite struct{ at, value uint64 }
 // ErrGuestTooLarge means the guest has more RAM than the snapshot reserved for guests.
 var ErrGuestTooLarge = errors.New("guest RAM larger than the SVM snapshot serves")
 
-// AttachOverlay maps the guest RAM file (size bytes, guest-physical 0 at offset 0) into the
+// AttachOverlay maps the guest RAM file f, which holds the guest's RAM as ranges says, into the
 // machine. The guest must stay paused while the overlay is in use: a private mapping of a shared
 // file shows the file's current contents until a page is first written.
-func (m *Machine) AttachOverlay(f *os.File, size uint64) error {
+func (m *Machine) AttachOverlay(f *os.File, ranges []vmm.PhysRange) error {
 	if m.overlay != nil {
 		return errors.New("a guest is already overlaid")
 	}
 	l := m.snap.Layout
-	if size > l.GVMMax {
-		return fmt.Errorf("%w: %d MiB, at most %d MiB (rebuild with: hybridbridge svm build --gvm-max ...)", ErrGuestTooLarge, size>>20, l.GVMMax>>20)
+	if !l.Serves(ranges) {
+		return fmt.Errorf("%w: its RAM lies at %v, the snapshot serves %s (rebuild with: hybridbridge svm build --gvm-max ...)", ErrGuestTooLarge, ranges, spansText(l.Guest))
 	}
-	ov := &Overlay{file: f, size: size}
-	guest, err := unix.Mmap(int(f.Fd()), 0, int(size), unix.PROT_READ, unix.MAP_SHARED)
+	ov := &Overlay{file: f, ranges: ranges}
+	var fileSize uint64
+	for _, r := range ranges {
+		fileSize = max(fileSize, r.FileOffset+r.Size)
+	}
+	guest, err := unix.Mmap(int(f.Fd()), 0, int(fileSize), unix.PROT_READ, unix.MAP_SHARED)
 	if err != nil {
 		return fmt.Errorf("map guest RAM: %w", err)
 	}
 	ov.guest = guest
 	// The kept image pages come last: the SVM's kernel maps them already (planDirectMap skips them).
 	for _, r := range append(append([]PhysSpan{}, l.Reserved...), m.snap.KeptImage...) {
-		start := (r.Start + 4095) &^ 4095 // the page holding _end is the SVM's
-		end := min(r.End, size) &^ 4095
-		if start >= end {
-			continue
+		for _, g := range ranges {
+			start := max(r.Start+4095, g.GuestPhys) &^ 4095 // the page holding _end is the SVM's
+			end := min(r.End, g.End()) &^ 4095
+			if start >= end {
+				continue
+			}
+			if _, err := unix.MmapPtr(int(f.Fd()), int64(g.FileOffset+start-g.GuestPhys), unsafe.Pointer(&m.ram[start]), uintptr(end-start),
+				unix.PROT_READ|unix.PROT_WRITE, unix.MAP_PRIVATE|unix.MAP_FIXED); err != nil {
+				m.restoreSVM(ov.spans)
+				unix.Munmap(guest)
+				return fmt.Errorf("overlay guest RAM %#x-%#x: %w", start, end, err)
+			}
+			ov.spans = append(ov.spans, PhysSpan{start, end})
 		}
-		if _, err := unix.MmapPtr(int(f.Fd()), int64(start), unsafe.Pointer(&m.ram[start]), uintptr(end-start),
-			unix.PROT_READ|unix.PROT_WRITE, unix.MAP_PRIVATE|unix.MAP_FIXED); err != nil {
-			m.restoreSVM(ov.spans)
-			unix.Munmap(guest)
-			return fmt.Errorf("overlay guest RAM %#x-%#x: %w", start, end, err)
-		}
-		ov.spans = append(ov.spans, PhysSpan{start, end})
+	}
+	imgOff, ok := ov.fileOffset(l.KernelStart)
+	if !ok {
+		m.restoreSVM(ov.spans)
+		unix.Munmap(guest)
+		return fmt.Errorf("the kernel image's range %#x is not in the guest's RAM %v", l.KernelStart, ranges)
 	}
 	// Private: redirected writes (SwapInGuestForWrite) change only this copy, never the guest.
-	img, err := unix.Mmap(int(f.Fd()), int64(l.KernelStart), int((l.KernelEnd+4095)&^4095-l.KernelStart), unix.PROT_READ|unix.PROT_WRITE, unix.MAP_PRIVATE)
+	img, err := unix.Mmap(int(f.Fd()), int64(imgOff), int((l.KernelEnd+4095)&^4095-l.KernelStart), unix.PROT_READ|unix.PROT_WRITE, unix.MAP_PRIVATE)
 	if err != nil {
 		m.restoreSVM(ov.spans)
 		unix.Munmap(guest)
@@ -80,6 +94,16 @@ func (m *Machine) AttachOverlay(f *os.File, size uint64) error {
 		return err
 	}
 	return m.applyOverlay()
+}
+
+// fileOffset is where the guest's file holds physical address phys.
+func (ov *Overlay) fileOffset(phys uint64) (uint64, bool) {
+	for _, r := range ov.ranges {
+		if phys >= r.GuestPhys && phys < r.End() {
+			return r.FileOffset + phys - r.GuestPhys, true
+		}
+	}
+	return 0, false
 }
 
 // DetachOverlay puts the SVM's own (reserved, unused) memory back and forgets the guest.
@@ -157,7 +181,7 @@ func (m *Machine) planDirectMap() error {
 		return err
 	}
 	ov := m.overlay
-	ov.pte = ov.pte[:0]
+	ov.pte, ov.tables = ov.pte[:0], 0
 	l := m.snap.Layout
 	for _, s := range ov.spans {
 		if s.Start >= l.KernelStart && s.End <= (l.KernelEnd+4095)&^4095 {
@@ -165,10 +189,13 @@ func (m *Machine) planDirectMap() error {
 		}
 		for pa := s.Start; pa < s.End; {
 			va := base + pa
-			// The page directory must exist: the overlay writes into tables the SVM has.
+			// The overlay writes into tables the SVM has, and where it has no page directory
+			// (guest RAM above 4 GiB, which the SVM's kernel never mapped) into one of its own.
 			pd, err := w.Slot(va, 2)
 			if err != nil {
-				return fmt.Errorf("direct map of %#x: %w", pa, err)
+				if pd, err = m.addDirectory(w, va); err != nil {
+					return fmt.Errorf("direct map of %#x: %w", pa, err)
+				}
 			}
 			pde := pd.Entry
 			switch {
@@ -196,6 +223,33 @@ func (m *Machine) planDirectMap() error {
 		}
 	}
 	return nil
+}
+
+// tableBits are the flags of a page-table entry pointing to a lower table, the kernel's
+// _KERNPG_TABLE.
+const tableBits = vmm.PTEPresent | vmm.PTEWrite | vmm.PTEAccessed | vmm.PTEDirty
+
+// addDirectory gives va's empty page-directory-pointer entry a page directory from the layout's
+// table pages (reserved in the SVM, never used by it), and returns va's slot in it.
+func (m *Machine) addDirectory(w *vmm.Walker, va uint64) (vmm.Slot, error) {
+	pdpt, err := w.Slot(va, 3)
+	if err != nil {
+		return vmm.Slot{}, err
+	}
+	if pdpt.Entry&vmm.PTEPresent != 0 {
+		return vmm.Slot{}, fmt.Errorf("the SVM maps %#x with a 1 GiB page", va)
+	}
+	ov, t := m.overlay, m.snap.Layout.Tables
+	table := t.Start + ov.tables*vmm.PageSize4K
+	if table+vmm.PageSize4K > t.End {
+		return vmm.Slot{}, fmt.Errorf("no page directory to add: the layout's %d table pages are used", (t.End-t.Start)/vmm.PageSize4K)
+	}
+	ov.tables++
+	clear(m.ram[table : table+vmm.PageSize4K])
+	w2 := pteWrite{pdpt.Addr, table | tableBits}
+	binary.LittleEndian.PutUint64(m.ram[w2.at:], w2.value)
+	ov.pte = append(ov.pte, w2)
+	return w.Slot(va, 2)
 }
 
 // Graft is a page-table leaf of the guest's to copy into the SVM's tables: VA maps Size bytes

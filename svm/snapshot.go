@@ -13,6 +13,7 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"strings"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -25,7 +26,7 @@ import (
 const (
 	formatName = "hybridbridge-svm-snapshot"
 	// FormatVersion changes whenever the snapshot's meaning changes; older snapshots are rebuilt.
-	FormatVersion = 8
+	FormatVersion = 9
 	metaFile      = "snapshot.json"
 	ramFile       = "ram.img"
 	relocsFile    = "relocs.bin" // a KASLR layout's relocation tables (kaslr.Relocs.MarshalBinary)
@@ -67,22 +68,40 @@ type CPU struct {
 	EFER         uint64  `json:"efer"`
 }
 
-// Layout is the SVM's physical memory plan (README: "The secure VM and the executor"): guest RAM up to GVMMax is reserved
-// in the SVM except the kernel image, so every allocation of the SVM's own lies above GVMMax and
-// the guest's RAM can later be overlaid at its own physical addresses.
+// Layout is the SVM's physical memory plan (README: "The secure VM and the executor"): where a
+// served guest's RAM may lie (Guest) is reserved in the SVM except the kernel image, so every
+// allocation of the SVM's own lies elsewhere and the guest's RAM can later be overlaid at its own
+// physical addresses.
 type Layout struct {
-	RAMSize     uint64     `json:"ram_size"`     // SVM RAM
+	// RAMSize is the SVM's RAM (QEMU's -m), which its pc machine lays out as vmm.PCRanges does;
+	// the snapshot's RAM file is laid out by physical address (RAMEnd bytes, the hole sparse).
+	RAMSize     uint64     `json:"ram_size"`
 	GVMMax      uint64     `json:"gvm_max"`      // largest guest RAM it can serve
+	Guest       []PhysSpan `json:"guest"`        // where a served guest's RAM may lie
 	KernelStart uint64     `json:"kernel_start"` // physical address of _text
 	KernelEnd   uint64     `json:"kernel_end"`   // physical address of _end
-	Reserved    []PhysSpan `json:"reserved"`     // memmap= ranges on the kernel command line
-	SystemRAM   []PhysSpan `json:"system_ram"`   // "System RAM" in the SVM's /proc/iomem
+	Reserved    []PhysSpan `json:"reserved"`     // memmap= ranges for the guest on the kernel command line
+	// Tables is reserved too but never guest RAM: page-table pages the overlay adds where the
+	// SVM's direct map has no table for the guest's RAM (above 4 GiB). Empty when not needed.
+	Tables    PhysSpan   `json:"tables"`
+	SystemRAM []PhysSpan `json:"system_ram"` // "System RAM" in the SVM's /proc/iomem
 }
 
 // PhysSpan is [Start, End) in physical memory.
 type PhysSpan struct {
 	Start uint64 `json:"start"`
 	End   uint64 `json:"end"`
+}
+
+func (s PhysSpan) String() string { return fmt.Sprintf("[%#x, %#x)", s.Start, s.End) }
+
+// spansText renders spans for a message: "[0x0, 0x80000000) and [0x100000000, 0x180000000)".
+func spansText(spans []PhysSpan) string {
+	var parts []string
+	for _, s := range spans {
+		parts = append(parts, s.String())
+	}
+	return strings.Join(parts, " and ")
 }
 
 // InSpans reports whether phys lies in one of spans.
@@ -273,9 +292,9 @@ func Load(dir, kernelID string) (*Snapshot, error) {
 	if err != nil {
 		return nil, fmt.Errorf("%w: %v", ErrSnapshotCorrupt, err)
 	}
-	if size != s.Layout.RAMSize || crc != s.RAMCRC32C || n != s.RAMData {
+	if size != s.Layout.RAMEnd() || crc != s.RAMCRC32C || n != s.RAMData {
 		return nil, fmt.Errorf("%w: %s: size %d, checksum %08x over %d bytes; recorded %d, %08x over %d (rebuild with: hybridbridge svm build)",
-			ErrSnapshotCorrupt, s.RAMPath(), size, crc, n, s.Layout.RAMSize, s.RAMCRC32C, s.RAMData)
+			ErrSnapshotCorrupt, s.RAMPath(), size, crc, n, s.Layout.RAMEnd(), s.RAMCRC32C, s.RAMData)
 	}
 	for _, name := range requiredSymbols {
 		if s.Symbols[name] == 0 {
@@ -360,8 +379,8 @@ func (s *Snapshot) save(tmpDir, dir string) error {
 	if err != nil {
 		return err
 	}
-	if size != s.Layout.RAMSize {
-		return fmt.Errorf("RAM file is %d bytes, SVM RAM is %d", size, s.Layout.RAMSize)
+	if size != s.Layout.RAMEnd() {
+		return fmt.Errorf("RAM file is %d bytes, SVM RAM ends at %#x", size, s.Layout.RAMEnd())
 	}
 	s.RAMCRC32C, s.RAMData = crc, n
 	if s.KASLR != nil {

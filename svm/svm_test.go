@@ -349,7 +349,7 @@ func TestSnapshotErrors(t *testing.T) {
 		t.Fatal(err)
 	}
 	must(t, os.WriteFile(dir+"/"+metaFile, meta, 0o644))
-	must(t, copySparse(snap.RAMPath(), dir+"/"+ramFile, snap.Layout.RAMSize))
+	must(t, copySparse(snap.RAMPath(), dir+"/"+ramFile, snap.Layout.SnapshotRanges()))
 	f, err := os.OpenFile(dir+"/"+ramFile, os.O_RDWR, 0)
 	if err != nil {
 		t.Fatal(err)

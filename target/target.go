@@ -91,6 +91,18 @@ func RAMEnd(ranges []vmm.PhysRange) uint64 {
 	return end
 }
 
+// RAMOnly is ranges without those inside the 32-bit I/O hole: the guest's RAM, which the SVM
+// must serve.
+func RAMOnly(ranges []vmm.PhysRange) []vmm.PhysRange {
+	var out []vmm.PhysRange
+	for _, r := range ranges {
+		if !inIOHole(r) {
+			out = append(out, r)
+		}
+	}
+	return out
+}
+
 func inIOHole(r vmm.PhysRange) bool { return r.GuestPhys >= ioHole && r.End() <= 1<<32 }
 
 // Close closes the file.
