@@ -4,6 +4,7 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"fmt"
+	"slices"
 	"sort"
 	"strings"
 	"sync"
@@ -118,6 +119,17 @@ var redirectInList = map[string][]string{
 	"vm_node_stat": {"meminfo_proc_show", "si_mem_available", "si_meminfo", "si_meminfo_node"},
 }
 
+// sameInBoth are globals parts of which are the same in both kernels by construction, with the
+// functions that read only those parts: there an access is the SVM's whatever the pointer's
+// provenance, so that one instruction is not decided both ways. A guest's non-dumpable task (a
+// daemon that changed its credentials) has mm->user_ns = &init_user_ns, through which
+// task_dump_owner maps uid 0 for its /proc files, while the reader's own credentials reach the
+// same global by constant address; the initial namespace's uid and gid maps are the identity in
+// every kernel and cannot be written.
+var sameInBoth = map[string][]string{
+	"init_user_ns": {"map_id_range_down", "map_id_up"},
+}
+
 // keepLocalList are globals of the SVM's own machinery, which must stay the SVM's whatever
 // function touches them: redirecting them breaks the SVM (e.g. freeing into another VM's slab
 // cache) or mixes its state with the guest's. Grouped by the machinery they belong to; the ps
@@ -138,6 +150,7 @@ func init() {
 		"page_group_by_mobility_disabled", "percpu_counter_batch", "preferred_node_policy",
 		"root_mem_cgroup", "lru_disable_count", "kmalloc_caches", "names_cachep", "filp_cachep",
 		"size_index", "pde_opener_cache", "bit_wait_table",
+		"nr_online_nodes", // the page allocator's (get_page_from_freelist): seq_file buffers of a page and more
 		"dentry_cache", "lsm_inode_cache", "lsm_file_cache", "proc_inode_cachep", "seq_file_cache")
 	keepLocal("VFS of the reader: path lookup, the dentry cache and the SVM's /proc mount",
 		"dentry_hashtable", "d_hash_shift", "in_lookup_hashtable", "rename_lock", "mount_lock",
@@ -189,7 +202,7 @@ func init() {
 }
 
 // policyVersion changes with the bridge's own decision rules (bridge/policy.go).
-const policyVersion = 3
+const policyVersion = 4
 
 // PolicyVersion names the lists' content, the taint rules and the bridge's decision rules:
 // memoized decisions are valid only for what made them.
@@ -203,12 +216,14 @@ func PolicyVersion() string {
 		sort.Strings(names)
 		fmt.Fprintln(h, strings.Join(names, ","))
 	}
-	scoped := make([]string, 0, len(redirectInList))
-	for n, fns := range redirectInList {
-		scoped = append(scoped, n+"="+strings.Join(fns, "+"))
+	for _, l := range []map[string][]string{redirectInList, sameInBoth} {
+		scoped := make([]string, 0, len(l))
+		for n, fns := range l {
+			scoped = append(scoped, n+"="+strings.Join(fns, "+"))
+		}
+		sort.Strings(scoped)
+		fmt.Fprintln(h, strings.Join(scoped, ","))
 	}
-	sort.Strings(scoped)
-	fmt.Fprintln(h, strings.Join(scoped, ","))
 	fmt.Fprintln(h, "taint rules", taint.RulesVersion, "policy", policyVersion)
 	return "lists-" + hex.EncodeToString(h.Sum(nil))[:12]
 }
@@ -241,6 +256,21 @@ func (g *Globals) count(name string) {
 // Local, or Unknown for one in neither. It does not count. caller tells where a frameless scoped
 // helper at pc returns to (Session.callerOf: 0 if unknown; nil, never asked): for the scoped
 // globals that function decides, not the helper. It is asked only then.
+// same reports whether the access at pc to the global at virt reads what sameInBoth says is the
+// same in both kernels.
+func (g *Globals) same(virt, pc uint64) bool {
+	name, _, ok := g.syms.Lookup(virt)
+	if !ok {
+		return false
+	}
+	fns, listed := sameInBoth[name]
+	if !listed {
+		return false
+	}
+	fn, _, _ := g.syms.Lookup(pc)
+	return slices.Contains(fns, fn)
+}
+
 func (g *Globals) decide(virt, pc uint64, caller func() uint64) decision.Decision {
 	name, _, ok := g.syms.Lookup(virt)
 	if !ok {

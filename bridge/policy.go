@@ -74,6 +74,9 @@ func (p *policy) Decide(a *taint.Access) (decision.Decision, taint.Reason) {
 	// The inspecting process's memory (user-labelled) is the SVM's as much as its kernel's is.
 	guestOnly := a.Addr&taint.LabelGVM != 0 && a.Addr&svmSide == 0 && a.Seg != x86asm.GS && a.Base != x86asm.RSP
 	if svm.InSpans(p.data, a.Phys) {
+		if p.globals.same(p.virt(a.Phys), a.PC) {
+			return decision.Local, taint.ReasonGlobalLocal
+		}
 		if guestOnly && !a.DispGlobal {
 			return decision.Redirect, taint.ReasonGVMPointer
 		}

@@ -263,6 +263,9 @@ func TestViewsOn4GiB(t *testing.T) {
 			t.Errorf("MemTotal %d kB from outside, the guest's free says %s", f.Value, total)
 		}
 	}
+	if u := s.Globals.Unknown(); len(u) > 0 {
+		t.Errorf("globals in neither list: %v", u)
+	}
 	st := s.Stats()
 	t.Logf("%d processes, %d modules; from an empty memo: %d Fast-Bridge operations, %d fall-backs", len(procs), len(mods), st.FastOps, st.FallBacks)
 }

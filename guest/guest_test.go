@@ -469,8 +469,11 @@ func TestErrors(t *testing.T) {
 	if _, err := Start(ctx, Config{Name: "Bad Name", MemMiB: 128, Image: demoImg, RunDir: runDir}); err == nil {
 		t.Error("bad name accepted")
 	}
-	if _, err := Start(ctx, Config{Name: "big", MemMiB: 8192, Image: demoImg, RunDir: runDir}); err == nil {
-		t.Error("8 GiB accepted")
+	if g, err := Start(ctx, Config{Name: "big", MemMiB: 32 << 10, Image: demoImg, RunDir: runDir}); err == nil {
+		g.Stop(ctx)
+		t.Error("32 GiB accepted")
+	} else if !strings.Contains(err.Error(), "out of range") {
+		t.Errorf("32 GiB: %v", err)
 	}
 	// A kernel that does not boot reports the console tail, quickly.
 	broken := *demoImg
