@@ -8,17 +8,20 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"regexp"
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
 	"hybridbridge/bridge"
 	"hybridbridge/guest"
 	"hybridbridge/inspect"
+	"hybridbridge/internal/plainvm"
 	"hybridbridge/svm"
 	"hybridbridge/target"
 	"hybridbridge/vmm"
@@ -29,6 +32,14 @@ var (
 	debImg   *guest.Image
 	assets   *guest.Assets
 	setupErr error
+	// ref4G is the nokaslr SVM snapshot for 4 GiB q35 guests, built by the first test needing it.
+	ref4G struct {
+		once sync.Once
+		dir  string
+		snap *svm.Snapshot
+		syms *vmm.Symbols
+		err  error
+	}
 )
 
 func TestMain(m *testing.M) {
@@ -61,6 +72,11 @@ func TestMain(m *testing.M) {
 			return m.Run()
 		}
 		defer deb.Stop(context.Background())
+		defer func() {
+			if ref4G.dir != "" {
+				os.RemoveAll(ref4G.dir)
+			}
+		}()
 		return m.Run()
 	}()
 	os.Exit(code)
@@ -176,15 +192,7 @@ func TestViewsOn4GiB(t *testing.T) {
 	ctx, cancel := context.WithTimeout(ctx, 10*time.Minute)
 	defer cancel()
 	dir := t.TempDir()
-	ref, err := svm.Build(ctx, assets, svm.BuildOptions{CacheDir: assets.CacheDir, RunDir: dir, OutDir: filepath.Join(dir, "snapshot"),
-		GVMMaxMiB: 4096, KeepSymbols: bridge.BlockingEntries()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	syms, err := svm.KernelSymbols(assets.CacheDir, ref)
-	if err != nil {
-		t.Fatal(err)
-	}
+	ref, syms := snapshot4G(t, ctx)
 	g, snap := deb, ref
 	tg := target.FromGuest(deb)
 	l, same, err := bridge.LayoutOf(tg, ref, syms)
@@ -218,8 +226,20 @@ func TestViewsOn4GiB(t *testing.T) {
 		}
 	}
 
+	checkViews(t, ctx, target.FromGuest(g), g, snap, syms)
+}
+
+// execer runs a shell command in a guest: our own guest's channel or a plain VM's.
+type execer interface {
+	Exec(ctx context.Context, command string) (*guest.Result, error)
+}
+
+// checkViews attaches t and checks ps, lsmod and free from outside against the guest's own ps,
+// lsmod and free, run through g, and that no global was in neither list.
+func checkViews(t *testing.T, ctx context.Context, tg target.Target, g execer, snap *svm.Snapshot, syms *vmm.Symbols) {
+	t.Helper()
 	before := guestPIDs(t, ctx, g)
-	s, err := bridge.AttachMode(ctx, g, snap, syms, bridge.ModeAuto, nil)
+	s, err := bridge.AttachTarget(ctx, tg, snap, syms, bridge.Options{Mode: bridge.ModeAuto})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -267,11 +287,72 @@ func TestViewsOn4GiB(t *testing.T) {
 		t.Errorf("globals in neither list: %v", u)
 	}
 	st := s.Stats()
-	t.Logf("%d processes, %d modules; from an empty memo: %d Fast-Bridge operations, %d fall-backs", len(procs), len(mods), st.FastOps, st.FallBacks)
+	t.Logf("%s: %d processes, %d modules; %d Fast-Bridge operations, %d fall-backs", tg.Name(), len(procs), len(mods), st.FastOps, st.FallBacks)
+}
+
+// TestPlainQEMUAttach: the same image booted by a plain QEMU command line — q35, 4 GiB of
+// anonymous RAM, 2 vCPUs, the image's kernel and initramfs, a disk layer of the test's own — and
+// attached by its QMP socket, as an analyst's VM is, gives the same views. nokaslr keeps the
+// kernel below 4 GiB, so the views are checked on every run (TestViewsOn4GiB covers KASLR).
+func TestPlainQEMUAttach(t *testing.T) {
+	ctx := need(t)
+	ctx, cancel := context.WithTimeout(ctx, 10*time.Minute)
+	defer cancel()
+	dir := t.TempDir()
+	layer := filepath.Join(dir, "disk.qcow2")
+	if out, err := exec.Command("qemu-img", "create", "-q", "-f", "qcow2", "-b", debImg.Disk, "-F", "raw", layer).CombinedOutput(); err != nil {
+		t.Fatalf("qemu-img: %v: %s", err, out)
+	}
+	qmp := filepath.Join(dir, "qmp.sock")
+	args := append([]string{
+		"-machine", "q35", "-accel", "tcg", "-m", "4G", "-smp", "2",
+		"-kernel", debImg.Kernel, "-initrd", debImg.Path, "-append", guest.DebianArgs + " " + guest.NoKASLR,
+		"-drive", "file=" + layer + ",if=virtio,format=qcow2", "-nic", "user,model=virtio-net-pci",
+		"-nodefaults", "-display", "none", "-no-reboot",
+	}, append(plainvm.ChannelArgs(filepath.Join(dir, "console.log"), filepath.Join(dir, "cmd.sock")), plainvm.QMPArgs(qmp)...)...)
+	vm, err := plainvm.Start(ctx, dir, args, plainvm.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer vm.Stop()
+	if err := vm.WaitReady(ctx, 5*time.Minute); err != nil {
+		t.Fatal(err)
+	}
+	snap, syms := snapshot4G(t, ctx)
+	tg, err := target.OpenQMP(ctx, qmp)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tg.Close()
+	checkViews(t, ctx, tg, vm, snap, syms)
+}
+
+// snapshot4G builds, once for the package, the nokaslr SVM snapshot planned for 4 GiB q35 guests.
+func snapshot4G(t *testing.T, ctx context.Context) (*svm.Snapshot, *vmm.Symbols) {
+	t.Helper()
+	ref4G.once.Do(func() {
+		ref4G.err = func() error {
+			dir, err := os.MkdirTemp("", "hbdebian-svm")
+			if err != nil {
+				return err
+			}
+			ref4G.dir = dir
+			if ref4G.snap, err = svm.Build(ctx, assets, svm.BuildOptions{CacheDir: assets.CacheDir, RunDir: dir, OutDir: filepath.Join(dir, "snapshot"),
+				GVMMaxMiB: 4096, KeepSymbols: bridge.BlockingEntries()}); err != nil {
+				return err
+			}
+			ref4G.syms, err = svm.KernelSymbols(assets.CacheDir, ref4G.snap)
+			return err
+		}()
+	})
+	if ref4G.err != nil {
+		t.Fatal(ref4G.err)
+	}
+	return ref4G.snap, ref4G.syms
 }
 
 // guestPIDs lists the guest's processes by its own ps.
-func guestPIDs(t *testing.T, ctx context.Context, g *guest.Guest) map[int]bool {
+func guestPIDs(t *testing.T, ctx context.Context, g execer) map[int]bool {
 	t.Helper()
 	res, err := g.Exec(ctx, "ps -eo pid=")
 	if err != nil || res.Status != 0 {

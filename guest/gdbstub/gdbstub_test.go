@@ -394,6 +394,19 @@ func TestBreakpoint(t *testing.T) {
 		t.Fatal(err)
 	}
 	rip := regs["rip"]
+	if rip == bp {
+		// Seen once in 4 CI runs on a loaded machine, never in 15 runs here: QEMU answered the
+		// step with a stop at the same address, the instruction not retired. A client that
+		// re-reported the breakpoint instead of stepping would stay there on a second step too.
+		t.Logf("the step stopped at %#x without executing (%q); stepping again", bp, st.Raw)
+		if st, err = c.StepInstruction(ctxT(t, 5*time.Second)); err != nil {
+			t.Fatalf("step: %v", err)
+		}
+		if regs, err = c.ReadRegisters(ctxT(t, 5*time.Second)); err != nil {
+			t.Fatal(err)
+		}
+		rip = regs["rip"]
+	}
 	if rip <= bp || rip > bp+15 {
 		t.Errorf("after a step from %#x rip = %#x", bp, rip)
 	}
