@@ -226,7 +226,9 @@ func TestViewsOn4GiB(t *testing.T) {
 		}
 	}
 
-	checkViews(t, ctx, target.FromGuest(g), g, snap, syms)
+	own := target.FromGuest(g)
+	defer own.Close()
+	checkViews(t, ctx, own, g, snap, syms)
 }
 
 // execer runs a shell command in a guest: our own guest's channel or a plain VM's.

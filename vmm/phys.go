@@ -45,15 +45,22 @@ const (
 // The legacy 640 KiB-1 MiB VGA/BIOS window is ignored: there the file still holds RAM, which is
 // what the guest kernel itself never maps for data anyway. The q35 machine splits differently.
 func PCRanges(ramSize uint64) []PhysRange {
+	return splitAround4G(ramSize, pcMaxRAMBelow4G, pcGigabyteSplit)
+}
+
+// splitAround4G lays out ramSize bytes from one backend as QEMU's x86 machines do: below
+// splitFrom all at guest-physical 0; from there the first low bytes at 0 and the rest at 4 GiB,
+// taken from file offset low.
+func splitAround4G(ramSize, splitFrom, low uint64) []PhysRange {
 	if ramSize == 0 {
 		return nil
 	}
-	if ramSize < pcMaxRAMBelow4G {
+	if ramSize < splitFrom {
 		return []PhysRange{{GuestPhys: 0, FileOffset: 0, Size: ramSize}}
 	}
 	return []PhysRange{
-		{GuestPhys: 0, FileOffset: 0, Size: pcGigabyteSplit},
-		{GuestPhys: fourGiB, FileOffset: pcGigabyteSplit, Size: ramSize - pcGigabyteSplit},
+		{GuestPhys: 0, FileOffset: 0, Size: low},
+		{GuestPhys: fourGiB, FileOffset: low, Size: ramSize - low},
 	}
 }
 
@@ -67,18 +74,7 @@ const (
 
 // Q35Ranges is PCRanges for QEMU's q35 machine: below 2.75 GiB all RAM at guest-physical 0;
 // otherwise the low 2 GiB there and the rest at 4 GiB, from file offset 2 GiB.
-func Q35Ranges(ramSize uint64) []PhysRange {
-	if ramSize == 0 {
-		return nil
-	}
-	if ramSize < q35SplitAbove {
-		return []PhysRange{{GuestPhys: 0, FileOffset: 0, Size: ramSize}}
-	}
-	return []PhysRange{
-		{GuestPhys: 0, FileOffset: 0, Size: q35Low},
-		{GuestPhys: fourGiB, FileOffset: q35Low, Size: ramSize - q35Low},
-	}
-}
+func Q35Ranges(ramSize uint64) []PhysRange { return splitAround4G(ramSize, q35SplitAbove, q35Low) }
 
 // MachineRanges is where QEMU's machine type machine ("pc" or "q35", as a guest's metadata
 // records it; "" is pc) puts ramSize bytes of RAM from one backend.
