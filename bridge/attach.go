@@ -58,6 +58,9 @@ type Session struct {
 	clockRead string // the guest clock source's read function, e.g. read_tsc or read_hpet
 	// ModuleGrafts are the guest's module-area directory entries copied into the SVM.
 	ModuleGrafts svm.GraftStats
+	// PercpuGrafts counts the guest's per-CPU chunk directory entries copied to where the SVM's
+	// this_cpu operations reach them (percpuGrafts); 0 when the guest has no chunk in vmalloc.
+	PercpuGrafts int
 	Globals      *Globals       // the per-global lists, with the unknown globals seen
 	Taint        *taint.Tracker // provenance for the kernel image's data and shared struct pages
 	// Counts are the accesses to kernel globals by decision, plus guest-derived accesses to the
@@ -74,6 +77,9 @@ type Session struct {
 	snap    *svm.Snapshot
 	leaves  []svm.Graft // the guest's vmemmap mappings
 	mods    []svm.Graft // the guest's module-area directory entries
+	// percpuTop and percpuShifted are the guest's per-CPU chunk entries (percpuGrafts).
+	percpuTop     svm.Graft
+	percpuShifted []svm.Graft
 	// foreignCode is the guest's module code the SVM cannot run (codePage), guarded per machine.
 	foreignCode []codePage
 	mode        Mode
@@ -206,6 +212,9 @@ func AttachTarget(ctx context.Context, t target.Target, snap *svm.Snapshot, syms
 	if s.foreignCode, err = moduleCodeInImage(w, snap); err != nil {
 		return nil, err
 	}
+	if s.percpuTop, s.percpuShifted, err = percpuGrafts(w, virt, snap, syms); err != nil {
+		return nil, err
+	}
 	s.mode = mode
 	first, err := s.openMachine(mode == ModeSlow)
 	if err != nil {
@@ -278,6 +287,9 @@ func (s *Session) openMachine(slow bool) (*svm.Machine, error) {
 		return nil, err
 	}
 	if s.ModuleGrafts, err = m.Graft(s.mods); err != nil {
+		return nil, err
+	}
+	if err := s.graftPercpu(m); err != nil {
 		return nil, err
 	}
 	if err := s.guardModuleCode(m); err != nil {
@@ -596,17 +608,17 @@ func moduleGrafts(w *vmm.Walker) ([]svm.Graft, error) {
 	return out, nil
 }
 
-// checkModuleTables refuses page tables of the guest's module area that lie in the kernel-image
-// range: the emulator's page walk reads physical memory directly, and there the SVM's own bytes
-// are. (Module pages there are fine: each access to them is decided by provenance.)
+// checkModuleTables refuses grafted guest tables (of its module area, its per-CPU chunks) that
+// lie outside its overlaid RAM: the emulator's page walk reads physical memory directly, and
+// there the SVM's own bytes are.
 func (s *Session) checkModuleTables(m *svm.Machine, mods []svm.Graft) error {
 	for _, g := range mods {
 		if g.Entry&vmm.PTEPageSize != 0 {
-			continue // a 2 MiB leaf
+			continue // a leaf
 		}
 		pt := g.Entry & vmm.PTEAddrMask
 		if !m.IsGuestRAM(pt, 4096) {
-			return fmt.Errorf("the guest's page table for modules at %#x is at physical %#x, inside the kernel image's range; unsupported", g.VA, pt)
+			return fmt.Errorf("the guest's page table for %#x is at physical %#x, outside its overlaid RAM; unsupported", g.VA, pt)
 		}
 	}
 	return nil

@@ -18,14 +18,15 @@ const (
 	pcLow         = 3 << 30 // where the SVM's pc machine splits RAM of 3.5 GiB or more
 	svmOwnRAM     = 512 * mib
 	// tableSpace is the room for page-table pages the overlay adds (Layout.Tables): one page
-	// directory maps 1 GiB, so 16 pages serve 16 GiB.
+	// directory maps 1 GiB, so 16 pages serve 16 GiB of direct map above 4 GiB, or the few
+	// directories the guest's per-CPU chunks need where the SVM maps nothing.
 	tableSpace = 64 << 10
 )
 
 // planLayout plans the SVM's memory for guests of up to gvmMax bytes whose kernel image lies at
 // [kstart, kend):
 //   - up to contiguousGVM: the guest's RAM lies in [0, gvmMax); the SVM has gvmMax + 512 MiB of
-//     RAM and its own lies above gvmMax;
+//     RAM and its own lies above gvmMax, the overlay's table pages first;
 //   - above: the guest's RAM lies in [0, 2 GiB) and [4 GiB, 2 GiB + gvmMax) (q35's split). The
 //     SVM, a pc machine, gets 3 GiB + (gvmMax - 2 GiB) + 512 MiB, which pc puts at [0, 3 GiB) and
 //     from 4 GiB: its own memory is [2 GiB, 3 GiB) below the hole, less the overlay's table pages,
@@ -39,6 +40,7 @@ func planLayout(gvmMax, kstart, kend uint64) Layout {
 	if gvmMax <= contiguousGVM {
 		l.RAMSize = gvmMax + svmOwnRAM
 		l.Guest = []PhysSpan{{0, gvmMax}}
+		l.Tables = PhysSpan{gvmMax, gvmMax + tableSpace}
 	} else {
 		l.RAMSize = pcLow + (gvmMax - q35Low) + svmOwnRAM
 		l.Guest = []PhysSpan{{0, q35Low}, {fourGiB, fourGiB + gvmMax - q35Low}}
@@ -63,10 +65,7 @@ func planLayout(gvmMax, kstart, kend uint64) Layout {
 
 // reservedAll are the memmap= ranges: the guest's and the overlay's table pages.
 func (l Layout) reservedAll() []PhysSpan {
-	if l.Tables.End > l.Tables.Start {
-		return append(append([]PhysSpan{}, l.Reserved...), l.Tables)
-	}
-	return l.Reserved
+	return append(append([]PhysSpan{}, l.Reserved...), l.Tables)
 }
 
 // RAMRanges are the SVM's RAM ranges by physical address; FileOffset is where QEMU's RAM file

@@ -16,7 +16,7 @@ func TestPlanLayout(t *testing.T) {
 	const gib = 1 << 30
 	kstart, kend := uint64(0x1000000), uint64(0x4430000)
 	small := planLayout(gib, kstart, kend)
-	if small.RAMSize != gib+512*mib || !slices.Equal(small.Guest, []PhysSpan{{0, gib}}) || small.Tables != (PhysSpan{}) {
+	if small.RAMSize != gib+512*mib || !slices.Equal(small.Guest, []PhysSpan{{0, gib}}) || small.Tables != (PhysSpan{gib, gib + tableSpace}) {
 		t.Errorf("1 GiB plan: %+v", small)
 	}
 	if want := []PhysSpan{{mib, kstart}, {kend, gib}}; !slices.Equal(small.Reserved, want) {

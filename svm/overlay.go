@@ -232,28 +232,48 @@ const tableBits = vmm.PTEPresent | vmm.PTEWrite | vmm.PTEAccessed | vmm.PTEDirty
 // addDirectory gives va's empty page-directory-pointer entry a page directory from the layout's
 // table pages (reserved in the SVM, never used by it), and returns va's slot in it.
 func (m *Machine) addDirectory(w *vmm.Walker, va uint64) (vmm.Slot, error) {
-	pdpt, err := w.Slot(va, 3)
-	if err != nil {
-		return vmm.Slot{}, err
+	return m.slotFor(w, va, 2)
+}
+
+// slotFor returns va's entry at level, first giving every empty entry above it a table from the
+// layout's table pages (reserved in the SVM, never used by it).
+func (m *Machine) slotFor(w *vmm.Walker, va uint64, level int) (vmm.Slot, error) {
+	for l := w.Levels(); l > level; l-- {
+		up, err := w.Slot(va, l)
+		if err != nil {
+			return vmm.Slot{}, err
+		}
+		if up.Entry&vmm.PTEPresent == 0 {
+			if err := m.addTable(up); err != nil {
+				return vmm.Slot{}, fmt.Errorf("%#x: %w", va, err)
+			}
+			continue
+		}
+		if up.Entry&vmm.PTEPageSize != 0 {
+			return vmm.Slot{}, fmt.Errorf("the SVM maps %#x with a %#x-byte page: %w", va, uint64(1)<<(12+9*(l-1)), vmm.ErrLargePage)
+		}
 	}
-	if pdpt.Entry&vmm.PTEPresent != 0 {
-		return vmm.Slot{}, fmt.Errorf("the SVM maps %#x with a 1 GiB page", va)
-	}
+	return w.Slot(va, level)
+}
+
+// addTable points the empty entry up at a cleared page of the layout's table pages.
+func (m *Machine) addTable(up vmm.Slot) error {
 	ov, t := m.overlay, m.snap.Layout.Tables
 	table := t.Start + ov.tables*vmm.PageSize4K
 	if table+vmm.PageSize4K > t.End {
-		return vmm.Slot{}, fmt.Errorf("no page directory to add: the layout's %d table pages are used", (t.End-t.Start)/vmm.PageSize4K)
+		return fmt.Errorf("no page table to add: the layout's %d table pages are used", (t.End-t.Start)/vmm.PageSize4K)
 	}
 	ov.tables++
 	clear(m.ram[table : table+vmm.PageSize4K])
-	w2 := pteWrite{pdpt.Addr, table | tableBits}
-	binary.LittleEndian.PutUint64(m.ram[w2.at:], w2.value)
-	ov.pte = append(ov.pte, w2)
-	return w.Slot(va, 2)
+	w := pteWrite{up.Addr, table | tableBits}
+	binary.LittleEndian.PutUint64(m.ram[w.at:], w.value)
+	ov.pte = append(ov.pte, w)
+	return nil
 }
 
-// Graft is a page-table leaf of the guest's to copy into the SVM's tables: VA maps Size bytes
-// (4 KiB or 2 MiB) with the guest's raw Entry (physical address and flags).
+// Graft is a page-table entry of the guest's to copy into the SVM's tables: VA maps Size bytes
+// (4 KiB, 2 MiB or 1 GiB) with the guest's raw Entry (physical address and flags), a leaf or,
+// above 4 KiB, a pointer to the guest's next-level table.
 type Graft struct {
 	VA, Size, Entry uint64
 }
@@ -265,9 +285,10 @@ type GraftStats struct {
 }
 
 // Graft maps guest-only kernel virtual ranges (e.g. the guest's struct pages in vmemmap, its
-// module area) in the SVM by copying the guest's leaf entries into page-table pages the SVM
-// already has. Where the SVM maps something itself, its entry stays and the conflict is counted.
-// Like the direct map, the entries are written again after every Reset.
+// module area, its per-CPU chunks) in the SVM by copying the guest's entries into the SVM's
+// page tables; an entry of 2 MiB or more whose directories the SVM lacks gets them from the
+// layout's table pages. Where the SVM maps something itself, its entry stays and the conflict is
+// counted. Like the direct map, the entries are written again after every Reset.
 func (m *Machine) Graft(leaves []Graft) (GraftStats, error) {
 	var st GraftStats
 	ov := m.overlay
@@ -279,35 +300,47 @@ func (m *Machine) Graft(leaves []Graft) (GraftStats, error) {
 		return st, err
 	}
 	for _, g := range leaves {
-		pd, err := w.Slot(g.VA, 2)
-		if err != nil {
-			return st, fmt.Errorf("graft %#x: %w", g.VA, err)
-		}
+		var level int
 		switch g.Size {
-		case vmm.PageSize2M:
-			if pd.Entry&vmm.PTEPresent != 0 {
-				st.Conflict++
-				continue
-			}
-			ov.pte = append(ov.pte, pteWrite{pd.Addr, g.Entry})
 		case vmm.PageSize4K:
+			level = 1
+		case vmm.PageSize2M:
+			level = 2
+		case vmm.PageSize1G:
+			level = 3
+		default:
+			return st, fmt.Errorf("graft %#x: unsupported page size %#x", g.VA, g.Size)
+		}
+		var slot vmm.Slot
+		if level == 1 {
 			// A 4 KiB leaf needs a page table of the SVM's to go into.
+			pd, err := w.Slot(g.VA, 2)
+			if err != nil {
+				return st, fmt.Errorf("graft %#x: %w", g.VA, err)
+			}
 			if pd.Entry&vmm.PTEPresent == 0 || pd.Entry&vmm.PTEPageSize != 0 {
 				st.Conflict++
 				continue
 			}
-			pt, err := w.Slot(g.VA, 1)
+			slot, err = w.Slot(g.VA, 1)
 			if err != nil {
 				return st, fmt.Errorf("graft %#x: %w", g.VA, err)
 			}
-			if pt.Entry&vmm.PTEPresent != 0 {
+		} else {
+			slot, err = m.slotFor(w, g.VA, level)
+			if errors.Is(err, vmm.ErrLargePage) {
 				st.Conflict++
 				continue
 			}
-			ov.pte = append(ov.pte, pteWrite{pt.Addr, g.Entry})
-		default:
-			return st, fmt.Errorf("graft %#x: unsupported page size %#x", g.VA, g.Size)
+			if err != nil {
+				return st, fmt.Errorf("graft %#x: %w", g.VA, err)
+			}
 		}
+		if slot.Entry&vmm.PTEPresent != 0 {
+			st.Conflict++
+			continue
+		}
+		ov.pte = append(ov.pte, pteWrite{slot.Addr, g.Entry})
 		st.Grafted++
 	}
 	return st, m.applyOverlay()

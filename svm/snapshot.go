@@ -26,7 +26,7 @@ import (
 const (
 	formatName = "hybridbridge-svm-snapshot"
 	// FormatVersion changes whenever the snapshot's meaning changes; older snapshots are rebuilt.
-	FormatVersion = 9
+	FormatVersion = 10
 	metaFile      = "snapshot.json"
 	ramFile       = "ram.img"
 	relocsFile    = "relocs.bin" // a KASLR layout's relocation tables (kaslr.Relocs.MarshalBinary)
@@ -82,7 +82,8 @@ type Layout struct {
 	KernelEnd   uint64     `json:"kernel_end"`   // physical address of _end
 	Reserved    []PhysSpan `json:"reserved"`     // memmap= ranges for the guest on the kernel command line
 	// Tables is reserved too but never guest RAM: page-table pages the overlay adds where the
-	// SVM's direct map has no table for the guest's RAM (above 4 GiB). Empty when not needed.
+	// SVM has no table of its own: its direct map of the guest's RAM above 4 GiB, the guest's
+	// per-CPU chunks.
 	Tables    PhysSpan   `json:"tables"`
 	SystemRAM []PhysSpan `json:"system_ram"` // "System RAM" in the SVM's /proc/iomem
 }

@@ -33,7 +33,13 @@ type steering struct {
 
 	kept []PhysSpan // the image pages kept from the page allocator, in the order the boot met them
 	done bool
+	// percpuDone is set once the per-CPU chunks are kept out of the top of vmalloc (freePercpuTop).
+	percpuDone bool
 }
+
+// PercpuTop is the top of the vmalloc area the SVM leaves to the guest's per-CPU chunks: one
+// page directory pointer entry (VMALLOC_END + 1 is 1 GiB-aligned), grafted whole.
+const PercpuTop = 1 << 30
 
 func (s *steering) addr(name string) (uint64, error) {
 	a, ok := s.syms.Addr(name)
@@ -56,6 +62,9 @@ func (s *steering) steer(ctx context.Context, g *guest.Guest) error {
 	}
 	st := &stops{c: c, at: map[uint64]stop{}}
 	if err := s.keepImage(ctx, st); err != nil {
+		return err
+	}
+	if err := s.freePercpuTop(ctx, st); err != nil {
 		return err
 	}
 	if s.layout != nil {
@@ -156,10 +165,77 @@ func (s *steering) keepImage(ctx context.Context, st *stops) error {
 	}); err != nil {
 		return err
 	}
-	return st.add(ctx, entries["pti_finalize"], "pti_finalize", true, func(context.Context, map[string]uint64) error {
+	return st.add(ctx, entries["pti_finalize"], "pti_finalize", true, func(ctx context.Context, _ map[string]uint64) error {
 		s.done = true
-		return nil
+		// A boot that made no per-CPU chunk of its own by now makes them later, lower too.
+		return s.percpuTop(ctx, st.c)
 	})
+}
+
+// freePercpuTop keeps the SVM's own per-CPU chunks out of the top PercpuTop bytes of its vmalloc
+// area, which the overlay leaves to the guest's (Session's per-CPU grafts). Both kernels place
+// those chunks top-down from the same VMALLOC_END, so without this the guest's chunk and the
+// SVM's would be at one address, and a guest per-CPU pointer summed over CPUs would read the
+// SVM's counters. The kernel sizes each chunk's area by pcpu_group_sizes: growing the only
+// group's size by PercpuTop puts every chunk that much lower, the extra left unmapped at the top
+// of its area (a chunk's units are at its area's start, pcpu_group_offsets). It is done at the
+// first chunk's creation, or at pti_finalize if none was made by then.
+func (s *steering) freePercpuTop(ctx context.Context, st *stops) error {
+	create, err := s.addr("pcpu_create_chunk")
+	if err != nil {
+		return err
+	}
+	return st.add(ctx, create, "pcpu_create_chunk", false, func(ctx context.Context, _ map[string]uint64) error {
+		return s.percpuTop(ctx, st.c)
+	})
+}
+
+// percpuTop grows the per-CPU group's area size once (freePercpuTop).
+func (s *steering) percpuTop(ctx context.Context, c *gdbstub.Client) error {
+	if s.percpuDone {
+		return nil
+	}
+	le := binary.LittleEndian
+	var at [3]uint64
+	for i, name := range []string{"pcpu_group_sizes", "pcpu_nr_groups", "pcpu_atom_size"} {
+		a, err := s.addr(name)
+		if err != nil {
+			return err
+		}
+		at[i] = a
+	}
+	raw, err := c.ReadMemory(ctx, at[1], 4)
+	if err != nil {
+		return err
+	}
+	if n := le.Uint32(raw); n != 1 {
+		return fmt.Errorf("the SVM's per-CPU allocator has %d groups; one expected (a single NUMA node)", n)
+	}
+	if raw, err = c.ReadMemory(ctx, at[2], 4); err != nil { // an int
+		return err
+	}
+	if atom := uint64(le.Uint32(raw)); atom == 0 || PercpuTop%atom != 0 {
+		return fmt.Errorf("per-CPU atom size %#x does not divide %#x", atom, PercpuTop)
+	}
+	if raw, err = c.ReadMemory(ctx, at[0], 8); err != nil {
+		return err
+	}
+	sizes := le.Uint64(raw)
+	if raw, err = c.ReadMemory(ctx, sizes, 8); err != nil {
+		return fmt.Errorf("pcpu_group_sizes[0] at %#x: %w", sizes, err)
+	}
+	size := le.Uint64(raw)
+	if size == 0 || size >= PercpuTop {
+		return fmt.Errorf("per-CPU group size %#x: not set yet, or already grown", size)
+	}
+	var buf [8]byte
+	le.PutUint64(buf[:], size+PercpuTop)
+	if err := writeChecked(ctx, c, sizes, buf[:]); err != nil {
+		return fmt.Errorf("grow the per-CPU group size: %w", err)
+	}
+	s.percpuDone = true
+	s.report(fmt.Sprintf("leaving the top %d MiB of vmalloc to the guest's per-CPU chunks", PercpuTop>>20))
+	return nil
 }
 
 func pageUp(a uint64) uint64 { return (a + 4095) &^ 4095 }
