@@ -78,6 +78,14 @@ var redirectList = map[string]string{
 	"zswap_pool_total_size":    "zswap (/proc/meminfo)",
 	"zswap_stored_pages":       "zswap (/proc/meminfo)",
 	"default_hstate_idx":       "huge pages (/proc/meminfo)",
+	// /proc/stat, for the boot time the ps view adds start times to: show_stat prints the
+	// guest's interrupt and fork counts on the way. The SVM takes no interrupt while a view runs.
+	"total_forks":               "forks since boot (/proc/stat processes)",
+	"nr_irqs":                   "interrupt descriptors (/proc/stat intr)",
+	"allocated_irqs":            "interrupt descriptors (/proc/stat intr)",
+	"irq_desc_tree":             "interrupt descriptors (/proc/stat intr)",
+	"irq_err_count":             "spurious interrupts (/proc/stat intr)",
+	"x86_platform_ipi_callback": "platform IPI counts (/proc/stat intr)",
 }
 
 // redirectInList are globals that serve both: the SVM's machinery reads them for itself, and a
@@ -104,6 +112,7 @@ var redirectInList = map[string][]string{
 	"__cpu_possible_mask": {"uptime_proc_show", "get_idle_time", "show_stat", "__percpu_counter_sum",
 		"dev_lstats_read", "loopback_get_stats64", "dev_fetch_sw_netstats", "dev_get_tstats64"},
 	"__cpu_online_mask": {"get_idle_time", "get_cpu_idle_time_us", "nr_running", "show_stat"},
+	"__num_online_cpus": {"show_stat"},
 	// How far those loops go: a guest with more CPUs than the SVM's one has per-CPU data beyond
 	// it (its idle time in /proc/uptime, vm_committed_as in /proc/meminfo, loopback counters).
 	"nr_cpu_ids": {"uptime_proc_show", "get_idle_time", "get_cpu_idle_time_us", "nr_running", "show_stat",
@@ -181,6 +190,8 @@ func init() {
 	// mtree_load's tracepoint passes __func__ through a pointer kallsyms names after its section
 	// neighbour: a constant of the kernel image, the same in both.
 	keepLocal("constant pointers of the kernel image (tracepoint strings)", "___tp_str.17")
+	// proc_ns_dir_lookup finds /proc/<pid>/ns/<kind> in a constant table of namespace kinds.
+	keepLocal("constant tables of the kernel image (namespace kinds)", "ns_entries")
 	keepLocal("the SVM's module loader lock (the guest's list is read under the SVM's lock)",
 		"module_mutex")
 	keepLocal("the SVM's entropy pool (slab freelist randomisation draws from it)",

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"io/fs"
+	"strconv"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -132,15 +133,52 @@ func (e *env) psCommand() *cobra.Command {
 
 // printProcesses renders the ps table. A command line that cannot be decided shows as "?" with
 // the reason and the name from stat, so it is neither guessed nor mistaken for a kernel thread.
+// START is the time of day (UTC) for a process
+// started within a day of the newest one, else its date, as procps shows it; NSPID is "-" for a
+// process in no nested PID namespace.
 func printProcesses(w io.Writer, procs []inspect.Process) error {
+	var newest time.Time
+	for _, p := range procs {
+		if p.Start.After(newest) {
+			newest = p.Start
+		}
+	}
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "PID\tPPID\tUID\tSTAT\tTHR\tRSS\tSTART\tCOMMAND")
+	fmt.Fprintln(tw, "PID\tPPID\tUID\tSTAT\tTHR\tRSS\tSTART\tTIME\tNSPID\tCOMMAND")
 	for _, p := range procs {
 		cmdline := cell(p.Command())
 		if len(p.Missing) > 0 {
 			cmdline += fmt.Sprintf("  (comm %q; unknown: %s)", p.Comm, strings.Join(p.Missing, "; "))
 		}
-		fmt.Fprintf(tw, "%d\t%d\t%d\t%s\t%d\t%d\t%d\t%s\n", p.PID, p.PPID, p.UID, p.State, p.Threads, p.RSSKiB, p.StartTicks, cmdline)
+		nspid := "-"
+		if n := len(p.NSPIDs); n > 0 {
+			nspid = strconv.Itoa(p.NSPIDs[n-1])
+		}
+		fmt.Fprintf(tw, "%d\t%d\t%d\t%s\t%d\t%d\t%s\t%s\t%s\t%s\n", p.PID, p.PPID, p.UID, p.State, p.Threads, p.RSSKiB,
+			startText(p.Start, newest), cpuTimeText(p.CPUTicks), nspid, cmdline)
 	}
 	return tw.Flush()
+}
+
+// startText is procps's START: the time of day for a process started within a day of now, the
+// month and day otherwise; "?" when the start is unknown.
+func startText(start, now time.Time) string {
+	switch {
+	case start.IsZero():
+		return "?"
+	case now.Sub(start) < 24*time.Hour:
+		return start.UTC().Format("15:04:05")
+	default:
+		return start.UTC().Format("Jan02")
+	}
+}
+
+// cpuTimeText is procps's TIME: [DD-]HH:MM:SS of CPU time in clock ticks (USER_HZ, 100).
+func cpuTimeText(ticks uint64) string {
+	sec := ticks / 100
+	days, h, m, s := sec/86400, sec/3600%24, sec/60%60, sec%60
+	if days > 0 {
+		return fmt.Sprintf("%d-%02d:%02d:%02d", days, h, m, s)
+	}
+	return fmt.Sprintf("%02d:%02d:%02d", h, m, s)
 }

@@ -173,9 +173,15 @@ func printModules(w io.Writer, mods []inspect.Module) error {
 	})
 }
 
+// printSockets renders the netstat table; a socket of another network namespace than the
+// guest's initial one says which in NETNS ("-" for the initial one's).
 func printSockets(w io.Writer, socks []inspect.Socket) error {
-	return table(w, "PROTO\tLOCAL\tREMOTE\tSTATE\tRECV-Q\tSEND-Q\tUID\tINODE\tPIDS", func(tw io.Writer) {
+	return table(w, "PROTO\tLOCAL\tREMOTE\tSTATE\tRECV-Q\tSEND-Q\tUID\tINODE\tNETNS\tPIDS", func(tw io.Writer) {
 		for _, s := range socks {
+			netns := "-"
+			if s.NetNS != 0 {
+				netns = fmt.Sprintf("net:[%d]", s.NetNS)
+			}
 			pids := make([]string, len(s.PIDs))
 			for i, p := range s.PIDs {
 				pids[i] = fmt.Sprint(p)
@@ -184,7 +190,7 @@ func printSockets(w io.Writer, socks []inspect.Socket) error {
 			if s.Type != "" {
 				state = s.Type + " " + state
 			}
-			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%d\t%d\t%d\t%d\t%s\n", s.Proto, cell(s.Local), s.Remote, state, s.RxQueue, s.TxQueue, s.UID, s.Inode, strings.Join(pids, ","))
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%d\t%d\t%d\t%d\t%s\t%s\n", s.Proto, cell(s.Local), s.Remote, state, s.RxQueue, s.TxQueue, s.UID, s.Inode, netns, strings.Join(pids, ","))
 		}
 	})
 }

@@ -29,6 +29,9 @@ type Socket struct {
 	// PIDs hold the socket open, from /proc/<pid>/fd links (socket:[inode]); empty when no
 	// process holds it (TIME_WAIT, kernel sockets) or owners were not asked for.
 	PIDs []int `json:"pids,omitempty"`
+	// NetNS is the inode of the network namespace the socket is in (/proc/<pid>/ns/net), for a
+	// socket of another namespace than the guest's initial one; 0 for the initial one's.
+	NetNS uint64 `json:"netns,omitempty"`
 }
 
 // Links is what a view needs to resolve symbolic links, e.g. /proc/<pid>/fd/<n>.
@@ -39,29 +42,16 @@ type Links interface {
 // NetFiles are the files the socket view reads.
 var NetFiles = []string{"/proc/net/tcp", "/proc/net/tcp6", "/proc/net/udp", "/proc/net/udp6", "/proc/net/unix"}
 
-// ListSockets reads the socket tables and, with owners, which processes hold each socket (f must
-// then implement Links). What vanished while the owners were read is counted in Vanished.
+// ListSockets reads the socket tables of the guest's initial network namespace and, with owners,
+// which processes hold each socket (f must then implement Links). With owners, the sockets of
+// other network namespaces are listed too, marked with their namespace: a process holding a
+// socket that is in none of the initial namespace's tables is in another namespace, whose tables
+// are read through that process (/proc/<pid>/net). What vanished while the owners were read is
+// counted in Vanished.
 func ListSockets(f Files, owners bool) ([]Socket, Vanished, error) {
-	var out []Socket
-	for _, path := range NetFiles {
-		data, err := f.ReadFile(path)
-		if err != nil {
-			return nil, Vanished{}, fmt.Errorf("read %s: %w", path, err)
-		}
-		proto := path[len("/proc/net/"):]
-		var socks []Socket
-		if proto == "unix" {
-			socks, err = parseUnix(data)
-		} else {
-			socks, err = parseInet(proto, data)
-		}
-		if err != nil {
-			return nil, Vanished{}, fmt.Errorf("parse %s: %w", path, err)
-		}
-		out = append(out, socks...)
-	}
-	if !owners {
-		return out, Vanished{}, nil
+	out, err := readSocketTables(f, "/proc/net")
+	if err != nil || !owners {
+		return out, Vanished{}, err
 	}
 	l, ok := f.(Links)
 	if !ok {
@@ -71,10 +61,112 @@ func ListSockets(f Files, owners bool) ([]Socket, Vanished, error) {
 	if err != nil {
 		return nil, gone, err
 	}
+	others, err := otherNamespaces(f, l, out, holders, &gone)
+	if err != nil {
+		return nil, gone, err
+	}
+	out = append(out, others...)
 	for i := range out {
 		out[i].PIDs = holders[out[i].Inode]
 	}
 	return out, gone, nil
+}
+
+// readSocketTables reads the tcp, tcp6, udp, udp6 and unix tables of the /proc/net directory dir
+// (/proc/net, or /proc/<pid>/net for another namespace).
+func readSocketTables(f Files, dir string) ([]Socket, error) {
+	var out []Socket
+	for _, path := range NetFiles {
+		proto := path[len("/proc/net/"):]
+		path = dir + "/" + proto
+		data, err := f.ReadFile(path)
+		if err != nil {
+			return nil, fmt.Errorf("read %s: %w", path, err)
+		}
+		var socks []Socket
+		if proto == "unix" {
+			socks, err = parseUnix(data)
+		} else {
+			socks, err = parseInet(proto, data)
+		}
+		if err != nil {
+			return nil, fmt.Errorf("parse %s: %w", path, err)
+		}
+		out = append(out, socks...)
+	}
+	return out, nil
+}
+
+// otherNamespaces reads the socket tables of the network namespaces, other than the initial one,
+// of the processes holding sockets that are not in the initial one's tables. A holder that is in
+// the initial namespace itself (a descriptor passed across) leaves its socket unlisted: no
+// process shows its namespace's tables.
+func otherNamespaces(f Files, l Links, initial []Socket, holders map[uint64][]int, gone *Vanished) ([]Socket, error) {
+	listed := map[uint64]bool{}
+	for _, s := range initial {
+		listed[s.Inode] = true
+	}
+	var pids []int
+	for ino, ps := range holders {
+		if !listed[ino] {
+			pids = append(pids, ps...)
+		}
+	}
+	if len(pids) == 0 {
+		return nil, nil
+	}
+	sort.Ints(pids)
+	pids = slices.Compact(pids)
+	initNS, err := netNamespace(l, 1)
+	if err != nil {
+		return nil, err
+	}
+	var out []Socket
+	seen := map[uint64]bool{initNS: true}
+	for _, pid := range pids {
+		ns, err := netNamespace(l, pid)
+		if IsVanished(err) {
+			gone.Processes++
+			continue
+		}
+		if err != nil {
+			return nil, err
+		}
+		if seen[ns] {
+			continue
+		}
+		socks, err := readSocketTables(f, "/proc/"+strconv.Itoa(pid)+"/net")
+		if IsVanished(err) {
+			gone.Processes++
+			continue
+		}
+		if err != nil {
+			return nil, err
+		}
+		seen[ns] = true
+		for i := range socks {
+			socks[i].NetNS = ns
+		}
+		out = append(out, socks...)
+	}
+	return out, nil
+}
+
+// netNamespace reads the inode of a process's network namespace from its /proc/<pid>/ns/net link
+// ("net:[4026531840]").
+func netNamespace(l Links, pid int) (uint64, error) {
+	path := "/proc/" + strconv.Itoa(pid) + "/ns/net"
+	target, err := l.ReadLink(path)
+	if err != nil {
+		return 0, fmt.Errorf("read link %s: %w", path, err)
+	}
+	rest, ok := strings.CutPrefix(target, "net:[")
+	num, ok2 := strings.CutSuffix(rest, "]")
+	n, err := strconv.ParseUint(num, 10, 64)
+	if !ok || !ok2 || err != nil || n == 0 {
+		return 0, fmt.Errorf("link %s: %q is not a network namespace", path, target)
+	}
+	return n, nil
 }
 
 // SocketHolders maps socket inodes to the pids holding them, from every /proc/<pid>/fd/<n>

@@ -15,6 +15,7 @@ import (
 	"sort"
 	"strconv"
 	"strings"
+	"time"
 )
 
 // Files is what a view needs from a running kernel: directory listings and whole files.
@@ -28,17 +29,25 @@ type Files interface {
 // holds only what the kernel did return but cannot be decided, such as a command line cut
 // short: that field is left empty and shown as unknown, never guessed.
 type Process struct {
-	PID        int      `json:"pid"`
-	PPID       int      `json:"ppid"`
-	State      string   `json:"state"` // one letter, as in /proc/<pid>/stat
-	UID        int      `json:"uid"`   // real uid
-	Threads    int      `json:"threads"`
-	RSSKiB     int      `json:"rss_kib"`
-	StartTicks uint64   `json:"start_ticks"` // start time, clock ticks after boot
-	Comm       string   `json:"comm"`
-	Cmdline    []string `json:"cmdline"` // argv; empty for kernel threads and zombies
-	Kernel     bool     `json:"kernel"`  // a kernel thread (no user address space)
-	Missing    []string `json:"missing,omitempty"`
+	PID        int    `json:"pid"`
+	PPID       int    `json:"ppid"`
+	State      string `json:"state"` // one letter, as in /proc/<pid>/stat
+	UID        int    `json:"uid"`   // real uid
+	Threads    int    `json:"threads"`
+	RSSKiB     int    `json:"rss_kib"`
+	StartTicks uint64 `json:"start_ticks"` // start time, clock ticks after boot
+	// Start is StartTicks as the guest's wall-clock time (UTC), from its boot time in
+	// /proc/stat; zero when not read (ListProcesses alone does not).
+	Start time.Time `json:"start,omitzero"`
+	// CPUTicks is the user and system CPU time used, in clock ticks (ps's TIME).
+	CPUTicks uint64 `json:"cpu_ticks"`
+	// NSPIDs are the process's PIDs in the PID namespaces it is in below the guest's initial one
+	// (the NSpid line of status after the first), innermost last; empty outside any.
+	NSPIDs  []int    `json:"ns_pids,omitempty"`
+	Comm    string   `json:"comm"`
+	Cmdline []string `json:"cmdline"` // argv; empty for kernel threads and zombies
+	Kernel  bool     `json:"kernel"`  // a kernel thread (no user address space)
+	Missing []string `json:"missing,omitempty"`
 
 	// arg_end - arg_start and env_end - env_start from stat, to check the command line and
 	// the environment against.
@@ -179,6 +188,7 @@ func (p *Process) parseStat(data []byte) error {
 	p.PPID = int(num(1))
 	p.Kernel = num(6)&pfKthread != 0
 	p.StartTicks = num(19)
+	p.CPUTicks = num(11) + num(12) // utime, stime
 	// arg_start, arg_end, env_start and env_end are fields 48 to 51 (zero when the reader may
 	// not see them).
 	if len(f) >= 47 {
@@ -194,8 +204,8 @@ func (p *Process) parseStat(data []byte) error {
 	return err
 }
 
-// parseStatus reads the Uid, Threads and VmRSS lines; kernel threads have no VmRSS line (no
-// user memory), so its absence is a size of zero, as ps shows it.
+// parseStatus reads the Uid, Threads, VmRSS and NSpid lines; kernel threads have no VmRSS line
+// (no user memory), so its absence is a size of zero, as ps shows it.
 func (p *Process) parseStatus(data []byte) error {
 	s, ok := strings.CutSuffix(string(data), "\n")
 	if !ok {
@@ -208,6 +218,12 @@ func (p *Process) parseStatus(data []byte) error {
 			return fmt.Errorf("line %q", line)
 		}
 		fields := strings.Fields(value)
+		if key == "NSpid" {
+			if err := p.parseNSpid(fields); err != nil {
+				return fmt.Errorf("NSpid %q: %w", value, err)
+			}
+			continue
+		}
 		var dst *int
 		switch key {
 		case "Uid":
@@ -230,6 +246,28 @@ func (p *Process) parseStatus(data []byte) error {
 	}
 	if !uid || !threads {
 		return errors.New("no Uid or Threads line")
+	}
+	return nil
+}
+
+// parseNSpid reads the process's PIDs in each PID namespace it is in, outermost (the one /proc
+// was mounted in: here the guest's initial one) first.
+func (p *Process) parseNSpid(fields []string) error {
+	if len(fields) == 0 {
+		return errors.New("empty")
+	}
+	for i, f := range fields {
+		n, err := strconv.Atoi(f)
+		if err != nil || n <= 0 {
+			return fmt.Errorf("pid %q", f)
+		}
+		if i == 0 {
+			if n != p.PID {
+				return fmt.Errorf("first pid %d is not the process's %d", n, p.PID)
+			}
+			continue
+		}
+		p.NSPIDs = append(p.NSPIDs, n)
 	}
 	return nil
 }

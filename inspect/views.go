@@ -81,18 +81,23 @@ var (
 	ProcessView = newView(View{Name: "ps", Short: "List a guest's processes, computed by its own kernel code in the SVM",
 		Long: `List the processes of a running guest from outside it. The guest is paused; its kernel's own
 code, run in the secure VM against the guest's memory, produces /proc/<pid>/{stat,status,cmdline},
-which are parsed as ps does; then the guest resumes. A process that exited while being read is left
+which are parsed as ps does; then the guest resumes. START is the guest's boot time (/proc/stat)
+plus the process's start, in UTC; TIME is its user and system CPU time. UID is the real user
+ID as a number: the guest's /etc/passwd cannot be read from outside yet. NSPID is the PID inside a
+nested PID namespace. A process that exited while being read is left
 out and counted on stderr; any other failure to read fails the command, with no table printed. A
 command line the kernel returned cut short is shown as "?" with the reason, never guessed. One line
 of engine work goes to stderr.`},
-		func(r Reader, _ int) ([]Process, Vanished, error) { return nonNil(ListProcesses(r)) })
+		func(r Reader, _ int) ([]Process, Vanished, error) { return nonNil(listProcessesView(r)) })
 
 	ModuleView = newView(View{Name: "lsmod", Short: "List the guest's kernel modules (/proc/modules)"},
 		func(r Reader, _ int) ([]Module, Vanished, error) { return whole(ListModules(r)) })
 
 	SocketView = newView(View{Name: "netstat", Short: "List the guest's TCP, UDP and Unix sockets with the processes holding them",
 		Long: `Sockets from /proc/net/{tcp,tcp6,udp,udp6,unix} of the guest's initial network namespace, and
-the processes holding each one (from every /proc/<pid>/fd link socket:[inode]).`},
+the processes holding each one (from every /proc/<pid>/fd link socket:[inode]). A process holding
+a socket that is in none of those tables is in another network namespace: that namespace's tables
+are read through it (/proc/<pid>/net) and its sockets listed with the namespace (NETNS).`},
 		func(r Reader, _ int) ([]Socket, Vanished, error) { return nonNil(ListSockets(r, true)) })
 
 	UptimeView = newView(View{Name: "uptime", Short: "The guest's uptime and load (its clock, not the host's)",
