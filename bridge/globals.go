@@ -86,6 +86,9 @@ var redirectList = map[string]string{
 	"irq_desc_tree":             "interrupt descriptors (/proc/stat intr)",
 	"irq_err_count":             "spurious interrupts (/proc/stat intr)",
 	"x86_platform_ipi_callback": "platform IPI counts (/proc/stat intr)",
+	// Mount options the guest's file systems print from globals (/proc/mounts).
+	"cgrp_dfl_root": "the guest's cgroup2 hierarchy (its options in /proc/mounts)",
+	"kmsg_bytes":    "pstore's kmsg_bytes option (/proc/mounts)",
 }
 
 // redirectInList are globals that serve both: the SVM's machinery reads them for itself, and a

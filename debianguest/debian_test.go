@@ -76,6 +76,12 @@ func TestMain(m *testing.M) {
 			if ref4G.dir != "" {
 				os.RemoveAll(ref4G.dir)
 			}
+			if served.own {
+				served.g.Stop(context.Background())
+			}
+			if served.dir != "" {
+				os.RemoveAll(served.dir)
+			}
 		}()
 		return m.Run()
 	}()
@@ -186,49 +192,76 @@ func TestNamespacedProcess(t *testing.T) {
 // its own addresses, the direct map given page directories of its own there), ps, lsmod and free
 // from outside agree with the guest's own tools. A KASLR boot may put the kernel above 4 GiB,
 // where the SVM cannot follow it (its decompressor runs below 4 GiB): then that refusal, in one
-// line, is checked, and a nokaslr boot of the same image serves the views.
+// line, is checked (servedGuest), and a nokaslr boot of the same image serves the views.
 func TestViewsOn4GiB(t *testing.T) {
 	ctx := need(t)
 	ctx, cancel := context.WithTimeout(ctx, 10*time.Minute)
 	defer cancel()
-	dir := t.TempDir()
-	ref, syms := snapshot4G(t, ctx)
-	g, snap := deb, ref
-	tg := target.FromGuest(deb)
-	l, same, err := bridge.LayoutOf(tg, ref, syms)
-	tg.Close()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if !same {
-		snap, err = svm.Build(ctx, assets, svm.BuildOptions{CacheDir: assets.CacheDir, RunDir: dir, OutDir: filepath.Join(dir, "layout"),
-			GVMMaxMiB: 4096, KeepSymbols: bridge.BlockingEntries(), Layout: &l})
-		switch {
-		case err == nil:
-			t.Logf("the guest's layout: %s", l)
-			if syms, err = svm.KernelSymbols(assets.CacheDir, snap); err != nil {
-				t.Fatal(err)
-			}
-		case l.TextPhys >= 1<<32:
-			if msg := err.Error(); !strings.Contains(msg, "the SVM cannot take on the layout") || !strings.Contains(msg, "below 4 GiB") || strings.Contains(msg, "\n") {
-				t.Fatalf("a kernel at physical %#x: %v; want one line saying the SVM cannot take it on below 4 GiB", l.TextPhys, err)
-			}
-			t.Logf("refused as it must be: %v", err)
-			img := *debImg
-			img.Append += " " + guest.NoKASLR
-			if g, err = guest.Start(ctx, guest.Config{Name: "debian-nokaslr", MemMiB: img.MemMiB, Image: &img, RunDir: dir, Timeout: 5 * time.Minute}); err != nil {
-				t.Fatal(err)
-			}
-			defer g.Stop(context.Background())
-			snap = ref
-		default:
-			t.Fatalf("layout %s: %v", l, err)
-		}
-	}
-
+	g, snap, syms := servedGuest(t, ctx)
 	own := target.FromGuest(g)
 	defer own.Close()
 	checkViews(t, ctx, own, g, snap, syms)
+}
+
+// served is the Debian guest the views are checked on, with the snapshot that serves it: the
+// package's guest in its KASLR layout, or a nokaslr boot of the image when KASLR put the kernel
+// above 4 GiB. Made once, by the first test needing it.
+var served struct {
+	once sync.Once
+	g    *guest.Guest
+	own  bool // g was booted for this and is stopped by TestMain
+	snap *svm.Snapshot
+	syms *vmm.Symbols
+	dir  string
+	err  error
+}
+
+func servedGuest(t *testing.T, ctx context.Context) (*guest.Guest, *svm.Snapshot, *vmm.Symbols) {
+	t.Helper()
+	ref, syms := snapshot4G(t, ctx)
+	served.once.Do(func() {
+		served.err = func() error {
+			dir, err := os.MkdirTemp("", "hbdebian-served")
+			if err != nil {
+				return err
+			}
+			served.dir = dir
+			served.g, served.snap, served.syms = deb, ref, syms
+			tg := target.FromGuest(deb)
+			l, same, err := bridge.LayoutOf(tg, ref, syms)
+			tg.Close()
+			if err != nil || same {
+				return err
+			}
+			snap, err := svm.Build(ctx, assets, svm.BuildOptions{CacheDir: assets.CacheDir, RunDir: dir, OutDir: filepath.Join(dir, "layout"),
+				GVMMaxMiB: 4096, KeepSymbols: bridge.BlockingEntries(), Layout: &l})
+			switch {
+			case err == nil:
+				t.Logf("the guest's layout: %s", l)
+				served.snap = snap
+				served.syms, err = svm.KernelSymbols(assets.CacheDir, snap)
+				return err
+			case l.TextPhys >= 1<<32:
+				if msg := err.Error(); !strings.Contains(msg, "the SVM cannot take on the layout") || !strings.Contains(msg, "below 4 GiB") || strings.Contains(msg, "\n") {
+					return fmt.Errorf("a kernel at physical %#x: %v; want one line saying the SVM cannot take it on below 4 GiB", l.TextPhys, err)
+				}
+				t.Logf("refused as it must be: %v", err)
+				img := *debImg
+				img.Append += " " + guest.NoKASLR
+				if served.g, err = guest.Start(ctx, guest.Config{Name: "debian-nokaslr", MemMiB: img.MemMiB, Image: &img, RunDir: dir, Timeout: 5 * time.Minute}); err != nil {
+					return err
+				}
+				served.own = true
+				return nil
+			default:
+				return fmt.Errorf("layout %s: %v", l, err)
+			}
+		}()
+	})
+	if served.err != nil {
+		t.Fatal(served.err)
+	}
+	return served.g, served.snap, served.syms
 }
 
 // execer runs a shell command in a guest: our own guest's channel or a plain VM's.

@@ -6,6 +6,7 @@ import (
 	"os"
 	"path/filepath"
 	"reflect"
+	"strconv"
 	"strings"
 	"testing"
 )
@@ -95,6 +96,10 @@ func TestParseStatus(t *testing.T) {
 	type status struct{ UID, Threads, RSSKiB int }
 	parse := func(data []byte) (status, error) {
 		var p Process
+		// The file's own Pid line, which NSpid's first entry must equal.
+		if _, rest, ok := bytes.Cut(data, []byte("\nPid:\t")); ok {
+			p.PID, _ = strconv.Atoi(string(rest[:bytes.IndexByte(rest, '\n')]))
+		}
 		err := p.parseStatus(data)
 		return status{p.UID, p.Threads, p.RSSKiB}, err
 	}
@@ -110,6 +115,86 @@ func TestParseStatus(t *testing.T) {
 		{"init with an empty VmRSS", bytes.Replace(init1, []byte("VmRSS:\t      12 kB"), []byte("VmRSS:\t"), 1), nil},
 		{"a line without a colon", append(bytes.Clone(init1), "garbage\n"...), nil},
 	}, parse)
+}
+
+// CPU time (utime + stime) and the PIDs in nested PID namespaces, from the Debian guest's process
+// in its own PID namespace and from the demo's init, which is in none.
+func TestParseCPUTimeAndNSpid(t *testing.T) {
+	type fields struct {
+		CPUTicks uint64
+		NSPIDs   []int
+	}
+	parse := func(pid int) func([]byte) (fields, error) {
+		return func(status []byte) (fields, error) {
+			p := Process{PID: pid}
+			stat := testdata(t, "stat-nsproc")
+			if pid == 1 {
+				stat = testdata(t, "stat-1")
+			}
+			if err := p.parseStat(stat); err != nil {
+				return fields{}, err
+			}
+			err := p.parseStatus(status)
+			return fields{p.CPUTicks, p.NSPIDs}, err
+		}
+	}
+	ns := testdata(t, "status-nsproc")
+	checkParse(t, []parseCase{
+		// utime 2, stime 2; "NSpid:\t268\t1".
+		{"nc in its namespace", ns, fields{4, []int{1}}},
+		{"an NSpid of another pid", bytes.Replace(ns, []byte("NSpid:\t268"), []byte("NSpid:\t269"), 1), nil},
+		{"an empty NSpid", bytes.Replace(ns, []byte("NSpid:\t268\t1"), []byte("NSpid:"), 1), nil},
+		{"a bad inner pid", bytes.Replace(ns, []byte("NSpid:\t268\t1"), []byte("NSpid:\t268\tx"), 1), nil},
+	}, parse(268))
+	checkParse(t, []parseCase{
+		// utime 2, stime 73 in stat-1 (fields 14 and 15); "NSpid:\t1".
+		{"the demo's init", testdata(t, "status-1"), fields{75, nil}},
+	}, parse(1))
+}
+
+func TestReadBootTime(t *testing.T) {
+	stat := testdata(t, "proc-stat")
+	parse := func(data []byte) (int64, error) {
+		bt, err := ReadBootTime(memFiles{"/proc/stat": data})
+		return bt.Unix(), err
+	}
+	checkParse(t, []parseCase{
+		{"the Debian guest's", stat, int64(1796585548)},
+		{"no btime line", bytes.Replace(stat, []byte("btime "), []byte("btimer "), 1), nil},
+		{"a bad btime", bytes.Replace(stat, []byte("btime 1796585548"), []byte("btime 17965x5548"), 1), nil},
+	}, parse)
+}
+
+func TestNetNamespace(t *testing.T) {
+	parse := func(data []byte) (uint64, error) {
+		return netNamespace(memLinks{"/proc/268/ns/net": string(data)}, 268)
+	}
+	checkParse(t, []parseCase{
+		{"nc's namespace", []byte("net:[4026532195]"), uint64(4026532195)},
+		{"another kind", []byte("pid:[4026532194]"), nil},
+		{"no closing bracket", []byte("net:[4026532195"), nil},
+		{"zero", []byte("net:[0]"), nil},
+	}, parse)
+}
+
+// memFiles and memLinks serve files and links from memory.
+type memFiles map[string][]byte
+
+func (m memFiles) ReadDir(path string) ([]string, error) { return nil, os.ErrNotExist }
+func (m memFiles) ReadFile(path string) ([]byte, error) {
+	if d, ok := m[path]; ok {
+		return d, nil
+	}
+	return nil, os.ErrNotExist
+}
+
+type memLinks map[string]string
+
+func (m memLinks) ReadLink(path string) (string, error) {
+	if d, ok := m[path]; ok {
+		return d, nil
+	}
+	return "", os.ErrNotExist
 }
 
 func TestParseCmdlineAndEnviron(t *testing.T) {

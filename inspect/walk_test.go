@@ -95,7 +95,8 @@ func captured(t *testing.T) *faultSource {
 		"/proc/meminfo": "meminfo", "/proc/mounts": "mounts", "/proc/modules": "modules",
 		"/proc/net/arp": "arp", "/proc/net/dev": "net-dev", "/proc/net/if_inet6": "if_inet6",
 		"/proc/net/fib_trie": "fib_trie", "/proc/net/route": "route", "/proc/net/tcp": "tcp",
-		"/proc/net/tcp6": "tcp6", "/proc/net/udp": "udp", "/proc/net/udp6": "udp6", "/proc/net/unix": "unix"} {
+		"/proc/net/tcp6": "tcp6", "/proc/net/udp": "udp", "/proc/net/udp6": "udp6", "/proc/net/unix": "unix",
+		"/proc/stat": "proc-stat"} {
 		files[path] = testdata(t, name)
 	}
 	for i, v := range []string{"Linux\n", "hb-demo\n", "6.1.0-57-amd64\n", "#1 SMP PREEMPT_DYNAMIC Debian 6.1.192-3 (2026-11-26)\n", "x86_64\n", "(none)\n"} {
@@ -224,10 +225,10 @@ func TestWalkersOnCapturedFiles(t *testing.T) {
 		t.Fatalf("ps: %v (%s)", err, gone)
 	}
 	want := []Process{
-		{PID: 1, State: "S", Threads: 1, RSSKiB: 12, StartTicks: 51, Comm: "init", Cmdline: []string{"init"}, argLen: 11, envLen: 67},
-		{PID: 2, State: "S", Threads: 1, StartTicks: 51, Comm: "kthreadd", Kernel: true},
+		{PID: 1, State: "S", Threads: 1, RSSKiB: 12, StartTicks: 51, CPUTicks: 75, Comm: "init", Cmdline: []string{"init"}, argLen: 11, envLen: 67},
+		{PID: 2, State: "S", Threads: 1, StartTicks: 51, CPUTicks: 1, Comm: "kthreadd", Kernel: true},
 		{PID: 105, PPID: 1, State: "S", Threads: 1, RSSKiB: 4, StartTicks: 211, Comm: "nc", Cmdline: []string{"nc", "-ll", "-p", "7001", "-e", "/bin/cat"}, argLen: 27, envLen: 106},
-		{PID: 175, PPID: 1, State: "S", Threads: 1, RSSKiB: 4, StartTicks: 2053, Comm: "a) (b c", Cmdline: []string{"/bin/sh", "/tmp/a) (b c"}, argLen: 21, envLen: 85},
+		{PID: 175, PPID: 1, State: "S", Threads: 1, RSSKiB: 4, StartTicks: 2053, CPUTicks: 1, Comm: "a) (b c", Cmdline: []string{"/bin/sh", "/tmp/a) (b c"}, argLen: 21, envLen: 85},
 	}
 	if !reflect.DeepEqual(procs, want) {
 		t.Errorf("ps:\n got  %+v\n want %+v", procs, want)
