@@ -263,11 +263,20 @@ func humanCount(n uint64) string {
 	return strconv.FormatUint(n, 10)
 }
 
+// startOfDay is a process's start as a time of day (UTC), or "?" when the view did not read the
+// guest's boot time.
+func startOfDay(p inspect.Process) string {
+	if p.Start.IsZero() {
+		return "?"
+	}
+	return p.Start.UTC().Format("15:04:05")
+}
+
 func newProcessesPane() pane {
 	cols := []column{
 		{title: "PID", width: 5, numeric: true}, {title: "PPID", width: 5, numeric: true},
 		{title: "UID", width: 4, numeric: true}, {title: "STAT", width: 4}, {title: "THR", width: 3, numeric: true},
-		{title: "RSS", width: 5, numeric: true}, {title: "START", width: 5, numeric: true},
+		{title: "RSS", width: 5, numeric: true}, {title: "START", width: 8},
 		{title: "COMMAND", width: 10, flex: true},
 	}
 	return newTablePane("Processes", "ps", cols, 0,
@@ -278,13 +287,16 @@ func newProcessesPane() pane {
 				cmd += fmt.Sprintf("  (comm %q; unknown: %s)", p.Comm, strings.Join(p.Missing, "; "))
 			}
 			return []string{strconv.Itoa(p.PID), strconv.Itoa(p.PPID), strconv.Itoa(p.UID), p.State,
-				strconv.Itoa(p.Threads), strconv.Itoa(p.RSSKiB), strconv.FormatUint(p.StartTicks, 10), cmd}
+				strconv.Itoa(p.Threads), strconv.Itoa(p.RSSKiB), startOfDay(p), cmd}
 		},
 		func(p inspect.Process) string {
 			var b strings.Builder
 			fmt.Fprintf(&b, "process %d (%s)\n\n", p.PID, p.Comm)
-			fmt.Fprintf(&b, "  parent      %d\n  state       %s\n  uid         %d\n  threads     %d\n  rss         %d KiB\n  start       %d ticks after boot\n  kernel      %v\n",
-				p.PPID, p.State, p.UID, p.Threads, p.RSSKiB, p.StartTicks, p.Kernel)
+			fmt.Fprintf(&b, "  parent      %d\n  state       %s\n  uid         %d\n  threads     %d\n  rss         %d KiB\n  start       %s UTC, %d ticks after boot\n  cpu time    %d ticks\n  kernel      %v\n",
+				p.PPID, p.State, p.UID, p.Threads, p.RSSKiB, startOfDay(p), p.StartTicks, p.CPUTicks, p.Kernel)
+			if len(p.NSPIDs) > 0 {
+				fmt.Fprintf(&b, "  pid in its namespaces %v\n", p.NSPIDs)
+			}
 			if len(p.Cmdline) > 0 {
 				b.WriteString("  argv\n")
 				for i, a := range p.Cmdline {
