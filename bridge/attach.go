@@ -14,6 +14,7 @@ import (
 	"hybridbridge/decision"
 	"hybridbridge/emu"
 	"hybridbridge/guest"
+	"hybridbridge/inspect"
 	"hybridbridge/memo"
 	"hybridbridge/svm"
 	"hybridbridge/taint"
@@ -568,6 +569,31 @@ func (s *Session) ReadLink(path string) (string, error) {
 	var target string
 	err := s.do(func(m *svm.Machine) (err error) { target, err = m.ReadLink(procPath(path)); return })
 	return target, err
+}
+
+// ReadGuestFile reads a file of the guest's file system as its init sees it (e.g. /etc/passwd)
+// only if it is wholly in the guest's page cache (svm.Machine.ReadCached); otherwise the error
+// wraps inspect.ErrNotInMemory. The path walk from the guest's root needs the guest's lookup
+// tables (guestLookupList), which serve the SVM's own paths elsewhere, so it runs on Slow-Bridge
+// with those tables redirected for the whole operation, and nothing it decides is memoized.
+func (s *Session) ReadGuestFile(path string) ([]byte, error) {
+	if err := s.ctx.Err(); err != nil {
+		return nil, fmt.Errorf("inspection stopped: %w", err)
+	}
+	rel, err := svm.AgentDirPath(procPath("/proc/1/root" + path))
+	if err != nil {
+		return nil, err
+	}
+	s.policy.guestFiles = true
+	defer func() { s.policy.guestFiles = false }()
+	start := time.Now()
+	var data []byte
+	err = s.runSlow(func(m *svm.Machine) (err error) { data, err = m.ReadCached(rel); return })
+	s.stats.SlowTime += time.Since(start)
+	if errors.Is(err, svm.ErrNotInMemory) {
+		err = fmt.Errorf("%w: %w", inspect.ErrNotInMemory, err)
+	}
+	return data, err
 }
 
 // ReadRecords reads a record device of the guest (e.g. /dev/kmsg, the guest's kernel log) one

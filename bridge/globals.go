@@ -142,6 +142,28 @@ var sameInBoth = map[string][]string{
 	"init_user_ns": {"map_id_range_down", "map_id_up"},
 }
 
+// guestLookupList are the lookup tables a path walk starts from, kept local for the views (the
+// SVM's own paths) and the guest's while a guest file is read (Session.ReadGuestFile): the same
+// instructions look up both, so no per-instruction decision could serve them. While they are the
+// guest's, no lookup goes through the SVM's own root.
+var guestLookupList = map[string]string{
+	"dentry_hashtable": "the dentry cache's hash (path lookup)",
+	"d_hash_shift":     "the dentry cache's hash (path lookup)",
+	"inode_hashtable":  "the inode cache's hash (an inode a lookup reads)",
+	"i_hash_shift":     "the inode cache's hash",
+	"i_hash_mask":      "the inode cache's hash",
+	"mount_hashtable":  "the mount hash (crossing a mount point)",
+	"m_hash_mask":      "the mount hash",
+	"m_hash_shift":     "the mount hash",
+}
+
+// guestLookup reports whether virt is in one of guestLookupList's globals.
+func (g *Globals) guestLookup(virt uint64) bool {
+	name, _, ok := g.syms.Lookup(virt)
+	_, listed := guestLookupList[name]
+	return ok && listed
+}
+
 // keepLocalList are globals of the SVM's own machinery, which must stay the SVM's whatever
 // function touches them: redirecting them breaks the SVM (e.g. freeing into another VM's slab
 // cache) or mixes its state with the guest's. Grouped by the machinery they belong to; the ps

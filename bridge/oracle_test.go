@@ -482,6 +482,13 @@ func comparePS(view []inspect.Process, tt *tools) []string {
 		field("PPID", p.PPID, r.ppid)
 		// RUSER is the real uid (the Uid line of status); USER is the owner of /proc/<pid>, the
 		// effective uid, which no process of the workload has different from its real one.
+		// RUSER is the real user's name where /etc/passwd lists the uid (busybox prints the
+		// number otherwise), which the view reads from the guest's /etc/passwd too.
+		if _, numeric := strconv.Atoi(r.ruser); numeric != nil {
+			field("user name (RUSER)", p.User, r.ruser)
+		} else if p.User != "" {
+			bad("pid %d (%s): user name %q where ps has uid %s", r.pid, r.comm, p.User, r.ruser)
+		}
 		for _, u := range []struct{ col, name string }{{"RUSER", r.ruser}, {"USER", r.user}} {
 			if uid, ok := tt.uidOf(u.name); !ok {
 				bad("pid %d: %s %q is neither a user of /etc/passwd nor a number", r.pid, u.col, u.name)

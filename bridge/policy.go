@@ -31,6 +31,9 @@ type policy struct {
 	aliases []alias
 	// caller is Session.callerOf on the Slow-Bridge machine.
 	caller func() uint64
+	// guestFiles is set while a guest file is read (Session.ReadGuestFile): the lookup tables
+	// of guestLookupList are then the guest's for every access.
+	guestFiles bool
 }
 
 func newPolicy(snap *svm.Snapshot, g *Globals, aliases []alias) *policy {
@@ -74,6 +77,9 @@ func (p *policy) Decide(a *taint.Access) (decision.Decision, taint.Reason) {
 	// The inspecting process's memory (user-labelled) is the SVM's as much as its kernel's is.
 	guestOnly := a.Addr&taint.LabelGVM != 0 && a.Addr&svmSide == 0 && a.Seg != x86asm.GS && a.Base != x86asm.RSP
 	if svm.InSpans(p.data, a.Phys) {
+		if p.guestFiles && p.globals.guestLookup(p.virt(a.Phys)) {
+			return decision.Redirect, taint.ReasonGlobalRedirect
+		}
 		if p.globals.same(p.virt(a.Phys), a.PC) {
 			return decision.Local, taint.ReasonGlobalLocal
 		}
@@ -178,6 +184,13 @@ func (s *Session) tracker(snap *svm.Snapshot, pol *policy) (*taint.Tracker, erro
 // (Slow-Bridge): it applies the taint engine's decision and learns it.
 func (s *Session) decideImage(a *taint.Access) {
 	region := s.apply(s.Machine, a.Phys, a.Size, a.Write, a.Decision)
+	if s.policy.guestFiles {
+		// Decided for this kind of operation alone (ReadGuestFile): not memoized.
+		if a.Decision == decision.Unknown && svm.InSpans(s.policy.data, a.Phys) {
+			s.Globals.count(region)
+		}
+		return
+	}
 	if svm.InSpans(s.policy.data, a.Phys) {
 		if a.Decision == decision.Unknown {
 			s.Globals.count(region)

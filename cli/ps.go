@@ -133,7 +133,7 @@ func (e *env) psCommand() *cobra.Command {
 
 // printProcesses renders the ps table. A command line that cannot be decided shows as "?" with
 // the reason and the name from stat, so it is neither guessed nor mistaken for a kernel thread.
-// START is the time of day (UTC) for a process
+// USER is the uid where the name is unknown; START is the time of day (UTC) for a process
 // started within a day of the newest one, else its date, as procps shows it; NSPID is "-" for a
 // process in no nested PID namespace.
 func printProcesses(w io.Writer, procs []inspect.Process) error {
@@ -144,7 +144,7 @@ func printProcesses(w io.Writer, procs []inspect.Process) error {
 		}
 	}
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "PID\tPPID\tUID\tSTAT\tTHR\tRSS\tSTART\tTIME\tNSPID\tCOMMAND")
+	fmt.Fprintln(tw, "PID\tPPID\tUSER\tSTAT\tTHR\tRSS\tSTART\tTIME\tNSPID\tCOMMAND")
 	for _, p := range procs {
 		cmdline := cell(p.Command())
 		if len(p.Missing) > 0 {
@@ -154,10 +154,18 @@ func printProcesses(w io.Writer, procs []inspect.Process) error {
 		if n := len(p.NSPIDs); n > 0 {
 			nspid = strconv.Itoa(p.NSPIDs[n-1])
 		}
-		fmt.Fprintf(tw, "%d\t%d\t%d\t%s\t%d\t%d\t%s\t%s\t%s\t%s\n", p.PID, p.PPID, p.UID, p.State, p.Threads, p.RSSKiB,
+		fmt.Fprintf(tw, "%d\t%d\t%s\t%s\t%d\t%d\t%s\t%s\t%s\t%s\n", p.PID, p.PPID, cell(userText(p)), p.State, p.Threads, p.RSSKiB,
 			startText(p.Start, newest), cpuTimeText(p.CPUTicks), nspid, cmdline)
 	}
 	return tw.Flush()
+}
+
+// userText is the process's user name, or its uid where the name is unknown.
+func userText(p inspect.Process) string {
+	if p.User != "" {
+		return p.User
+	}
+	return strconv.Itoa(p.UID)
 }
 
 // startText is procps's START: the time of day for a process started within a day of now, the

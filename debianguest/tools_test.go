@@ -62,7 +62,7 @@ func TestEveryViewMatchesItsTools(t *testing.T) {
 		time.Sleep(100 * time.Millisecond)
 	}
 	nsPID := strings.TrimSpace(run("pgrep -f '^/bin/busybox nc -ll -p 9000'"))
-	psCmd := "ps -ww -eo pid=,ppid=,uid=,stat=,nlwp=,rss=,lstart=,time=,args="
+	psCmd := "ps -ww -eo pid=,ppid=,uid=,user:32=,stat=,nlwp=,rss=,lstart=,time=,args="
 	before := parsePS(t, run(psCmd))
 	ssBefore := run("ss -H -tulnp")
 	ssNS := run("nsenter -t " + nsPID + " -n ss -H -tulnp")
@@ -118,7 +118,7 @@ func TestEveryViewMatchesItsTools(t *testing.T) {
 				inNS = &procs[i]
 			}
 		}
-		if random == nil || random.UID != 1000 || random.Comm != name {
+		if random == nil || random.UID != 1000 || random.User != "analyst" || random.Comm != name {
 			t.Errorf("the random process %q as analyst: %+v", argv, random)
 		}
 		if inNS == nil || len(inNS.NSPIDs) != 1 || len(nsPIDInside) != 3 || strconv.Itoa(inNS.NSPIDs[0]) != nsPIDInside[2] {
@@ -278,10 +278,10 @@ func TestEveryViewMatchesItsTools(t *testing.T) {
 	})
 }
 
-// psRow is one line of procps ps -eo pid,ppid,uid,stat,nlwp,rss,lstart,time,args.
+// psRow is one line of procps ps -eo pid,ppid,uid,user:32,stat,nlwp,rss,lstart,time,args.
 type psRow struct {
 	pid, ppid, uid, nlwp, rss int
-	stat, args                string
+	user, stat, args          string
 	start                     time.Time
 	cpu                       time.Duration
 }
@@ -291,10 +291,12 @@ func parsePS(t *testing.T, out string) map[int]psRow {
 	rows := map[int]psRow{}
 	for _, line := range strings.Split(strings.TrimRight(out, "\n"), "\n") {
 		f := strings.Fields(line)
-		if len(f) < 12 {
+		if len(f) < 13 {
 			t.Fatalf("ps line %q", line)
 		}
 		var r psRow
+		r.user = f[3]
+		f = append(f[:3:3], f[4:]...) // the other columns where they were without the user
 		var err error
 		num := func(s string) int {
 			n, e := strconv.Atoi(s)
@@ -362,6 +364,10 @@ func comparePS(t *testing.T, view []inspect.Process, before, after map[int]psRow
 		}
 		if p.UID != b.uid {
 			bad("UID", p.UID, b.uid)
+		}
+		// procps prints the uid where the passwd database has no name for it.
+		if _, numeric := strconv.Atoi(b.user); numeric != nil && p.User != b.user {
+			bad("USER", p.User, b.user)
 		}
 		if p.Threads != b.nlwp && p.Threads != a.nlwp {
 			bad("NLWP", p.Threads, b.nlwp)

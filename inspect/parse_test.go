@@ -152,6 +152,24 @@ func TestParseCPUTimeAndNSpid(t *testing.T) {
 	}, parse(1))
 }
 
+func TestParsePasswd(t *testing.T) {
+	passwd := testdata(t, "passwd-debian")
+	names := parsePasswd(passwd)
+	for uid, want := range map[int]string{0: "root", 100: "messagebus", 998: "systemd-network", 1000: "analyst", 65534: "nobody"} {
+		if names[uid] != want {
+			t.Errorf("uid %d: %q, want %q", uid, names[uid], want)
+		}
+	}
+	if len(names) != bytes.Count(passwd, []byte("\n")) {
+		t.Errorf("%d names from %d lines", len(names), bytes.Count(passwd, []byte("\n")))
+	}
+	// The first entry of a uid wins; malformed lines and NIS entries are no names.
+	odd := parsePasswd([]byte("toor:x:0:0::/:/bin/sh\nroot:x:0:0::/root:/bin/sh\n+nis::5:5:::\nshort:x:7\nbad:x:x:1::/:/bin/sh\n"))
+	if want := map[int]string{0: "toor"}; !reflect.DeepEqual(odd, want) {
+		t.Errorf("odd lines: %v, want %v", odd, want)
+	}
+}
+
 func TestReadBootTime(t *testing.T) {
 	stat := testdata(t, "proc-stat")
 	parse := func(data []byte) (int64, error) {

@@ -30,7 +30,7 @@ func ReadBootTime(f Files) (time.Time, error) {
 	return time.Time{}, errors.New("/proc/stat: no btime line")
 }
 
-// listProcessesView is the ps view: the processes with their start times.
+// listProcessesView is the ps view: the processes with their start times and user names.
 func listProcessesView(r Reader) ([]Process, Vanished, error) {
 	procs, gone, err := ListProcesses(r)
 	if err != nil {
@@ -42,6 +42,9 @@ func listProcessesView(r Reader) ([]Process, Vanished, error) {
 	}
 	for i := range procs {
 		procs[i].Start = boot.Add(time.Duration(procs[i].StartTicks) * time.Second / userHZ)
+	}
+	if err := nameUsers(r, procs); err != nil {
+		return nil, gone, err
 	}
 	return procs, gone, nil
 }

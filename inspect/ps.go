@@ -29,10 +29,13 @@ type Files interface {
 // holds only what the kernel did return but cannot be decided, such as a command line cut
 // short: that field is left empty and shown as unknown, never guessed.
 type Process struct {
-	PID        int    `json:"pid"`
-	PPID       int    `json:"ppid"`
-	State      string `json:"state"` // one letter, as in /proc/<pid>/stat
-	UID        int    `json:"uid"`   // real uid
+	PID   int    `json:"pid"`
+	PPID  int    `json:"ppid"`
+	State string `json:"state"` // one letter, as in /proc/<pid>/stat
+	UID   int    `json:"uid"`   // real uid
+	// User is the uid's name in the guest's /etc/passwd, read through the SVM; empty when that
+	// file is not in the guest's memory or does not list the uid: never a guessed name.
+	User       string `json:"user,omitempty"`
 	Threads    int    `json:"threads"`
 	RSSKiB     int    `json:"rss_kib"`
 	StartTicks uint64 `json:"start_ticks"` // start time, clock ticks after boot

@@ -82,9 +82,10 @@ var (
 		Long: `List the processes of a running guest from outside it. The guest is paused; its kernel's own
 code, run in the secure VM against the guest's memory, produces /proc/<pid>/{stat,status,cmdline},
 which are parsed as ps does; then the guest resumes. START is the guest's boot time (/proc/stat)
-plus the process's start, in UTC; TIME is its user and system CPU time. UID is the real user
-ID as a number: the guest's /etc/passwd cannot be read from outside yet. NSPID is the PID inside a
-nested PID namespace. A process that exited while being read is left
+plus the process's start, in UTC; TIME is its user and system CPU time. USER is the real
+user's name in the guest's /etc/passwd, read through the SVM like the /proc files when all of it is
+in the guest's page cache (the disk is never read), and the uid otherwise: never a guess. NSPID is
+the PID inside a nested PID namespace. A process that exited while being read is left
 out and counted on stderr; any other failure to read fails the command, with no table printed. A
 command line the kernel returned cut short is shown as "?" with the reason, never guessed. One line
 of engine work goes to stderr.`},

@@ -168,14 +168,14 @@ func Build(ctx context.Context, a *guest.Assets, opt BuildOptions) (*Snapshot, e
 	if snap.StructPage, err = readStructPageSize(g, svmSyms, snap.Layout.KernelStart); err != nil {
 		return nil, err
 	}
+	if err := mountViewsProc(ctx, g); err != nil {
+		return nil, err
+	}
 	report("starting the agent")
 	if snap.Agent, err = startAgent(ctx, g); err != nil {
 		return nil, err
 	}
 	if err := recordGroundTruth(ctx, g, snap); err != nil {
-		return nil, err
-	}
-	if err := mountViewsProc(ctx, g); err != nil {
 		return nil, err
 	}
 
@@ -255,9 +255,12 @@ func readStructPageSize(g *guest.Guest, syms *vmm.Symbols, kernelStart uint64) (
 	return structPageSize(mem, syms, kernelStart)
 }
 
-// startAgent starts the agent in the SVM and returns what it reports on the console.
+// startAgent starts the agent in the SVM and returns what it reports on the console. Its working
+// directory is the views' procfs (ProcRoot): a guest file is read by a path relative to it
+// (AgentDirPath), so that no lookup goes through the SVM's own root while the dentry hash is the
+// guest's.
 func startAgent(ctx context.Context, g *guest.Guest) (Agent, error) {
-	if res, err := g.Exec(ctx, "hbagent </dev/null >/dev/console 2>&1 &"); err != nil || res.Status != 0 {
+	if res, err := g.Exec(ctx, "cd "+ProcRoot+" && hbagent </dev/null >/dev/console 2>&1 &"); err != nil || res.Status != 0 {
 		return Agent{}, fmt.Errorf("start agent: %v %v", err, res)
 	}
 	return waitAgent(ctx, g.ConsoleLog())
@@ -284,13 +287,15 @@ func recordGroundTruth(ctx context.Context, g *guest.Guest, snap *Snapshot) erro
 	return nil
 }
 
-// mountViewsProc mounts, at ProcRoot, the procfs instance that views read.
+// mountViewsProc mounts, at ProcRoot, the procfs instance that views read, before the agent
+// starts there.
 func mountViewsProc(ctx context.Context, g *guest.Guest) error {
 	// The SVM's /proc has cached dentries for its own processes (listing it creates one per
 	// pid, and nothing reliably drops them): a guest process with the same pid would be found
 	// there, bound to the SVM's task, instead of being looked up in the guest's pid namespace.
-	// Views read a procfs instance mounted just before the capture and never used in the SVM,
-	// whose dentry cache is empty.
+	// Views read a procfs instance mounted just before the agent starts and never used in the
+	// SVM (the agent's working directory is its root, which lists nothing), whose dentry cache is
+	// empty.
 	res, err := g.Exec(ctx, "mkdir -p "+ProcRoot+" && mount -t proc proc "+ProcRoot)
 	if err != nil {
 		return fmt.Errorf("mount the views' procfs in the SVM: %w", err)

@@ -29,16 +29,20 @@ const (
 	SysNewfstatat   = 262
 	SysReadlinkat   = 267
 	SysPipe2        = 293
+	SysMmap         = 9
+	SysMunmap       = 11
+	SysMincore      = 27
 )
 
 // allowed are the calls known to be safe to inject: they read kernel state, or (nanosleep,
-// pipe2) exist to exercise blocking detection. Anything that could reach a device, the network
-// or another process is refused.
+// pipe2) exist to exercise blocking detection, or (mmap, munmap) change only the agent's own
+// address space. Anything that could reach a device, the network or another process is refused.
 var allowed = map[int]bool{
 	SysRead: true, SysClose: true, SysFstat: true, SysLseek: true, SysPread64: true,
 	SysNanosleep: true, SysGetpid: true, SysUname: true, SysReadlink: true, SysSysinfo: true,
 	SysGetuid: true, SysGetppid: true, SysGetdents64: true, SysClockGettime: true,
 	SysOpenat: true, SysNewfstatat: true, SysReadlinkat: true, SysPipe2: true, SysTime: true,
+	SysMmap: true, SysMunmap: true, SysMincore: true,
 }
 
 var syscallNames = map[int]string{
@@ -47,6 +51,7 @@ var syscallNames = map[int]string{
 	SysSysinfo: "sysinfo", SysGetuid: "getuid", SysGetppid: "getppid", SysGetdents64: "getdents64",
 	SysClockGettime: "clock_gettime", SysOpenat: "openat", SysNewfstatat: "newfstatat",
 	SysReadlinkat: "readlinkat", SysPipe2: "pipe2", SysTime: "time",
+	SysMmap: "mmap", SysMunmap: "munmap", SysMincore: "mincore",
 }
 
 // SyscallName names a system call number.

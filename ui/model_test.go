@@ -65,7 +65,7 @@ func demoFrame(mode Mode) *Frame {
 		Time: t0, Took: 1500 * time.Millisecond, Mode: mode, Engine: "Unicorn-taint", GuestState: "running",
 		Kernel: "6.1.0-test",
 		Processes: []inspect.Process{
-			{PID: 1, Comm: "init", Cmdline: []string{"init"}, State: "S", Threads: 1, RSSKiB: 12, StartTicks: 51, Start: time.Date(2026, 12, 6, 15, 4, 5, 0, time.UTC)},
+			{PID: 1, Comm: "init", Cmdline: []string{"init"}, State: "S", User: "root", Threads: 1, RSSKiB: 12, StartTicks: 51, Start: time.Date(2026, 12, 6, 15, 4, 5, 0, time.UTC)},
 			{PID: 2, Comm: "kthreadd", Kernel: true, State: "S", Threads: 1},
 			{PID: 103, PPID: 1, Comm: "hb-parent", Cmdline: []string{"/bin/sh", "/usr/local/bin/hb-parent", "3"}, State: "S", Threads: 1, RSSKiB: 1592},
 			{PID: 111, PPID: 103, Comm: "hb-child", Cmdline: []string{"/bin/sh", "/usr/local/bin/hb-child", "1"}, State: "S", Threads: 1, RSSKiB: 4},

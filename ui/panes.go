@@ -275,7 +275,7 @@ func startOfDay(p inspect.Process) string {
 func newProcessesPane() pane {
 	cols := []column{
 		{title: "PID", width: 5, numeric: true}, {title: "PPID", width: 5, numeric: true},
-		{title: "UID", width: 4, numeric: true}, {title: "STAT", width: 4}, {title: "THR", width: 3, numeric: true},
+		{title: "USER", width: 8}, {title: "STAT", width: 4}, {title: "THR", width: 3, numeric: true},
 		{title: "RSS", width: 5, numeric: true}, {title: "START", width: 8},
 		{title: "COMMAND", width: 10, flex: true},
 	}
@@ -286,14 +286,18 @@ func newProcessesPane() pane {
 			if len(p.Missing) > 0 {
 				cmd += fmt.Sprintf("  (comm %q; unknown: %s)", p.Comm, strings.Join(p.Missing, "; "))
 			}
-			return []string{strconv.Itoa(p.PID), strconv.Itoa(p.PPID), strconv.Itoa(p.UID), p.State,
+			user := p.User
+			if user == "" {
+				user = strconv.Itoa(p.UID) // the name is unknown, never guessed
+			}
+			return []string{strconv.Itoa(p.PID), strconv.Itoa(p.PPID), user, p.State,
 				strconv.Itoa(p.Threads), strconv.Itoa(p.RSSKiB), startOfDay(p), cmd}
 		},
 		func(p inspect.Process) string {
 			var b strings.Builder
 			fmt.Fprintf(&b, "process %d (%s)\n\n", p.PID, p.Comm)
-			fmt.Fprintf(&b, "  parent      %d\n  state       %s\n  uid         %d\n  threads     %d\n  rss         %d KiB\n  start       %s UTC, %d ticks after boot\n  cpu time    %d ticks\n  kernel      %v\n",
-				p.PPID, p.State, p.UID, p.Threads, p.RSSKiB, startOfDay(p), p.StartTicks, p.CPUTicks, p.Kernel)
+			fmt.Fprintf(&b, "  parent      %d\n  state       %s\n  uid         %d %s\n  threads     %d\n  rss         %d KiB\n  start       %s UTC, %d ticks after boot\n  cpu time    %d ticks\n  kernel      %v\n",
+				p.PPID, p.State, p.UID, p.User, p.Threads, p.RSSKiB, startOfDay(p), p.StartTicks, p.CPUTicks, p.Kernel)
 			if len(p.NSPIDs) > 0 {
 				fmt.Fprintf(&b, "  pid in its namespaces %v\n", p.NSPIDs)
 			}
@@ -331,6 +335,9 @@ func newNetworkPane() pane {
 			fmt.Fprintf(&b, "%s socket, inode %d\n\n", s.Proto, s.Inode)
 			fmt.Fprintf(&b, "  local       %s\n  remote      %s\n  state       %s\n  recv-q      %d\n  send-q      %d\n  uid         %d\n",
 				orDash(s.Local), orDash(s.Remote), orDash(s.State), s.RxQueue, s.TxQueue, s.UID)
+			if s.NetNS != 0 {
+				fmt.Fprintf(&b, "  netns       net:[%d] (not the guest's initial one)\n", s.NetNS)
+			}
 			if s.Proto == "unix" {
 				fmt.Fprintf(&b, "  type        %s\n  refs        %d\n  flags       %#x\n", orDash(s.Type), s.Refs, s.Flags)
 			}
