@@ -586,10 +586,14 @@ func (s *Session) ReadGuestFile(path string) ([]byte, error) {
 	}
 	s.policy.guestFiles = true
 	defer func() { s.policy.guestFiles = false }()
-	start := time.Now()
+	start, engine := time.Now(), s.stats.Engine
 	var data []byte
 	err = s.runSlow(func(m *svm.Machine) (err error) { data, err = m.ReadCached(rel); return })
 	s.stats.SlowTime += time.Since(start)
+	if engine != "" {
+		// The views' own operations say which engine runs them; this one is counted in SlowOps.
+		s.stats.Engine = engine
+	}
 	if errors.Is(err, svm.ErrNotInMemory) {
 		err = fmt.Errorf("%w: %w", inspect.ErrNotInMemory, err)
 	}
