@@ -176,9 +176,23 @@ func (c *Client) runWithDeadline(ctx context.Context, fn func() error) error {
 	dl, _ := ctx.Deadline()
 	c.opCtx, c.opDeadline = ctx, dl
 	c.conn.SetDeadline(dl)
-	stop := context.AfterFunc(ctx, func() { c.conn.SetDeadline(time.Unix(1, 0)) })
+	// The callback runs in a goroutine of its own, possibly after fn has returned and stop has
+	// been called: it must not cut off the operation that follows (seen in CI: the halt after a
+	// Continue's deadline failed at once with an i/o timeout), so it acts only while fn runs.
+	var mu sync.Mutex
+	running := true
+	stop := context.AfterFunc(ctx, func() {
+		mu.Lock()
+		defer mu.Unlock()
+		if running {
+			c.conn.SetDeadline(time.Unix(1, 0))
+		}
+	})
 	err := fn()
 	stop()
+	mu.Lock()
+	running = false
+	mu.Unlock()
 	c.conn.SetDeadline(time.Time{})
 	c.opCtx, c.opDeadline = context.Background(), time.Time{}
 	if err != nil && errors.Is(err, os.ErrDeadlineExceeded) {
