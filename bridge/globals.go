@@ -212,6 +212,13 @@ func init() {
 		"swap_lock", "node_states")
 	keepLocal("the SVM's character devices, which the reader opens (/dev/kmsg)",
 		"cdev_lock", "chrdevs_lock", "cdev_map", "init_css_set")
+	// ReadGuestFile maps the file into the reader's address space to ask mincore whether it is
+	// in memory: the mapping is the SVM's (its allocator, its page-table constants, its limits).
+	keepLocal("the reader's own address space (the mapping ReadGuestFile checks residency through)",
+		"maple_node_cache", "vm_area_cachep", "va_align", "__supported_pte_mask", "protection_map",
+		"cc_mask", "ptrs_per_p4d", "dac_mmap_min_addr", "sysctl_max_map_count", "nr_mmap_events",
+		"uprobes_tree", "shmem_huge", "transparent_hugepage_flags")
+	keepLocal("constant pointers of the kernel image (tracepoint strings of the mmap path)", "___tp_str.18", "___tp_str.23")
 	// mtree_load's tracepoint passes __func__ through a pointer kallsyms names after its section
 	// neighbour: a constant of the kernel image, the same in both.
 	keepLocal("constant pointers of the kernel image (tracepoint strings)", "___tp_str.17")
