@@ -160,56 +160,8 @@ func TestConsoleEndToEndTmux(t *testing.T) {
 		testenv.Skip(t, "tmux is not installed (scripts/setup.sh installs it): the console cannot be driven in a terminal")
 	}
 	bin := buildBinary(t)
-	start := time.Now()
 	runDir := t.TempDir()
-	c := &tmuxConsole{t: t, socket: fmt.Sprintf("hbconsole-%d", os.Getpid()), status: filepath.Join(runDir, "exit-status")}
-	// The tmux server runs in the foreground as this test's child and dies with it, even when the
-	// test binary is killed: its panes then get SIGHUP, the console exits, and the demo guest it
-	// booted dies with the console. A daemonised server would keep both alive.
-	server := exec.Command("tmux", "-L", c.socket, "-D", "-f", "/dev/null")
-	server.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
-	if err := server.Start(); err != nil {
-		t.Fatalf("start the tmux server: %v", err)
-	}
-	serverDone := make(chan error, 1)
-	go func() { serverDone <- server.Wait() }()
-	for i := 0; ; i++ {
-		if _, err := c.tmux("list-sessions"); err == nil {
-			break // the server answers (with no sessions yet)
-		}
-		if i == 100 {
-			t.Fatal("the tmux server does not answer")
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
-	t.Cleanup(func() {
-		c.tmux("kill-server")
-		server.Process.Kill()
-		<-serverDone
-		// Whatever happened, no guest of this test may survive it.
-		left := qemuOf(runDir)
-		for _, pid := range left {
-			if p, err := os.FindProcess(pid); err == nil {
-				p.Kill()
-			}
-		}
-		if len(left) > 0 {
-			t.Errorf("QEMU processes left behind (killed now): %v", left)
-		}
-		t.Logf("end-to-end run took %v", time.Since(start).Round(time.Second))
-	})
-	env := []string{"HYBRIDBRIDGE_RUN=" + runDir, "HYBRIDBRIDGE_MEMO=" + os.Getenv("HYBRIDBRIDGE_MEMO")}
-	if cache := os.Getenv("HYBRIDBRIDGE_CACHE"); cache != "" {
-		env = append(env, "HYBRIDBRIDGE_CACHE="+cache)
-	}
-	// The tmux server has its own environment: pass ours on the command line. The shell keeps the
-	// pane open after the console exits, so the screen can be checked for leftovers.
-	shell := fmt.Sprintf("env %s %s; echo $? > %s; echo console-exited; sleep 120",
-		strings.Join(env, " "), bin, c.status)
-	if out, err := c.tmux("new-session", "-d", "-s", "hb", "-x", "120", "-y", "40", shell); err != nil {
-		t.Fatalf("tmux new-session: %v\n%s", err, out)
-	}
-
+	c := startTmux(t, runDir, bin)
 	t.Run("processes", func(t *testing.T) {
 		c.t = t
 		s := c.waitFor("the first refresh", bootWait, contains("Processes", "PID", "init"))
@@ -278,4 +230,116 @@ func TestConsoleEndToEndTmux(t *testing.T) {
 			t.Errorf("QEMU still running after quit: %v", left)
 		}
 	})
+}
+
+// startTmux starts a private tmux server, as this test's child, with one pane running the
+// console binary bin with args, in the run folder runDir; the cleanup kills the server and any
+// QEMU of runDir left behind.
+func startTmux(t *testing.T, runDir, bin string, args ...string) *tmuxConsole {
+	t.Helper()
+	start := time.Now()
+	c := &tmuxConsole{t: t, socket: fmt.Sprintf("hbconsole-%d-%d", os.Getpid(), time.Now().UnixNano()), status: filepath.Join(runDir, "exit-status")}
+	// The tmux server runs in the foreground as this test's child and dies with it, even when the
+	// test binary is killed: its panes then get SIGHUP, the console exits, and the demo guest it
+	// booted dies with the console. A daemonised server would keep both alive.
+	server := exec.Command("tmux", "-L", c.socket, "-D", "-f", "/dev/null")
+	server.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	if err := server.Start(); err != nil {
+		t.Fatalf("start the tmux server: %v", err)
+	}
+	serverDone := make(chan error, 1)
+	go func() { serverDone <- server.Wait() }()
+	for i := 0; ; i++ {
+		if _, err := c.tmux("list-sessions"); err == nil {
+			break // the server answers (with no sessions yet)
+		}
+		if i == 100 {
+			t.Fatal("the tmux server does not answer")
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	t.Cleanup(func() {
+		c.tmux("kill-server")
+		server.Process.Kill()
+		<-serverDone
+		// Whatever happened, no guest of this test may survive it.
+		left := qemuOf(runDir)
+		for _, pid := range left {
+			if p, err := os.FindProcess(pid); err == nil {
+				p.Kill()
+			}
+		}
+		if len(left) > 0 {
+			t.Errorf("QEMU processes left behind (killed now): %v", left)
+		}
+		t.Logf("end-to-end run took %v", time.Since(start).Round(time.Second))
+	})
+	env := []string{"HYBRIDBRIDGE_RUN=" + runDir, "HYBRIDBRIDGE_MEMO=" + os.Getenv("HYBRIDBRIDGE_MEMO")}
+	if cache := os.Getenv("HYBRIDBRIDGE_CACHE"); cache != "" {
+		env = append(env, "HYBRIDBRIDGE_CACHE="+cache)
+	}
+	// The tmux server has its own environment: pass ours on the command line. The shell keeps the
+	// pane open after the console exits, so the screen can be checked for leftovers.
+	shell := fmt.Sprintf("env %s %s %s; echo $? > %s; echo console-exited; sleep 120",
+		strings.Join(env, " "), bin, strings.Join(args, " "), c.status)
+	if out, err := c.tmux("new-session", "-d", "-s", "hb", "-x", "120", "-y", "40", shell); err != nil {
+		t.Fatalf("tmux new-session: %v\n%s", err, out)
+	}
+	return c
+}
+
+// TestConsoleOnDebianTmux opens the console on the Debian guest (started nokaslr, so that no
+// boot puts its kernel above 4 GiB): the Processes pane shows systemd with user names from the
+// guest's /etc/passwd, the Network pane sshd's listener, the Modules pane ext4.
+func TestConsoleOnDebianTmux(t *testing.T) {
+	testenv.SkipIfShort(t, "boots the Debian guest")
+	if _, err := exec.LookPath("tmux"); err != nil {
+		testenv.Skip(t, "tmux is not installed (scripts/setup.sh installs it): the console cannot be driven in a terminal")
+	}
+	bin := buildBinary(t)
+	runDir := t.TempDir()
+	env := append(os.Environ(), "HYBRIDBRIDGE_RUN="+runDir)
+	start := exec.Command(bin, "guest", "start", "--image", "debian", "--name", "deb", "--nokaslr")
+	start.Env = env
+	if out, err := start.CombinedOutput(); err != nil {
+		t.Fatalf("guest start: %v\n%s", err, out)
+	}
+	var once sync.Once
+	stopGuest := func() {
+		once.Do(func() {
+			stop := exec.Command(bin, "guest", "stop", "deb")
+			stop.Env = env
+			if out, err := stop.CombinedOutput(); err != nil {
+				t.Errorf("guest stop: %v\n%s", err, out)
+			}
+		})
+	}
+	t.Cleanup(stopGuest)
+	c := startTmux(t, runDir, bin, "console", "--guest", "deb", "--refresh", "0")
+	// Again after startTmux's cleanup, so it runs before it: the guest is stopped, not found
+	// left over.
+	t.Cleanup(stopGuest)
+	s := c.waitFor("the first refresh", bootWait, contains("Processes", "PID", "/sbin/init"))
+	c.keys("/", "analyst", "Enter")
+	s = c.waitFor("the analyst's processes", keyWait, contains("busybox httpd", `filter "analyst"`))
+	if !regexp.MustCompile(`(?m)^\s*\d+\s+\d+\s+analyst\s`).MatchString(s) {
+		t.Errorf("no process shown with the user name analyst:\n%s", s)
+	}
+	c.keys("Tab")
+	s = c.waitFor("the Network pane", keyWait, contains("netstat on", "LOCAL"))
+	if !strings.Contains(s, ":22 ") {
+		t.Errorf("the Network pane shows no listener on 22:\n%s", s)
+	}
+	c.keys("Tab")
+	c.waitFor("the Modules pane", keyWait, contains("lsmod", "MODULE"))
+	c.keys("/", "ext4", "Enter")
+	s = c.waitFor("ext4 filtered", keyWait, contains(`filter "ext4"`))
+	if !regexp.MustCompile(`(?m)^\s*ext4\s`).MatchString(s) {
+		t.Errorf("the Modules pane does not show ext4:\n%s", s)
+	}
+	c.keys("q")
+	c.waitFor("the shell after quitting", refreshWait, contains("console-exited"))
+	if data, err := os.ReadFile(c.status); err != nil || strings.TrimSpace(string(data)) != "0" {
+		t.Errorf("console exit status %q, %v", data, err)
+	}
 }
