@@ -14,6 +14,7 @@ import (
 	"hybridbridge/bridge"
 	"hybridbridge/inspect"
 	"hybridbridge/target"
+	"hybridbridge/vmm"
 )
 
 // spareModules are modules of the image that load without hardware or parameters and that
@@ -24,7 +25,7 @@ var spareModules = []string{"eql", "nlmon", "mii", "ifb"}
 // argv started as analyst, a listener on a random port, two spare modules loaded and one of them
 // unloaded — then checks every view from outside against the guest's own tools: procps ps, ss,
 // lsmod, findmnt, ip, uname, free and dmesg, run before and after the pause. The tools' output is
-// parsed here, not by the views' parsers.
+// parsed here, not by the views' parsers. The guest's memory is the same before and after.
 func TestEveryViewMatchesItsTools(t *testing.T) {
 	ctx := need(t)
 	ctx, cancel := context.WithTimeout(ctx, 10*time.Minute)
@@ -78,6 +79,21 @@ func TestEveryViewMatchesItsTools(t *testing.T) {
 
 	own := target.FromGuest(g)
 	defer own.Close()
+	// Paused and hashed first: the session leaves a paused guest paused, and its memory must be
+	// the same after every view (the user-name read maps a guest file, among others).
+	if err := bridge.PauseSettled(ctx, own, snap, syms); err != nil {
+		t.Fatal(err)
+	}
+	defer g.Resume(context.WithoutCancel(ctx))
+	ram, err := g.Memory()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ram.Close()
+	hashBefore, err := vmm.Hash(ctx, ram)
+	if err != nil {
+		t.Fatal(err)
+	}
 	s, err := bridge.AttachTarget(ctx, own, snap, syms, bridge.Options{Mode: bridge.ModeAuto})
 	if err != nil {
 		t.Fatal(err)
@@ -94,6 +110,16 @@ func TestEveryViewMatchesItsTools(t *testing.T) {
 	unknown := s.Globals.Unknown()
 	st := s.Stats()
 	if err := s.Close(ctx); err != nil {
+		t.Fatal(err)
+	}
+	hashAfter, err := vmm.Hash(ctx, ram)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if hashAfter != hashBefore {
+		t.Errorf("the guest's memory changed while it was inspected: %s, then %s", hashBefore[:16], hashAfter[:16])
+	}
+	if err := g.Resume(ctx); err != nil {
 		t.Fatal(err)
 	}
 	for _, err := range []error{perr, serr, merr, mnerr, ierr, aerr, uerr, ferr, kerr} {
