@@ -564,6 +564,63 @@ func (s *Session) ReadFile(path string) ([]byte, error) {
 	return data, err
 }
 
+// ReadFiles reads several files of the guest in one operation (implements inspect.Batch): one
+// reset of the machine for all of them. A file's own failure (the kernel's error for it: absent,
+// vanished) is in errs; an engine failure fails the whole operation, which a fall-back re-runs
+// whole.
+func (s *Session) ReadFiles(paths []string) ([][]byte, []error, error) {
+	data, errs := make([][]byte, len(paths)), make([]error, len(paths))
+	err := s.do(func(m *svm.Machine) error {
+		clear(errs)
+		for i, p := range paths {
+			data[i], errs[i] = m.ReadFile(procPath(p))
+			var errno *svm.Errno
+			if errs[i] != nil && !errors.As(errs[i], &errno) {
+				return errs[i]
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, nil, err
+	}
+	return data, errs, nil
+}
+
+// ReadLinkDir lists a directory of the guest and reads every link in it in one operation
+// (implements inspect.LinkDir). The listing's own failure (the kernel's error: the process
+// vanished) is err; a link's is in errs; an engine failure fails the operation.
+func (s *Session) ReadLinkDir(dir string) ([]string, []string, []error, error) {
+	var names, targets []string
+	var errs []error
+	var dirErr error
+	err := s.do(func(m *svm.Machine) error {
+		names, targets, errs, dirErr = nil, nil, nil, nil
+		ents, err := m.ReadDir(procPath(dir))
+		var errno *svm.Errno
+		if errors.As(err, &errno) {
+			dirErr = err
+			return nil
+		}
+		if err != nil {
+			return err
+		}
+		names, targets, errs = make([]string, len(ents)), make([]string, len(ents)), make([]error, len(ents))
+		for i, e := range ents {
+			names[i] = e.Name
+			targets[i], errs[i] = m.ReadLink(procPath(dir + "/" + e.Name))
+			if errs[i] != nil && !errors.As(errs[i], &errno) {
+				return errs[i]
+			}
+		}
+		return nil
+	})
+	if err == nil {
+		err = dirErr
+	}
+	return names, targets, errs, err
+}
+
 // ReadLink reads a symbolic link of the guest as its kernel sees it (implements inspect.Links).
 func (s *Session) ReadLink(path string) (string, error) {
 	var target string

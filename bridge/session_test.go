@@ -60,10 +60,21 @@ type cancelAfter struct {
 
 func (c *cancelAfter) ReadFile(path string) ([]byte, error) {
 	data, err := c.Session.ReadFile(path)
+	c.done()
+	return data, err
+}
+
+// ReadFiles is one operation too (a process's files read in one batch).
+func (c *cancelAfter) ReadFiles(paths []string) ([][]byte, []error, error) {
+	data, errs, err := c.Session.ReadFiles(paths)
+	c.done()
+	return data, errs, err
+}
+
+func (c *cancelAfter) done() {
 	if c.n--; c.n == 0 {
 		c.cancel()
 	}
-	return data, err
 }
 
 // TestCancelStopsWithinOneOperation: once the inspection's context is cancelled, the next file
@@ -84,7 +95,8 @@ func TestCancelStopsWithinOneOperation(t *testing.T) {
 		t.Fatalf("ps with its context cancelled after 5 reads: %v, want the cancellation", err)
 	}
 	st := s.Stats()
-	// One directory listing, then five reads; the sixth read is refused before it runs.
+	// One directory listing, then five reads (each a process's files in one batch); the sixth is
+	// refused before it runs.
 	if ops := st.FastOps + st.SlowOps; ops != 6 {
 		t.Errorf("%d file operations ran, want 6 (the /proc listing and the 5 reads before the cancel)", ops)
 	}

@@ -185,7 +185,7 @@ func SocketHolders(f Files, l Links) (map[uint64][]int, Vanished, error) {
 			continue // not a process: /proc/net, /proc/self, ...
 		}
 		dir := "/proc/" + n + "/fd"
-		fds, err := f.ReadDir(dir)
+		fds, targets, errs, err := readLinkDir(f, l, dir)
 		if IsVanished(err) {
 			gone.Processes++
 			continue
@@ -193,8 +193,8 @@ func SocketHolders(f Files, l Links) (map[uint64][]int, Vanished, error) {
 		if err != nil {
 			return nil, gone, fmt.Errorf("list %s: %w", dir, err)
 		}
-		for _, fd := range fds {
-			target, err := l.ReadLink(dir + "/" + fd)
+		for i, fd := range fds {
+			target, err := targets[i], errs[i]
 			if IsVanished(err) {
 				gone.Descriptors++
 				continue
@@ -215,6 +215,32 @@ func SocketHolders(f Files, l Links) (map[uint64][]int, Vanished, error) {
 		sort.Ints(pids)
 	}
 	return out, gone, nil
+}
+
+// LinkDir lists a directory of symbolic links and reads them all in one operation: the SVM
+// starts each operation from a reset machine, so a process's descriptors cost one reset instead
+// of one per descriptor and one for the listing. err is the listing's failure (the directory
+// vanished); errs[i] is link i's own.
+type LinkDir interface {
+	ReadLinkDir(dir string) (names, targets []string, errs []error, err error)
+}
+
+// readLinkDir lists dir and reads its links, in one operation where l can.
+func readLinkDir(f Files, l Links, dir string) (names, targets []string, errs []error, err error) {
+	if ld, ok := l.(LinkDir); ok {
+		return ld.ReadLinkDir(dir)
+	}
+	if names, err = f.ReadDir(dir); err != nil {
+		return nil, nil, nil, err
+	}
+	targets, errs = make([]string, len(names)), make([]error, len(names))
+	for i, n := range names {
+		targets[i], errs[i] = l.ReadLink(dir + "/" + n)
+		if errs[i] != nil && !IsVanished(errs[i]) {
+			return names[:i+1], targets[:i+1], errs[:i+1], nil // the caller fails on it
+		}
+	}
+	return names, targets, errs, nil
 }
 
 // socketInode reads a descriptor's link target: whether it is a socket, and its inode.
