@@ -235,12 +235,16 @@ func AttachTarget(ctx context.Context, t target.Target, snap *svm.Snapshot, syms
 	return s, nil
 }
 
-// BlockingEntries are the kernel functions whose entry means an injected call is about to sleep:
-// the scheduler's context switch, and the idle loop a CPU enters with nothing to run. Nothing
-// else runs in the SVM to wake the call, so the machine stops it there (svm.ErrBlocked) instead
-// of letting it spin out its budget. Snapshots record them (svm.BuildOptions.KeepSymbols) for
-// machines opened without a symbol table.
-func BlockingEntries() []string { return []string{"__switch_to_asm", "default_idle"} }
+// BlockingEntries are the kernel functions whose entry means an injected call is about to sleep
+// or to wait for another task: the scheduler's context switch, the idle loop a CPU enters with
+// nothing to run, and the optimistic spins on a mutex's or rw-semaphore's owner while it is on a
+// CPU. Nothing else runs in the SVM to wake the call or release the lock (an owner "on a CPU" is
+// a guest task the pause caught inside its critical section), so the machine stops it there
+// (svm.ErrBlocked) instead of letting it spin out its budget. Snapshots record them
+// (svm.BuildOptions.KeepSymbols) for machines opened without a symbol table.
+func BlockingEntries() []string {
+	return []string{"__switch_to_asm", "default_idle", "mutex_spin_on_owner", "rwsem_spin_on_owner"}
+}
 
 // openMachine opens an SVM machine with the guest overlaid: its RAM, its vmemmap and module-area
 // mappings, the aliased struct pages watched. The first machine also settles the aliases and the
@@ -570,9 +574,11 @@ func (s *Session) ReadFile(path string) ([]byte, error) {
 // whole.
 func (s *Session) ReadFiles(paths []string) ([][]byte, []error, error) {
 	data, errs := make([][]byte, len(paths)), make([]error, len(paths))
+	current := ""
 	err := s.do(func(m *svm.Machine) error {
 		clear(errs)
 		for i, p := range paths {
+			current = p
 			data[i], errs[i] = m.ReadFile(procPath(p))
 			var errno *svm.Errno
 			if errs[i] != nil && !errors.As(errs[i], &errno) {
@@ -582,7 +588,8 @@ func (s *Session) ReadFiles(paths []string) ([][]byte, []error, error) {
 		return nil
 	})
 	if err != nil {
-		return nil, nil, err
+		// The engine's error (a memo miss in fast mode among them) names the file it stopped in.
+		return nil, nil, fmt.Errorf("read %s: %w", current, err)
 	}
 	return data, errs, nil
 }
@@ -594,8 +601,10 @@ func (s *Session) ReadLinkDir(dir string) ([]string, []string, []error, error) {
 	var names, targets []string
 	var errs []error
 	var dirErr error
+	current := "list " + dir
 	err := s.do(func(m *svm.Machine) error {
 		names, targets, errs, dirErr = nil, nil, nil, nil
+		current = "list " + dir
 		ents, err := m.ReadDir(procPath(dir))
 		var errno *svm.Errno
 		if errors.As(err, &errno) {
@@ -608,6 +617,7 @@ func (s *Session) ReadLinkDir(dir string) ([]string, []string, []error, error) {
 		names, targets, errs = make([]string, len(ents)), make([]string, len(ents)), make([]error, len(ents))
 		for i, e := range ents {
 			names[i] = e.Name
+			current = "read link " + dir + "/" + e.Name
 			targets[i], errs[i] = m.ReadLink(procPath(dir + "/" + e.Name))
 			if errs[i] != nil && !errors.As(errs[i], &errno) {
 				return errs[i]
@@ -615,10 +625,13 @@ func (s *Session) ReadLinkDir(dir string) ([]string, []string, []error, error) {
 		}
 		return nil
 	})
-	if err == nil {
-		err = dirErr
+	if err != nil {
+		return nil, nil, nil, fmt.Errorf("%s: %w", current, err)
 	}
-	return names, targets, errs, err
+	if dirErr != nil {
+		return nil, nil, nil, fmt.Errorf("list %s: %w", dir, dirErr)
+	}
+	return names, targets, errs, nil
 }
 
 // ReadLink reads a symbolic link of the guest as its kernel sees it (implements inspect.Links).

@@ -191,7 +191,7 @@ func SocketHolders(f Files, l Links) (map[uint64][]int, Vanished, error) {
 			continue
 		}
 		if err != nil {
-			return nil, gone, fmt.Errorf("list %s: %w", dir, err)
+			return nil, gone, err // it names what it stopped in
 		}
 		for i, fd := range fds {
 			target, err := targets[i], errs[i]
@@ -220,7 +220,8 @@ func SocketHolders(f Files, l Links) (map[uint64][]int, Vanished, error) {
 // LinkDir lists a directory of symbolic links and reads them all in one operation: the SVM
 // starts each operation from a reset machine, so a process's descriptors cost one reset instead
 // of one per descriptor and one for the listing. err is the listing's failure (the directory
-// vanished); errs[i] is link i's own.
+// vanished), or one that failed the whole operation, naming what it stopped in; errs[i] is link
+// i's own.
 type LinkDir interface {
 	ReadLinkDir(dir string) (names, targets []string, errs []error, err error)
 }
@@ -231,7 +232,7 @@ func readLinkDir(f Files, l Links, dir string) (names, targets []string, errs []
 		return ld.ReadLinkDir(dir)
 	}
 	if names, err = f.ReadDir(dir); err != nil {
-		return nil, nil, nil, err
+		return nil, nil, nil, fmt.Errorf("list %s: %w", dir, err)
 	}
 	targets, errs = make([]string, len(names)), make([]error, len(names))
 	for i, n := range names {

@@ -127,7 +127,8 @@ func readProcess(f Files, pid int) (Process, error) {
 
 // Batch is a Files that reads several files in one operation: the SVM starts each operation
 // from a reset machine, so a process's three files cost one reset instead of three. errs[i] is
-// file i's own failure (absent, vanished, refused); err is one that failed the whole batch.
+// file i's own failure (absent, vanished, refused); err is one that failed the whole batch, and
+// names the file it stopped in.
 type Batch interface {
 	ReadFiles(paths []string) (data [][]byte, errs []error, err error)
 }
@@ -141,7 +142,7 @@ func readAll(f Files, dir string, names []string) ([][]byte, error) {
 	if b, ok := f.(Batch); ok {
 		data, errs, err := b.ReadFiles(paths)
 		if err != nil {
-			return nil, fmt.Errorf("read %s/{%s}: %w", dir, strings.Join(names, ","), err)
+			return nil, err // it names the file the batch stopped in
 		}
 		for i, e := range errs {
 			if e != nil {
