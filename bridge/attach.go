@@ -288,7 +288,7 @@ func (s *Session) openMachine(slow bool) (*svm.Machine, error) {
 	if s.Grafts, err = m.Graft(s.leaves); err != nil {
 		return nil, err
 	}
-	if err := s.checkModuleTables(m, s.mods); err != nil {
+	if err := s.checkGuestTables(m, s.mods); err != nil {
 		return nil, err
 	}
 	if s.ModuleGrafts, err = m.Graft(s.mods); err != nil {
@@ -708,11 +708,11 @@ func moduleGrafts(w *vmm.Walker) ([]svm.Graft, error) {
 	return out, nil
 }
 
-// checkModuleTables refuses grafted guest tables (of its module area, its per-CPU chunks) that
+// checkGuestTables refuses grafted guest tables (of its module area, its per-CPU chunks) that
 // lie outside its overlaid RAM: the emulator's page walk reads physical memory directly, and
 // there the SVM's own bytes are.
-func (s *Session) checkModuleTables(m *svm.Machine, mods []svm.Graft) error {
-	for _, g := range mods {
+func (s *Session) checkGuestTables(m *svm.Machine, grafts []svm.Graft) error {
+	for _, g := range grafts {
 		if g.Entry&vmm.PTEPageSize != 0 {
 			continue // a leaf
 		}

@@ -97,7 +97,7 @@ func (s *Session) graftPercpu(m *svm.Machine) error {
 	if s.percpuTop.Entry == 0 {
 		return nil
 	}
-	if err := s.checkModuleTables(m, append([]svm.Graft{s.percpuTop}, s.percpuShifted...)); err != nil {
+	if err := s.checkGuestTables(m, append([]svm.Graft{s.percpuTop}, s.percpuShifted...)); err != nil {
 		return err
 	}
 	st, err := m.Graft([]svm.Graft{s.percpuTop})

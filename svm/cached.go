@@ -4,6 +4,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"strings"
 )
 
 // ErrNotInMemory means a file is not wholly in the page cache of the memory read: reading it
@@ -22,18 +23,11 @@ const (
 // AgentDirPath is path (absolute, in the views' procfs) relative to the agent's working
 // directory, ProcRoot.
 func AgentDirPath(path string) (string, error) {
-	rel, ok := cutDir(path, ProcRoot)
+	rel, ok := strings.CutPrefix(path, ProcRoot+"/")
 	if !ok || rel == "" {
 		return "", fmt.Errorf("%s is not under %s", path, ProcRoot)
 	}
 	return rel, nil
-}
-
-func cutDir(path, dir string) (string, bool) {
-	if len(path) <= len(dir) || path[:len(dir)] != dir || path[len(dir)] != '/' {
-		return "", false
-	}
-	return path[len(dir)+1:], true
 }
 
 // ReadCached reads the regular file at path, relative to the agent's working directory, only if

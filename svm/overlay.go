@@ -193,7 +193,7 @@ func (m *Machine) planDirectMap() error {
 			// (guest RAM above 4 GiB, which the SVM's kernel never mapped) into one of its own.
 			pd, err := w.Slot(va, 2)
 			if err != nil {
-				if pd, err = m.addDirectory(w, va); err != nil {
+				if pd, err = m.slotFor(w, va, 2); err != nil {
 					return fmt.Errorf("direct map of %#x: %w", pa, err)
 				}
 			}
@@ -228,12 +228,6 @@ func (m *Machine) planDirectMap() error {
 // tableBits are the flags of a page-table entry pointing to a lower table, the kernel's
 // _KERNPG_TABLE.
 const tableBits = vmm.PTEPresent | vmm.PTEWrite | vmm.PTEAccessed | vmm.PTEDirty
-
-// addDirectory gives va's empty page-directory-pointer entry a page directory from the layout's
-// table pages (reserved in the SVM, never used by it), and returns va's slot in it.
-func (m *Machine) addDirectory(w *vmm.Walker, va uint64) (vmm.Slot, error) {
-	return m.slotFor(w, va, 2)
-}
 
 // slotFor returns va's entry at level, first giving every empty entry above it a table from the
 // layout's table pages (reserved in the SVM, never used by it).

@@ -156,9 +156,7 @@ func contains(subs ...string) func(string) bool {
 // boots the demo guest, opens the console, and the panes show what the guest runs.
 func TestConsoleEndToEndTmux(t *testing.T) {
 	testenv.SkipIfShort(t, "boots a guest")
-	if _, err := exec.LookPath("tmux"); err != nil {
-		testenv.Skip(t, "tmux is not installed (scripts/setup.sh installs it): the console cannot be driven in a terminal")
-	}
+	needTmux(t)
 	bin := buildBinary(t)
 	runDir := t.TempDir()
 	c := startTmux(t, runDir, bin)
@@ -232,6 +230,14 @@ func TestConsoleEndToEndTmux(t *testing.T) {
 	})
 }
 
+// needTmux skips a test that drives the console in a terminal where tmux is missing.
+func needTmux(t *testing.T) {
+	t.Helper()
+	if _, err := exec.LookPath("tmux"); err != nil {
+		testenv.Skip(t, "tmux is not installed (scripts/setup.sh installs it): the console cannot be driven in a terminal")
+	}
+}
+
 // startTmux starts a private tmux server, as this test's child, with one pane running the
 // console binary bin with args, in the run folder runDir; the cleanup kills the server and any
 // QEMU of runDir left behind.
@@ -293,9 +299,7 @@ func startTmux(t *testing.T, runDir, bin string, args ...string) *tmuxConsole {
 // guest's /etc/passwd, the Network pane sshd's listener, the Modules pane ext4.
 func TestConsoleOnDebianTmux(t *testing.T) {
 	testenv.SkipIfShort(t, "boots the Debian guest")
-	if _, err := exec.LookPath("tmux"); err != nil {
-		testenv.Skip(t, "tmux is not installed (scripts/setup.sh installs it): the console cannot be driven in a terminal")
-	}
+	needTmux(t)
 	bin := buildBinary(t)
 	runDir := t.TempDir()
 	env := append(os.Environ(), "HYBRIDBRIDGE_RUN="+runDir)
