@@ -414,7 +414,10 @@ func comparePS(t *testing.T, view []inspect.Process, before, after map[int]psRow
 		}
 		asleep := func(s string) bool { return s[0] == 'S' || s[0] == 'I' }
 		if asleep(b.stat) && asleep(a.stat) && b.rss == a.rss {
-			if p.State != b.stat[:1] {
+			// On a guest of two CPUs a kernel thread asleep in both readings may run beside the
+			// pause (jbd2 committing the journal was caught so), as the demo's oracle allows.
+			ranThen := p.Kernel && p.State == "R"
+			if p.State != b.stat[:1] && !ranThen {
 				bad("STAT", p.State, b.stat)
 			}
 			if p.RSSKiB != b.rss {
