@@ -98,6 +98,12 @@ type Session struct {
 	// learnErr is the first decision the memo refused during the Slow-Bridge operation in
 	// progress (a bug: Slow-Bridge only makes valid ones); the operation fails with it.
 	learnErr error
+	// lanes are the extra Fast-Bridge machines Each spreads a view over (lanesFor); a lane is
+	// itself a Session, marked lane, whose misses the session re-runs.
+	lanes           []*Session
+	lane            bool
+	absorbedSkipped uint64 // of a lane: its filter's count already moved into the session's
+	closedLanes     struct{ syscalls, swaps int }
 }
 
 // Attach pauses the guest, checks that it runs the snapshot's kernel, and overlays its RAM into a
@@ -505,7 +511,7 @@ func (s *Session) Detach() error {
 		s.stats.Hits += skipped
 		s.filter = nil
 	}
-	var errs []error
+	errs := []error{s.closeLanes()}
 	if s.Machine != nil {
 		errs = append(errs, s.Machine.Close())
 	}

@@ -146,6 +146,9 @@ func (s *Session) do(op func(m *svm.Machine) error) error {
 		if s.mode == ModeFast {
 			return fmt.Errorf("%w: %s in %s (%s)", ErrMemoMiss, miss.Symbol, miss.Syscall, miss.Reason)
 		}
+		if s.lane {
+			return fmt.Errorf("%w: %s in %s (%s)", errLaneMiss, miss.Symbol, miss.Syscall, miss.Reason)
+		}
 		s.stats.FallBacks++
 		start = time.Now()
 		err = s.runSlow(op)
@@ -374,13 +377,19 @@ func (s *Session) disassemble(m *svm.Machine, pc uint64) string {
 
 // Work is the system calls both engines ran and the instructions executed under taint.
 func (s *Session) Work() (syscalls int, tainted uint64, swapped int) {
-	for _, m := range []*svm.Machine{s.fast, s.Machine} {
+	machines := []*svm.Machine{s.fast, s.Machine}
+	for _, l := range s.lanes {
+		machines = append(machines, l.fast)
+	}
+	for _, m := range machines {
 		if m != nil {
 			st := m.Stats()
 			syscalls += st.Syscalls
 			swapped += st.Swaps
 		}
 	}
+	syscalls += s.closedLanes.syscalls
+	swapped += s.closedLanes.swaps
 	if s.Taint != nil {
 		s.Taint.Drain()
 		tainted = s.Taint.Stats().Instructions

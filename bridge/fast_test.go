@@ -3,13 +3,16 @@ package bridge
 import (
 	"context"
 	"errors"
+	"fmt"
 	"reflect"
+	"sync"
 	"testing"
 	"time"
 
 	"hybridbridge/inspect"
 	"hybridbridge/memo"
 	"hybridbridge/svm"
+	"hybridbridge/target"
 	"hybridbridge/vmm"
 )
 
@@ -237,5 +240,61 @@ func forcedMiss(t *testing.T, s *Session, m *memo.Memo) {
 	} else {
 		e := st.Events[0]
 		t.Logf("forced miss (%s): %s %s %q (%s), fall-back latency %v", s.FastEngine(), e.Syscall, e.Symbol, e.Disassembly, e.Reason, e.Latency.Round(time.Microsecond))
+	}
+}
+
+// BenchmarkParallelSessions is the model of Fast-Bridge spread over machines: the ps view on
+// 1 and on 2 Fast-Bridge sessions at once (each its own machine, one memo), the guest paused
+// throughout. It reports the views per second together, and each view's time.
+func BenchmarkParallelSessions(b *testing.B) {
+	if setupErr != nil {
+		b.Fatalf("setup: %v", setupErr)
+	}
+	ctx := context.Background()
+	if err := PauseSettled(ctx, target.FromGuest(demo), snap, syms); err != nil {
+		b.Fatal(err)
+	}
+	defer demo.Resume(ctx)
+	m := memo.New(MemoKey(snap))
+	var sessions []*Session
+	for range 2 {
+		s, err := AttachMode(ctx, demo, snap, syms, ModeAuto, m)
+		if err != nil {
+			b.Fatal(err)
+		}
+		defer s.Close(ctx)
+		s.View = "ps"
+		for range 2 { // train, and translate this machine's code
+			if _, _, err := inspect.ListProcesses(s); err != nil {
+				b.Fatal(err)
+			}
+		}
+		sessions = append(sessions, s)
+	}
+	for _, p := range []int{1, 2} {
+		b.Run(fmt.Sprintf("machines=%d", p), func(b *testing.B) {
+			var wg sync.WaitGroup
+			errs := make([]error, p)
+			start := time.Now()
+			for w := range p {
+				wg.Add(1)
+				go func() {
+					defer wg.Done()
+					for i := w; i < b.N; i += p {
+						if _, _, err := inspect.ListProcesses(sessions[w]); err != nil {
+							errs[w] = err
+							return
+						}
+					}
+				}()
+			}
+			wg.Wait()
+			took := time.Since(start)
+			if err := errors.Join(errs...); err != nil {
+				b.Fatal(err)
+			}
+			b.ReportMetric(float64(b.N)/took.Seconds(), "views/s")
+			b.ReportMetric(float64(took.Milliseconds())*float64(p)/float64(b.N), "ms/view")
+		})
 	}
 }

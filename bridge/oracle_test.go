@@ -12,6 +12,7 @@ import (
 	"net/netip"
 	"path"
 	"reflect"
+	"runtime"
 	"slices"
 	"strconv"
 	"strings"
@@ -20,6 +21,7 @@ import (
 
 	"hybridbridge/guest"
 	"hybridbridge/inspect"
+	"hybridbridge/memo"
 )
 
 // oracleViews are the views the tools are compared with, all read from one pause of the guest.
@@ -172,6 +174,55 @@ func TestOracleToolsMatchViews(t *testing.T) {
 	v := pausedViews(t)
 	compareWithTools(t, v, to)
 	t.Logf("compared with the guest's tools in %v", time.Since(start).Round(time.Millisecond))
+}
+
+// TestOracleAtScale is TestOracleToolsMatchViews on the guest grown to about 1,000 processes,
+// where ps and netstat spread their processes over parallel Fast-Bridge machines (Session.Each).
+// The processes it starts are stopped afterwards.
+func TestOracleAtScale(t *testing.T) {
+	ctx := need(t)
+	const grow = `i=$(ls -d /proc/[0-9]* | wc -l); while [ $i -lt 1000 ]; do setsid sleep 36001 </dev/null >/dev/null 2>&1 & i=$((i+1)); done; sleep 0.5`
+	res, err := demo.Exec(ctx, grow)
+	if err != nil || res.Status != 0 {
+		t.Fatalf("grow the guest: %v %v %s", err, res, res.Stderr)
+	}
+	t.Cleanup(func() {
+		if res, err := demo.Exec(context.Background(), `pkill -f "sleep 36001"; sleep 0.3`); err != nil || res.Status != 0 {
+			t.Errorf("stop the sleepers: %v %+v", err, res)
+		}
+	})
+	queueSockets(t)
+	to := runTools(t)
+	mem, before := pauseAndHash(t, ctx)
+	s, err := AttachMode(ctx, demo, snap, syms, ModeAuto, memo.New(MemoKey(snap)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	// From an empty memo, the parallel machines' misses are re-run on the session (falling back
+	// to Slow-Bridge); then the memo is trained and the same views run without.
+	var runs []*oracleViews
+	for run := range 2 {
+		start := time.Now()
+		v, err := readOracleViews(s)
+		if err != nil {
+			closeUnchanged(t, ctx, s, mem, before, err)
+			return
+		}
+		st := s.Stats()
+		t.Logf("auto run %d: %d processes in %v on %d machines, %d fall-backs", run+1, len(v.Procs),
+			time.Since(start).Round(time.Millisecond), 1+len(s.lanes), st.FallBacks)
+		runs = append(runs, v)
+	}
+	if runtime.GOMAXPROCS(0) > 1 && len(s.lanes) == 0 {
+		t.Error("no parallel Fast-Bridge machine was used with more than one CPU")
+	}
+	closeUnchanged(t, ctx, s, mem, before, nil)
+	for i, v := range runs {
+		if len(v.Procs) < 950 {
+			t.Fatalf("run %d lists %d processes; the guest was grown to 1000", i+1, len(v.Procs))
+		}
+		compareWithTools(t, v, to)
+	}
 }
 
 // compareWithTools compares each view with what the guest's tool printed, field by field, and

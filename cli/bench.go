@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"math/rand/v2"
+	"strconv"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -33,6 +34,7 @@ type benchRun struct {
 	Hits      uint64        `json:"hits"`
 	Misses    uint64        `json:"misses"`
 	Syscalls  int           `json:"syscalls"`
+	Ops       int           `json:"operations"`            // file operations, both engines
 	Exits     int           `json:"kvm_exits,omitempty"`   // on KVM: exits to user space
 	Trapped   int           `json:"kvm_trapped,omitempty"` // of which accesses to the decided ranges
 	// InsnHits and InsnMisses count distinct kernel instructions: those whose memo entry replayed a
@@ -135,12 +137,36 @@ type benchReport struct {
 	KVM       vmm.KVMProbe    `json:"kvm_probe"`
 	Views     []benchView     `json:"views"`
 	Snapshots []benchSnapshot `json:"snapshots"`
+	Scale     []benchScale    `json:"scale,omitempty"`
+}
+
+// benchScale is one row of the scale table: a view, warm, on the guest grown to Processes,
+// beside the guest's own tool doing the same work inside it (run by the same kind of
+// emulator: the same kernel code runs in both).
+type benchScale struct {
+	Processes int      `json:"processes"`
+	View      string   `json:"view"`
+	Warm      benchRun `json:"warm"` // the fastest of three auto runs with a trained memo
+	Tool      string   `json:"tool"` // the in-guest command timed
+	ToolMS    float64  `json:"tool_ms"`
+	// EngineRatio and WholeRatio are the warm engine and whole times over the tool's.
+	EngineRatio float64 `json:"engine_over_tool"`
+	WholeRatio  float64 `json:"whole_over_tool"`
+}
+
+// scaleTools are the in-guest commands the scale table times against ps and netstat. The demo
+// guest's busybox netstat has no -p: what -p adds is reading every process's descriptors, which
+// the listing of /proc/*/fd does.
+var scaleTools = map[string]string{
+	"ps":      "busybox ps",
+	"netstat": "busybox netstat -tuan; busybox ls -l /proc/[0-9]*/fd",
 }
 
 func (e *env) benchCommand() *cobra.Command {
 	var name string
 	var asJSON bool
 	var snapshots, procs int
+	var scale []int
 	c := &cobra.Command{
 		Use:   "bench",
 		Short: "Measure Slow-Bridge, Fast-Bridge and fall-back on ps, lsmod and netstat",
@@ -150,11 +176,13 @@ netstat: Slow-Bridge time, cold auto time (empty memo: Fast-Bridge falling back 
 warm Fast-Bridge time with the trained memo, their ratio, the hit rate and the fall-back latency,
 each as engine time and as whole time (attach, run, detach). Then a series of snapshots starting
 from an empty memo, the workload changing between them, shows how training converges (like
-HYBRID-BRIDGE's Fig. 5). The memo used here is private to the benchmark; the saved one is untouched.
+HYBRID-BRIDGE's Fig. 5). Last, the scale table: the guest grown to each count of --scale in turn,
+warm ps and netstat beside the guest's own busybox doing the same work, timed inside the guest,
+and their ratio. The memo used here is private to the benchmark; the saved one is untouched.
 
 An attached VM (guest attach) is measured as it is: hybridbridge has no command channel into it to
 grow or change its workload, so --processes does not apply and the snapshots of the series see
-only what the VM changed by itself (a dump: nothing).`,
+only what the VM changed by itself (a dump: nothing), and there is no scale table.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			ctx := cmd.Context()
@@ -163,7 +191,7 @@ only what the VM changed by itself (a dump: nothing).`,
 				return err
 			}
 			defer stop()
-			rep, err := e.bench(ctx, name, t, kernel, procs, snapshots)
+			rep, err := e.bench(ctx, name, t, kernel, procs, snapshots, scale)
 			if err != nil {
 				return err
 			}
@@ -177,6 +205,7 @@ only what the VM changed by itself (a dump: nothing).`,
 	c.Flags().BoolVar(&asJSON, "json", false, "print the numbers as JSON")
 	c.Flags().IntVar(&snapshots, "snapshots", 5, "snapshots in the training series")
 	c.Flags().IntVar(&procs, "processes", 100, "grow the guest to this many processes first")
+	c.Flags().IntSliceVar(&scale, "scale", []int{100, 1000}, "for the scale table, grow the guest to each of these process counts in turn (empty: no table)")
 	return c
 }
 
@@ -199,7 +228,7 @@ func (e *env) benchGuest(ctx context.Context, name string) (target.Target, strin
 	return t, g.Meta.Kernel, func() { t.Close(); stopOwned(ctx, g) }, nil
 }
 
-func (e *env) bench(ctx context.Context, name string, t target.Target, kernel string, procs, snapshots int) (*benchReport, error) {
+func (e *env) bench(ctx context.Context, name string, t target.Target, kernel string, procs, snapshots int, scale []int) (*benchReport, error) {
 	snap, syms, err := e.kernelFor(ctx, kernel, t)
 	if err != nil {
 		return nil, err
@@ -240,7 +269,65 @@ func (e *env) bench(ctx context.Context, name string, t target.Target, kernel st
 	if rep.Snapshots, err = b.training(snapshots, e.stderr); err != nil {
 		return nil, err
 	}
+	if g == nil && len(scale) > 0 {
+		fmt.Fprintf(e.stderr, "no scale table for %s: hybridbridge cannot grow an attached VM's workload or run its tools\n", name)
+	} else if rep.Scale, err = b.scale(scale, e.stderr); err != nil {
+		return nil, err
+	}
 	return rep, nil
+}
+
+// scale grows the guest to each count in turn and times ps and netstat warm beside the guest's
+// own tools.
+func (b *benchRunner) scale(counts []int, progress io.Writer) ([]benchScale, error) {
+	var rows []benchScale
+	for _, n := range counts {
+		got, err := growWorkload(b.ctx, b.g, n)
+		if err != nil {
+			return nil, err
+		}
+		m := memo.New(bridge.MemoKey(b.snap))
+		for i, v := range benchViews {
+			tool, ok := scaleTools[v.Name]
+			if !ok {
+				continue
+			}
+			fmt.Fprintf(progress, "scale: %s at %d processes...\n", v.Name, got)
+			toolMS, err := timeInGuest(b.ctx, b.g, tool)
+			if err != nil {
+				return nil, err
+			}
+			row := benchScale{Processes: got, View: v.Name, Tool: tool, ToolMS: toolMS}
+			for k := range 4 { // the first trains the memo
+				r, _, err := b.run(i, bridge.ModeAuto, m)
+				if err != nil {
+					return nil, fmt.Errorf("scale %s at %d processes: %w", v.Name, got, err)
+				}
+				if k > 0 && (row.Warm.Engine == 0 || r.Engine < row.Warm.Engine) {
+					row.Warm = r
+				}
+			}
+			row.EngineRatio = float64(row.Warm.Engine.Microseconds()) / 1e3 / toolMS
+			row.WholeRatio = float64(row.Warm.Whole.Microseconds()) / 1e3 / toolMS
+			rows = append(rows, row)
+		}
+	}
+	return rows, nil
+}
+
+// timeInGuest is the mean wall time of cmd run five times inside the guest, its output
+// discarded, timed by the guest's own clock (busybox time, 10 ms resolution over the five).
+func timeInGuest(ctx context.Context, g *guest.Guest, cmd string) (float64, error) {
+	res, err := g.Exec(ctx, fmt.Sprintf(`busybox time -f %%e sh -c 'for i in 1 2 3 4 5; do %s; done >/dev/null 2>&1' 2>&1 >/dev/null`, cmd))
+	if err != nil {
+		return 0, err
+	}
+	out := strings.TrimSpace(string(res.Stdout))
+	secs, perr := strconv.ParseFloat(out[strings.LastIndexByte(out, '\n')+1:], 64)
+	if res.Status != 0 || perr != nil {
+		return 0, fmt.Errorf("time %q in the guest: exit status %d: %s%s", cmd, res.Status, res.Stdout, res.Stderr)
+	}
+	return secs * 1e3 / 5, nil
 }
 
 // benchRunner runs the benchmark's views on one guest, each in a session of its own.
@@ -273,6 +360,7 @@ func (b *benchRunner) runOn(i int, mode bridge.Mode, m *memo.Memo, kvm bool) (be
 	sc, _, _ := s.Work()
 	cerr := s.Close(context.WithoutCancel(b.ctx))
 	r := benchRun{Engine: st.FastTime + st.SlowTime, Whole: time.Since(start), FallBacks: st.FallBacks, Hits: st.Hits, Misses: st.Misses, Syscalls: sc,
+		Ops:   st.FastOps + st.SlowOps,
 		Exits: st.KVMExits, Trapped: st.KVMTrapped}
 	r.InsnHits, r.InsnMisses = insnCounts(before, m.Entries(), st.Events)
 	return r, st, errors.Join(rerr, cerr)
@@ -474,6 +562,16 @@ func printBench(w interface{ Write([]byte) (int, error) }, rep *benchReport) err
 	fmt.Fprintln(tw, "snapshot\tprocesses\tfall-backs\tmisses\thit rate\tmemo\tengine\twhole\tchange")
 	for _, s := range rep.Snapshots {
 		fmt.Fprintf(tw, "%d\t%d\t%d\t%d\t%s\t%d\t%.0f ms\t%.0f ms\t%s\n", s.N, s.Processes, s.FallBacks, s.Misses, percent(s.HitRate), s.Memo, s.EngineMS, s.WholeMS, s.Change)
+	}
+	if err := tw.Flush(); err != nil || len(rep.Scale) == 0 {
+		return err
+	}
+	fmt.Fprintln(w, "\nscale: warm views (fastest of three) beside the guest's own tool, timed inside the guest (mean of five):")
+	tw = tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "processes\tview\tengine\twhole\toperations\tsystem calls\tin-guest tool\tengine/tool\twhole/tool\ttool")
+	for _, r := range rep.Scale {
+		fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%d\t%d\t%.0f ms\t%.1fx\t%.1fx\t%s\n", r.Processes, r.View, ms(r.Warm.Engine), ms(r.Warm.Whole),
+			r.Warm.Ops, r.Warm.Syscalls, r.ToolMS, r.EngineRatio, r.WholeRatio, r.Tool)
 	}
 	return tw.Flush()
 }

@@ -178,36 +178,66 @@ func SocketHolders(f Files, l Links) (map[uint64][]int, Vanished, error) {
 	if err != nil {
 		return nil, gone, fmt.Errorf("list /proc: %w", err)
 	}
-	out := map[uint64][]int{}
+	var pids []int
 	for _, n := range names {
-		pid, err := strconv.Atoi(n)
-		if err != nil || pid <= 0 {
-			continue // not a process: /proc/net, /proc/self, ...
+		if pid, err := strconv.Atoi(n); err == nil && pid > 0 {
+			pids = append(pids, pid) // not /proc/net, /proc/self, ...
 		}
-		dir := "/proc/" + n + "/fd"
-		fds, targets, errs, err := readLinkDir(f, l, dir)
+	}
+	type held struct {
+		inodes    []uint64
+		vanished  bool
+		closedFDs int
+	}
+	res := make([]held, len(pids))
+	err = each(f, len(pids), func(i int, g Files) error {
+		gl := l
+		if own, ok := g.(Links); ok {
+			gl = own // the links of g's machine
+		}
+		dir := "/proc/" + strconv.Itoa(pids[i]) + "/fd"
+		fds, targets, errs, err := readLinkDir(g, gl, dir)
 		if IsVanished(err) {
-			gone.Processes++
-			continue
+			res[i] = held{vanished: true}
+			return nil
 		}
 		if err != nil {
-			return nil, gone, err // it names what it stopped in
+			return err // it names what it stopped in
 		}
-		for i, fd := range fds {
-			target, err := targets[i], errs[i]
+		var h held
+		for k, fd := range fds {
+			target, err := targets[k], errs[k]
 			if IsVanished(err) {
-				gone.Descriptors++
+				h.closedFDs++
 				continue
 			}
 			if err != nil {
-				return nil, gone, fmt.Errorf("read link %s/%s: %w", dir, fd, err)
+				return fmt.Errorf("read link %s/%s: %w", dir, fd, err)
 			}
 			ino, ok, err := socketInode(target)
 			if err != nil {
-				return nil, gone, fmt.Errorf("link %s/%s: %w", dir, fd, err)
+				return fmt.Errorf("link %s/%s: %w", dir, fd, err)
 			}
-			if ok && !slices.Contains(out[ino], pid) {
-				out[ino] = append(out[ino], pid)
+			if ok {
+				h.inodes = append(h.inodes, ino)
+			}
+		}
+		res[i] = h
+		return nil
+	})
+	if err != nil {
+		return nil, gone, err
+	}
+	out := map[uint64][]int{}
+	for i, h := range res {
+		if h.vanished {
+			gone.Processes++
+			continue
+		}
+		gone.Descriptors += h.closedFDs
+		for _, ino := range h.inodes {
+			if !slices.Contains(out[ino], pids[i]) {
+				out[ino] = append(out[ino], pids[i])
 			}
 		}
 	}

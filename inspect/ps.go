@@ -86,19 +86,49 @@ func ListProcesses(f Files) ([]Process, Vanished, error) {
 		}
 	}
 	sort.Ints(pids)
-	out := make([]Process, 0, len(pids))
-	for _, pid := range pids {
-		p, err := readProcess(f, pid)
+	procs := make([]Process, len(pids))
+	read := make([]bool, len(pids))
+	err = each(f, len(pids), func(i int, f Files) error {
+		p, err := readProcess(f, pids[i])
 		if IsVanished(err) {
+			return nil
+		}
+		procs[i], read[i] = p, err == nil
+		return err
+	})
+	if err != nil {
+		return nil, gone, err
+	}
+	out := make([]Process, 0, len(pids))
+	for i, ok := range read {
+		if !ok {
 			gone.Processes++
 			continue
 		}
-		if err != nil {
-			return nil, gone, err
-		}
-		out = append(out, p)
+		out = append(out, procs[i])
 	}
 	return out, gone, nil
+}
+
+// Parallel is a Files that reads for several items at once, each on a machine of its own (the
+// SVM runs one per CPU). Each calls fn(i, g) once for every i < n, in any order and at once; fn
+// must read through g only. Its error is fn's for the lowest i that failed, as a loop stopping at
+// the first failure would return.
+type Parallel interface {
+	Each(n int, fn func(i int, g Files) error) error
+}
+
+// each is Parallel's Each where f can, otherwise a loop in order.
+func each(f Files, n int, fn func(i int, g Files) error) error {
+	if p, ok := f.(Parallel); ok {
+		return p.Each(n, fn)
+	}
+	for i := range n {
+		if err := fn(i, f); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // readProcess reads one process. Its three files are read before any is parsed, so that a

@@ -1,6 +1,7 @@
 package svm
 
 import (
+	"hybridbridge/emu"
 	"testing"
 	"time"
 )
@@ -96,5 +97,44 @@ func BenchmarkSyscall(b *testing.B) {
 			warm := b.Elapsed().Seconds() / float64(b.N)
 			b.ReportMetric(float64(insns)/warm/1e6, "M-insns/s")
 		})
+	}
+}
+
+// BenchmarkHookedSyscall is BenchmarkSyscall's warm runs with a memory hook on one page nothing
+// touches: what Unicorn's slow path (taken by every access once any memory hook exists) costs
+// real kernel code.
+func BenchmarkHookedSyscall(b *testing.B) {
+	for _, c := range syscallCases {
+		for _, hooked := range []bool{false, true} {
+			name := c.name + "/plain"
+			if hooked {
+				name = c.name + "/hooked"
+			}
+			b.Run(name, func(b *testing.B) {
+				m := open(b, Options{})
+				if hooked {
+					f, err := m.Engine().NewMemFilter(16, func(emu.MemAccess, uint64, int, int64) {})
+					if err == nil {
+						err = f.Hook(emu.HookMemRead|emu.HookMemWrite, 0xfff000, 0xffffff)
+					}
+					if err != nil {
+						b.Fatal(err)
+					}
+				}
+				fd, err := m.Open("/proc/1/stat", oRDONLY)
+				if err != nil {
+					b.Fatal(err)
+				}
+				if err := c.run(m, fd); err != nil {
+					b.Fatal(err)
+				}
+				b.ResetTimer()
+				for i := 0; i < b.N; i++ {
+					if err := c.run(m, fd); err != nil {
+						b.Fatal(err)
+					}
+				}
+			})
+		}
 	}
 }
