@@ -26,19 +26,20 @@ const maxLanes = 8
 // engine), so the session re-runs the item once the lanes are done.
 var errLaneMiss = errors.New("memo miss on a parallel machine")
 
-// Each implements inspect.Parallel: it spreads fn over the session's Fast-Bridge machine and
-// extra ones, one per CPU Go may use (each item's operations start from a reset machine, so
-// they are independent). Items a lane could not decide are run again on the session itself,
-// in order, after the others: there a miss falls back to Slow-Bridge as in any operation.
-// Fast-Bridge's time counts the section's wall time, not the sum over machines.
-func (s *Session) Each(n int, fn func(i int, f inspect.Files) error) error {
+// Each implements inspect.Parallel: it spreads fn over the session's Fast-Bridge machine, read
+// through self (the Files the view was given: the session or a wrapper of it), and extra ones,
+// one per CPU Go may use (each item's operations start from a reset machine, so they are
+// independent). Items a lane could not decide are run again through self, in order, after the
+// others: there a miss falls back to Slow-Bridge as in any operation. Fast-Bridge's time counts
+// the section's wall time, not the sum over machines.
+func (s *Session) Each(n int, self inspect.Files, fn func(i int, f inspect.Files) error) error {
 	lanes, err := s.lanesFor(n)
 	if err != nil {
 		return err
 	}
 	if len(lanes) == 0 {
 		for i := range n {
-			if err := fn(i, s); err != nil {
+			if err := fn(i, self); err != nil {
 				return err
 			}
 		}
@@ -47,7 +48,7 @@ func (s *Session) Each(n int, fn func(i int, f inspect.Files) error) error {
 	start, fast0, slow0 := time.Now(), s.stats.FastTime, s.stats.SlowTime
 	errs := make([]error, n)
 	var next atomic.Int64
-	work := func(f *Session) {
+	work := func(f inspect.Files) {
 		for {
 			i := int(next.Add(1) - 1)
 			if i >= n {
@@ -63,7 +64,7 @@ func (s *Session) Each(n int, fn func(i int, f inspect.Files) error) error {
 		l.View = s.View
 		wg.Go(func() { work(l) })
 	}
-	work(s)
+	work(self)
 	wg.Wait()
 	s.stats.FastTime = fast0 + time.Since(start) - (s.stats.SlowTime - slow0)
 	for _, l := range lanes {
@@ -71,7 +72,7 @@ func (s *Session) Each(n int, fn func(i int, f inspect.Files) error) error {
 	}
 	for i, err := range errs {
 		if errors.Is(err, errLaneMiss) {
-			err = fn(i, s)
+			err = fn(i, self)
 		}
 		if err != nil {
 			return err
@@ -120,6 +121,15 @@ func (s *Session) absorb(l *Session) {
 	s.Counts.Both += l.Counts.Both
 	s.Counts.Unknown += l.Counts.Unknown
 	l.stats, l.Counts = EngineStats{}, decision.Counts{}
+}
+
+// FastMachines is how many Fast-Bridge machines the session has opened so far: its own and the
+// parallel ones (none in slow mode).
+func (s *Session) FastMachines() int {
+	if s.fast == nil {
+		return 0
+	}
+	return 1 + len(s.lanes)
 }
 
 // closeLanes closes the extra machines (Detach); the RAM they overlay is the session's.

@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"io"
 	"math/rand/v2"
+	"os"
+	"runtime"
 	"strconv"
 	"strings"
 	"text/tabwriter"
@@ -138,6 +140,22 @@ type benchReport struct {
 	Views     []benchView     `json:"views"`
 	Snapshots []benchSnapshot `json:"snapshots"`
 	Scale     []benchScale    `json:"scale,omitempty"`
+	Memory    *benchMemory    `json:"memory,omitempty"`
+}
+
+// benchMemory is the benchmark process's memory over console-like refreshes: each attaches,
+// reads ps, lsmod and netstat with one memo, and detaches.
+type benchMemory struct {
+	Processes int         `json:"processes"`
+	Machines  int         `json:"fast_machines"` // Fast-Bridge machines per refresh
+	Samples   []memSample `json:"samples"`
+}
+
+type memSample struct {
+	Refresh int     `json:"refresh"`
+	RSSKiB  int     `json:"rss_kib"`
+	HeapKiB uint64  `json:"go_heap_kib"` // in use by Go after a collection
+	MS      float64 `json:"refresh_ms"`  // that refresh's whole time
 }
 
 // benchScale is one row of the scale table: a view, warm, on the guest grown to Processes,
@@ -167,6 +185,7 @@ func (e *env) benchCommand() *cobra.Command {
 	var asJSON bool
 	var snapshots, procs int
 	var scale []int
+	var refreshes int
 	c := &cobra.Command{
 		Use:   "bench",
 		Short: "Measure Slow-Bridge, Fast-Bridge and fall-back on ps, lsmod and netstat",
@@ -176,7 +195,8 @@ netstat: Slow-Bridge time, cold auto time (empty memo: Fast-Bridge falling back 
 warm Fast-Bridge time with the trained memo, their ratio, the hit rate and the fall-back latency,
 each as engine time and as whole time (attach, run, detach). Then a series of snapshots starting
 from an empty memo, the workload changing between them, shows how training converges (like
-HYBRID-BRIDGE's Fig. 5). Last, the scale table: the guest grown to each count of --scale in turn,
+HYBRID-BRIDGE's Fig. 5). With --refreshes N, N console-like refreshes follow (attach, ps, lsmod,
+netstat, detach), with the process's resident memory sampled over them. Last, the scale table: the guest grown to each count of --scale in turn,
 warm ps and netstat beside the guest's own busybox doing the same work, timed inside the guest,
 and their ratio. The memo used here is private to the benchmark; the saved one is untouched.
 
@@ -191,7 +211,7 @@ only what the VM changed by itself (a dump: nothing), and there is no scale tabl
 				return err
 			}
 			defer stop()
-			rep, err := e.bench(ctx, name, t, kernel, procs, snapshots, scale)
+			rep, err := e.bench(ctx, name, t, kernel, procs, snapshots, scale, refreshes)
 			if err != nil {
 				return err
 			}
@@ -205,6 +225,7 @@ only what the VM changed by itself (a dump: nothing), and there is no scale tabl
 	c.Flags().BoolVar(&asJSON, "json", false, "print the numbers as JSON")
 	c.Flags().IntVar(&snapshots, "snapshots", 5, "snapshots in the training series")
 	c.Flags().IntVar(&procs, "processes", 100, "grow the guest to this many processes first")
+	c.Flags().IntVar(&refreshes, "refreshes", 0, "after the training series, run this many console-like refreshes (ps, lsmod, netstat) and report the process's memory over them")
 	c.Flags().IntSliceVar(&scale, "scale", []int{100, 1000}, "for the scale table, grow the guest to each of these process counts in turn (empty: no table)")
 	return c
 }
@@ -228,7 +249,7 @@ func (e *env) benchGuest(ctx context.Context, name string) (target.Target, strin
 	return t, g.Meta.Kernel, func() { t.Close(); stopOwned(ctx, g) }, nil
 }
 
-func (e *env) bench(ctx context.Context, name string, t target.Target, kernel string, procs, snapshots int, scale []int) (*benchReport, error) {
+func (e *env) bench(ctx context.Context, name string, t target.Target, kernel string, procs, snapshots int, scale []int, refreshes int) (*benchReport, error) {
 	snap, syms, err := e.kernelFor(ctx, kernel, t)
 	if err != nil {
 		return nil, err
@@ -269,12 +290,70 @@ func (e *env) bench(ctx context.Context, name string, t target.Target, kernel st
 	if rep.Snapshots, err = b.training(snapshots, e.stderr); err != nil {
 		return nil, err
 	}
+	if refreshes > 0 {
+		if rep.Memory, err = b.memory(refreshes, e.stderr); err != nil {
+			return nil, err
+		}
+	}
 	if g == nil && len(scale) > 0 {
 		fmt.Fprintf(e.stderr, "no scale table for %s: hybridbridge cannot grow an attached VM's workload or run its tools\n", name)
 	} else if rep.Scale, err = b.scale(scale, e.stderr); err != nil {
 		return nil, err
 	}
 	return rep, nil
+}
+
+// memory runs n refreshes as the console does (a session each, the views in turn, one memo)
+// and samples the process's resident memory at about twenty of them.
+func (b *benchRunner) memory(n int, progress io.Writer) (*benchMemory, error) {
+	m := memo.New(bridge.MemoKey(b.snap))
+	out := &benchMemory{Processes: b.procs}
+	every := max(n/20, 1)
+	for k := 1; k <= n; k++ {
+		start := time.Now()
+		s, err := bridge.AttachTarget(b.ctx, b.t, b.snap, b.syms, bridge.Options{Mode: bridge.ModeAuto, Memo: m, KVM: b.kvm})
+		if err != nil {
+			return nil, fmt.Errorf("refresh %d: %w", k, err)
+		}
+		for _, v := range benchViews {
+			s.View = v.Name
+			if _, _, err = v.Read(s, 0); err != nil {
+				break
+			}
+		}
+		out.Machines = s.FastMachines()
+		err = errors.Join(err, s.Close(context.WithoutCancel(b.ctx)))
+		if err != nil {
+			return nil, fmt.Errorf("refresh %d: %w", k, err)
+		}
+		if k == 1 || k%every == 0 || k == n {
+			took := time.Since(start)
+			runtime.GC()
+			var ms runtime.MemStats
+			runtime.ReadMemStats(&ms)
+			rss, err := residentKiB()
+			if err != nil {
+				return nil, err
+			}
+			out.Samples = append(out.Samples, memSample{Refresh: k, RSSKiB: rss, HeapKiB: ms.HeapInuse >> 10, MS: float64(took.Microseconds()) / 1e3})
+			fmt.Fprintf(progress, "refresh %d of %d: RSS %d MiB\n", k, n, rss>>10)
+		}
+	}
+	return out, nil
+}
+
+// residentKiB is this process's resident memory (VmRSS).
+func residentKiB() (int, error) {
+	data, err := os.ReadFile("/proc/self/status")
+	if err != nil {
+		return 0, err
+	}
+	for _, line := range strings.Split(string(data), "\n") {
+		if v, ok := strings.CutPrefix(line, "VmRSS:"); ok {
+			return strconv.Atoi(strings.TrimSuffix(strings.TrimSpace(v), " kB"))
+		}
+	}
+	return 0, errors.New("no VmRSS line in /proc/self/status")
 }
 
 // scale grows the guest to each count in turn and times ps and netstat warm beside the guest's
@@ -563,8 +642,23 @@ func printBench(w interface{ Write([]byte) (int, error) }, rep *benchReport) err
 	for _, s := range rep.Snapshots {
 		fmt.Fprintf(tw, "%d\t%d\t%d\t%d\t%s\t%d\t%.0f ms\t%.0f ms\t%s\n", s.N, s.Processes, s.FallBacks, s.Misses, percent(s.HitRate), s.Memo, s.EngineMS, s.WholeMS, s.Change)
 	}
-	if err := tw.Flush(); err != nil || len(rep.Scale) == 0 {
+	if err := tw.Flush(); err != nil {
 		return err
+	}
+	if mem := rep.Memory; mem != nil {
+		fmt.Fprintf(w, "\nmemory over %d console-like refreshes (ps, lsmod, netstat; %d processes, %d Fast-Bridge machine(s) each):\n",
+			mem.Samples[len(mem.Samples)-1].Refresh, mem.Processes, mem.Machines)
+		tw = tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+		fmt.Fprintln(tw, "refresh\tRSS\tGo heap\trefresh time")
+		for _, m := range mem.Samples {
+			fmt.Fprintf(tw, "%d\t%.1f MiB\t%.1f MiB\t%.0f ms\n", m.Refresh, float64(m.RSSKiB)/1024, float64(m.HeapKiB)/1024, m.MS)
+		}
+		if err := tw.Flush(); err != nil {
+			return err
+		}
+	}
+	if len(rep.Scale) == 0 {
+		return nil
 	}
 	fmt.Fprintln(w, "\nscale: warm views (fastest of three) beside the guest's own tool, timed inside the guest (mean of five):")
 	tw = tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)

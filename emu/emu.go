@@ -22,6 +22,10 @@
 //     Reset the field through Context.Bytes/SetBytes between faults; in
 //     2.1.1 it is the int32 at blob offset 0x156c (see
 //     TestOldExceptionResetViaContextBytes, which finds it by diffing).
+//   - SYSRET and IRET change privilege natively, but nothing enters CPL 0:
+//     SYSCALL only calls HookSyscall, exceptions stop at HookInterrupt, and
+//     writing CS or SS in 64-bit mode changes just the selector. SetPrivilege
+//     loads the kernel's CS/SS caches and CPL; CPL reads it.
 //   - Hooks are compiled into translated code: a hook added while Start runs
 //     (from inside another hook) does not fire until the next Start. Hooks
 //     added between Starts did fire in this package's tests; still, install
@@ -135,7 +139,8 @@ type Engine struct {
 	// hook is installed (see Start).
 	countHook bool
 
-	// excCtx is reused by ClearException to avoid an allocation per fault.
+	// excCtx is reused by ClearException, SetPrivilege and CPL to avoid an
+	// allocation per fault or system call (see saveState).
 	excCtx *Context
 	// budgets are C allocations of NewBudget, freed by Close after the engine.
 	budgets []unsafe.Pointer
@@ -297,6 +302,15 @@ func (e *Engine) Stop() error {
 	}
 	e.stopRequested.Store(true)
 	return check("emu_stop", C.uc_emu_stop(e.uc))
+}
+
+// FlushCode drops all translated code: Start's until address is compiled into code translated
+// for it, so code translated for a run with another end does not stop there.
+func (e *Engine) FlushCode() error {
+	if err := e.live(); err != nil {
+		return err
+	}
+	return check("flush_tb", C.hb_flush_tb(e.uc))
 }
 
 // StopReason reports why the last Start returned.

@@ -25,21 +25,46 @@ var (
 // ClearException resets QEMU's pending-exception memory so the next fault is delivered as itself.
 // Call it after handling each exception. It costs a context save and restore (~0.2 µs).
 func (e *Engine) ClearException() error {
-	oldExcOnce.Do(func() { oldExcOffset, oldExcErr = calibrateOldException() })
-	if oldExcErr != nil {
-		return oldExcErr
+	off, err := oldExceptionOffset()
+	if err != nil {
+		return err
 	}
+	return e.editContext(func(b []byte) error {
+		binary.LittleEndian.PutUint32(b[off:], 0xffffffff)
+		return nil
+	})
+}
+
+func oldExceptionOffset() (int, error) {
+	oldExcOnce.Do(func() { oldExcOffset, oldExcErr = calibrateOldException() })
+	return oldExcOffset, oldExcErr
+}
+
+// saveState saves the CPU state into e.excCtx, kept per engine so that an edit per fault or per
+// system call does not allocate C memory, and returns a copy of the blob.
+func (e *Engine) saveState() ([]byte, error) {
 	if e.excCtx == nil {
 		c, err := e.ContextSave()
 		if err != nil {
-			return err
+			return nil, err
 		}
 		e.excCtx = c
 	} else if err := e.ContextSaveTo(e.excCtx); err != nil {
+		return nil, err
+	}
+	return e.excCtx.Bytes(), nil
+}
+
+// editContext changes CPU state Unicorn has no register for: save, edit the blob, restore. The
+// state is left untouched if edit fails.
+func (e *Engine) editContext(edit func(b []byte) error) error {
+	b, err := e.saveState()
+	if err != nil {
 		return err
 	}
-	b := e.excCtx.Bytes()
-	binary.LittleEndian.PutUint32(b[oldExcOffset:], 0xffffffff)
+	if err := edit(b); err != nil {
+		return err
+	}
 	if err := e.excCtx.SetBytes(b); err != nil {
 		return err
 	}

@@ -272,7 +272,9 @@ func (e *Engine) HookOut(fn OutFunc) (Hook, error) {
 }
 
 // HookSyscall is called for SYSCALL instructions instead of the
-// architectural transfer through MSR_LSTAR.
+// architectural transfer through MSR_LSTAR. In fn RIP is the SYSCALL's
+// address, and Unicorn adds its length (2) after fn returns: to enter a
+// kernel, set RIP to LSTAR-2 (and CS, SS, CPL with SetPrivilege).
 func (e *Engine) HookSyscall(fn InsnFunc) (Hook, error) {
 	return e.addHook(&hookEntry{insn: fn}, C.UC_HOOK_INSN, C.HB_CB_SYSCALL, allAddressBegin, allAddressEnd, C.UC_X86_INS_SYSCALL)
 }

@@ -157,6 +157,11 @@ uc_err hb_flush_tlb(uc_engine *uc)
 	return uc_ctl_flush_tlb(uc);
 }
 
+uc_err hb_flush_tb(uc_engine *uc)
+{
+	return uc_ctl_flush_tb(uc);
+}
+
 uc_err hb_set_cpu_model(uc_engine *uc, int model)
 {
 	return uc_ctl_set_cpu_model(uc, model);

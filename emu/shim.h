@@ -114,6 +114,7 @@ uc_err hb_trace_add(uc_engine *uc, uc_hook *hh, int type, hb_trace *t,
                     uint64_t begin, uint64_t end);
 uc_err hb_set_cpu_model(uc_engine *uc, int model);
 uc_err hb_flush_tlb(uc_engine *uc);
+uc_err hb_flush_tb(uc_engine *uc);
 uc_err hb_reg_read_batch(uc_engine *uc, int *regs, uint64_t *vals, int n);
 uc_err hb_reg_write_batch(uc_engine *uc, int *regs, uint64_t *vals, int n);
 

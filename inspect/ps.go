@@ -112,16 +112,17 @@ func ListProcesses(f Files) ([]Process, Vanished, error) {
 
 // Parallel is a Files that reads for several items at once, each on a machine of its own (the
 // SVM runs one per CPU). Each calls fn(i, g) once for every i < n, in any order and at once; fn
-// must read through g only. Its error is fn's for the lowest i that failed, as a loop stopping at
-// the first failure would return.
+// must read through g only. g is f, the Files the view was given (which may wrap the Parallel),
+// or another machine's. Its error is fn's for the lowest i that failed, as a loop stopping at the
+// first failure would return.
 type Parallel interface {
-	Each(n int, fn func(i int, g Files) error) error
+	Each(n int, f Files, fn func(i int, g Files) error) error
 }
 
 // each is Parallel's Each where f can, otherwise a loop in order.
 func each(f Files, n int, fn func(i int, g Files) error) error {
 	if p, ok := f.(Parallel); ok {
-		return p.Each(n, fn)
+		return p.Each(n, f, fn)
 	}
 	for i := range n {
 		if err := fn(i, f); err != nil {

@@ -41,5 +41,5 @@ go test -count=1 -run '^$' -bench . -benchtime 5x ./guest
 go test -count=1 -run '^$' -bench . -benchtime 200x ./svm
 go test -count=1 -run '^$' -bench . -benchtime 3x ./bridge
 go test -count=1 -run '^$' -bench . -benchtime 1s ./vmm ./emu ./taint
-echo "==> hybridbridge bench (Slow-Bridge, Fast-Bridge and fall-back on a ~100-process guest)"
-"$root/bin/hybridbridge" bench
+echo "==> hybridbridge bench (Slow-Bridge, Fast-Bridge and fall-back on a ~100-process guest; memory over refreshes; scale to 1,000 processes)"
+"$root/bin/hybridbridge" bench --refreshes 100

@@ -21,6 +21,8 @@ type UnicornOptions struct {
 	// Swaps installs the hooks that undo SwapInGuest over the kernel image's data, for a taint
 	// engine that redirects accesses there.
 	Swaps bool
+	// UserMode installs the SYSCALL hook RunProgram needs (a program's system calls).
+	UserMode bool
 }
 
 // unicornExec is a Machine's Unicorn engine, mapped onto the machine's RAM, with the hooks
@@ -40,6 +42,7 @@ type unicornExec struct {
 	lastException string
 	trace         *emu.TraceBuffer // with CountInstructions: every executed instruction, counted
 	budget        *emu.Budget
+	user          *userState // the program RunProgram runs, if any
 }
 
 // openUnicornExec makes the machine's executor a new Unicorn engine.
@@ -136,6 +139,11 @@ func (u *unicornExec) setup() error {
 	}
 	if err := u.hookTSC(); err != nil {
 		return err
+	}
+	if u.opts.UserMode {
+		if _, err := e.HookSyscall(u.onUserSyscall); err != nil {
+			return err
+		}
 	}
 	if u.opts.Swaps {
 		if err := m.hookSwaps(e); err != nil {
@@ -246,6 +254,14 @@ func (u *unicornExec) loadCPU() error {
 	}
 	// A CR3 write keeps global TLB entries, and every kernel mapping is global: after a reset
 	// or a change to the page tables they could still point where memory used to be mapped.
+	if u.opts.UserMode {
+		// In 64-bit mode a selector write changes only the selector: a program stopped in user
+		// mode leaves CPL 3 behind until the descriptor caches are loaded again.
+		kcs, kss := emu.SyscallCS, emu.SyscallSS
+		kcs.Selector, kcs.Flags = uint32(c.CS.Selector), uint32(c.CS.Flags)
+		kss.Selector, kss.Flags = uint32(c.SS.Selector), uint32(c.SS.Flags)
+		steps = append(steps, e.SetPrivilege(kcs, kss, true))
+	}
 	steps = append(steps, e.SetReg(emu.RFLAGS, c.RFLAGS), e.SetReg(emu.RIP, c.RIP), e.FlushTLB())
 	if err := errors.Join(steps...); err != nil {
 		return fmt.Errorf("load SVM CPU state: %w", err)
@@ -388,7 +404,8 @@ func (u *unicornExec) deliver(vector uint32) error {
 	if uint64(vector)*16+15 > uint64(idt.Limit) {
 		return fmt.Errorf("vector %d beyond the IDT limit", vector)
 	}
-	if err := m.virt.Read(idt.Base+uint64(vector)*16, gate); err != nil {
+	v := u.cur()
+	if err := v.Read(idt.Base+uint64(vector)*16, gate); err != nil {
 		return fmt.Errorf("read IDT gate: %w", err)
 	}
 	handler := uint64(binary.LittleEndian.Uint16(gate[0:])) | uint64(binary.LittleEndian.Uint16(gate[6:]))<<16 |
@@ -396,10 +413,16 @@ func (u *unicornExec) deliver(vector uint32) error {
 	if gate[5]&0x80 == 0 {
 		return fmt.Errorf("IDT gate %d not present", vector)
 	}
+	if cs&3 == 3 {
+		if u.user == nil {
+			return fmt.Errorf("exception %d at CPL 3 outside a program", vector)
+		}
+		return u.deliverUser(vector, handler, gate, r)
+	}
 	newRSP := rsp
 	if ist := gate[4] & 7; ist != 0 {
 		// The 64-bit TSS holds IST1..7 from byte 36.
-		v, err := m.virt.ReadUint64(m.snap.CPU.TR.Base + 36 + uint64(ist-1)*8)
+		v, err := v.ReadUint64(m.snap.CPU.TR.Base + 36 + uint64(ist-1)*8)
 		if err != nil {
 			return fmt.Errorf("read IST%d: %w", ist, err)
 		}
@@ -419,7 +442,7 @@ func (u *unicornExec) deliver(vector uint32) error {
 		binary.LittleEndian.PutUint64(buf[8*(len(frame)-1-i):], v)
 	}
 	newRSP -= uint64(len(buf))
-	if err := m.writeVirt(newRSP, buf); err != nil {
+	if err := u.curWrite(newRSP, buf); err != nil {
 		return fmt.Errorf("push exception frame: %w", err)
 	}
 	// An interrupt gate (type 0xE) clears IF; every gate clears TF, NT, RF, VM.
@@ -436,16 +459,16 @@ func (u *unicornExec) deliver(vector uint32) error {
 // pageFaultCode rebuilds the #PF error code, which Unicorn does not report: P from a walk of the
 // faulting address, W from the faulting instruction, I/D for fetches. Kernel mode, so U is 0.
 func (u *unicornExec) pageFaultCode(cr2, rip uint64) uint64 {
-	m := u.m
+	v := u.cur()
 	var code uint64
-	if _, _, _, err := m.virt.Walker().Translate(cr2); err == nil {
+	if _, _, _, err := v.Walker().Translate(cr2); err == nil {
 		code |= 1 // present: a protection violation
 	}
 	if cr2 == rip {
 		return code | 1<<4
 	}
 	insn := make([]byte, 15)
-	if err := m.virt.Read(rip, insn); err == nil {
+	if err := v.Read(rip, insn); err == nil {
 		if in, err := x86asm.Decode(insn, 64); err == nil && writesMemory(in, cr2, u.eng) {
 			code |= 2
 		}

@@ -6,6 +6,8 @@ import (
 	"errors"
 	"fmt"
 	"syscall"
+
+	"github.com/elastic/go-seccomp-bpf/arch"
 )
 
 // Syscall numbers (x86-64) hybridbridge injects.
@@ -54,9 +56,13 @@ var syscallNames = map[int]string{
 	SysMmap: "mmap", SysMunmap: "munmap", SysMincore: "mincore",
 }
 
-// SyscallName names a system call number.
+// SyscallName names a system call number: the agent's own calls, and any other x86-64 call a
+// program makes.
 func SyscallName(nr int) string {
 	if n, ok := syscallNames[nr]; ok {
+		return n
+	}
+	if n, ok := arch.X86_64.SyscallNumbers[nr]; ok {
 		return n
 	}
 	return fmt.Sprintf("syscall %d", nr)

@@ -1,0 +1,379 @@
+package svm
+
+// Unmodified programs in user mode. The agent execve()s the program (injected like any call; the
+// kernel's exit path then IRETs to CPL 3 itself), and one uc_emu_start runs it to its exit:
+//
+//   - SYSCALL at CPL 3: Unicorn only calls the UC_HOOK_INSN hook and steps over the instruction,
+//     so onUserSyscall makes the architectural transition (RCX, R11, RFLAGS &= ~FMASK, CS/SS from
+//     STAR, CPL 0, RIP = LSTAR) and the kernel's own entry_SYSCALL_64 runs; its SYSRETQ or IRETQ
+//     returns to CPL 3 natively.
+//   - Exceptions at CPL 3 (demand paging, stack growth): Unicorn never goes through the IDT, so
+//     deliverUser pushes the frame on TSS.RSP0 (or the gate's IST), switches to CPL 0 and jumps
+//     to the handler; the kernel IRETQs.
+//   - write and writev to descriptors 1 and 2 are captured here; exit and exit_group end the run.
+
+import (
+	"bytes"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"syscall"
+	"time"
+
+	"golang.org/x/arch/x86/x86asm"
+
+	"hybridbridge/emu"
+	"hybridbridge/vmm"
+)
+
+const (
+	sysWrite     = 1
+	sysWritev    = 20
+	sysSendfile  = 40
+	sysExecve    = 59
+	sysExit      = 60
+	sysExitGroup = 231
+	// Linux's MSR_SYSCALL_MASK (syscall_init) and MSR_STAR (__USER32_CS<<48 | __KERNEL_CS<<32),
+	// which the snapshot's CPU state does not carry.
+	linuxFMASK = 0x257fd5
+	linuxSTAR  = 0x0023001000000000
+	negEINVAL  = 0xffffffffffffffea
+)
+
+// errExited ends a run at the program's exit.
+var errExited = errors.New("program exited")
+
+// execFailedRIP is where a failed execve returns to (see runProgram).
+const execFailedRIP = 0x10
+
+// ProgramRun is what a program run in user mode did.
+type ProgramRun struct {
+	Status         int    // exit status
+	Stdout, Stderr []byte // what it wrote to descriptors 1 and 2
+	Syscalls       int    // system calls that entered the kernel
+	Faults         int    // exceptions delivered from user mode (page faults, mostly)
+	Wall           time.Duration
+	Instructions   uint64 // with UnicornOptions.CountInstructions
+}
+
+// userState is the program running in user mode, if any.
+type userState struct {
+	run    *ProgramRun
+	lstar  uint64
+	lastPF [2]uint64 // rip and cr2 of the last user page fault delivered, and its W bit
+	lastW  bool
+	cr3    uint64
+	view   *vmm.VirtView // the address space of cr3
+}
+
+// RunProgram execs path with argv and envp in the agent and runs it in user mode until it exits,
+// within budget instructions (0: the machine's budget). The machine is reset afterwards, whatever
+// happened. A program that forks, sleeps or waits stops as ErrBlocked in the call that would;
+// one that runs past its budget as ErrBudget. Needs UnicornOptions.UserMode.
+func (m *Machine) RunProgram(path string, argv, envp []string, budget uint64) (*ProgramRun, error) {
+	u, ok := m.exec.(*unicornExec)
+	if !ok || !u.opts.UserMode {
+		return nil, errors.New("running a program needs a Unicorn machine opened with UserMode")
+	}
+	run, err := u.runProgram(path, argv, envp, budget)
+	// The program's system calls returned through the injected calls' return address while it
+	// was not the end of the run, and code translated then goes on past it: an injected call
+	// after would return to the agent's user code. Dropping the blocks there (uc_ctl's
+	// remove-cache) is not enough on Unicorn 2.1.1, so all translated code goes: the next
+	// operation translates again (about 70 ms).
+	return run, errors.Join(err, u.eng.FlushCode(), m.Reset())
+}
+
+func (u *unicornExec) runProgram(path string, argv, envp []string, budget uint64) (*ProgramRun, error) {
+	m, e := u.m, u.eng
+	// path, argv and envp, then the two pointer arrays, in the agent's data area.
+	base, size := m.dataBuf()
+	var blob []byte
+	put := func(s string) uint64 {
+		at := base + uint64(len(blob))
+		blob = append(append(blob, s...), 0)
+		return at
+	}
+	pathVA := put(path)
+	var av, ev []uint64
+	for _, a := range argv {
+		av = append(av, put(a))
+	}
+	for _, a := range envp {
+		ev = append(ev, put(a))
+	}
+	for len(blob)%8 != 0 {
+		blob = append(blob, 0)
+	}
+	array := func(p []uint64) uint64 {
+		at := base + uint64(len(blob))
+		for _, x := range append(p, 0) {
+			blob = binary.LittleEndian.AppendUint64(blob, x)
+		}
+		return at
+	}
+	argvVA, envpVA := array(av), array(ev)
+	if len(blob) > size {
+		return nil, fmt.Errorf("%s: arguments and environment take %d bytes, at most %d", path, len(blob), size)
+	}
+	if err := m.writeVirt(base, blob); err != nil {
+		return nil, err
+	}
+	// A failed execve returns to the agent: its saved RIP is replaced by one below mmap_min_addr,
+	// so that the return faults there and the run stops with execve's error, instead of running
+	// the agent's own code.
+	saved := bytes.Clone(m.savedRegs)
+	binary.LittleEndian.PutUint64(saved[ptIP:], execFailedRIP)
+	if err := placeCall(m.writeVirt, m.snap, saved, sysExecve, []uint64{pathVA, argvVA, envpVA}); err != nil {
+		return nil, err
+	}
+	if err := u.enter(sysExecve); err != nil {
+		return nil, err
+	}
+	lstar := m.snap.Symbols["entry_SYSCALL_64"]
+	if err := errors.Join(
+		e.SetMSR(emu.MSRSTAR, linuxSTAR),
+		e.SetMSR(emu.MSRLSTAR, lstar),
+		e.SetMSR(emu.MSRSyscallMask, linuxFMASK),
+	); err != nil {
+		return nil, fmt.Errorf("system call MSRs: %w", err)
+	}
+	run := &ProgramRun{Status: -1}
+	u.user = &userState{run: run, lstar: lstar}
+	defer func() { u.user = nil }()
+	m.curNR = sysExecve
+	m.stats.Syscalls++
+	run.Syscalls++
+	if budget == 0 {
+		budget = u.opts.Budget
+	}
+	u.budget.Reset(budget)
+	insns := m.stats.Instructions
+	start := time.Now()
+	// The return address is never reached: the program ends by exit_group, or a stop.
+	runErr := e.Start(m.snap.Symbols["do_syscall_64"], 1, 0)
+	run.Wall = time.Since(start)
+	if u.trace != nil {
+		u.trace.Drain(func(evs []emu.Event) { m.stats.Instructions += uint64(len(evs)) })
+	}
+	run.Instructions = m.stats.Instructions - insns
+	rip, _ := e.Reg(emu.RIP)
+	stop := func(err error, detail string) error {
+		se := &StopError{Err: err, NR: m.curNR, RIP: rip, Detail: detail}
+		if m.opts.Symbols != nil && rip>>63 == 1 {
+			se.Symbol = m.opts.Symbols.Format(rip)
+		}
+		return fmt.Errorf("%s: %w", path, se)
+	}
+	var errno *Errno
+	switch {
+	case errors.Is(u.stopErr, errExited):
+		return run, nil
+	case errors.As(u.stopErr, &errno):
+		return run, fmt.Errorf("%s: %w", path, errno)
+	case u.stopErr != nil:
+		return run, stop(u.stopErr, u.stopDetail)
+	case runErr != nil:
+		return run, stop(ErrFault, runErr.Error())
+	default:
+		return run, stop(ErrBudget, fmt.Sprintf("about %d instructions", budget))
+	}
+}
+
+// cur is the address space the CPU runs in now: the agent's, or after execve the program's (the
+// agent's page tables are gone and their pages may be reused).
+func (u *unicornExec) cur() *vmm.VirtView {
+	if u.user == nil {
+		return u.m.virt
+	}
+	cr3, err := u.eng.Reg(emu.CR3)
+	if err != nil {
+		return u.m.virt
+	}
+	cr3 &^= 0xfff
+	if u.user.view == nil || cr3 != u.user.cr3 {
+		w, err := vmm.NewWalker(u.m.phys, cr3, 4)
+		if err != nil {
+			return u.m.virt
+		}
+		u.user.view, u.user.cr3 = vmm.NewVirtView("program", w), cr3
+	}
+	return u.user.view
+}
+
+func (u *unicornExec) curWrite(va uint64, data []byte) error {
+	return writeVirtRAM(u.cur().Walker(), u.m.ram, va, data, u.m.wrote)
+}
+
+// onUserSyscall is the UC_HOOK_INSN(SYSCALL) hook. RIP is the SYSCALL instruction; Unicorn adds
+// its length (2) when the hook returns, so the kernel's entry is set at LSTAR - 2.
+func (u *unicornExec) onUserSyscall() {
+	m, e := u.m, u.eng
+	var r [7]uint64
+	if err := e.Regs([]emu.Reg{emu.RIP, emu.RFLAGS, emu.RAX, emu.RDI, emu.RSI, emu.RDX, emu.CS}, r[:]); err != nil {
+		u.stop(ErrFault, "system call hook: "+err.Error())
+		return
+	}
+	rip, rflags, nr, a0, a1, a2, cs := r[0], r[1], int(r[2]), r[3], r[4], r[5], r[6]
+	if u.user == nil || cs&3 != 3 {
+		u.stop(ErrFault, fmt.Sprintf("SYSCALL at %#x with CS %#x outside a program", rip, cs))
+		return
+	}
+	run := u.user.run
+	m.curNR = nr
+	switch {
+	case nr == sysExit || nr == sysExitGroup:
+		run.Status = int(a0 & 0xff)
+		u.stop(errExited, "")
+		return
+	case (nr == sysWrite || nr == sysWritev) && (a0 == 1 || a0 == 2):
+		n, err := u.capture(nr, a0, a1, a2)
+		if err != nil {
+			u.stop(ErrFault, fmt.Sprintf("%s to %d: %v", SyscallName(nr), a0, err))
+			return
+		}
+		_ = e.SetReg(emu.RAX, n)
+		return
+	case nr == sysSendfile && (a0 == 1 || a0 == 2):
+		// Output is captured by write: sendfile's callers fall back to read and write.
+		_ = e.SetReg(emu.RAX, negEINVAL)
+		return
+	}
+	run.Syscalls++
+	m.stats.Syscalls++
+	// SYSCALL in long mode: RCX = the next RIP, R11 = RFLAGS without RF, RFLAGS &= ~FMASK,
+	// CS = STAR[47:32], SS = CS + 8, CPL 0, RIP = LSTAR.
+	cs0, ss0 := emu.SyscallCS, emu.SyscallSS
+	cs0.Selector, ss0.Selector = uint32(linuxSTAR>>32)&0xfffc, uint32(linuxSTAR>>32)&0xfffc+8
+	if err := errors.Join(
+		e.SetRegs([]emu.Reg{emu.RCX, emu.R11}, []uint64{rip + 2, rflags &^ (1 << 16)}),
+		e.SetPrivilege(cs0, ss0, false),
+		e.SetRegs([]emu.Reg{emu.RFLAGS, emu.RIP}, []uint64{rflags &^ (linuxFMASK | 1<<16), u.user.lstar - 2}),
+	); err != nil {
+		u.stop(ErrFault, "system call entry: "+err.Error())
+	}
+}
+
+// capture serves write (buf, n) or writev (iov, count) to descriptor fd 1 or 2, returning the
+// bytes written.
+func (u *unicornExec) capture(nr int, fd, a1, a2 uint64) (uint64, error) {
+	run, v := u.user.run, u.cur()
+	out := &run.Stdout
+	if fd == 2 {
+		out = &run.Stderr
+	}
+	const maxOutput = 64 << 20
+	add := func(va, n uint64) error {
+		if uint64(len(*out))+n > maxOutput {
+			return fmt.Errorf("more than %d MiB of output", maxOutput>>20)
+		}
+		b := make([]byte, n)
+		if err := v.Read(va, b); err != nil {
+			return err
+		}
+		*out = append(*out, b...)
+		return nil
+	}
+	if nr == sysWrite {
+		return a2, add(a1, a2)
+	}
+	var total uint64
+	for i := range a2 {
+		var iov [16]byte
+		if err := v.Read(a1+16*i, iov[:]); err != nil {
+			return 0, err
+		}
+		n := binary.LittleEndian.Uint64(iov[8:])
+		if err := add(binary.LittleEndian.Uint64(iov[:]), n); err != nil {
+			return 0, err
+		}
+		total += n
+	}
+	return total, nil
+}
+
+// deliverUser delivers an exception raised at CPL 3 as the CPU would: the stack from TSS.RSP0
+// (or the gate's IST), the frame SS, RSP, RFLAGS, CS, RIP and error code, CPL 0, the handler.
+func (u *unicornExec) deliverUser(vector uint32, handler uint64, gate []byte, r [6]uint64) error {
+	m, e := u.m, u.eng
+	rip, rsp, rflags, cs, ss, cr2 := r[0], r[1], r[2], r[3], r[4], r[5]
+	if rip == execFailedRIP && vector == 14 {
+		ax, _ := e.Reg(emu.RAX)
+		u.stop(&Errno{Call: "execve", Err: syscall.Errno(-int64(ax))}, "")
+		return nil
+	}
+	u.user.run.Faults++
+	v := u.cur()
+	slot := uint64(4) // TSS.RSP0
+	if ist := gate[4] & 7; ist != 0 {
+		slot = 36 + uint64(ist-1)*8
+	}
+	newRSP, err := v.ReadUint64(m.snap.CPU.TR.Base + slot)
+	if err != nil {
+		return fmt.Errorf("read the TSS stack: %w", err)
+	}
+	newRSP &^= 0xf
+	frame := []uint64{ss, rsp, rflags, cs, rip}
+	if hasErrorCode[vector] {
+		code := uint64(0)
+		if vector == 14 {
+			code = u.userFaultCode(cr2, rip) | 4 // U: from user mode
+		}
+		frame = append(frame, code)
+	}
+	buf := make([]byte, 8*len(frame))
+	for i, x := range frame {
+		binary.LittleEndian.PutUint64(buf[8*(len(frame)-1-i):], x)
+	}
+	newRSP -= uint64(len(buf))
+	if err := u.curWrite(newRSP, buf); err != nil {
+		return fmt.Errorf("push the exception frame: %w", err)
+	}
+	flags := rflags &^ (1<<8 | 1<<14 | 1<<16 | 1<<17)
+	if gate[5]&0xf == 0xe {
+		flags &^= 1 << 9
+	}
+	cs0 := emu.SyscallCS
+	cs0.Selector = uint32(binary.LittleEndian.Uint16(gate[2:])) &^ 3
+	return errors.Join(
+		// SS becomes the NULL selector with RPL 0, as a 64-bit interrupt to an inner level loads it.
+		e.SetPrivilege(cs0, emu.SegCache{}, true),
+		e.SetRegs([]emu.Reg{emu.RSP, emu.RFLAGS, emu.RIP}, []uint64{newRSP, flags, handler}),
+	)
+}
+
+// userFaultCode rebuilds a user page fault's error code (the caller adds U), which Unicorn does
+// not report: P from a walk of the current page tables, W from the instruction (implicit stack
+// writes included), I for fetches. A fault repeated at the same RIP and address right after its
+// delivery had its W bit wrong (the kernel found nothing to do): it is flipped.
+func (u *unicornExec) userFaultCode(cr2, rip uint64) uint64 {
+	var code uint64
+	v := u.cur()
+	if _, _, fl, err := v.Walker().Translate(cr2); err == nil && fl&vmm.FlagUser != 0 {
+		code |= 1
+	}
+	if cr2 >= rip && cr2 < rip+16 {
+		return code | 1<<4
+	}
+	w := false
+	insn := make([]byte, 15)
+	if err := v.Read(rip, insn); err == nil {
+		if in, err := x86asm.Decode(insn, 64); err == nil {
+			switch in.Op {
+			case x86asm.PUSH, x86asm.CALL, x86asm.PUSHF, x86asm.PUSHFQ, x86asm.ENTER:
+				w = true
+			case x86asm.BT, x86asm.NOP:
+			default:
+				w = writesMemory(in, cr2, u.eng)
+			}
+		}
+	}
+	if u.user.lastPF == [2]uint64{rip, cr2} && u.user.lastW == w && code&1 != 0 {
+		w = !w
+	}
+	u.user.lastPF, u.user.lastW = [2]uint64{rip, cr2}, w
+	if w {
+		code |= 2
+	}
+	return code
+}
