@@ -184,7 +184,7 @@ func (e *env) benchCommand() *cobra.Command {
 	var name string
 	var asJSON bool
 	var snapshots, procs int
-	var scale []int
+	scale := []int{100, 1000}
 	var refreshes int
 	c := &cobra.Command{
 		Use:   "bench",
@@ -196,9 +196,9 @@ warm Fast-Bridge time with the trained memo, their ratio, the hit rate and the f
 each as engine time and as whole time (attach, run, detach). Then a series of snapshots starting
 from an empty memo, the workload changing between them, shows how training converges (like
 HYBRID-BRIDGE's Fig. 5). With --refreshes N, N console-like refreshes follow (attach, ps, lsmod,
-netstat, detach), with the process's resident memory sampled over them. Last, the scale table: the guest grown to each count of --scale in turn,
-warm ps and netstat beside the guest's own busybox doing the same work, timed inside the guest,
-and their ratio. The memo used here is private to the benchmark; the saved one is untouched.
+netstat, detach), with the process's resident memory sampled over them. Last, the scale table: the
+guest grown to each count of --scale in turn, warm ps and netstat beside the guest's own busybox
+doing the same work, timed inside the guest, and their ratio. The memo used here is private to the benchmark; the saved one is untouched.
 
 An attached VM (guest attach) is measured as it is: hybridbridge has no command channel into it to
 grow or change its workload, so --processes does not apply and the snapshots of the series see
@@ -226,9 +226,41 @@ only what the VM changed by itself (a dump: nothing), and there is no scale tabl
 	c.Flags().IntVar(&snapshots, "snapshots", 5, "snapshots in the training series")
 	c.Flags().IntVar(&procs, "processes", 100, "grow the guest to this many processes first")
 	c.Flags().IntVar(&refreshes, "refreshes", 0, "after the training series, run this many console-like refreshes (ps, lsmod, netstat) and report the process's memory over them")
-	c.Flags().IntSliceVar(&scale, "scale", []int{100, 1000}, "for the scale table, grow the guest to each of these process counts in turn (empty: no table)")
+	c.Flags().Var(&scaleFlag{&scale}, "scale", "for the scale table, grow the guest to each of these process counts in turn, e.g. 100,1000 (\"\": no table)")
 	return c
 }
+
+// scaleFlag is --scale: process counts separated by commas; empty for none.
+type scaleFlag struct{ counts *[]int }
+
+func (f *scaleFlag) String() string {
+	if f.counts == nil {
+		return ""
+	}
+	var parts []string
+	for _, n := range *f.counts {
+		parts = append(parts, strconv.Itoa(n))
+	}
+	return strings.Join(parts, ",")
+}
+
+func (f *scaleFlag) Set(v string) error {
+	var counts []int
+	for _, p := range strings.Split(v, ",") {
+		if p = strings.TrimSpace(p); p == "" {
+			continue
+		}
+		n, err := strconv.Atoi(p)
+		if err != nil || n < 1 {
+			return fmt.Errorf("%q is not a process count", p)
+		}
+		counts = append(counts, n)
+	}
+	*f.counts = counts
+	return nil
+}
+
+func (f *scaleFlag) Type() string { return "counts" }
 
 // benchGuest opens the named guest (ours or attached) or boots a demo guest owned by the
 // benchmark; stop closes the target and stops a guest it booted.
