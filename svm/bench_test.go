@@ -1,9 +1,10 @@
 package svm
 
 import (
-	"hybridbridge/emu"
 	"testing"
 	"time"
+
+	"hybridbridge/emu"
 )
 
 // BenchmarkOpen measures loading the snapshot into a new Unicorn engine (map, hooks, CPU state).

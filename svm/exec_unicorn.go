@@ -252,8 +252,6 @@ func (u *unicornExec) loadCPU() error {
 	for name, r := range gprs {
 		steps = append(steps, e.SetReg(r, c.GPR[name]))
 	}
-	// A CR3 write keeps global TLB entries, and every kernel mapping is global: after a reset
-	// or a change to the page tables they could still point where memory used to be mapped.
 	if u.opts.UserMode {
 		// In 64-bit mode a selector write changes only the selector: a program stopped in user
 		// mode leaves CPL 3 behind until the descriptor caches are loaded again.
@@ -262,6 +260,8 @@ func (u *unicornExec) loadCPU() error {
 		kss.Selector, kss.Flags = uint32(c.SS.Selector), uint32(c.SS.Flags)
 		steps = append(steps, e.SetPrivilege(kcs, kss, true))
 	}
+	// A CR3 write keeps global TLB entries, and every kernel mapping is global: after a reset
+	// or a change to the page tables they could still point where memory used to be mapped.
 	steps = append(steps, e.SetReg(emu.RFLAGS, c.RFLAGS), e.SetReg(emu.RIP, c.RIP), e.FlushTLB())
 	if err := errors.Join(steps...); err != nil {
 		return fmt.Errorf("load SVM CPU state: %w", err)
@@ -413,33 +413,44 @@ func (u *unicornExec) deliver(vector uint32) error {
 	if gate[5]&0x80 == 0 {
 		return fmt.Errorf("IDT gate %d not present", vector)
 	}
-	if cs&3 == 3 {
+	fromUser := cs&3 == 3
+	if fromUser {
 		if u.user == nil {
 			return fmt.Errorf("exception %d at CPL 3 outside a program", vector)
 		}
-		return u.deliverUser(vector, handler, gate, r)
-	}
-	newRSP := rsp
-	if ist := gate[4] & 7; ist != 0 {
-		// The 64-bit TSS holds IST1..7 from byte 36.
-		v, err := v.ReadUint64(m.snap.CPU.TR.Base + 36 + uint64(ist-1)*8)
-		if err != nil {
-			return fmt.Errorf("read IST%d: %w", ist, err)
+		if stopped := u.userException(vector, rip); stopped {
+			return nil
 		}
-		newRSP = v
+	}
+	// From user mode the stack is TSS.RSP0 (at byte 4); the 64-bit TSS holds IST1..7 from byte
+	// 36, used at any level.
+	newRSP, slot := rsp, uint64(0)
+	if ist := gate[4] & 7; ist != 0 {
+		slot = 36 + uint64(ist-1)*8
+	} else if fromUser {
+		slot = 4
+	}
+	if slot != 0 {
+		var err error
+		if newRSP, err = v.ReadUint64(m.snap.CPU.TR.Base + slot); err != nil {
+			return fmt.Errorf("read the TSS stack at byte %d: %w", slot, err)
+		}
 	}
 	newRSP &^= 0xf
 	frame := []uint64{ss, rsp, rflags, cs, rip}
 	if hasErrorCode[vector] {
 		code := uint64(0)
-		if vector == 14 {
+		switch {
+		case vector == 14 && fromUser:
+			code = u.userFaultCode(cr2, rip) | 4 // U: from user mode
+		case vector == 14:
 			code = u.pageFaultCode(cr2, rip)
 		}
 		frame = append(frame, code)
 	}
 	buf := make([]byte, 8*len(frame))
-	for i, v := range frame {
-		binary.LittleEndian.PutUint64(buf[8*(len(frame)-1-i):], v)
+	for i, x := range frame {
+		binary.LittleEndian.PutUint64(buf[8*(len(frame)-1-i):], x)
 	}
 	newRSP -= uint64(len(buf))
 	if err := u.curWrite(newRSP, buf); err != nil {
@@ -450,10 +461,18 @@ func (u *unicornExec) deliver(vector uint32) error {
 	if gate[5]&0xf == 0xe {
 		flags &^= 1 << 9
 	}
-	if err := errors.Join(e.SetReg(emu.RSP, newRSP), e.SetReg(emu.RFLAGS, flags), e.SetReg(emu.RIP, handler)); err != nil {
+	enter := e.ClearException
+	if fromUser {
+		// CPL 0 with the gate's CS; SS becomes the NULL selector with RPL 0, as a 64-bit
+		// interrupt to an inner level loads it.
+		cs0 := emu.SyscallCS
+		cs0.Selector = uint32(binary.LittleEndian.Uint16(gate[2:])) &^ 3
+		enter = func() error { return e.SetPrivilege(cs0, emu.SegCache{}, true) }
+	}
+	if err := enter(); err != nil {
 		return err
 	}
-	return e.ClearException()
+	return e.SetRegs([]emu.Reg{emu.RSP, emu.RFLAGS, emu.RIP}, []uint64{newRSP, flags, handler})
 }
 
 // pageFaultCode rebuilds the #PF error code, which Unicorn does not report: P from a walk of the

@@ -8,8 +8,8 @@ package svm
 //     STAR, CPL 0, RIP = LSTAR) and the kernel's own entry_SYSCALL_64 runs; its SYSRETQ or IRETQ
 //     returns to CPL 3 natively.
 //   - Exceptions at CPL 3 (demand paging, stack growth): Unicorn never goes through the IDT, so
-//     deliverUser pushes the frame on TSS.RSP0 (or the gate's IST), switches to CPL 0 and jumps
-//     to the handler; the kernel IRETQs.
+//     deliver pushes the frame on TSS.RSP0 (or the gate's IST), switches to CPL 0 and jumps to
+//     the handler; the kernel IRETQs.
 //   - write and writev to descriptors 1 and 2 are captured here; exit and exit_group end the run.
 
 import (
@@ -292,54 +292,16 @@ func (u *unicornExec) capture(nr int, fd, a1, a2 uint64) (uint64, error) {
 	return total, nil
 }
 
-// deliverUser delivers an exception raised at CPL 3 as the CPU would: the stack from TSS.RSP0
-// (or the gate's IST), the frame SS, RSP, RFLAGS, CS, RIP and error code, CPL 0, the handler.
-func (u *unicornExec) deliverUser(vector uint32, handler uint64, gate []byte, r [6]uint64) error {
-	m, e := u.m, u.eng
-	rip, rsp, rflags, cs, ss, cr2 := r[0], r[1], r[2], r[3], r[4], r[5]
+// userException counts an exception raised at CPL 3, or stops the run at the fault a failed
+// execve returns into (runProgram), with execve's error; stopped says so.
+func (u *unicornExec) userException(vector uint32, rip uint64) (stopped bool) {
 	if rip == execFailedRIP && vector == 14 {
-		ax, _ := e.Reg(emu.RAX)
+		ax, _ := u.eng.Reg(emu.RAX)
 		u.stop(&Errno{Call: "execve", Err: syscall.Errno(-int64(ax))}, "")
-		return nil
+		return true
 	}
 	u.user.run.Faults++
-	v := u.cur()
-	slot := uint64(4) // TSS.RSP0
-	if ist := gate[4] & 7; ist != 0 {
-		slot = 36 + uint64(ist-1)*8
-	}
-	newRSP, err := v.ReadUint64(m.snap.CPU.TR.Base + slot)
-	if err != nil {
-		return fmt.Errorf("read the TSS stack: %w", err)
-	}
-	newRSP &^= 0xf
-	frame := []uint64{ss, rsp, rflags, cs, rip}
-	if hasErrorCode[vector] {
-		code := uint64(0)
-		if vector == 14 {
-			code = u.userFaultCode(cr2, rip) | 4 // U: from user mode
-		}
-		frame = append(frame, code)
-	}
-	buf := make([]byte, 8*len(frame))
-	for i, x := range frame {
-		binary.LittleEndian.PutUint64(buf[8*(len(frame)-1-i):], x)
-	}
-	newRSP -= uint64(len(buf))
-	if err := u.curWrite(newRSP, buf); err != nil {
-		return fmt.Errorf("push the exception frame: %w", err)
-	}
-	flags := rflags &^ (1<<8 | 1<<14 | 1<<16 | 1<<17)
-	if gate[5]&0xf == 0xe {
-		flags &^= 1 << 9
-	}
-	cs0 := emu.SyscallCS
-	cs0.Selector = uint32(binary.LittleEndian.Uint16(gate[2:])) &^ 3
-	return errors.Join(
-		// SS becomes the NULL selector with RPL 0, as a 64-bit interrupt to an inner level loads it.
-		e.SetPrivilege(cs0, emu.SegCache{}, true),
-		e.SetRegs([]emu.Reg{emu.RSP, emu.RFLAGS, emu.RIP}, []uint64{newRSP, flags, handler}),
-	)
+	return false
 }
 
 // userFaultCode rebuilds a user page fault's error code (the caller adds U), which Unicorn does
