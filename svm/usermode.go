@@ -232,11 +232,11 @@ func (u *unicornExec) onUserSyscall() {
 			u.stop(ErrFault, fmt.Sprintf("%s to %d: %v", SyscallName(nr), a0, err))
 			return
 		}
-		_ = e.SetReg(emu.RAX, n)
+		u.served(nr, n)
 		return
 	case nr == sysSendfile && (a0 == 1 || a0 == 2):
 		// Output is captured by write: sendfile's callers fall back to read and write.
-		_ = e.SetReg(emu.RAX, negEINVAL)
+		u.served(nr, negEINVAL)
 		return
 	}
 	run.Syscalls++
@@ -251,6 +251,13 @@ func (u *unicornExec) onUserSyscall() {
 		e.SetRegs([]emu.Reg{emu.RFLAGS, emu.RIP}, []uint64{rflags &^ (linuxFMASK | 1<<16), u.user.lstar - 2}),
 	); err != nil {
 		u.stop(ErrFault, "system call entry: "+err.Error())
+	}
+}
+
+// served returns ret from the system call nr that was served here, without the kernel.
+func (u *unicornExec) served(nr int, ret uint64) {
+	if err := u.eng.SetReg(emu.RAX, ret); err != nil {
+		u.stop(ErrFault, fmt.Sprintf("%s: return value: %v", SyscallName(nr), err))
 	}
 }
 
@@ -296,7 +303,11 @@ func (u *unicornExec) capture(nr int, fd, a1, a2 uint64) (uint64, error) {
 // execve returns into (runProgram), with execve's error; stopped says so.
 func (u *unicornExec) userException(vector uint32, rip uint64) (stopped bool) {
 	if rip == execFailedRIP && vector == 14 {
-		ax, _ := u.eng.Reg(emu.RAX)
+		ax, err := u.eng.Reg(emu.RAX)
+		if err != nil {
+			u.stop(ErrFault, "execve failed, and its error cannot be read: "+err.Error())
+			return true
+		}
 		u.stop(&Errno{Call: "execve", Err: syscall.Errno(-int64(ax))}, "")
 		return true
 	}
