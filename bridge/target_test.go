@@ -276,11 +276,17 @@ func checkAttached(t *testing.T, ctx context.Context, g execer, open func(contex
 		}
 		start = time.Now()
 		got, s, err = readAttached(ctx, tg, self, Options{Mode: ModeSlow})
-		// A VM paused by signals may stop a task inside a critical section a view's call then
-		// waits on (seen once: lsof's fdinfo read spun on a mutex its owner held): the call
-		// stops as blocked, and the session resumed the VM; a later pause catches it elsewhere.
-		if errors.Is(err, svm.ErrBlocked) && !pausedBefore && attempt < 3 {
+		// A pause, by signals or by the monitor, may stop a task inside a critical section a
+		// view's call then waits on (seen in CI both ways: lsof's fdinfo read spun on a mutex
+		// its owner held): the call stops as blocked. The session resumed a VM it paused; one
+		// paused here is resumed here. A later pause catches the task elsewhere.
+		if errors.Is(err, svm.ErrBlocked) && attempt < 3 {
 			t.Logf("attempt %d: %v; capturing and attaching again", attempt, err)
+			if pausedBefore {
+				if err := tg.Resume(ctx); err != nil {
+					t.Fatal(err)
+				}
+			}
 			continue
 		}
 		if err != nil {
