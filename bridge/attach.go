@@ -265,7 +265,9 @@ func (s *Session) openMachine(slow bool) (*svm.Machine, error) {
 	if !slow && s.onKVM {
 		opts.KVM = &svm.KVMOptions{}
 	} else {
-		opts.Unicorn = &svm.UnicornOptions{Swaps: true}
+		// UserMode: any of the session's machines may run a program (RunProgram); the views pay
+		// only a privilege reload per reset for it.
+		opts.Unicorn = &svm.UnicornOptions{Swaps: true, UserMode: true}
 	}
 	m, err := svm.Open(s.snap, opts)
 	if err != nil {

@@ -238,6 +238,27 @@ func init() {
 	keepLocal("the SVM's own oops, taint and warning state",
 		"panic_cpu", "oops_in_progress", "tainted_mask", "panic_on_taint", "panic_on_warn", "warn_count",
 		"warn_limit", "__disable_trace_on_warning", "kexec_crash_image")
+	// A program run in the SVM (Session.RunProgram) is the SVM's process: its exec, its address
+	// space, page faults, memory charging, credentials and FPU state are the SVM's, on the
+	// SVM's CPU. Only what it reads through its system calls is the guest's.
+	keepLocal("a program's exec in the SVM (binary formats, credentials, exec notifications)",
+		"formats", "binfmt_lock", "elf_format", "script_format", "cred_jar", "file_caps_enabled", "root_user",
+		"proc_event_num_listeners", "nr_comm_events", "done.0")
+	keepLocal("a program's address space in the SVM (its page tables, mappings, layout and faults)",
+		"init_top_pgt", "pgd_lock", "pgd_list", "last_mm_ctx_id", "mm_cachep", "anon_vma_cachep",
+		"anon_vma_chain_cachep", "__userpte_alloc_gfp", "fault_around_bytes", "huge_zero_page", "zero_pfn",
+		"tlb_single_page_flush_ceiling", "kmmio_count", "delayed_uprobe_lock", "delayed_uprobe_list",
+		"randomize_va_space", "mmap_rnd_bits", "mmap_rnd_compat_bits", "sysctl_legacy_va_layout",
+		"stack_guard_gap", "mmap_min_addr", "vdso64_enabled", "sysctl_overcommit_memory", "vm_committed_as_batch")
+	keepLocal("a program's memory charging in the SVM (its cgroup)",
+		"mem_cgroup_events_index", "blkcg_root", "stats_flush_threshold")
+	keepLocal("the SVM's CPU features, which a program's FPU state and signal frames follow",
+		"init_fpstate", "fpu_kernel_cfg", "fpu_user_cfg", "elf_hwcap2", "max_frame_size", "raw_data")
+	keepLocal("security modules checking a program's exec and mappings",
+		"aa_buffers_lock", "aa_global_buffers", "buffer_count", "reserve_count", "aa_g_audit", "aa_g_debug",
+		"aa_g_path_max", "blob_sizes", "tomoyo_kernel_namespace", "tomoyo_trigger")
+	keepLocal("constant pointers of the kernel image (tracepoint strings of the exec and fault paths)",
+		"___tp_str.19", "___tp_str.21", "___tp_str.22")
 	keepLocal("the SVM's code metadata: unwinder tables, tracing, kprobes, text lookups",
 		"__start_orc_unwind", "__start_orc_unwind_ip", "orc_lookup", "lookup_num_blocks", "orc_init",
 		"ftrace_list_end", "ftrace_ops_list", "ftrace_mod_maps", "kprobe_insn_slots",

@@ -87,7 +87,7 @@ a terminal it prints what can be read from that guest instead.`,
 	root.PersistentFlags().StringVar(&e.memoFlag, "memo", "", "memo file: the decisions views learn, shared by concurrent runs (default: <cache>/memo/<kernel id>.memo; $HYBRIDBRIDGE_MEMO)")
 	root.AddCommand(e.guestCommand(), e.svmCommand(), e.psCommand(), e.catCommand(), e.memoCommand())
 	root.AddCommand(e.viewCommands()...)
-	root.AddCommand(e.consoleCommand(), e.benchCommand())
+	root.AddCommand(e.consoleCommand(), e.benchCommand(), e.runCommand())
 	return root
 }
 

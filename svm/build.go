@@ -178,6 +178,9 @@ func Build(ctx context.Context, a *guest.Assets, opt BuildOptions) (*Snapshot, e
 	if err := recordGroundTruth(ctx, g, snap); err != nil {
 		return nil, err
 	}
+	if err := shadowSVMProc(ctx, g); err != nil {
+		return nil, err
+	}
 
 	report("stopping the agent at system-call entry")
 	if err := capture(ctx, gdbSock, svmSyms, snap); err != nil {
@@ -306,11 +309,27 @@ func mountViewsProc(ctx context.Context, g *guest.Guest) error {
 	return nil
 }
 
+// shadowSVMProc bind-mounts the views' procfs over the SVM's /proc, last before the capture, so
+// that nothing in the SVM walks it after: a program run in the SVM (Machine.RunProgram) that
+// reaches /proc by any path, not only the ones Program.Paths rewrites, finds the guest's
+// processes, never the SVM's own. -n: mount reads and writes no mount table (reading
+// /proc/mounts would create the views' procfs a dentry for mount's own pid).
+func shadowSVMProc(ctx context.Context, g *guest.Guest) error {
+	res, err := g.Exec(ctx, "mount -n -o bind "+ProcRoot+" /proc")
+	if err != nil {
+		return fmt.Errorf("mount the views' procfs over the SVM's /proc: %w", err)
+	}
+	if res.Status != 0 {
+		return fmt.Errorf("mount the views' procfs over the SVM's /proc: exit status %d: %s", res.Status, res.Stderr)
+	}
+	return nil
+}
+
 // snapshotSymbols picks from syms the addresses the snapshot keeps: the executor's (Load checks
 // the required ones), and the callers' keep, which must all be there.
 func snapshotSymbols(syms *vmm.Symbols, keep []string) (map[string]uint64, error) {
 	kept := map[string]uint64{}
-	for _, name := range slices.Concat(requiredSymbols, faultEntries, []string{"entry_SYSCALL_64_after_hwframe", "init_task", "_edata", "__bss_start", "__bss_stop"}) {
+	for _, name := range slices.Concat(requiredSymbols, faultEntries, pathEntries, selfLinks, []string{"entry_SYSCALL_64_after_hwframe", "init_task", "_edata", "__bss_start", "__bss_stop"}) {
 		if addr, ok := syms.Addr(name); ok {
 			kept[name] = addr
 		}

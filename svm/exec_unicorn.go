@@ -144,6 +144,9 @@ func (u *unicornExec) setup() error {
 		if _, err := e.HookSyscall(u.onUserSyscall); err != nil {
 			return err
 		}
+		if err := u.hookPaths(); err != nil {
+			return err
+		}
 	}
 	if u.opts.Swaps {
 		if err := m.hookSwaps(e); err != nil {

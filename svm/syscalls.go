@@ -13,6 +13,8 @@ import (
 // Syscall numbers (x86-64) hybridbridge injects.
 const (
 	SysRead         = 0
+	SysWrite        = 1
+	SysChdir        = 80
 	SysClose        = 3
 	SysFstat        = 5
 	SysLseek        = 8
@@ -38,13 +40,15 @@ const (
 
 // allowed are the calls known to be safe to inject: they read kernel state, or (nanosleep,
 // pipe2) exist to exercise blocking detection, or (mmap, munmap) change only the agent's own
-// address space. Anything that could reach a device, the network or another process is refused.
+// address space, or (chdir, write) prepare a program to run: the agent's own directory and a file
+// in the SVM's tmpfs. Anything that could reach a device, the network or another process is
+// refused.
 var allowed = map[int]bool{
 	SysRead: true, SysClose: true, SysFstat: true, SysLseek: true, SysPread64: true,
 	SysNanosleep: true, SysGetpid: true, SysUname: true, SysReadlink: true, SysSysinfo: true,
 	SysGetuid: true, SysGetppid: true, SysGetdents64: true, SysClockGettime: true,
 	SysOpenat: true, SysNewfstatat: true, SysReadlinkat: true, SysPipe2: true, SysTime: true,
-	SysMmap: true, SysMunmap: true, SysMincore: true,
+	SysMmap: true, SysMunmap: true, SysMincore: true, SysWrite: true, SysChdir: true,
 }
 
 var syscallNames = map[int]string{
@@ -53,7 +57,7 @@ var syscallNames = map[int]string{
 	SysSysinfo: "sysinfo", SysGetuid: "getuid", SysGetppid: "getppid", SysGetdents64: "getdents64",
 	SysClockGettime: "clock_gettime", SysOpenat: "openat", SysNewfstatat: "newfstatat",
 	SysReadlinkat: "readlinkat", SysPipe2: "pipe2", SysTime: "time",
-	SysMmap: "mmap", SysMunmap: "munmap", SysMincore: "mincore",
+	SysMmap: "mmap", SysMunmap: "munmap", SysMincore: "mincore", SysWrite: "write", SysChdir: "chdir",
 }
 
 // SyscallName names a system call number: the agent's own calls, and any other x86-64 call a

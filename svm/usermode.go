@@ -17,6 +17,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"path"
 	"syscall"
 	"time"
 
@@ -33,11 +34,15 @@ const (
 	sysExecve    = 59
 	sysExit      = 60
 	sysExitGroup = 231
+	sysChdir     = 80
+	sysIoctl     = 16
+	sysFchdir    = 81
 	// Linux's MSR_SYSCALL_MASK (syscall_init) and MSR_STAR (__USER32_CS<<48 | __KERNEL_CS<<32),
 	// which the snapshot's CPU state does not carry.
 	linuxFMASK = 0x257fd5
 	linuxSTAR  = 0x0023001000000000
 	negEINVAL  = 0xffffffffffffffea
+	negENOTTY  = 0xffffffffffffffe7
 )
 
 // errExited ends a run at the program's exit.
@@ -64,18 +69,40 @@ type userState struct {
 	lastW  bool
 	cr3    uint64
 	view   *vmm.VirtView // the address space of cr3
+	paths  func(string) string
+	// cwd is the program's working directory while it is known: "" once it changed it by a
+	// descriptor (fchdir).
+	cwd string
 }
 
-// RunProgram execs path with argv and envp in the agent and runs it in user mode until it exits,
-// within budget instructions (0: the machine's budget). The machine is reset afterwards, whatever
-// happened. A program that forks, sleeps or waits stops as ErrBlocked in the call that would;
-// one that runs past its budget as ErrBudget. Needs UnicornOptions.UserMode.
-func (m *Machine) RunProgram(path string, argv, envp []string, budget uint64) (*ProgramRun, error) {
+// Program is what RunProgram runs.
+type Program struct {
+	Path       string // the executable, in the SVM's file system
+	Argv, Envp []string
+	// Binary, if set, is written to Path (in the SVM's tmpfs) by injected calls before the exec:
+	// the user's own static executable. Nothing of it outlives the run (the machine is reset).
+	Binary []byte
+	// Budget is the run's instruction limit; 0 takes the machine's.
+	Budget uint64
+	// Paths, if set, is asked about each absolute path (made lexically clean, relative ones joined
+	// to the program's working directory while it is known) the kernel is about to walk for the
+	// program, and returns the path to walk instead, or "" to leave it as it is. The program's
+	// memory is untouched: the kernel's own copy of the name is rewritten.
+	Paths func(path string) string
+}
+
+// RunProgram execs p.Path in the agent and runs it in user mode until it exits. The program starts
+// in the root directory. The machine is reset afterwards, whatever happened. A program that forks,
+// sleeps or waits stops as ErrBlocked in the call that would; one that runs past its budget as
+// ErrBudget; one that reaches /proc/self by a path Paths did not see (through a directory
+// descriptor) as ErrFault, since /proc/self is the SVM agent, not a process of the guest. Needs
+// UnicornOptions.UserMode.
+func (m *Machine) RunProgram(p Program) (*ProgramRun, error) {
 	u, ok := m.exec.(*unicornExec)
 	if !ok || !u.opts.UserMode {
 		return nil, errors.New("running a program needs a Unicorn machine opened with UserMode")
 	}
-	run, err := u.runProgram(path, argv, envp, budget)
+	run, err := u.runProgram(p)
 	// The program's system calls returned through the injected calls' return address while it
 	// was not the end of the run, and code translated then goes on past it: an injected call
 	// after would return to the agent's user code. Dropping the blocks there (uc_ctl's
@@ -84,8 +111,64 @@ func (m *Machine) RunProgram(path string, argv, envp []string, budget uint64) (*
 	return run, errors.Join(err, u.eng.FlushCode(), m.Reset())
 }
 
-func (u *unicornExec) runProgram(path string, argv, envp []string, budget uint64) (*ProgramRun, error) {
+// prepare makes the agent what the program starts from: its working directory the root (the
+// agent's is the views' procfs), and the user's binary, if any, written to p.Path.
+func (u *unicornExec) prepare(p Program) error {
+	m := u.m
+	va, err := m.putPath("/")
+	if err != nil {
+		return err
+	}
+	ret, err := m.Syscall(SysChdir, va)
+	if err != nil {
+		return fmt.Errorf("chdir /: %w", err)
+	}
+	if _, err := check("chdir", "/", ret); err != nil {
+		return err
+	}
+	if p.Binary == nil {
+		return nil
+	}
+	if va, err = m.putPath(p.Path); err != nil {
+		return err
+	}
+	const oWRONLY, oCREAT, oTRUNC = 0o1, 0o100, 0o1000
+	dirfd := int64(atFDCWD)
+	ret, err = m.Syscall(SysOpenat, uint64(dirfd), va, oWRONLY|oCREAT|oTRUNC|oCLOEXEC, 0o755)
+	if err != nil {
+		return fmt.Errorf("create %s in the SVM: %w", p.Path, err)
+	}
+	fd, err := check("openat", p.Path, ret)
+	if err != nil {
+		return fmt.Errorf("create %s in the SVM: %w", p.Path, err)
+	}
+	buf, size := m.dataBuf()
+	for rest := p.Binary; len(rest) > 0; {
+		n := min(len(rest), size)
+		if err := m.writeVirt(buf, rest[:n]); err != nil {
+			return err
+		}
+		ret, err := m.Syscall(SysWrite, uint64(fd), buf, uint64(n))
+		if err != nil {
+			return fmt.Errorf("write %s in the SVM: %w", p.Path, err)
+		}
+		if ret, err = check("write", p.Path, ret); err != nil {
+			return fmt.Errorf("write %s in the SVM: %w", p.Path, err)
+		}
+		if ret == 0 {
+			return fmt.Errorf("write %s in the SVM: no progress", p.Path)
+		}
+		rest = rest[ret:]
+	}
+	return closeFD(m, int(fd))
+}
+
+func (u *unicornExec) runProgram(p Program) (*ProgramRun, error) {
 	m, e := u.m, u.eng
+	path, argv, envp, budget := p.Path, p.Argv, p.Envp, p.Budget
+	if err := u.prepare(p); err != nil {
+		return nil, err
+	}
 	// path, argv and envp, then the two pointer arrays, in the agent's data area.
 	base, size := m.dataBuf()
 	var blob []byte
@@ -139,7 +222,7 @@ func (u *unicornExec) runProgram(path string, argv, envp []string, budget uint64
 		return nil, fmt.Errorf("system call MSRs: %w", err)
 	}
 	run := &ProgramRun{Status: -1}
-	u.user = &userState{run: run, lstar: lstar}
+	u.user = &userState{run: run, lstar: lstar, paths: p.Paths, cwd: "/"}
 	defer func() { u.user = nil }()
 	m.curNR = sysExecve
 	m.stats.Syscalls++
@@ -222,6 +305,10 @@ func (u *unicornExec) onUserSyscall() {
 	run := u.user.run
 	m.curNR = nr
 	switch {
+	case nr == sysChdir || nr == sysFchdir:
+		// Relative paths are rewritten (Program.Paths) only while the directory is the root the
+		// run started in; elsewhere they resolve as the kernel resolves them.
+		u.user.cwd = ""
 	case nr == sysExit || nr == sysExitGroup:
 		run.Status = int(a0 & 0xff)
 		u.stop(errExited, "")
@@ -233,6 +320,11 @@ func (u *unicornExec) onUserSyscall() {
 			return
 		}
 		u.served(nr, n)
+		return
+	case nr == sysIoctl && (a0 == 1 || a0 == 2):
+		// The captured output is no terminal (the agent's descriptors are the SVM's console):
+		// programs format it as for a pipe, as the guest's tools do for the command channel.
+		u.served(nr, negENOTTY)
 		return
 	case nr == sysSendfile && (a0 == 1 || a0 == 2):
 		// Output is captured by write: sendfile's callers fall back to read and write.
@@ -349,4 +441,97 @@ func (u *unicornExec) userFaultCode(cr2, rip uint64) uint64 {
 		code |= 2
 	}
 	return code
+}
+
+// pathEntries are the kernel functions every path a program names passes through, with the
+// kernel's copy of the name (a struct filename, whose first field points to the string in a
+// names_cache buffer of PATH_MAX bytes): do_filp_open (open, exec) and filename_lookup (stat,
+// readlink, access, chdir, ...). Both take the directory descriptor first.
+var pathEntries = []string{"do_filp_open", "filename_lookup"}
+
+// selfLinks are procfs's /proc/self and /proc/thread-self: followed for a program, they name
+// the SVM agent's pid among the guest's processes.
+var selfLinks = []string{"proc_self_get_link", "proc_thread_self_get_link"}
+
+// hookPaths installs the hooks that rewrite a program's paths (Program.Paths) and stop it at
+// /proc/self. They do nothing outside a program.
+func (u *unicornExec) hookPaths() error {
+	m, e := u.m, u.eng
+	for _, name := range pathEntries {
+		addr, err := m.kernelAddr(name)
+		if err != nil {
+			return fmt.Errorf("program paths: %w", err)
+		}
+		if _, err := e.HookCode(addr, addr, func(uint64, uint32) {
+			if u.user != nil && u.user.paths != nil {
+				u.rewritePath()
+			}
+		}); err != nil {
+			return err
+		}
+	}
+	for _, name := range selfLinks {
+		addr, err := m.kernelAddr(name)
+		if err != nil {
+			return fmt.Errorf("program paths: %w", err)
+		}
+		if _, err := e.HookCode(addr, addr, func(uint64, uint32) {
+			if u.user != nil {
+				u.stop(ErrFault, "the program reached /proc/self through a directory descriptor or a link: "+
+					"it would name the SVM's agent among the guest's processes (open it by its absolute path, which reads the guest's init, as the views do)")
+			}
+		}); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// rewritePath runs at a path entry: RDI is the directory descriptor, RSI the struct filename.
+func (u *unicornExec) rewritePath() {
+	var r [2]uint64
+	if err := u.eng.Regs([]emu.Reg{emu.RDI, emu.RSI}, r[:]); err != nil {
+		u.stop(ErrFault, "path hook: "+err.Error())
+		return
+	}
+	dfd, fname := int32(r[0]), r[1]
+	v := u.cur()
+	name, err := v.ReadUint64(fname)
+	if err != nil {
+		u.stop(ErrFault, fmt.Sprintf("path hook: struct filename at %#x: %v", fname, err))
+		return
+	}
+	// The name is inline after the struct (a short name) or fills a names_cache buffer of its own.
+	room := uint64(pathMax)
+	if name > fname && name-fname < 64 {
+		room -= name - fname
+	}
+	buf := make([]byte, room)
+	if err := v.Read(name, buf); err != nil {
+		u.stop(ErrFault, fmt.Sprintf("path hook: name at %#x: %v", name, err))
+		return
+	}
+	n := bytes.IndexByte(buf, 0)
+	if n <= 0 {
+		return
+	}
+	orig := string(buf[:n])
+	abs := orig
+	if abs[0] != '/' {
+		if dfd != atFDCWD || u.user.cwd == "" {
+			return
+		}
+		abs = u.user.cwd + "/" + abs
+	}
+	to := u.user.paths(path.Clean(abs))
+	if to == "" || to == orig {
+		return
+	}
+	if uint64(len(to)) >= room {
+		u.stop(ErrFault, fmt.Sprintf("path %s, rewritten to %s, is longer than the kernel's buffer", orig, to))
+		return
+	}
+	if err := u.curWrite(name, append([]byte(to), 0)); err != nil {
+		u.stop(ErrFault, fmt.Sprintf("path hook: rewrite %s: %v", orig, err))
+	}
 }

@@ -14,7 +14,7 @@ const busybox = "/bin/busybox"
 
 func runBusybox(t *testing.T, m *Machine, budget uint64, args ...string) (*ProgramRun, error) {
 	t.Helper()
-	run, err := m.RunProgram(busybox, append([]string{"busybox"}, args...), []string{"PATH=/bin:/sbin", "HOME=/"}, budget)
+	run, err := m.RunProgram(Program{Path: busybox, Argv: append([]string{"busybox"}, args...), Envp: []string{"PATH=/bin:/sbin", "HOME=/"}, Budget: budget})
 	if run != nil {
 		t.Logf("busybox %s: status %d, %d system calls, %d user faults, %v", strings.Join(args, " "), run.Status, run.Syscalls, run.Faults, run.Wall)
 	}
@@ -102,10 +102,10 @@ func TestProgramBadRuns(t *testing.T) {
 		expect func(error) bool
 	}{
 		{"missing file", func() (*ProgramRun, error) {
-			return m.RunProgram("/bin/no-such-program", []string{"x"}, nil, 0)
+			return m.RunProgram(Program{Path: "/bin/no-such-program", Argv: []string{"x"}})
 		}, func(err error) bool { return errors.Is(err, syscall.ENOENT) }},
 		{"not a program", func() (*ProgramRun, error) {
-			return m.RunProgram("/etc/passwd", []string{"x"}, nil, 0)
+			return m.RunProgram(Program{Path: "/etc/passwd", Argv: []string{"x"}})
 		}, func(err error) bool { return errors.Is(err, syscall.EACCES) || errors.Is(err, syscall.ENOEXEC) }},
 		{"sleeps", func() (*ProgramRun, error) { return runBusybox(t, m, 0, "sleep", "1") }, func(err error) bool {
 			var se *StopError
