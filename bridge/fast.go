@@ -237,14 +237,6 @@ func (s *Session) resolveFast(m *svm.Machine, phys uint64, size int, write bool)
 		m.Stop("Unicorn gave no instruction address for an access")
 		return
 	}
-	if userCode(pc) {
-		// As Slow-Bridge decides it (decideImage): a program's vDSO.
-		if s.filter.Add(pc, phys) != nil {
-			s.replay[[2]uint64{pc, phys}] = decision.Local
-		}
-		s.swap(m, phys, size, write, decision.Local)
-		return
-	}
 	key := [2]uint64{pc, phys}
 	if d, ok := s.replay[key]; ok {
 		s.stats.Hits++

@@ -253,12 +253,20 @@ func init() {
 	keepLocal("a program's memory charging in the SVM (its cgroup)",
 		"mem_cgroup_events_index", "blkcg_root", "stats_flush_threshold")
 	keepLocal("the SVM's CPU features, which a program's FPU state and signal frames follow",
-		"init_fpstate", "fpu_kernel_cfg", "fpu_user_cfg", "elf_hwcap2", "max_frame_size", "raw_data")
+		"init_fpstate", "fpu_kernel_cfg", "fpu_user_cfg", "elf_hwcap2", "max_frame_size")
 	keepLocal("security modules checking a program's exec and mappings",
 		"aa_buffers_lock", "aa_global_buffers", "buffer_count", "reserve_count", "aa_g_audit", "aa_g_debug",
 		"aa_g_path_max", "blob_sizes", "tomoyo_kernel_namespace", "tomoyo_trigger")
 	keepLocal("constant pointers of the kernel image (tracepoint strings of the exec and fault paths)",
 		"___tp_str.19", "___tp_str.21", "___tp_str.22")
+	// A program's netlink socket (busybox ip) is the SVM's: its tables, protocol handlers and
+	// buffers. What it dumps is reached through the guest's namespace (init_nsproxy, init_net).
+	keepLocal("a program's sockets in the SVM (socket creation, netlink tables and handlers, buffers)",
+		"net_families", "sock_mnt", "sock_inode_cachep", "inetsw", "inetsw_array", "inet6_ops", "inet_af_ops",
+		"tcp_prot", "tcp_sockets_allocated", "netlink_proto", "netlink_tap_net_id", "nl_table", "nl_table_lock",
+		"nl_table_users", "nl_table_wait", "rtnl_msg_handlers", "rtnl_af_ops",
+		"skbuff_head_cache", "skbuff_fclone_cache", "sysctl_rmem_default", "sysctl_wmem_default",
+		"sysctl_net_busy_read")
 	keepLocal("the SVM's code metadata: unwinder tables, tracing, kprobes, text lookups",
 		"__start_orc_unwind", "__start_orc_unwind_ip", "orc_lookup", "lookup_num_blocks", "orc_init",
 		"ftrace_list_end", "ftrace_ops_list", "ftrace_mod_maps", "kprobe_insn_slots",

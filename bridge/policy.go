@@ -183,14 +183,6 @@ func (s *Session) tracker(snap *svm.Snapshot, pol *policy) (*taint.Tracker, erro
 // decideImage runs before each access to the kernel image's data or aliased struct pages completes
 // (Slow-Bridge): it applies the taint engine's decision and learns it.
 func (s *Session) decideImage(a *taint.Access) {
-	if userCode(a.PC) {
-		// A program's own instruction (Session.RunProgram) reaches the kernel image only where
-		// the SVM's kernel mapped it a page of it (the vDSO, which its C library parses at start):
-		// the SVM's, by rule, and not memoized (Fast-Bridge applies the same rule).
-		a.Decision, a.Reason = decision.Local, taint.ReasonGlobalLocal
-		s.apply(s.Machine, a.Phys, a.Size, a.Write, a.Decision)
-		return
-	}
 	region := s.apply(s.Machine, a.Phys, a.Size, a.Write, a.Decision)
 	if s.policy.guestFiles {
 		// Decided for this kind of operation alone (ReadGuestFile): not memoized.
@@ -276,6 +268,3 @@ func (p *policy) place(phys uint64) uint64 {
 	}
 	return phys - p.snap.Layout.KernelStart
 }
-
-// userCode reports whether pc is in the lower, user half of the address space: a program's code.
-func userCode(pc uint64) bool { return pc>>47 == 0 }

@@ -26,7 +26,7 @@ import (
 const (
 	formatName = "hybridbridge-svm-snapshot"
 	// FormatVersion changes whenever the snapshot's meaning changes; older snapshots are rebuilt.
-	FormatVersion = 13
+	FormatVersion = 15
 	metaFile      = "snapshot.json"
 	ramFile       = "ram.img"
 	relocsFile    = "relocs.bin" // a KASLR layout's relocation tables (kaslr.Relocs.MarshalBinary)

@@ -36,6 +36,7 @@ const (
 	sysExitGroup = 231
 	sysChdir     = 80
 	sysIoctl     = 16
+	sysStatfs    = 137
 	sysFchdir    = 81
 	// Linux's MSR_SYSCALL_MASK (syscall_init) and MSR_STAR (__USER32_CS<<48 | __KERNEL_CS<<32),
 	// which the snapshot's CPU state does not carry.
@@ -125,6 +126,16 @@ func (u *unicornExec) prepare(p Program) error {
 	}
 	if _, err := check("chdir", "/", ret); err != nil {
 		return err
+	}
+	// Without a vDSO the program asks the kernel for the time, which the SVM serves as the
+	// guest's (the views' clock); the vDSO would read the SVM's own vvar page, with RDTSC at
+	// user level, which the clock redirect does not reach.
+	vdso, err := m.kernelAddr(vdsoSwitch)
+	if err != nil {
+		return err
+	}
+	if err := m.writeVirt(vdso, []byte{0, 0, 0, 0}); err != nil {
+		return fmt.Errorf("turn the vDSO off: %w", err)
 	}
 	if p.Binary == nil {
 		return nil
@@ -321,6 +332,13 @@ func (u *unicornExec) onUserSyscall() {
 		}
 		u.served(nr, n)
 		return
+	case nr == sysStatfs && u.user.paths != nil:
+		// Only /proc is the guest's: a file system's usage elsewhere would be the SVM's own,
+		// shown as if it were the guest's (df).
+		if p, err := u.userString(a0); err != nil || u.user.paths(path.Clean(p)) == "" {
+			u.stop(ErrFault, fmt.Sprintf("statfs %q: outside /proc a program sees the SVM's own file systems, not the guest's", p))
+			return
+		}
 	case nr == sysIoctl && (a0 == 1 || a0 == 2):
 		// The captured output is no terminal (the agent's descriptors are the SVM's console):
 		// programs format it as for a pipe, as the guest's tools do for the command channel.
@@ -449,9 +467,18 @@ func (u *unicornExec) userFaultCode(cr2, rip uint64) uint64 {
 // readlink, access, chdir, ...). Both take the directory descriptor first.
 var pathEntries = []string{"do_filp_open", "filename_lookup"}
 
+// vdsoSwitch is the kernel's int that makes exec map the vDSO (the vdso= boot argument).
+const vdsoSwitch = "vdso64_enabled"
+
 // selfLinks are procfs's /proc/self and /proc/thread-self: followed for a program, they name
 // the SVM agent's pid among the guest's processes.
 var selfLinks = []string{"proc_self_get_link", "proc_thread_self_get_link"}
+
+// kernelPrint is where every kernel message is made.
+const kernelPrint = "vprintk_emit"
+
+// programSymbols are the kernel symbols a program run needs, which snapshots record.
+var programSymbols = append(append([]string{vdsoSwitch, kernelPrint, "__warn_printk"}, pathEntries...), selfLinks...)
 
 // hookPaths installs the hooks that rewrite a program's paths (Program.Paths) and stop it at
 // /proc/self. They do nothing outside a program.
@@ -465,6 +492,25 @@ func (u *unicornExec) hookPaths() error {
 		if _, err := e.HookCode(addr, addr, func(uint64, uint32) {
 			if u.user != nil && u.user.paths != nil {
 				u.rewritePath()
+			}
+		}); err != nil {
+			return err
+		}
+	}
+	// Every kernel message is stopped where it is made, before its printing runs on the SVM's
+	// log and console: a warning (e.g. an RTNL assertion failed) by its own format, which
+	// __warn_printk takes first and vprintk_emit fourth.
+	for _, p := range []struct {
+		name string
+		fmt  emu.Reg
+	}{{"__warn_printk", emu.RDI}, {kernelPrint, emu.RCX}} {
+		addr, err := m.kernelAddr(p.name)
+		if err != nil {
+			return fmt.Errorf("program paths: %w", err)
+		}
+		if _, err := e.HookCode(addr, addr, func(uint64, uint32) {
+			if u.user != nil {
+				u.stop(ErrFault, "the SVM's kernel printed a message while serving the program, on a path it does not expect: "+u.kernelFormat(p.fmt))
 			}
 		}); err != nil {
 			return err
@@ -534,4 +580,40 @@ func (u *unicornExec) rewritePath() {
 	if err := u.curWrite(name, append([]byte(to), 0)); err != nil {
 		u.stop(ErrFault, fmt.Sprintf("path hook: rewrite %s: %v", orig, err))
 	}
+}
+
+// userString reads a NUL-terminated string of the program's memory (at most a path's length).
+func (u *unicornExec) userString(va uint64) (string, error) {
+	var out []byte
+	for len(out) < pathMax {
+		var b [64]byte
+		if err := u.cur().Read(va+uint64(len(out)), b[:]); err != nil {
+			return string(out), err
+		}
+		if i := bytes.IndexByte(b[:], 0); i >= 0 {
+			return string(append(out, b[:i]...)), nil
+		}
+		out = append(out, b[:]...)
+	}
+	return string(out), fmt.Errorf("string at %#x is longer than %d bytes", va, pathMax)
+}
+
+// kernelFormat is the format string in register r at a message's entry, quoted, without the level
+// prefix.
+func (u *unicornExec) kernelFormat(r emu.Reg) string {
+	rcx, err := u.eng.Reg(r)
+	if err != nil {
+		return "(format unreadable)"
+	}
+	b := make([]byte, 160)
+	if err := u.cur().Read(rcx, b); err != nil {
+		return "(format unreadable)"
+	}
+	if i := bytes.IndexByte(b, 0); i >= 0 {
+		b = b[:i]
+	}
+	for len(b) >= 2 && b[0] == 1 {
+		b = b[2:] // KERN_SOH and the level
+	}
+	return fmt.Sprintf("%q", bytes.TrimSpace(b))
 }
