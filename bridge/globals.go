@@ -42,7 +42,11 @@ var redirectList = map[string]string{
 	"udp4_seq_afinfo": "UDP sockets (/proc/net/udp)",
 	"udp6_seq_afinfo": "UDP sockets (/proc/net/udp6)",
 	"arp_tbl":         "the neighbour table (/proc/net/arp)",
-	"init_uts_ns":     "host and kernel names (/proc/sys/kernel/{hostname,osrelease,version,...})",
+	// A program's netlink dump (busybox ip) locks the RTNL mutex through its socket's cb_mutex,
+	// reached by a lookup in the guest's namespace (so the guest's), and rtnl_is_locked then
+	// asserts it by address: both must be the guest's lock.
+	"rtnl_mutex":  "the guest's RTNL lock (netlink dumps: ip addr, ip link, ip route)",
+	"init_uts_ns": "host and kernel names (/proc/sys/kernel/{hostname,osrelease,version,...})",
 	// The guest's clock: a view's "now" is the guest's (uptime, start times, socket timers). The
 	// SVM's system calls take no timer interrupt, so nothing writes these while a view runs;
 	// read_tsc gives the guest's last counter value (svm.Options.Clock), so the clock
@@ -254,8 +258,8 @@ func init() {
 		"mem_cgroup_events_index", "blkcg_root", "stats_flush_threshold")
 	keepLocal("the SVM's CPU features, which a program's FPU state and signal frames follow",
 		"init_fpstate", "fpu_kernel_cfg", "fpu_user_cfg", "elf_hwcap2", "max_frame_size")
-	keepLocal("security modules checking a program's exec and mappings",
-		"aa_buffers_lock", "aa_global_buffers", "buffer_count", "reserve_count", "aa_g_audit", "aa_g_debug",
+	keepLocal("security modules checking a program's exec, mappings and sockets",
+		"kernel_t", "aa_buffers_lock", "aa_global_buffers", "buffer_count", "reserve_count", "aa_g_audit", "aa_g_debug",
 		"aa_g_path_max", "blob_sizes", "tomoyo_kernel_namespace", "tomoyo_trigger")
 	keepLocal("constant pointers of the kernel image (tracepoint strings of the exec and fault paths)",
 		"___tp_str.19", "___tp_str.21", "___tp_str.22")

@@ -20,6 +20,27 @@ func TestProcPath(t *testing.T) {
 	}
 }
 
+// TestProgramPath: a program's paths under /proc walk the views' procfs as the views read it;
+// anything else is left to the kernel (""), which svm.Machine.RunProgram hands it already clean.
+func TestProgramPath(t *testing.T) {
+	for in, want := range map[string]string{
+		"/proc":            "/hbproc",
+		"/proc/":           "/hbproc",
+		"/proc/self":       "/hbproc/1",
+		"/proc/self/fd/3":  "/hbproc/1/fd/3",
+		"/proc/net/tcp6":   "/hbproc/1/net/tcp6",
+		"/proc/123/status": "/hbproc/123/status",
+		"/proc/sys/kernel": "/hbproc/sys/kernel",
+		"/procfs":          "",
+		"/etc/passwd":      "",
+		"/":                "",
+	} {
+		if got := programPath(in); got != want {
+			t.Errorf("programPath(%q) = %q, want %q", in, got, want)
+		}
+	}
+}
+
 // TestListsDisjoint: a global in two lists would be decided by whichever is checked first.
 func TestListsDisjoint(t *testing.T) {
 	for n := range redirectList {

@@ -44,6 +44,8 @@ type benchRun struct {
 	// and Misses count accesses).
 	InsnHits   int `json:"insn_hits"`
 	InsnMisses int `json:"insn_misses"`
+	// Tainted are the instructions Slow-Bridge ran (it sees each one): in slow mode, all.
+	Tainted uint64 `json:"tainted_instructions,omitempty"`
 }
 
 // rate is n over n+m, nil when there was nothing to count: "no lookups" is not a 100 % hit rate.
@@ -170,6 +172,11 @@ type benchScale struct {
 	// EngineRatio and WholeRatio are the warm engine and whole times over the tool's.
 	EngineRatio float64 `json:"engine_over_tool"`
 	WholeRatio  float64 `json:"whole_over_tool"`
+	// Slow is one Slow-Bridge run from an empty memo, for the instructions the work takes
+	// (ps and its program only).
+	Slow *benchRun `json:"slow,omitempty"`
+	// TrainFallBacks are the fall-backs of the first, training auto run.
+	TrainFallBacks int `json:"training_fallbacks"`
 }
 
 // scaleTools are the in-guest commands the scale table times against ps and netstat. The demo
@@ -198,7 +205,9 @@ from an empty memo, the workload changing between them, shows how training conve
 HYBRID-BRIDGE's Fig. 5). With --refreshes N, N console-like refreshes follow (attach, ps, lsmod,
 netstat, detach), with the process's resident memory sampled over them. Last, the scale table: the
 guest grown to each count of --scale in turn, warm ps and netstat beside the guest's own busybox
-doing the same work, timed inside the guest, and their ratio. The memo used here is private to the benchmark; the saved one is untouched.
+doing the same work, timed inside the guest, and their ratio; and beside the ps view, busybox ps
+itself run unmodified in the SVM (hybridbridge run -- ps), with the instructions one Slow-Bridge
+run of each takes. The memo used here is private to the benchmark; the saved one is untouched.
 
 An attached VM (guest attach) is measured as it is: hybridbridge has no command channel into it to
 grow or change its workload, so --processes does not apply and the snapshots of the series see
@@ -408,22 +417,54 @@ func (b *benchRunner) scale(counts []int, progress io.Writer) ([]benchScale, err
 			if err != nil {
 				return nil, err
 			}
-			row := benchScale{Processes: got, View: v.Name, Tool: tool, ToolMS: toolMS}
-			for k := range 4 { // the first trains the memo
-				r, _, err := b.run(i, bridge.ModeAuto, m)
-				if err != nil {
-					return nil, fmt.Errorf("scale %s at %d processes: %w", v.Name, got, err)
-				}
-				if k > 0 && (row.Warm.Engine == 0 || r.Engine < row.Warm.Engine) {
-					row.Warm = r
-				}
+			row, err := b.scaleRow(got, v.Name, tool, toolMS, m, v.Name == "ps", func(mode bridge.Mode, m *memo.Memo) (benchRun, bridge.EngineStats, error) {
+				return b.run(i, mode, m)
+			})
+			if err != nil {
+				return nil, err
 			}
-			row.EngineRatio = float64(row.Warm.Engine.Microseconds()) / 1e3 / toolMS
-			row.WholeRatio = float64(row.Warm.Whole.Microseconds()) / 1e3 / toolMS
+			rows = append(rows, row)
+			if v.Name != "ps" {
+				continue
+			}
+			// The same question asked by the unmodified program instead of the view.
+			name := "run " + strings.Join(benchProgram, " ")
+			fmt.Fprintf(progress, "scale: %s at %d processes...\n", name, got)
+			if row, err = b.scaleRow(got, name, tool, toolMS, m, true, b.runProgram); err != nil {
+				return nil, err
+			}
 			rows = append(rows, row)
 		}
 	}
 	return rows, nil
+}
+
+// scaleRow times one scale-table row with runner: a Slow-Bridge run from an empty memo if slow,
+// a training auto run, then the fastest of three warm auto runs.
+func (b *benchRunner) scaleRow(procs int, name, tool string, toolMS float64, m *memo.Memo, slow bool,
+	runner func(bridge.Mode, *memo.Memo) (benchRun, bridge.EngineStats, error)) (benchScale, error) {
+	row := benchScale{Processes: procs, View: name, Tool: tool, ToolMS: toolMS}
+	if slow {
+		r, _, err := runner(bridge.ModeSlow, memo.New(bridge.MemoKey(b.snap)))
+		if err != nil {
+			return row, fmt.Errorf("scale %s slow at %d processes: %w", name, procs, err)
+		}
+		row.Slow = &r
+	}
+	for k := range 4 { // the first trains the memo
+		r, _, err := runner(bridge.ModeAuto, m)
+		if err != nil {
+			return row, fmt.Errorf("scale %s at %d processes: %w", name, procs, err)
+		}
+		if k == 0 {
+			row.TrainFallBacks = r.FallBacks
+		} else if row.Warm.Engine == 0 || r.Engine < row.Warm.Engine {
+			row.Warm = r
+		}
+	}
+	row.EngineRatio = float64(row.Warm.Engine.Microseconds()) / 1e3 / toolMS
+	row.WholeRatio = float64(row.Warm.Whole.Microseconds()) / 1e3 / toolMS
+	return row, nil
 }
 
 // timeInGuest is the mean wall time of cmd run five times inside the guest, its output
@@ -456,22 +497,46 @@ type benchRunner struct {
 
 // runOn runs view i once in mode with memo m, Fast-Bridge on KVM or not, and measures it.
 func (b *benchRunner) runOn(i int, mode bridge.Mode, m *memo.Memo, kvm bool) (benchRun, bridge.EngineStats, error) {
+	return b.measure(mode, m, kvm, benchViews[i].Name, func(s *bridge.Session) error {
+		res, _, err := benchViews[i].Read(s, 0)
+		if procs, ok := res.([]inspect.Process); ok && err == nil {
+			b.procs = len(procs)
+		}
+		return err
+	})
+}
+
+// benchProgram is the unmodified program the scale table runs beside the ps view.
+var benchProgram = []string{"ps"}
+
+// runProgram runs benchProgram once in the SVM, measured as a view is.
+func (b *benchRunner) runProgram(mode bridge.Mode, m *memo.Memo) (benchRun, bridge.EngineStats, error) {
+	name := bridge.ProgramName(benchProgram)
+	return b.measure(mode, m, b.kvm, "run "+name, func(s *bridge.Session) error {
+		run, err := s.RunProgram(svm.Program{Path: "/bin/busybox", Argv: benchProgram, Envp: programEnv}, name)
+		if err == nil && run.Status != 0 {
+			err = fmt.Errorf("%s: exit status %d: %s", name, run.Status, run.Stderr)
+		}
+		return err
+	})
+}
+
+// measure runs fn in one session of its own in mode with memo m, Fast-Bridge on KVM or not:
+// engine and whole times, memo and engine counters.
+func (b *benchRunner) measure(mode bridge.Mode, m *memo.Memo, kvm bool, view string, fn func(s *bridge.Session) error) (benchRun, bridge.EngineStats, error) {
 	start := time.Now()
 	s, err := bridge.AttachTarget(b.ctx, b.t, b.snap, b.syms, bridge.Options{Mode: mode, Memo: m, KVM: kvm})
 	if err != nil {
 		return benchRun{}, bridge.EngineStats{}, err
 	}
-	s.View = benchViews[i].Name
+	s.View = view
 	before := m.Entries()
-	res, _, rerr := benchViews[i].Read(s, 0)
-	if procs, ok := res.([]inspect.Process); ok && rerr == nil {
-		b.procs = len(procs)
-	}
+	rerr := fn(s)
 	st := s.Stats() // settles the hits replayed in C into the memo's entries
-	sc, _, _ := s.Work()
+	sc, tainted, _ := s.Work()
 	cerr := s.Close(context.WithoutCancel(b.ctx))
 	r := benchRun{Engine: st.FastTime + st.SlowTime, Whole: time.Since(start), FallBacks: st.FallBacks, Hits: st.Hits, Misses: st.Misses, Syscalls: sc,
-		Ops:   st.FastOps + st.SlowOps,
+		Ops: st.FastOps + st.SlowOps, Tainted: tainted,
 		Exits: st.KVMExits, Trapped: st.KVMTrapped}
 	r.InsnHits, r.InsnMisses = insnCounts(before, m.Entries(), st.Events)
 	return r, st, errors.Join(rerr, cerr)
@@ -694,10 +759,14 @@ func printBench(w interface{ Write([]byte) (int, error) }, rep *benchReport) err
 	}
 	fmt.Fprintln(w, "\nscale: warm views (fastest of three) beside the guest's own tool, timed inside the guest (mean of five):")
 	tw = tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "processes\tview\tengine\twhole\toperations\tsystem calls\tin-guest tool\tengine/tool\twhole/tool\ttool")
+	fmt.Fprintln(tw, "processes\tview\tengine\twhole\toperations\tsystem calls\tfall-backs (training, warm)\tslow-bridge\tinstructions\tin-guest tool\tengine/tool\twhole/tool\ttool")
 	for _, r := range rep.Scale {
-		fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%d\t%d\t%.0f ms\t%.1fx\t%.1fx\t%s\n", r.Processes, r.View, ms(r.Warm.Engine), ms(r.Warm.Whole),
-			r.Warm.Ops, r.Warm.Syscalls, r.ToolMS, r.EngineRatio, r.WholeRatio, r.Tool)
+		slow, insns := "-", "-"
+		if r.Slow != nil {
+			slow, insns = ms(r.Slow.Engine), strconv.FormatUint(r.Slow.Tainted, 10)
+		}
+		fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%d\t%d\t%d, %d\t%s\t%s\t%.0f ms\t%.1fx\t%.1fx\t%s\n", r.Processes, r.View, ms(r.Warm.Engine), ms(r.Warm.Whole),
+			r.Warm.Ops, r.Warm.Syscalls, r.TrainFallBacks, r.Warm.FallBacks, slow, insns, r.ToolMS, r.EngineRatio, r.WholeRatio, r.Tool)
 	}
 	return tw.Flush()
 }

@@ -36,7 +36,9 @@ func (e *env) consoleCommand() *cobra.Command {
 guest attach: its processes, sockets and kernel modules, computed by the guest kernel's own code
 in the SVM, with the engine that ran, the memo's hit rate and the fall-back log. Each refresh
 pauses a running guest for the time the views take and resumes it; nothing stays paused between
-refreshes. Without a terminal it names the view subcommands (ps, ...) to use instead.`,
+refreshes. The : key runs a busybox applet against the guest, as hybridbridge run does, and shows
+its output in the Program pane. Without a terminal it names the view subcommands (ps, ...) to use
+instead.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if !e.interactive() {
@@ -258,17 +260,7 @@ func (c *consoleSource) Refresh(ctx context.Context, mode ui.Mode, progress func
 	est := s.Stats()
 	f.Fallbacks = est.FallBacks
 	f.Engine = engineOf(est.FastEngine, est.FastOps, est.SlowOps)
-	for _, ev := range est.Events {
-		e := ui.Event{Time: ev.Time, View: ev.View, Syscall: ev.Syscall, PC: ev.PC, Symbol: ev.Symbol,
-			Disassembly: ev.Disassembly, Reason: ev.Reason + " (touching " + ev.Region + ")"}
-		if sym, off, ok := c.syms.LookupSymbol(ev.PC); ok && off < 4096 {
-			code := make([]byte, off+48)
-			if s.ReadKernel(sym.Addr, code) == nil {
-				e.CodeAddr, e.Code = sym.Addr, code
-			}
-		}
-		f.Events = append(f.Events, e)
-	}
+	f.Events = c.uiEvents(s, est.Events)
 	cerr := s.Close(context.WithoutCancel(ctx))
 	f.Took = time.Since(f.Time)
 	if cerr != nil {
@@ -295,6 +287,81 @@ func (c *consoleSource) Refresh(ctx context.Context, mode ui.Mode, progress func
 	}
 	f.Memo = c.memoSummary()
 	return f, nil
+}
+
+// uiEvents converts the session's fall-backs for the console, each with the kernel code around
+// its instruction so the event's details can disassemble it. The session must still be attached.
+func (c *consoleSource) uiEvents(s *bridge.Session, evs []bridge.FallBack) []ui.Event {
+	var out []ui.Event
+	for _, ev := range evs {
+		e := ui.Event{Time: ev.Time, View: ev.View, Syscall: ev.Syscall, PC: ev.PC, Symbol: ev.Symbol,
+			Disassembly: ev.Disassembly, Reason: ev.Reason + " (touching " + ev.Region + ")"}
+		if sym, off, ok := c.syms.LookupSymbol(ev.PC); ok && off < 4096 {
+			code := make([]byte, off+48)
+			if s.ReadKernel(sym.Addr, code) == nil {
+				e.CodeAddr, e.Code = sym.Addr, code
+			}
+		}
+		out = append(out, e)
+	}
+	return out
+}
+
+// RunProgram attaches to the guest (pausing it), runs argv as a busybox applet of the SVM's image
+// in the chosen mode, resumes the guest and saves the memo, as `hybridbridge run` does.
+func (c *consoleSource) RunProgram(ctx context.Context, mode ui.Mode, argv []string) (*ui.ProgramResult, error) {
+	if len(argv) == 0 {
+		return nil, errors.New("nothing to run")
+	}
+	if strings.Contains(argv[0], "/") {
+		return nil, fmt.Errorf("%s: the console runs busybox applets of the SVM's image (e.g. ps), not files", argv[0])
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	t, err := c.open(ctx)
+	if err != nil {
+		return nil, err
+	}
+	defer t.Close()
+	r := &ui.ProgramResult{Argv: argv, Mode: mode, Time: time.Now()}
+	name := bridge.ProgramName(argv)
+	// Programs run on Unicorn only (bridge.ErrProgramOnKVM): where the views' Fast-Bridge is KVM,
+	// a run still gets Unicorn's Fast-Bridge rather than failing or going slow.
+	s, err := bridge.AttachTarget(ctx, t, c.snap, c.syms, bridge.Options{Mode: bridge.Mode(mode.String()), Memo: c.memo})
+	if err != nil {
+		return nil, fmt.Errorf("attach guest %s: %w", c.name, err)
+	}
+	before := s.Stats()
+	var run *svm.ProgramRun
+	rerr := runRecovered(func() (err error) {
+		run, err = s.RunProgram(svm.Program{Path: "/bin/busybox", Argv: argv, Envp: programEnv}, name)
+		return err
+	})
+	if rerr != nil {
+		r.Err = rerr.Error()
+	}
+	if run != nil {
+		r.Status, r.Stdout, r.Stderr = run.Status, run.Stdout, run.Stderr
+		r.Syscalls, r.Faults, r.Wall = run.Syscalls, run.Faults, run.Wall
+	}
+	after := s.Stats()
+	r.Engine = engineOf(after.FastEngine, after.FastOps-before.FastOps, after.SlowOps-before.SlowOps)
+	r.Fallbacks = after.FallBacks - before.FallBacks
+	r.Events = c.uiEvents(s, after.Events[len(before.Events):])
+	cerr := s.Close(context.WithoutCancel(ctx))
+	r.Elapsed = time.Since(r.Time)
+	if cerr != nil {
+		return nil, fmt.Errorf("detach guest %s after %s: %w", c.name, name, cerr)
+	}
+	if note, err := saveMemo(c.memo, c.memoPath); err != nil {
+		c.notes = append(c.notes, err.Error())
+	} else if note != "" {
+		c.notes = append(c.notes, note)
+	}
+	return r, nil
 }
 
 // runView runs one view in the session and measures what it cost; the session's counters are

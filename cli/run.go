@@ -36,8 +36,8 @@ the memo, and in auto mode (--mode), on a memo miss again from the start under S
 learns; the summary on stderr says which ran. A program that forks (a shell running a command),
 sleeps or waits stops with an error naming the system call, as does one that runs past --budget.` + guestsHelp,
 		RunE: func(cmd *cobra.Command, args []string) error {
-			if len(args) == 0 {
-				return fmt.Errorf("nothing to run: give the program's arguments after -- (e.g. hybridbridge run -- ps)")
+			if len(args) == 0 && program == "" {
+				return fmt.Errorf("nothing to run: give a busybox applet and its arguments after -- (e.g. hybridbridge run -- ps), or --program FILE")
 			}
 			p := svm.Program{Path: "/bin/busybox", Argv: args, Envp: programEnv, Budget: budget}
 			if program != "" {
@@ -52,6 +52,11 @@ sleeps or waits stops with an error naming the system call, as does one that run
 				p.Path, p.Binary, p.Argv = "/tmp/"+base, data, append([]string{base}, args...)
 			} else if strings.Contains(args[0], "/") {
 				return fmt.Errorf("%s: without --program, the first argument is a busybox applet of the SVM's image (e.g. ps); use --program for a file of yours", args[0])
+			}
+			if e.fastEngine == executorAuto {
+				// A program's user mode runs on Unicorn only (bridge.ErrProgramOnKVM): auto picks
+				// it, as the console does; an explicit --fast-engine kvm is refused by the bridge.
+				e.fastEngine = executorUnicorn
 			}
 			progName := bridge.ProgramName(p.Argv)
 			var res *svm.ProgramRun

@@ -36,6 +36,10 @@ const (
 	sysExitGroup = 231
 	sysChdir     = 80
 	sysIoctl     = 16
+	sysClone     = 56
+	sysFork      = 57
+	sysVfork     = 58
+	sysClone3    = 435
 	sysStatfs    = 137
 	sysFchdir    = 81
 	// Linux's MSR_SYSCALL_MASK (syscall_init) and MSR_STAR (__USER32_CS<<48 | __KERNEL_CS<<32),
@@ -95,8 +99,9 @@ type Program struct {
 // RunProgram execs p.Path in the agent and runs it in user mode until it exits. The program starts
 // in the root directory. The machine is reset afterwards, whatever happened. A program that forks,
 // sleeps or waits stops as ErrBlocked in the call that would; one that runs past its budget as
-// ErrBudget; one that reaches /proc/self by a path Paths did not see (through a directory
-// descriptor) as ErrFault, since /proc/self is the SVM agent, not a process of the guest. Needs
+// ErrBudget; with Paths, one that reaches /proc/self by a path Paths did not rewrite (through a
+// directory descriptor) as ErrFault, since /proc/self is the SVM agent, not a process of the
+// guest. Needs
 // UnicornOptions.UserMode.
 func (m *Machine) RunProgram(p Program) (*ProgramRun, error) {
 	u, ok := m.exec.(*unicornExec)
@@ -339,6 +344,11 @@ func (u *unicornExec) onUserSyscall() {
 			u.stop(ErrFault, fmt.Sprintf("statfs %q: outside /proc a program sees the SVM's own file systems, not the guest's", p))
 			return
 		}
+	case nr == sysClone || nr == sysFork || nr == sysVfork || nr == sysClone3:
+		// Nothing would run the new task (the SVM runs one call at a time, with no scheduler
+		// ticks), and the parent would wait for it forever.
+		u.stop(ErrBlocked, "the program forks or starts a thread ("+SyscallName(nr)+"): a program runs as one task in the SVM")
+		return
 	case nr == sysIoctl && (a0 == 1 || a0 == 2):
 		// The captured output is no terminal (the agent's descriptors are the SVM's console):
 		// programs format it as for a pipe, as the guest's tools do for the command channel.
@@ -522,7 +532,8 @@ func (u *unicornExec) hookPaths() error {
 			return fmt.Errorf("program paths: %w", err)
 		}
 		if _, err := e.HookCode(addr, addr, func(uint64, uint32) {
-			if u.user != nil {
+			// Without Paths /proc is the SVM's own, and so is its self.
+			if u.user != nil && u.user.paths != nil {
 				u.stop(ErrFault, "the program reached /proc/self through a directory descriptor or a link: "+
 					"it would name the SVM's agent among the guest's processes (open it by its absolute path, which reads the guest's init, as the views do)")
 			}

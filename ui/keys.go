@@ -18,6 +18,7 @@ type KeyMap struct {
 	PageUp, PageDown   key.Binding
 	Home, End          key.Binding
 	ClearMemo          key.Binding
+	Prompt             key.Binding // opens the prompt that runs a program
 	Confirm, Cancel    key.Binding
 	Help               key.Binding
 	Quit               key.Binding
@@ -25,6 +26,9 @@ type KeyMap struct {
 	Interrupt key.Binding
 	// While typing a filter.
 	ApplyFilter, ClearFilter key.Binding
+	// While typing a command line at the prompt. PromptComplete only documents the text input's
+	// own completion key, which must stay the same.
+	PromptRun, PromptCancel, PromptComplete key.Binding
 }
 
 // DefaultKeyMap is the console's key layout.
@@ -49,6 +53,7 @@ func DefaultKeyMap() KeyMap {
 		Home:      key.NewBinding(key.WithKeys("home", "g"), key.WithHelp("g/home", "first row")),
 		End:       key.NewBinding(key.WithKeys("end", "G"), key.WithHelp("G/end", "last row")),
 		ClearMemo: key.NewBinding(key.WithKeys("c"), key.WithHelp("c", "clear memo")),
+		Prompt:    key.NewBinding(key.WithKeys(":"), key.WithHelp(":", "run a program")),
 		Confirm:   key.NewBinding(key.WithKeys("y"), key.WithHelp("y", "yes")),
 		Cancel:    key.NewBinding(key.WithKeys("n", "esc"), key.WithHelp("n", "no")),
 		Help:      key.NewBinding(key.WithKeys("?"), key.WithHelp("?", "help")),
@@ -57,12 +62,16 @@ func DefaultKeyMap() KeyMap {
 
 		ApplyFilter: key.NewBinding(key.WithKeys("enter"), key.WithHelp("enter", "apply filter")),
 		ClearFilter: key.NewBinding(key.WithKeys("esc"), key.WithHelp("esc", "clear filter")),
+
+		PromptRun:      key.NewBinding(key.WithKeys("enter"), key.WithHelp("enter", "run")),
+		PromptCancel:   key.NewBinding(key.WithKeys("esc"), key.WithHelp("esc", "cancel")),
+		PromptComplete: key.NewBinding(key.WithKeys("tab"), key.WithHelp("tab", "complete from history")),
 	}
 }
 
 // ShortHelp is the help bar.
 func (k KeyMap) ShortHelp() []key.Binding {
-	return []key.Binding{k.Help, k.Quit, k.NextPane, k.Refresh, k.Auto, k.Mode, k.Filter, k.Details, k.Sort, k.ClearMemo}
+	return []key.Binding{k.Help, k.Quit, k.NextPane, k.Refresh, k.Prompt, k.Auto, k.Mode, k.Filter, k.Details, k.Sort, k.ClearMemo}
 }
 
 // FullHelp is the `?` screen, one column per group.
@@ -71,6 +80,6 @@ func (k KeyMap) FullHelp() [][]key.Binding {
 		{k.NextPane, k.PrevPane, k.Refresh, k.Auto, k.Faster, k.Slower, k.Mode},
 		{k.Filter, k.Details, k.Back, k.Sort, k.Reverse},
 		{k.Up, k.Down, k.PageUp, k.PageDown, k.Home, k.End},
-		{k.ClearMemo, k.Help, k.Quit},
+		{k.Prompt, k.ClearMemo, k.Help, k.Quit},
 	}
 }

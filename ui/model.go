@@ -4,12 +4,14 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
 	"time"
 
 	"charm.land/bubbles/v2/help"
 	"charm.land/bubbles/v2/key"
 	"charm.land/bubbles/v2/spinner"
+	"charm.land/bubbles/v2/textinput"
 	tea "charm.land/bubbletea/v2"
 	"charm.land/lipgloss/v2"
 	"github.com/charmbracelet/x/ansi"
@@ -51,6 +53,13 @@ type (
 		gen int
 		err error
 	}
+	// programMsg ends a program run. Runs are not generations: one runs at a time, and its
+	// result stays valid whatever the refreshes did meanwhile.
+	programMsg struct {
+		argv []string
+		res  *ProgramResult
+		err  error
+	}
 )
 
 // Model is the console's root model: header, tabs, the focused pane, status and help lines.
@@ -85,21 +94,36 @@ type Model struct {
 	switches   int     // live engine switches seen
 	lastSwitch *Switch // the latest one, shown in the header
 
+	program   *programPane // also in panes
+	prompt    textinput.Model
+	prompting bool     // the prompt takes every key
+	running   []string // the program run in flight, nil when none
+	history   []string // command lines run, the latest first: the prompt completes from them
+
 	status    string
 	statusErr bool
 	confirm   bool // asking whether to clear the memo
 	showHelp  bool
 }
 
+// historyLimit is how many command lines the prompt completes from.
+const historyLimit = 50
+
 // New builds the console's model. ctx bounds every refresh it starts.
 func New(ctx context.Context, src Source, opts Options) *Model {
 	st := DefaultStyles()
 	sp := spinner.New(spinner.WithSpinner(spinner.MiniDot), spinner.WithStyle(st.Spinner))
 	h := help.New()
+	in := textinput.New()
+	in.Prompt = ":"
+	in.Placeholder = "a busybox applet and its arguments, e.g. ps -o pid,user,comm"
+	in.ShowSuggestions = true
+	prog := newProgramPane()
 	m := &Model{
 		ctx: ctx, src: src, info: src.Info(), keys: DefaultKeyMap(), styles: st, help: h, spin: sp,
-		panes: []pane{newProcessesPane(), newNetworkPane(), newModulesPane(), newEventsPane(), newMemoPane()},
-		mode:  opts.Mode, auto: opts.Interval > 0, interval: opts.Interval,
+		panes:   []pane{newProcessesPane(), newNetworkPane(), newModulesPane(), newEventsPane(), newMemoPane(), prog},
+		program: prog, prompt: in,
+		mode: opts.Mode, auto: opts.Interval > 0, interval: opts.Interval,
 		width: 100, height: 30,
 	}
 	if m.interval <= 0 {
@@ -124,6 +148,7 @@ func (m *Model) layout() {
 		p.setSize(m.width, h)
 	}
 	m.help.SetWidth(m.width)
+	m.prompt.SetWidth(max(10, m.width-2))
 }
 
 // startRefresh begins a refresh in the background, abandoning any in flight. The refresh's
@@ -256,8 +281,11 @@ func (m *Model) Update(msg tea.Msg) (tea.Model, tea.Cmd) {
 		}
 		cmds = append(cmds, m.armTick())
 		return m, tea.Batch(cmds...)
+	case programMsg:
+		m.onProgram(msg)
+		return m, nil
 	case spinner.TickMsg:
-		if !m.refreshing && !m.clearing {
+		if !m.refreshing && !m.clearing && m.running == nil {
 			m.spinning = false
 			return m, nil
 		}
@@ -319,6 +347,9 @@ func (m *Model) onKey(msg tea.KeyPressMsg) tea.Cmd {
 	k := m.keys
 	if key.Matches(msg, k.Interrupt) {
 		return m.quit()
+	}
+	if m.prompting {
+		return m.onPromptKey(msg)
 	}
 	if m.confirm {
 		switch {
@@ -397,8 +428,98 @@ func (m *Model) onKey(msg tea.KeyPressMsg) tea.Cmd {
 	case key.Matches(msg, k.ClearMemo):
 		m.confirm = true
 		m.setStatus("clear the memo? every view learns again (y/n)", false)
+	case key.Matches(msg, k.Prompt):
+		m.prompting = true
+		return m.prompt.Focus()
 	}
 	return nil
+}
+
+// onPromptKey edits the command line; enter runs it, esc drops it.
+func (m *Model) onPromptKey(msg tea.KeyPressMsg) tea.Cmd {
+	k := m.keys
+	switch {
+	case key.Matches(msg, k.PromptCancel):
+		m.closePrompt()
+		m.prompt.SetValue("")
+		return nil
+	case key.Matches(msg, k.PromptRun):
+		line := m.prompt.Value()
+		m.closePrompt()
+		argv, err := splitWords(line)
+		switch {
+		case err != nil:
+			// The text stays in the prompt, so that : brings it back to be fixed.
+			m.setStatus("run: "+err.Error()+" (: edits the command line)", true)
+			return nil
+		case len(argv) == 0:
+			m.setStatus("nothing to run: type a busybox applet and its arguments after :", false)
+			return nil
+		case m.running != nil:
+			m.setStatus("a program is already running ("+commandLine(m.running)+"); : and enter run this one after it", false)
+			return nil
+		}
+		m.prompt.SetValue("")
+		m.remember(commandLine(argv))
+		return m.startProgram(argv)
+	}
+	var cmd tea.Cmd
+	m.prompt, cmd = m.prompt.Update(msg)
+	return cmd
+}
+
+func (m *Model) closePrompt() {
+	m.prompting = false
+	m.prompt.Blur()
+}
+
+// remember puts a command line first in the prompt's history.
+func (m *Model) remember(line string) {
+	m.history = append([]string{line}, slices.DeleteFunc(m.history, func(h string) bool { return h == line })...)
+	if len(m.history) > historyLimit {
+		m.history = m.history[:historyLimit]
+	}
+	m.prompt.SetSuggestions(m.history)
+}
+
+// startProgram runs argv in the background in the console's mode and shows the program pane.
+func (m *Model) startProgram(argv []string) tea.Cmd {
+	m.running = argv
+	m.program.start(argv, m.mode)
+	for i, p := range m.panes {
+		if p == pane(m.program) {
+			m.active = i
+		}
+	}
+	m.setStatus("running "+commandLine(argv)+" in mode "+m.mode.String(), false)
+	ctx, src, mode := m.ctx, m.src, m.mode
+	run := func() tea.Msg {
+		res, err := runProgramRecovered(ctx, src, mode, argv)
+		return programMsg{argv: argv, res: res, err: err}
+	}
+	return tea.Batch(run, m.startSpinner())
+}
+
+// onProgram shows a program run's result in its pane and logs its fall-backs with the refreshes'.
+func (m *Model) onProgram(msg programMsg) {
+	m.running = nil
+	m.program.finish(msg.argv, msg.res, msg.err)
+	cmd := commandLine(msg.argv)
+	switch r := msg.res; {
+	case msg.err != nil:
+		m.setStatus("run "+cmd+": "+oneLine(msg.err.Error()), true)
+		return
+	case r.Err != "":
+		m.setStatus(cmd+" failed: "+oneLine(r.Err), true)
+	default:
+		m.setStatus(fmt.Sprintf("%s exited with status %d in %v on %s, fall-backs %d", cmd, r.Status,
+			r.Elapsed.Round(10*time.Millisecond), orDash(r.Engine), r.Fallbacks), false)
+	}
+	for _, p := range m.panes {
+		if sink, ok := p.(programSink); ok {
+			sink.addProgram(msg.res)
+		}
+	}
 }
 
 func (m *Model) quit() tea.Cmd {
@@ -470,7 +591,11 @@ func (m *Model) Render() string {
 		body = m.panes[m.active].view(s)
 	}
 	lines = append(lines, fitLines(body, paneHeight)...)
-	lines = append(lines, m.statusLine(), m.helpLine())
+	status := m.statusLine()
+	if m.prompting {
+		status = m.prompt.View()
+	}
+	lines = append(lines, status, m.helpLine())
 	for i, l := range lines {
 		lines[i] = ansi.Truncate(l, m.width, "…")
 	}
@@ -553,15 +678,22 @@ func (m *Model) header() []string {
 		auto = "every " + m.interval.String()
 	}
 	parts = append(parts, field(s, "auto", auto))
+	var busy []string
 	switch {
 	case m.clearing:
-		parts = append(parts, m.spin.View()+" clearing memo")
+		busy = append(busy, "clearing memo")
 	case m.refreshing:
 		what := "refreshing"
 		if m.progress.View != "" {
 			what += " " + m.progress.View
 		}
-		parts = append(parts, m.spin.View()+" "+what)
+		busy = append(busy, what)
+	}
+	if m.running != nil {
+		busy = append(busy, "running "+commandLine(m.running))
+	}
+	if len(busy) > 0 {
+		parts = append(parts, m.spin.View()+" "+strings.Join(busy, ", "))
 	}
 	return []string{line1, line2, strings.Join(parts, "  ")}
 }
@@ -626,6 +758,9 @@ func (m *Model) statusLine() string {
 }
 
 func (m *Model) helpLine() string {
+	if m.prompting {
+		return m.help.ShortHelpView([]key.Binding{m.keys.PromptRun, m.keys.PromptCancel, m.keys.PromptComplete, m.keys.Interrupt})
+	}
 	if m.panes[m.active].capturing() {
 		return m.help.ShortHelpView([]key.Binding{m.keys.ApplyFilter, m.keys.ClearFilter, m.keys.Interrupt})
 	}

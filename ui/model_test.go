@@ -33,6 +33,10 @@ type fakeSource struct {
 	progress []Progress // reported during each refresh
 	modes    []Mode
 	clears   int
+	// program answers RunProgram; runs records each argv asked, runModes its mode.
+	program  func(mode Mode, argv []string) (*ProgramResult, error)
+	runs     [][]string
+	runModes []Mode
 }
 
 func (f *fakeSource) Info() Info { return Info{Guest: "demo", Kernel: "6.1.0-test", Accel: "tcg"} }
@@ -48,6 +52,17 @@ func (f *fakeSource) Refresh(_ context.Context, mode Mode, progress func(Progres
 		return nil, f.err
 	}
 	return f.frame(mode), nil
+}
+
+func (f *fakeSource) RunProgram(_ context.Context, mode Mode, argv []string) (*ProgramResult, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.runs = append(f.runs, argv)
+	f.runModes = append(f.runModes, mode)
+	if f.program == nil {
+		return &ProgramResult{Argv: argv, Mode: mode, Engine: "Unicorn-fast"}, nil
+	}
+	return f.program(mode, argv)
 }
 
 func (f *fakeSource) ClearMemo(context.Context) error {
@@ -245,11 +260,15 @@ func TestConsoleTabsReachEveryPane(t *testing.T) {
 		t.Errorf("Memo pane lacks the memo:\n%s", s)
 	}
 	press(t, m, "tab")
+	if s := screen(m); !strings.Contains(s, "no program run yet") {
+		t.Errorf("Program pane before any run:\n%s", s)
+	}
+	press(t, m, "tab")
 	if m.active != 0 {
 		t.Errorf("tab after the last pane: pane %d, want 0", m.active)
 	}
 	press(t, m, "shift+tab")
-	if m.panes[m.active].name() != "Memo" {
+	if m.panes[m.active].name() != "Program" {
 		t.Errorf("shift+tab from the first pane: %s", m.panes[m.active].name())
 	}
 }

@@ -39,8 +39,10 @@ type tablePane[T any] struct {
 	// accumulate keeps earlier frames' items (the event log) instead of replacing them.
 	accumulate bool
 	limit      int // with accumulate: the most items kept
-	cells      func(T) []string
-	details    func(T) string
+	// fromProgram, with accumulate, logs a program run's items too (its fall-backs).
+	fromProgram func(*ProgramResult) []T
+	cells       func(T) []string
+	details     func(T) string
 	// caption, if set, replaces the engine-work caption of viewName.
 	caption   func(p *tablePane[T]) string
 	tbl       table
@@ -72,7 +74,17 @@ func (p *tablePane[T]) count() (int, int) {
 
 func (p *tablePane[T]) setFrame(f *Frame) {
 	p.frame = f
-	items := p.extract(f)
+	p.add(p.extract(f))
+}
+
+func (p *tablePane[T]) addProgram(r *ProgramResult) {
+	if p.accumulate && p.fromProgram != nil {
+		p.add(p.fromProgram(r))
+	}
+}
+
+// add logs items, or replaces the shown ones when the pane does not accumulate.
+func (p *tablePane[T]) add(items []T) {
 	if p.accumulate {
 		p.items = append(p.items, items...)
 		if p.limit > 0 && len(p.items) > p.limit {
@@ -378,9 +390,13 @@ func newEventsPane() pane {
 		},
 		eventDetails)
 	p.accumulate, p.limit = true, 1000
+	p.fromProgram = func(r *ProgramResult) []Event { return r.Events }
 	p.caption = func(p *tablePane[Event]) string {
-		if p.frame == nil {
+		switch {
+		case p.frame == nil && len(p.items) == 0:
 			return "fall-backs from Fast-Bridge to Slow-Bridge: waiting for the first refresh..."
+		case p.frame == nil:
+			return fmt.Sprintf("fall-backs from Fast-Bridge to Slow-Bridge: %d logged from program runs; no refresh yet", len(p.items))
 		}
 		return fmt.Sprintf("fall-backs from Fast-Bridge to Slow-Bridge: %d in the last refresh (engine %s), %d logged",
 			p.frame.Fallbacks, orDash(p.frame.Engine), len(p.items))

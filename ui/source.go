@@ -1,9 +1,10 @@
 // Package ui is hybridbridge's interactive terminal console: a header with the engine and
-// memo state, panes for the guest's processes, sockets and modules, the fall-back log and the memo.
+// memo state, panes for the guest's processes, sockets and modules, the fall-back log, the memo,
+// and the output of a program run against the guest from the console's prompt.
 //
 // The console knows nothing of guests or engines: it draws what a Source returns. All blocking
-// work (a refresh pauses the guest and runs kernel code in the SVM) happens in tea.Cmd functions,
-// so the UI keeps drawing while the engine works.
+// work (a refresh or a program run pauses the guest and runs kernel code in the SVM) happens in
+// tea.Cmd functions, so the UI keeps drawing while the engine works.
 package ui
 
 import (
@@ -63,8 +64,8 @@ type Progress struct {
 	GuestState string // QEMU's run state: running, paused
 }
 
-// Source produces the console's data. Implementations must be safe for one Refresh and one
-// ClearMemo running at the same time (they may serialize them).
+// Source produces the console's data. Implementations must be safe for one Refresh, one
+// RunProgram and one ClearMemo running at the same time (they may serialize them).
 type Source interface {
 	Info() Info
 	// Refresh computes every view once in the given mode. progress may be called from any
@@ -74,6 +75,29 @@ type Source interface {
 	Refresh(ctx context.Context, mode Mode, progress func(Progress)) (*Frame, error)
 	// ClearMemo forgets every memoized decision: views learn again.
 	ClearMemo(ctx context.Context) error
+	// RunProgram runs one unmodified program against the guest in the given mode: argv is a
+	// busybox applet of the SVM's image and its arguments. A run that started but did not reach
+	// its exit (it forked, slept, ran past its budget, missed the memo in fast mode) is a result
+	// with Err set; an error means nothing ran (the guest could not be attached, for instance).
+	RunProgram(ctx context.Context, mode Mode, argv []string) (*ProgramResult, error)
+}
+
+// ProgramResult is one program run against the guest.
+type ProgramResult struct {
+	Argv    []string
+	Mode    Mode          // the mode the run was asked to run in
+	Time    time.Time     // when the run started
+	Elapsed time.Duration // attach to resume: how long the run held the guest
+	// Wall is the program's own last run: a fall-back runs it again whole under Slow-Bridge.
+	Wall           time.Duration
+	Engine         string // the engine that ran it, as Frame.Engine
+	Status         int    // the program's exit status; meaningless when Err is set
+	Stdout, Stderr []byte // what it wrote to descriptors 1 and 2, up to where it stopped
+	Syscalls       int    // system calls that entered the guest kernel's code
+	Faults         int    // exceptions delivered from user mode
+	Fallbacks      int    // re-runs under Slow-Bridge after a Fast-Bridge miss
+	Events         []Event
+	Err            string // empty when the program ran to its exit
 }
 
 // Frame is the result of one refresh.

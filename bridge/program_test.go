@@ -1,0 +1,266 @@
+package bridge
+
+import (
+	"context"
+	"encoding/base64"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"testing"
+
+	"hybridbridge/memo"
+	"hybridbridge/svm"
+)
+
+// programCase is a busybox applet run both inside the guest and, unmodified, in the SVM.
+type programCase struct {
+	args []string
+	// selfField is the field of a line that holds a pid, for lines about the running tool itself
+	// (only the guest's run has one: in the SVM the tool is not among the guest's processes);
+	// -1 when the output has none.
+	selfField int
+	// near, if set, compares a line the two runs may print with small differences (the guest's
+	// memory use moves between its own run and the pause).
+	near func(guest, svm string) bool
+}
+
+var programCases = []programCase{
+	{args: []string{"ps"}, selfField: 0},
+	{args: []string{"ps", "-o", "pid,user,comm,args"}, selfField: 0},
+	{args: []string{"netstat", "-an"}, selfField: -1},
+	{args: []string{"lsmod"}, selfField: -1},
+	{args: []string{"free"}, selfField: -1, near: nearFree},
+	{args: []string{"uname", "-a"}, selfField: -1},
+	{args: []string{"hostname"}, selfField: -1},
+	{args: []string{"cat", "/proc/version", "/proc/net/tcp", "/proc/net/udp", "/proc/modules"}, selfField: -1},
+	{args: []string{"ls", "/proc"}, selfField: 0},
+	{args: []string{"ls", "/proc/net", "/proc/self/"}, selfField: -1},
+	{args: []string{"find", "/proc/1", "/proc/sys/kernel"}, selfField: -1},
+	{args: []string{"mount"}, selfField: -1},
+	{args: []string{"ip", "addr"}, selfField: -1},
+	{args: []string{"ip", "link"}, selfField: -1},
+	{args: []string{"ip", "route"}, selfField: -1},
+	{args: []string{"id"}, selfField: -1},
+}
+
+// nearFree accepts free's lines when every number is within 1 MiB of the guest's.
+func nearFree(guest, svm string) bool {
+	g, s := strings.Fields(guest), strings.Fields(svm)
+	if len(g) != len(s) {
+		return false
+	}
+	for i := range g {
+		a, errA := strconv.ParseInt(g[i], 10, 64)
+		b, errB := strconv.ParseInt(s[i], 10, 64)
+		if errA != nil || errB != nil {
+			if g[i] != s[i] {
+				return false
+			}
+			continue
+		}
+		if a-b > 1024 || b-a > 1024 {
+			return false
+		}
+	}
+	return true
+}
+
+// inGuest runs argv with busybox inside the guest and returns its output, without the lines about
+// the tool's own process.
+func (c programCase) inGuest(t *testing.T, ctx context.Context, g execer) string {
+	t.Helper()
+	// The shell execs the tool: the pid it prints first is the tool's.
+	res, err := g.Exec(ctx, "echo $$; exec busybox "+strings.Join(c.args, " "))
+	if err != nil {
+		t.Fatalf("%s in the guest: %v", c.args, err)
+	}
+	if res.Status != 0 {
+		t.Fatalf("%s in the guest: exit status %d: %s", c.args, res.Status, res.Stderr)
+	}
+	self, out, _ := strings.Cut(string(res.Stdout), "\n")
+	return dropSelf(out, c.selfField, strings.TrimSpace(self))
+}
+
+// dropSelf removes the lines whose field holds the pid self.
+func dropSelf(out string, field int, self string) string {
+	if field < 0 {
+		return out
+	}
+	var kept []string
+	for _, l := range strings.SplitAfter(out, "\n") {
+		if f := strings.Fields(l); len(f) > field && f[field] == self {
+			continue
+		}
+		kept = append(kept, l)
+	}
+	return strings.Join(kept, "")
+}
+
+// sameOutput says how the SVM's output differs from the guest's, or "".
+func sameOutput(guestOut, svmOut string, near func(string, string) bool) string {
+	if guestOut == svmOut {
+		return ""
+	}
+	g, s := strings.Split(guestOut, "\n"), strings.Split(svmOut, "\n")
+	if len(g) == len(s) && near != nil {
+		ok := true
+		for i := range g {
+			ok = ok && (g[i] == s[i] || near(g[i], s[i]))
+		}
+		if ok {
+			return ""
+		}
+	}
+	for i := range max(len(g), len(s)) {
+		var a, b string
+		if i < len(g) {
+			a = g[i]
+		}
+		if i < len(s) {
+			b = s[i]
+		}
+		if a != b && (near == nil || !near(a, b)) {
+			return fmt.Sprintf("line %d:\n guest %q\n svm   %q\n(%d lines in the guest, %d in the SVM)", i+1, a, b, len(g), len(s))
+		}
+	}
+	return "?"
+}
+
+// TestProgramsMatchTheGuestsTools: busybox applets run unmodified in the SVM print what the same
+// applets print inside the guest, apart from the lines about the guest's tool itself, in every
+// engine mode: Slow-Bridge learning the memo, then auto and fast replaying it. The guest's memory
+// is hashed around each mode's session.
+func TestProgramsMatchTheGuestsTools(t *testing.T) {
+	ctx := need(t)
+	want := make([]string, len(programCases))
+	for i, c := range programCases {
+		want[i] = c.inGuest(t, ctx, demo)
+	}
+	mem := memo.New(MemoKey(snap))
+	for _, mode := range []Mode{ModeSlow, ModeAuto, ModeFast} {
+		pmem, before := pauseAndHash(t, ctx)
+		s, err := AttachMode(ctx, demo, snap, syms, mode, mem)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for i, c := range programCases {
+			run, err := s.RunProgram(svm.Program{Path: "/bin/busybox", Argv: c.args, Envp: []string{"PATH=/bin:/sbin"}}, ProgramName(c.args))
+			if err != nil {
+				t.Errorf("%s: %s: %v", mode, c.args, err)
+				continue
+			}
+			if run.Status != 0 || len(run.Stderr) != 0 {
+				t.Errorf("%s: %s: status %d, stderr %q", mode, c.args, run.Status, run.Stderr)
+			}
+			if d := sameOutput(want[i], string(run.Stdout), c.near); d != "" {
+				t.Errorf("%s: %s differs from the guest's, %s", mode, c.args, d)
+			}
+			t.Logf("%s: %s: %d lines, %d system calls, %d user page faults, %v", mode, strings.Join(c.args, " "),
+				strings.Count(string(run.Stdout), "\n"), run.Syscalls, run.Faults, run.Wall.Round(100_000))
+		}
+		st := s.Stats()
+		t.Logf("%s: Fast-Bridge %d runs in %v (%d hits, %d misses), Slow-Bridge %d runs (%d fall-backs) in %v; unknown globals %v",
+			mode, st.FastOps, st.FastTime, st.Hits, st.Misses, st.SlowOps, st.FallBacks, st.SlowTime, s.Globals.Unknown())
+		if u := s.Globals.Unknown(); len(u) > 0 {
+			t.Errorf("%s: globals in neither list met by the programs: %v", mode, u)
+		}
+		if mode == ModeAuto && st.FallBacks != 0 {
+			t.Errorf("auto after slow: %d fall-backs, want none: %+v", st.FallBacks, st.Events)
+		}
+		closeUnchanged(t, ctx, s, pmem, before, nil)
+	}
+}
+
+// lsComm is the user's own program of TestUserProgramMatchesTheGuest: it lists every process's
+// name from /proc with the C library's directory and stdio functions.
+const lsComm = `#include <ctype.h>
+#include <dirent.h>
+#include <stdio.h>
+#include <unistd.h>
+
+int main(void) {
+	DIR *d = opendir("/proc");
+	if (!d) { perror("/proc"); return 2; }
+	struct dirent *e;
+	while ((e = readdir(d))) {
+		if (!isdigit((unsigned char)e->d_name[0])) continue;
+		char path[300], comm[64];
+		snprintf(path, sizeof path, "/proc/%s/comm", e->d_name);
+		FILE *f = fopen(path, "r");
+		if (!f) continue;
+		if (fgets(comm, sizeof comm, f)) printf("%s %s", e->d_name, comm);
+		fclose(f);
+	}
+	closedir(d);
+	return 0;
+}
+`
+
+// buildStatic compiles C source into a static x86-64 executable.
+func buildStatic(t *testing.T, name, src string, flags ...string) string {
+	t.Helper()
+	dir := t.TempDir()
+	if err := os.WriteFile(filepath.Join(dir, name+".c"), []byte(src), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	out := filepath.Join(dir, name)
+	args := append([]string{"-O2", "-Wall", "-o", out, filepath.Join(dir, name+".c")}, flags...)
+	if b, err := exec.Command("gcc", args...).CombinedOutput(); err != nil {
+		t.Fatalf("gcc %s: %v\n%s", strings.Join(args, " "), err, b)
+	}
+	return out
+}
+
+// copyIntoGuest writes data to path inside the guest through the command channel, in base64
+// chunks, and makes it executable.
+func copyIntoGuest(t *testing.T, ctx context.Context, g execer, path string, data []byte) {
+	t.Helper()
+	enc := base64.StdEncoding.EncodeToString(data)
+	mustExec(t, ctx, g, "truncate "+path, ": > "+path+".b64")
+	const chunk = 48 << 10
+	for len(enc) > 0 {
+		n := min(chunk, len(enc))
+		mustExec(t, ctx, g, "copy "+path, "echo "+enc[:n]+" >> "+path+".b64")
+		enc = enc[n:]
+	}
+	mustExec(t, ctx, g, "decode "+path, "busybox base64 -d "+path+".b64 > "+path+" && rm "+path+".b64 && chmod 755 "+path)
+}
+
+// TestUserProgramMatchesTheGuest: the user's own static C program, copied into the SVM for the
+// run, prints what it prints inside the guest (apart from its own process there).
+func TestUserProgramMatchesTheGuest(t *testing.T) {
+	ctx := need(t)
+	bin := buildStatic(t, "lscomm", lsComm, "-static")
+	data, err := os.ReadFile(bin)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := svm.CheckStaticX86(bin, data); err != nil {
+		t.Fatal(err)
+	}
+	copyIntoGuest(t, ctx, demo, "/tmp/lscomm", data)
+	res := mustExec(t, ctx, demo, "lscomm in the guest", "echo $$; exec /tmp/lscomm")
+	self, want, _ := strings.Cut(string(res.Stdout), "\n")
+	want = dropSelf(want, 0, strings.TrimSpace(self))
+	if !strings.Contains(want, "1 init\n") || !strings.Contains(want, "hb-sleeper") {
+		t.Fatalf("lscomm in the guest printed %q", want)
+	}
+	for _, mode := range []Mode{ModeSlow, ModeAuto} {
+		pmem, before := pauseAndHash(t, ctx)
+		s, err := AttachMode(ctx, demo, snap, syms, mode, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		run, err := s.RunProgram(svm.Program{Path: "/tmp/lscomm", Binary: data, Argv: []string{"lscomm"}}, "lscomm")
+		if err == nil {
+			if d := sameOutput(want, string(run.Stdout), nil); d != "" || run.Status != 0 {
+				t.Errorf("%s: lscomm (status %d) differs from the guest's, %s", mode, run.Status, d)
+			}
+			t.Logf("%s: lscomm: %d lines, %d system calls, %d user page faults, %v", mode, strings.Count(want, "\n"), run.Syscalls, run.Faults, run.Wall.Round(100_000))
+		}
+		closeUnchanged(t, ctx, s, pmem, before, err)
+	}
+}
