@@ -307,9 +307,12 @@ func (s *Session) fastDecision(m *svm.Machine, pc, phys uint64, region, syscall 
 			return addressDecision(ent, region, s.policy.place(phys))
 		case plain && viaGuest:
 			// Through a guest pointer the global is the guest's; by constant address, the lists
-			// say. Where they say the guest's too, provenance does not matter.
-			if s.Globals.decide(s.policy.virt(phys), pc, caller) == decision.Redirect {
-				return decision.Redirect, ""
+			// say. Where they say the guest's too, provenance does not matter; nor for a global
+			// the function decides (redirectInList: a helper's caller), as for the node mask a
+			// guest node's id indexes where the guest's zones are walked.
+			d := s.Globals.decide(s.policy.virt(phys), pc, caller)
+			if d == decision.Redirect || (d == decision.Local && s.Globals.scoped(s.policy.virt(phys))) {
+				return d, ""
 			}
 			return decision.Invalid, "reached both by constant address and by guest pointer: the decision depends on provenance"
 		case viaGuest:

@@ -130,6 +130,10 @@ var redirectInList = map[string][]string{
 		// for_each_zone in si_mem_available starts here: without these, MemAvailable was
 		// computed from the SVM's watermarks (the guest tools' free showed it 192 KiB off).
 		"first_online_pgdat", "next_online_pgdat"},
+	// The online nodes, which for_each_zone walks (by a guest node's id) for MemAvailable and
+	// sysinfo's counts; everywhere else (a program's exec: the LRU generations of its mm) the
+	// SVM's own.
+	"node_states": {"first_online_pgdat", "next_online_pgdat", "next_zone"},
 	// vm_zone_stat/vm_node_stat: the allocator folds its per-CPU deltas into them; meminfo reads.
 	"vm_zone_stat": {"meminfo_proc_show", "si_mem_available", "si_meminfo", "si_meminfo_node"},
 	"vm_node_stat": {"meminfo_proc_show", "si_mem_available", "si_meminfo", "si_meminfo_node"},
@@ -159,6 +163,14 @@ var guestLookupList = map[string]string{
 	"mount_hashtable":  "the mount hash (crossing a mount point)",
 	"m_hash_mask":      "the mount hash",
 	"m_hash_shift":     "the mount hash",
+}
+
+// scoped reports whether virt is in one of redirectInList's globals, which the function that
+// touches them decides, whatever the pointer's provenance.
+func (g *Globals) scoped(virt uint64) bool {
+	name, _, ok := g.syms.Lookup(virt)
+	_, listed := redirectInList[name]
+	return ok && listed
 }
 
 // guestLookup reports whether virt is in one of guestLookupList's globals.
@@ -195,7 +207,7 @@ func init() {
 		"mount_hashtable", "m_hash_mask", "m_hash_shift", "proc_subdir_lock", "proc_root",
 		"blockdev_superblock", "noop_backing_dev_info", "init_fs", "fsnotify_mark_srcu",
 		"dnotify_group", "nr_files", "files_stat", "shared_last_ino.2", "init_files",
-		"nlink_tgid") // computed once at boot from a static table: the same in both kernels
+		"nlink_tgid", "nlink_tid") // computed once at boot from static tables: the same in both kernels
 	keepLocal("security modules checking the reader's access",
 		"security_hook_heads", "bpf_lsm_hooks", "apparmor_hooks", "apparmor_blob_sizes", "aa_null",
 		"tomoyo_hooks", "tomoyo_ss", "tomoyo_blob_sizes", "tomoyo_kernel_domain", "tomoyo_policy_loaded",
@@ -213,7 +225,14 @@ func init() {
 	keepLocal("the reader's sysctl tables (/proc/sys lookups; the values come from the guest's namespaces)",
 		"sysctl_lock", "sysctl_table_root", "uts_kern_table", "hung_task_sysctls", "watchdog_sysctls",
 		"sched_autogroup_sysctls", "apparmor_sysctl_table", "coredump_sysctls", "hostname_poll", "domainname_poll",
-		"swap_lock", "node_states")
+		// the rest of /proc/sys/kernel, which a program may list (find /proc/sys)
+		"printk_sysctls", "key_sysctls", "random_table", "pty_table", "sched_rt_sysctls", "set_root",
+		"bpf_syscall_table", "firmware_config_table", "kern_panic_table", "kern_reboot_table", "sched_dl_sysctls",
+		"sched_fair_sysctls", "seccomp_sysctl_table", "usermodehelper_table", "ftrace_sysctls", "kern_acct_table",
+		"kern_delayacct_table", "kern_do_mounts_initrd_table", "kern_exit_table", "kexec_core_sysctls",
+		"pid_ns_ctl_table", "sched_core_sysctls", "sched_energy_aware_sysctls", "sld_sysctls", "timer_sysctl",
+		"yama_sysctl_table",
+		"swap_lock")
 	keepLocal("the SVM's character devices, which the reader opens (/dev/kmsg)",
 		"cdev_lock", "chrdevs_lock", "cdev_map", "init_css_set")
 	// ReadGuestFile maps the file into the reader's address space to ask mincore whether it is

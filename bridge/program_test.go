@@ -28,8 +28,8 @@ type programCase struct {
 }
 
 var programCases = []programCase{
-	{args: []string{"ps"}, selfField: 0},
-	{args: []string{"ps", "-o", "pid,user,comm,args"}, selfField: 0},
+	{args: []string{"ps"}, selfField: 0, near: sameKworkerLine},
+	{args: []string{"ps", "-o", "pid,user,comm,args"}, selfField: 0, near: sameKworkerLine},
 	{args: []string{"netstat", "-an"}, selfField: -1},
 	{args: []string{"lsmod"}, selfField: -1},
 	{args: []string{"free"}, selfField: -1, near: nearFree},
@@ -44,6 +44,22 @@ var programCases = []programCase{
 	{args: []string{"ip", "link"}, selfField: -1},
 	{args: []string{"ip", "route"}, selfField: -1},
 	{args: []string{"id"}, selfField: -1},
+}
+
+// sameKworkerLine accepts ps lines that differ only in the workqueue a kworker last ran, which
+// its name ends with and the command channel's own work changes between the guest's run and
+// the pause.
+func sameKworkerLine(guest, svm string) bool {
+	g, s := strings.Fields(guest), strings.Fields(svm)
+	if len(g) != len(s) {
+		return false
+	}
+	for i := range g {
+		if g[i] != s[i] && !sameKworker(strings.Trim(g[i], "[]"), strings.Trim(s[i], "[]")) {
+			return false
+		}
+	}
+	return true
 }
 
 // nearFree accepts free's lines when every number is within 1 MiB of the guest's.
@@ -69,8 +85,8 @@ func nearFree(guest, svm string) bool {
 }
 
 // inGuest runs argv with busybox inside the guest and returns its output, without the lines about
-// the tool's own process.
-func (c programCase) inGuest(t *testing.T, ctx context.Context, g execer) string {
+// the tool's own process, and its error output.
+func (c programCase) inGuest(t *testing.T, ctx context.Context, g execer) (string, string) {
 	t.Helper()
 	// The shell execs the tool: the pid it prints first is the tool's.
 	res, err := g.Exec(ctx, "echo $$; exec busybox "+strings.Join(c.args, " "))
@@ -81,7 +97,7 @@ func (c programCase) inGuest(t *testing.T, ctx context.Context, g execer) string
 		t.Fatalf("%s in the guest: exit status %d: %s", c.args, res.Status, res.Stderr)
 	}
 	self, out, _ := strings.Cut(string(res.Stdout), "\n")
-	return dropSelf(out, c.selfField, strings.TrimSpace(self))
+	return dropSelf(out, c.selfField, strings.TrimSpace(self)), string(res.Stderr)
 }
 
 // dropSelf removes the lines whose field holds the pid self.
@@ -135,9 +151,9 @@ func sameOutput(guestOut, svmOut string, near func(string, string) bool) string 
 // is hashed around each mode's session.
 func TestProgramsMatchTheGuestsTools(t *testing.T) {
 	ctx := need(t)
-	want := make([]string, len(programCases))
+	want, wantErr := make([]string, len(programCases)), make([]string, len(programCases))
 	for i, c := range programCases {
-		want[i] = c.inGuest(t, ctx, demo)
+		want[i], wantErr[i] = c.inGuest(t, ctx, demo)
 	}
 	mem := memo.New(MemoKey(snap))
 	for _, mode := range []Mode{ModeSlow, ModeAuto, ModeFast} {
@@ -152,8 +168,9 @@ func TestProgramsMatchTheGuestsTools(t *testing.T) {
 				t.Errorf("%s: %s: %v", mode, c.args, err)
 				continue
 			}
-			if run.Status != 0 || len(run.Stderr) != 0 {
-				t.Errorf("%s: %s: status %d, stderr %q", mode, c.args, run.Status, run.Stderr)
+			// The demo's busybox netstat cannot parse /proc/net/unix's unhashed pointers: both say so.
+			if run.Status != 0 || string(run.Stderr) != wantErr[i] {
+				t.Errorf("%s: %s: status %d, stderr %q; the guest's stderr %q", mode, c.args, run.Status, run.Stderr, wantErr[i])
 			}
 			if d := sameOutput(want[i], string(run.Stdout), c.near); d != "" {
 				t.Errorf("%s: %s differs from the guest's, %s", mode, c.args, d)

@@ -23,7 +23,7 @@ func (e *env) guestCommand() *cobra.Command {
 with a command channel into it) and VMs it did not start, registered with guest attach (a QEMU
 process, a libvirt domain or a memory dump). Every view takes either kind with --guest NAME.`,
 	}
-	g.AddCommand(e.guestStart(), e.guestAttach(), e.guestList(), e.guestDetach(), e.guestStop(), e.guestExec(), e.guestRead())
+	g.AddCommand(e.guestStart(), e.guestAttach(), e.guestList(), e.guestDetach(), e.guestStop(), e.guestResume(), e.guestExec(), e.guestRead())
 	return g
 }
 
@@ -138,6 +138,35 @@ A VM registered with guest attach is never stopped by hybridbridge: detach it in
 				return err
 			}
 			return g.Stop(cmd.Context())
+		},
+	}
+}
+
+func (e *env) guestResume() *cobra.Command {
+	return &cobra.Command{
+		Use:   "resume NAME",
+		Short: "Resume a guest hybridbridge started that is left paused (an inspection killed midway)",
+		Long: `Resume a guest that guest start booted and that is paused: an inspection pauses a running guest
+and resumes it when it ends, but one killed midway (kill -9, a crash) leaves it paused. A guest
+already running is left as it is. A VM registered with guest attach is never resumed by
+hybridbridge: its owner paused it.`,
+		Args: cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			g, err := guest.Open(e.runDir, args[0])
+			if err != nil {
+				if nerr := e.notOurs(args[0], "hybridbridge never resumes an attached VM: resume it where it was paused"); nerr != nil {
+					return nerr
+				}
+				return err
+			}
+			resumed, err := g.ResumeIfPaused(cmd.Context())
+			if err != nil {
+				return err
+			}
+			if !resumed {
+				fmt.Fprintf(e.stderr, "guest %s was not paused\n", args[0])
+			}
+			return nil
 		},
 	}
 }
