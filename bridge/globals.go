@@ -148,6 +148,11 @@ var redirectInList = map[string][]string{
 // every kernel and cannot be written.
 var sameInBoth = map[string][]string{
 	"init_user_ns": {"map_id_range_down", "map_id_up"},
+	// A program's netlink socket (busybox ip) is found again by a lookup keyed by the guest's
+	// namespace, so its pointer carries the guest's provenance, though the socket is the SVM's:
+	// netlink_dump asks whether its protocol accounts memory (sk_has_account), which netlink's
+	// struct proto, a constant of the kernel image, never does.
+	"netlink_proto": {"netlink_dump", "sock_rfree"},
 }
 
 // guestLookupList are the lookup tables a path walk starts from, kept local for the views (the

