@@ -286,7 +286,7 @@ func init() {
 		"kernel_t", "aa_buffers_lock", "aa_global_buffers", "buffer_count", "reserve_count", "aa_g_audit", "aa_g_debug",
 		"aa_g_path_max", "blob_sizes", "tomoyo_kernel_namespace", "tomoyo_trigger")
 	keepLocal("constant pointers of the kernel image (tracepoint strings of the exec and fault paths)",
-		"___tp_str.19", "___tp_str.21", "___tp_str.22")
+		"___tp_str.19", "___tp_str.21", "___tp_str.22", "___tp_str.31", "___tp_str.40")
 	// A program's netlink socket (busybox ip) is the SVM's: its tables, protocol handlers and
 	// buffers. What it dumps is reached through the guest's namespace (init_nsproxy, init_net).
 	keepLocal("a program's sockets in the SVM (socket creation, netlink tables and handlers, buffers)",

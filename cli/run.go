@@ -84,6 +84,6 @@ sleeps or waits stops with an error naming the system call, as does one that run
 	}
 	c.Flags().StringVar(&name, "guest", "demo", "the guest to run the program against: one hybridbridge started or an attached VM")
 	c.Flags().StringVar(&program, "program", "", "your own statically linked x86-64 executable to run (default: busybox of the SVM's image)")
-	c.Flags().Uint64Var(&budget, "budget", 0, "instruction limit of the run (default: the machine's, 50 million)")
+	c.Flags().Uint64Var(&budget, "budget", svm.DefaultProgramBudget, "instruction limit of the whole run")
 	return c
 }

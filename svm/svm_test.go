@@ -240,7 +240,7 @@ func TestHookPanicIsAnError(t *testing.T) {
 
 func TestNotAllowed(t *testing.T) {
 	m := open(t, Options{})
-	for _, nr := range []int{59 /* execve */, 62 /* kill */, 1 /* write */, 169 /* reboot */} {
+	for _, nr := range []int{59 /* execve */, 62 /* kill */, 44 /* sendto */, 87 /* unlink */, 169 /* reboot */} {
 		if _, err := m.Syscall(nr); !errors.Is(err, ErrNotAllowed) {
 			t.Errorf("syscall %d: %v, want ErrNotAllowed", nr, err)
 		}

@@ -80,6 +80,10 @@ type userState struct {
 	cwd string
 }
 
+// DefaultProgramBudget is a program run's instruction limit unless it says otherwise: several
+// times what busybox ps takes over 1,000 processes under Slow-Bridge (about 100 million).
+const DefaultProgramBudget = 500_000_000
+
 // Program is what RunProgram runs.
 type Program struct {
 	Path       string // the executable, in the SVM's file system
@@ -87,7 +91,7 @@ type Program struct {
 	// Binary, if set, is written to Path (in the SVM's tmpfs) by injected calls before the exec:
 	// the user's own static executable. Nothing of it outlives the run (the machine is reset).
 	Binary []byte
-	// Budget is the run's instruction limit; 0 takes the machine's.
+	// Budget is the run's instruction limit; 0 takes DefaultProgramBudget.
 	Budget uint64
 	// Paths, if set, is asked about each absolute path (made lexically clean, relative ones joined
 	// to the program's working directory while it is known) the kernel is about to walk for the
@@ -244,7 +248,7 @@ func (u *unicornExec) runProgram(p Program) (*ProgramRun, error) {
 	m.stats.Syscalls++
 	run.Syscalls++
 	if budget == 0 {
-		budget = u.opts.Budget
+		budget = DefaultProgramBudget
 	}
 	u.budget.Reset(budget)
 	insns := m.stats.Instructions
