@@ -11,6 +11,7 @@ import (
 	"strconv"
 	"strings"
 	"testing"
+	"time"
 
 	"hybridbridge/memo"
 	"hybridbridge/svm"
@@ -152,6 +153,7 @@ func sameOutput(guestOut, svmOut string, near func(string, string) bool) string 
 // is hashed around each mode's session.
 func TestProgramsMatchTheGuestsTools(t *testing.T) {
 	ctx := need(t)
+	settled(t, ctx, demo)
 	want, wantErr := make([]string, len(programCases)), make([]string, len(programCases))
 	for i, c := range programCases {
 		want[i], wantErr[i] = c.inGuest(t, ctx, demo)
@@ -213,6 +215,28 @@ func TestProgramsMatchTheGuestsTools(t *testing.T) {
 		if again := runMode(ModeFast, missed); len(again) > 0 {
 			t.Errorf("fast: %d programs missed the memo again after auto learned: %v", len(again), again)
 		}
+	}
+}
+
+// settled waits until the guest's processes stop changing (an earlier test's workload may still
+// be exiting): the guest's tools and the SVM's runs are seconds apart.
+func settled(t *testing.T, ctx context.Context, g execer) {
+	t.Helper()
+	const polls = 3 // unchanged listings in a row, a second apart
+	last, same := "", 0
+	deadline := time.Now().Add(2 * time.Minute)
+	for same < polls {
+		if time.Now().After(deadline) {
+			t.Fatalf("the guest's processes kept changing for 2 minutes")
+		}
+		// The listing's own shell is the only pid that changes each time: left out.
+		res := mustExec(t, ctx, g, "list the guest's processes", `cd /proc && for p in [0-9]*; do [ "$p" = "$$" ] || echo "$p"; done`)
+		if cur := string(res.Stdout); cur == last {
+			same++
+		} else {
+			last, same = cur, 1
+		}
+		time.Sleep(time.Second)
 	}
 }
 
@@ -284,6 +308,7 @@ func TestUserProgramMatchesTheGuest(t *testing.T) {
 		t.Fatal(err)
 	}
 	copyIntoGuest(t, ctx, demo, "/tmp/lscomm", data)
+	settled(t, ctx, demo)
 	res := mustExec(t, ctx, demo, "lscomm in the guest", "echo $$; exec /tmp/lscomm")
 	self, want, _ := strings.Cut(string(res.Stdout), "\n")
 	want = dropSelf(want, 0, strings.TrimSpace(self))
