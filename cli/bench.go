@@ -512,8 +512,12 @@ var benchProgram = []string{"ps"}
 // runProgram runs benchProgram once in the SVM, measured as a view is.
 func (b *benchRunner) runProgram(mode bridge.Mode, m *memo.Memo) (benchRun, bridge.EngineStats, error) {
 	name := bridge.ProgramName(benchProgram)
+	p, err := appletProgram(benchProgram)
+	if err != nil {
+		return benchRun{}, bridge.EngineStats{}, err
+	}
 	return b.measure(mode, m, b.kvm, "run "+name, func(s *bridge.Session) error {
-		run, err := s.RunProgram(svm.Program{Path: "/bin/busybox", Argv: benchProgram, Envp: programEnv}, name)
+		run, err := s.RunProgram(p, name)
 		if err == nil && run.Status != 0 {
 			err = fmt.Errorf("%s: exit status %d: %s", name, run.Status, run.Stderr)
 		}

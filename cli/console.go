@@ -310,11 +310,9 @@ func (c *consoleSource) uiEvents(s *bridge.Session, evs []bridge.FallBack) []ui.
 // RunProgram attaches to the guest (pausing it), runs argv as a busybox applet of the SVM's image
 // in the chosen mode, resumes the guest and saves the memo, as `hybridbridge run` does.
 func (c *consoleSource) RunProgram(ctx context.Context, mode ui.Mode, argv []string) (*ui.ProgramResult, error) {
-	if len(argv) == 0 {
-		return nil, errors.New("nothing to run")
-	}
-	if strings.Contains(argv[0], "/") {
-		return nil, fmt.Errorf("%s: the console runs busybox applets of the SVM's image (e.g. ps), not files", argv[0])
+	p, err := appletProgram(argv)
+	if err != nil {
+		return nil, err
 	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
@@ -337,7 +335,7 @@ func (c *consoleSource) RunProgram(ctx context.Context, mode ui.Mode, argv []str
 	before := s.Stats()
 	var run *svm.ProgramRun
 	rerr := runRecovered(func() (err error) {
-		run, err = s.RunProgram(svm.Program{Path: "/bin/busybox", Argv: argv, Envp: programEnv}, name)
+		run, err = s.RunProgram(p, name)
 		return err
 	})
 	if rerr != nil {

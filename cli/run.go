@@ -1,6 +1,7 @@
 package cli
 
 import (
+	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -15,6 +16,18 @@ import (
 // programEnv is the environment a program starts with: what the guest's tools see when the
 // demo's command channel runs them.
 var programEnv = []string{"PATH=/sbin:/usr/sbin:/bin:/usr/bin", "HOME=/", "TERM=dumb"}
+
+// appletProgram is argv run as a busybox applet of the SVM's image (busybox dispatches on its
+// argv[0]); a path names a file, which only --program brings into the SVM.
+func appletProgram(argv []string) (svm.Program, error) {
+	if len(argv) == 0 {
+		return svm.Program{}, errors.New("nothing to run: give a busybox applet and its arguments (e.g. ps)")
+	}
+	if strings.Contains(argv[0], "/") {
+		return svm.Program{}, fmt.Errorf("%s: the first argument is a busybox applet of the SVM's image (e.g. ps), not a file; hybridbridge run --program brings a file of yours", argv[0])
+	}
+	return svm.Program{Path: "/bin/busybox", Argv: argv, Envp: programEnv}, nil
+}
 
 func (e *env) runCommand() *cobra.Command {
 	var name, program string
@@ -35,11 +48,11 @@ guest's init (pid 1), as the views read them. A run is one engine operation: on 
 the memo, and in auto mode (--mode), on a memo miss again from the start under Slow-Bridge, which
 learns; the summary on stderr says which ran. A program that forks (a shell running a command),
 sleeps or waits stops with an error naming the system call, as does one that runs past --budget.` + guestsHelp,
-		RunE: func(cmd *cobra.Command, args []string) error {
+		RunE: func(cmd *cobra.Command, args []string) (err error) {
 			if len(args) == 0 && program == "" {
 				return fmt.Errorf("nothing to run: give a busybox applet and its arguments after -- (e.g. hybridbridge run -- ps), or --program FILE")
 			}
-			p := svm.Program{Path: "/bin/busybox", Argv: args, Envp: programEnv, Budget: budget}
+			var p svm.Program
 			if program != "" {
 				data, err := os.ReadFile(program)
 				if err != nil {
@@ -49,10 +62,11 @@ sleeps or waits stops with an error naming the system call, as does one that run
 					return err
 				}
 				base := filepath.Base(program)
-				p.Path, p.Binary, p.Argv = "/tmp/"+base, data, append([]string{base}, args...)
-			} else if strings.Contains(args[0], "/") {
-				return fmt.Errorf("%s: without --program, the first argument is a busybox applet of the SVM's image (e.g. ps); use --program for a file of yours", args[0])
+				p = svm.Program{Path: "/tmp/" + base, Binary: data, Argv: append([]string{base}, args...), Envp: programEnv}
+			} else if p, err = appletProgram(args); err != nil {
+				return err
 			}
+			p.Budget = budget
 			if e.fastEngine == executorAuto {
 				// A program's user mode runs on Unicorn only (bridge.ErrProgramOnKVM): auto picks
 				// it, as the console does; an explicit --fast-engine kvm is refused by the bridge.

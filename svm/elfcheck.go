@@ -28,7 +28,10 @@ func CheckStaticX86(name string, data []byte) error {
 	}
 	for _, p := range f.Progs {
 		if p.Type == elf.PT_INTERP {
-			interp, _ := segmentString(p)
+			interp, err := segmentString(p)
+			if err != nil {
+				interp = "unreadable: " + err.Error()
+			}
 			return fmt.Errorf("%s is dynamically linked (interpreter %s); the SVM runs static programs only (link it with -static)", name, interp)
 		}
 	}

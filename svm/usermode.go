@@ -18,6 +18,7 @@ import (
 	"errors"
 	"fmt"
 	"path"
+	"strings"
 	"syscall"
 	"time"
 
@@ -105,8 +106,7 @@ type Program struct {
 // sleeps or waits stops as ErrBlocked in the call that would; one that runs past its budget as
 // ErrBudget; with Paths, one that reaches /proc/self by a path Paths did not rewrite (through a
 // directory descriptor) as ErrFault, since /proc/self is the SVM agent, not a process of the
-// guest. Needs
-// UnicornOptions.UserMode.
+// guest. Needs UnicornOptions.UserMode.
 func (m *Machine) RunProgram(p Program) (*ProgramRun, error) {
 	u, ok := m.exec.(*unicornExec)
 	if !ok || !u.opts.UserMode {
@@ -344,7 +344,12 @@ func (u *unicornExec) onUserSyscall() {
 	case nr == sysStatfs && u.user.paths != nil:
 		// Only /proc is the guest's: a file system's usage elsewhere would be the SVM's own,
 		// shown as if it were the guest's (df).
-		if p, err := u.userString(a0); err != nil || u.user.paths(path.Clean(p)) == "" {
+		p, err := u.cur().ReadCString(a0, pathMax-1)
+		if err != nil {
+			u.stop(ErrFault, fmt.Sprintf("statfs: its path: %v", err))
+			return
+		}
+		if u.user.paths(path.Clean(p)) == "" {
 			u.stop(ErrFault, fmt.Sprintf("statfs %q: outside /proc a program sees the SVM's own file systems, not the guest's", p))
 			return
 		}
@@ -494,16 +499,11 @@ const kernelPrint = "vprintk_emit"
 // programSymbols are the kernel symbols a program run needs, which snapshots record.
 var programSymbols = append(append([]string{vdsoSwitch, kernelPrint, "__warn_printk"}, pathEntries...), selfLinks...)
 
-// hookPaths installs the hooks that rewrite a program's paths (Program.Paths) and stop it at
-// /proc/self. They do nothing outside a program.
+// hookPaths installs the hooks that rewrite a program's paths (Program.Paths), stop it at
+// /proc/self and at a kernel message. They do nothing outside a program.
 func (u *unicornExec) hookPaths() error {
-	m, e := u.m, u.eng
 	for _, name := range pathEntries {
-		addr, err := m.kernelAddr(name)
-		if err != nil {
-			return fmt.Errorf("program paths: %w", err)
-		}
-		if _, err := e.HookCode(addr, addr, func(uint64, uint32) {
+		if err := u.hookEntry(name, func() {
 			if u.user != nil && u.user.paths != nil {
 				u.rewritePath()
 			}
@@ -518,11 +518,7 @@ func (u *unicornExec) hookPaths() error {
 		name string
 		fmt  emu.Reg
 	}{{"__warn_printk", emu.RDI}, {kernelPrint, emu.RCX}} {
-		addr, err := m.kernelAddr(p.name)
-		if err != nil {
-			return fmt.Errorf("program paths: %w", err)
-		}
-		if _, err := e.HookCode(addr, addr, func(uint64, uint32) {
+		if err := u.hookEntry(p.name, func() {
 			if u.user != nil {
 				u.stop(ErrFault, "the SVM's kernel printed a message while serving the program, on a path it does not expect: "+u.kernelFormat(p.fmt))
 			}
@@ -531,11 +527,7 @@ func (u *unicornExec) hookPaths() error {
 		}
 	}
 	for _, name := range selfLinks {
-		addr, err := m.kernelAddr(name)
-		if err != nil {
-			return fmt.Errorf("program paths: %w", err)
-		}
-		if _, err := e.HookCode(addr, addr, func(uint64, uint32) {
+		if err := u.hookEntry(name, func() {
 			// Without Paths /proc is the SVM's own, and so is its self.
 			if u.user != nil && u.user.paths != nil {
 				u.stop(ErrFault, "the program reached /proc/self through a directory descriptor or a link: "+
@@ -546,6 +538,16 @@ func (u *unicornExec) hookPaths() error {
 		}
 	}
 	return nil
+}
+
+// hookEntry calls fn at the entry of the kernel function name.
+func (u *unicornExec) hookEntry(name string, fn func()) error {
+	addr, err := u.m.kernelAddr(name)
+	if err != nil {
+		return fmt.Errorf("program hooks: %w", err)
+	}
+	_, err = u.eng.HookCode(addr, addr, func(uint64, uint32) { fn() })
+	return err
 }
 
 // rewritePath runs at a path entry: RDI is the directory descriptor, RSI the struct filename.
@@ -567,16 +569,14 @@ func (u *unicornExec) rewritePath() {
 	if name > fname && name-fname < 64 {
 		room -= name - fname
 	}
-	buf := make([]byte, room)
-	if err := v.Read(name, buf); err != nil {
+	orig, err := v.ReadCString(name, int(room)-1)
+	if err != nil {
 		u.stop(ErrFault, fmt.Sprintf("path hook: name at %#x: %v", name, err))
 		return
 	}
-	n := bytes.IndexByte(buf, 0)
-	if n <= 0 {
-		return
+	if orig == "" {
+		return // the kernel's ENOENT
 	}
-	orig := string(buf[:n])
 	abs := orig
 	if abs[0] != '/' {
 		if dfd != atFDCWD || u.user.cwd == "" {
@@ -597,38 +597,19 @@ func (u *unicornExec) rewritePath() {
 	}
 }
 
-// userString reads a NUL-terminated string of the program's memory (at most a path's length).
-func (u *unicornExec) userString(va uint64) (string, error) {
-	var out []byte
-	for len(out) < pathMax {
-		var b [64]byte
-		if err := u.cur().Read(va+uint64(len(out)), b[:]); err != nil {
-			return string(out), err
-		}
-		if i := bytes.IndexByte(b[:], 0); i >= 0 {
-			return string(append(out, b[:i]...)), nil
-		}
-		out = append(out, b[:]...)
-	}
-	return string(out), fmt.Errorf("string at %#x is longer than %d bytes", va, pathMax)
-}
-
 // kernelFormat is the format string in register r at a message's entry, quoted, without the level
 // prefix.
 func (u *unicornExec) kernelFormat(r emu.Reg) string {
-	rcx, err := u.eng.Reg(r)
+	va, err := u.eng.Reg(r)
 	if err != nil {
-		return "(format unreadable)"
+		return "(format unreadable: " + err.Error() + ")"
 	}
-	b := make([]byte, 160)
-	if err := u.cur().Read(rcx, b); err != nil {
-		return "(format unreadable)"
+	f, err := u.cur().ReadCString(va, 160)
+	if err != nil && !errors.Is(err, vmm.ErrNoTerminator) {
+		return "(format unreadable: " + err.Error() + ")"
 	}
-	if i := bytes.IndexByte(b, 0); i >= 0 {
-		b = b[:i]
+	for len(f) >= 2 && f[0] == 1 {
+		f = f[2:] // KERN_SOH and the level
 	}
-	for len(b) >= 2 && b[0] == 1 {
-		b = b[2:] // KERN_SOH and the level
-	}
-	return fmt.Sprintf("%q", bytes.TrimSpace(b))
+	return fmt.Sprintf("%q", strings.TrimSpace(f))
 }
