@@ -435,10 +435,11 @@ func TestMemoFlag(t *testing.T) {
 }
 
 // TestBench runs the benchmark command briefly on the test guest: every number is there, and
-// training converges (the second snapshot falls back no more than the first).
+// training converges (the second snapshot falls back no more than the first). The scale table
+// has one small count here (the default 100,1000 takes minutes; scripts/test.sh runs it).
 func TestBench(t *testing.T) {
 	needGuest(t)
-	out, errOut, err := run("bench", "--guest", "cli", "--json", "--snapshots", "2", "--processes", "70")
+	out, errOut, err := run("bench", "--guest", "cli", "--json", "--snapshots", "2", "--processes", "70", "--scale", "90")
 	if err != nil {
 		t.Fatalf("bench: %v\n%s", err, errOut)
 	}
@@ -478,6 +479,19 @@ func TestBench(t *testing.T) {
 	}
 	if s := rep.Snapshots; s[1].FallBacks > s[0].FallBacks {
 		t.Errorf("training did not converge: %+v", s)
+	}
+	// ps, its unmodified program and netstat, each warm and beside the guest's own tool; the two
+	// ps rows with their Slow-Bridge run.
+	wantRows := []string{"ps", "run " + strings.Join(benchProgram, " "), "netstat"}
+	if len(rep.Scale) != len(wantRows) {
+		t.Fatalf("scale table: %+v", rep.Scale)
+	}
+	for i, r := range rep.Scale {
+		slowOK := (r.Slow != nil && r.Slow.Engine > 0 && r.Slow.Tainted > 0) == (i < 2)
+		if r.View != wantRows[i] || r.Processes < 80 || r.Warm.Engine <= 0 || r.ToolMS <= 0 || r.EngineRatio <= 0 || !slowOK {
+			t.Errorf("scale row %d: %+v (slow %+v)", i, r, r.Slow)
+		}
+		t.Logf("scale %s at %d: warm %v, tool %.0f ms", r.View, r.Processes, r.Warm.Engine, r.ToolMS)
 	}
 }
 
