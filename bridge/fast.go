@@ -237,6 +237,13 @@ func (s *Session) resolveFast(m *svm.Machine, phys uint64, size int, write bool)
 		m.Stop("Unicorn gave no instruction address for an access")
 		return
 	}
+	if userPC(pc) {
+		// A program's own access (the zero page), the SVM's as Slow-Bridge decides it
+		// (decideImage): no memo entry, and let through in C from now on where the filter has room.
+		_ = s.filter.Add(pc, phys)
+		s.swap(m, phys, size, write, decision.Local)
+		return
+	}
 	key := [2]uint64{pc, phys}
 	if d, ok := s.replay[key]; ok {
 		s.stats.Hits++

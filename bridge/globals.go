@@ -277,7 +277,8 @@ func init() {
 		"anon_vma_chain_cachep", "__userpte_alloc_gfp", "fault_around_bytes", "huge_zero_page", "zero_pfn",
 		"tlb_single_page_flush_ceiling", "kmmio_count", "delayed_uprobe_lock", "delayed_uprobe_list",
 		"randomize_va_space", "mmap_rnd_bits", "mmap_rnd_compat_bits", "sysctl_legacy_va_layout",
-		"stack_guard_gap", "mmap_min_addr", "vdso64_enabled", "sysctl_overcommit_memory", "vm_committed_as_batch")
+		"stack_guard_gap", "mmap_min_addr", "vdso64_enabled", "sysctl_overcommit_memory", "vm_committed_as_batch",
+		"empty_zero_page")
 	keepLocal("a program's memory charging in the SVM (its cgroup)",
 		"mem_cgroup_events_index", "blkcg_root", "stats_flush_threshold")
 	keepLocal("the SVM's CPU features, which a program's FPU state and signal frames follow",
@@ -287,6 +288,9 @@ func init() {
 		"aa_g_path_max", "blob_sizes", "tomoyo_kernel_namespace", "tomoyo_trigger")
 	keepLocal("constant pointers of the kernel image (tracepoint strings of the exec and fault paths)",
 		"___tp_str.19", "___tp_str.21", "___tp_str.22", "___tp_str.31", "___tp_str.40")
+	keepLocal("files written into the SVM's tmpfs for a program's run (the user's binary, the guest's /etc/passwd and /etc/group)",
+		"shmem_inode_cachep", "shmem_xattr_handlers", "evm_initialized", "sysctl_protected_fifos", "sysctl_protected_regular",
+		"radix_tree_node_cachep")
 	// A program's netlink socket (busybox ip) is the SVM's: its tables, protocol handlers and
 	// buffers. What it dumps is reached through the guest's namespace (init_nsproxy, init_net).
 	keepLocal("a program's sockets in the SVM (socket creation, netlink tables and handlers, buffers)",

@@ -74,6 +74,9 @@ func (p *policy) virt(phys uint64) uint64 {
 }
 
 func (p *policy) Decide(a *taint.Access) (decision.Decision, taint.Reason) {
+	if userPC(a.PC) {
+		return decision.Local, taint.ReasonUserCode
+	}
 	// The inspecting process's memory (user-labelled) is the SVM's as much as its kernel's is.
 	guestOnly := a.Addr&taint.LabelGVM != 0 && a.Addr&svmSide == 0 && a.Seg != x86asm.GS && a.Base != x86asm.RSP
 	if svm.InSpans(p.data, a.Phys) {
@@ -103,6 +106,12 @@ func (p *policy) Decide(a *taint.Access) (decision.Decision, taint.Reason) {
 	}
 	return taint.VMST{}.Decide(a)
 }
+
+// userPC reports whether pc is a program's instruction (the canonical lower half) rather than the
+// kernel's. Of the kernel image's data a program's page tables map only the zero page (untouched
+// anonymous memory; the vDSO is off), and what a program touches is the SVM's, whatever the
+// provenance of the address: a program computes addresses from the guest's data it read.
+func userPC(pc uint64) bool { return pc>>63 == 0 }
 
 // guestFrame reports whether phys, in the aliased struct pages, is the struct page of a page frame
 // the SVM reserved or kept for the guest. The SVM never uses those frames, so their struct pages are the
@@ -183,6 +192,13 @@ func (s *Session) tracker(snap *svm.Snapshot, pol *policy) (*taint.Tracker, erro
 // decideImage runs before each access to the kernel image's data or aliased struct pages completes
 // (Slow-Bridge): it applies the taint engine's decision and learns it.
 func (s *Session) decideImage(a *taint.Access) {
+	if userPC(a.PC) {
+		// Also where the tracker could not decode the program's instruction (the AVX string
+		// functions of a static C library) and so never asked the policy: nothing for the memo,
+		// whose entries are the kernel's instructions.
+		s.apply(s.Machine, a.Phys, a.Size, a.Write, decision.Local)
+		return
+	}
 	region := s.apply(s.Machine, a.Phys, a.Size, a.Write, a.Decision)
 	if s.policy.guestFiles {
 		// Decided for this kind of operation alone (ReadGuestFile): not memoized.

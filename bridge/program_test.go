@@ -315,9 +315,12 @@ func TestUserProgramMatchesTheGuest(t *testing.T) {
 	if !strings.Contains(want, "1 init\n") || !strings.Contains(want, "hb-sleeper") {
 		t.Fatalf("lscomm in the guest printed %q", want)
 	}
+	// One memo: auto replays what Slow-Bridge learned, the program's own reads of the zero page
+	// (its untouched C library data) among them, which are no kernel instruction's.
+	mem := memo.New(MemoKey(snap))
 	for _, mode := range []Mode{ModeSlow, ModeAuto} {
 		pmem, before := pauseAndHash(t, ctx)
-		s, err := AttachMode(ctx, demo, snap, syms, mode, nil)
+		s, err := AttachMode(ctx, demo, snap, syms, mode, mem)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -328,6 +331,66 @@ func TestUserProgramMatchesTheGuest(t *testing.T) {
 			}
 			t.Logf("%s: lscomm: %d lines, %d system calls, %d user page faults, %v", mode, strings.Count(want, "\n"), run.Syscalls, run.Faults, run.Wall.Round(100_000))
 		}
+		if u := s.Globals.Unknown(); len(u) > 0 {
+			t.Errorf("%s: globals in neither list met by the program and its copy into the SVM: %v", mode, u)
+		}
+		st := s.Stats()
+		for _, ev := range st.Events {
+			t.Logf("%s: fall-back at %s (%s) touching %s: %s", mode, ev.Symbol, ev.Syscall, ev.Region, ev.Reason)
+		}
 		closeUnchanged(t, ctx, s, pmem, before, err)
 	}
+}
+
+// TestProgramNamesTheGuestsUsers: a program names users and groups by the guest's /etc/passwd
+// and /etc/group, not the SVM image's: a user and group only the guest has (added here), owning a
+// process, show by name in ps and ls -l as they do in the guest.
+func TestProgramNamesTheGuestsUsers(t *testing.T) {
+	ctx := need(t)
+	const user, uid = "hbnamed", "4321"
+	mustExec(t, ctx, demo, "add a user to the guest", fmt.Sprintf(
+		`echo '%[1]s:x:%[2]s:%[2]s::/:/bin/sh' >> /etc/passwd && echo '%[1]s:x:%[2]s:' >> /etc/group && `+
+			`su -s /bin/sh %[1]s -c 'setsid sleep 3600 </dev/null >/dev/null 2>&1 &'`, user, uid))
+	// The guest's busybox has no pgrep: its processes are found by their real uid.
+	ofUser := `for p in /proc/[0-9]*; do grep -qs "^Uid:	` + uid + `	" $p/status && echo ${p#/proc/}; done; true`
+	t.Cleanup(func() {
+		mustExec(t, ctx, demo, "remove the user", fmt.Sprintf(`kill $(%s); sed -i '/^%s:/d' /etc/passwd /etc/group`, ofUser, user))
+	})
+	res := mustExec(t, ctx, demo, "the user's sleeper", ofUser)
+	pid := strings.TrimSpace(string(res.Stdout))
+	if _, err := strconv.Atoi(pid); err != nil {
+		t.Fatalf("the processes of uid %s: %q", uid, pid)
+	}
+	settled(t, ctx, demo)
+	cases := []programCase{
+		{args: []string{"ps", "-o", "pid,user,group,comm"}, selfField: 0},
+		{args: []string{"stat", "-c", "%U:%G:%u:%g:%n", "/proc/" + pid}, selfField: -1},
+		{args: []string{"find", "/proc/" + pid, "-maxdepth", "0", "-user", user, "-group", user}, selfField: -1},
+	}
+	want := make([]string, len(cases))
+	for i, c := range cases {
+		// find prints the path only where both names are known.
+		if want[i], _ = c.inGuest(t, ctx, demo); !strings.Contains(want[i], user) && want[i] != "/proc/"+pid+"\n" {
+			t.Fatalf("%s in the guest: %q", c.args, want[i])
+		}
+	}
+	pmem, before := pauseAndHash(t, ctx)
+	s, err := AttachMode(ctx, demo, snap, syms, ModeAuto, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i, c := range cases {
+		run, err := s.RunProgram(svm.Program{Path: "/bin/busybox", Argv: append([]string{"busybox"}, c.args...)}, c.args[0])
+		if err != nil {
+			t.Errorf("%s: %v", c.args, err)
+			continue
+		}
+		if d := sameOutput(want[i], string(run.Stdout), nil); d != "" || run.Status != 0 || len(run.Unserved) > 0 {
+			t.Errorf("%s (status %d, stderr %q, unserved %v) differs from the guest's, %s", c.args, run.Status, run.Stderr, run.Unserved, d)
+		}
+	}
+	if u := s.Globals.Unknown(); len(u) > 0 {
+		t.Errorf("globals in neither list met by the programs: %v", u)
+	}
+	closeUnchanged(t, ctx, s, pmem, before, nil)
 }

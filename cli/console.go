@@ -333,7 +333,7 @@ func (c *consoleSource) RunProgram(ctx context.Context, mode ui.Mode, argv []str
 		return nil, fmt.Errorf("attach guest %s: %w", c.name, err)
 	}
 	before := s.Stats()
-	var run *svm.ProgramRun
+	var run *bridge.ProgramRun
 	rerr := runRecovered(func() (err error) {
 		run, err = s.RunProgram(p, name)
 		return err
@@ -344,6 +344,9 @@ func (c *consoleSource) RunProgram(ctx context.Context, mode ui.Mode, argv []str
 	if run != nil {
 		r.Status, r.Stdout, r.Stderr = run.Status, run.Stdout, run.Stderr
 		r.Syscalls, r.Faults, r.Wall = run.Syscalls, run.Faults, run.Wall
+		for _, f := range run.Unserved {
+			r.Notes = append(r.Notes, unservedNote(f))
+		}
 	}
 	after := s.Stats()
 	r.Engine = engineOf(after.FastEngine, after.FastOps-before.FastOps, after.SlowOps-before.SlowOps)

@@ -17,6 +17,12 @@ import (
 // demo's command channel runs them.
 var programEnv = []string{"PATH=/sbin:/usr/sbin:/bin:/usr/bin", "HOME=/", "TERM=dumb"}
 
+// unservedNote says that a program found the guest's file f absent because it is not in the
+// guest's memory (bridge.ProgramRun.Unserved).
+func unservedNote(f string) string {
+	return fmt.Sprintf("the guest's %s is not in its memory: the program found none, so it shows the ids that file names as numbers", f)
+}
+
 // appletProgram is argv run as a busybox applet of the SVM's image (busybox dispatches on its
 // argv[0]); a path names a file, which only --program brings into the SVM.
 func appletProgram(argv []string) (svm.Program, error) {
@@ -44,7 +50,9 @@ Without --program, ARGS name a busybox applet of the SVM's image and its argumen
 x86-64 executable, copied into the SVM for the run, and ARGS are its arguments.
 
 The program's /proc is the guest's: /proc/self, /proc/net and /proc/mounts are those of the
-guest's init (pid 1), as the views read them. A run is one engine operation: on Fast-Bridge with
+guest's init (pid 1), as the views read them. Its /etc/passwd and /etc/group are the guest's,
+read from the guest's memory before the run (where the guest does not hold one in memory, the
+program finds none and prints ids as numbers; stderr says so). Other files are the SVM image's. A run is one engine operation: on Fast-Bridge with
 the memo, and in auto mode (--mode), on a memo miss again from the start under Slow-Bridge, which
 learns; the summary on stderr says which ran. A program that forks (a shell running a command),
 sleeps or waits stops with an error naming the system call, as does one that runs past --budget.` + guestsHelp,
@@ -73,7 +81,7 @@ sleeps or waits stops with an error naming the system call, as does one that run
 				e.fastEngine = executorUnicorn
 			}
 			progName := bridge.ProgramName(p.Argv)
-			var res *svm.ProgramRun
+			var res *bridge.ProgramRun
 			run, err := e.inspectGuest(cmd.Context(), name, "run "+progName, func(s *bridge.Session) (err error) {
 				res, err = s.RunProgram(p, progName)
 				return err
@@ -84,6 +92,9 @@ sleeps or waits stops with an error naming the system call, as does one that run
 			fmt.Fprintln(e.stderr, run.summary())
 			fmt.Fprintf(e.stderr, "%s: %d system calls, %d user page faults, %v in the program's last run\n",
 				progName, res.Syscalls, res.Faults, res.Wall.Round(100_000))
+			for _, f := range res.Unserved {
+				fmt.Fprintln(e.stderr, unservedNote(f))
+			}
 			if _, err := e.stdout.Write(res.Stdout); err != nil {
 				return err
 			}

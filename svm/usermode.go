@@ -92,6 +92,9 @@ type Program struct {
 	// Binary, if set, is written to Path (in the SVM's tmpfs) by injected calls before the exec:
 	// the user's own static executable. Nothing of it outlives the run (the machine is reset).
 	Binary []byte
+	// Files are written before the exec as Binary is (e.g. the guest's /etc/passwd, for Paths to
+	// send the program's lookups to).
+	Files []File
 	// Budget is the run's instruction limit; 0 takes DefaultProgramBudget.
 	Budget uint64
 	// Paths, if set, is asked about each absolute path (made lexically clean, relative ones joined
@@ -99,6 +102,13 @@ type Program struct {
 	// program, and returns the path to walk instead, or "" to leave it as it is. The program's
 	// memory is untouched: the kernel's own copy of the name is rewritten.
 	Paths func(path string) string
+}
+
+// File is a file RunProgram writes into the SVM's file system for the run.
+type File struct {
+	Path string
+	Data []byte
+	Mode uint32 // permission bits
 }
 
 // RunProgram execs p.Path in the agent and runs it in user mode until it exits. The program starts
@@ -122,7 +132,7 @@ func (m *Machine) RunProgram(p Program) (*ProgramRun, error) {
 }
 
 // prepare makes the agent what the program starts from: its working directory the root (the
-// agent's is the views' procfs), and the user's binary, if any, written to p.Path.
+// agent's is the views' procfs), the user's binary, if any, written to p.Path, and p.Files.
 func (u *unicornExec) prepare(p Program) error {
 	m := u.m
 	va, err := m.putPath("/")
@@ -146,37 +156,49 @@ func (u *unicornExec) prepare(p Program) error {
 	if err := m.writeVirt(vdso, []byte{0, 0, 0, 0}); err != nil {
 		return fmt.Errorf("turn the vDSO off: %w", err)
 	}
-	if p.Binary == nil {
-		return nil
+	files := p.Files
+	if p.Binary != nil {
+		files = append([]File{{Path: p.Path, Data: p.Binary, Mode: 0o755}}, files...)
 	}
-	if va, err = m.putPath(p.Path); err != nil {
+	for _, f := range files {
+		if err := writeFile(m, f); err != nil {
+			return fmt.Errorf("create %s in the SVM: %w", f.Path, err)
+		}
+	}
+	return nil
+}
+
+// writeFile creates (or truncates) f.Path and writes f.Data to it by injected calls.
+func writeFile(m *Machine, f File) error {
+	va, err := m.putPath(f.Path)
+	if err != nil {
 		return err
 	}
 	const oWRONLY, oCREAT, oTRUNC = 0o1, 0o100, 0o1000
 	dirfd := int64(atFDCWD)
-	ret, err = m.Syscall(SysOpenat, uint64(dirfd), va, oWRONLY|oCREAT|oTRUNC|oCLOEXEC, 0o755)
+	ret, err := m.Syscall(SysOpenat, uint64(dirfd), va, oWRONLY|oCREAT|oTRUNC|oCLOEXEC, uint64(f.Mode))
 	if err != nil {
-		return fmt.Errorf("create %s in the SVM: %w", p.Path, err)
+		return err
 	}
-	fd, err := check("openat", p.Path, ret)
+	fd, err := check("openat", f.Path, ret)
 	if err != nil {
-		return fmt.Errorf("create %s in the SVM: %w", p.Path, err)
+		return err
 	}
 	buf, size := m.dataBuf()
-	for rest := p.Binary; len(rest) > 0; {
+	for rest := f.Data; len(rest) > 0; {
 		n := min(len(rest), size)
 		if err := m.writeVirt(buf, rest[:n]); err != nil {
 			return err
 		}
 		ret, err := m.Syscall(SysWrite, uint64(fd), buf, uint64(n))
 		if err != nil {
-			return fmt.Errorf("write %s in the SVM: %w", p.Path, err)
+			return fmt.Errorf("write: %w", err)
 		}
-		if ret, err = check("write", p.Path, ret); err != nil {
-			return fmt.Errorf("write %s in the SVM: %w", p.Path, err)
+		if ret, err = check("write", f.Path, ret); err != nil {
+			return err
 		}
 		if ret == 0 {
-			return fmt.Errorf("write %s in the SVM: no progress", p.Path)
+			return errors.New("write: no progress")
 		}
 		rest = rest[ret:]
 	}

@@ -1,7 +1,10 @@
 package svm
 
 import (
+	"bytes"
+	"crypto/md5"
 	"errors"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -213,6 +216,17 @@ int main(int argc, char **argv) {
 	}
 	if run.Status != 7 || string(run.Stdout) != "echoargs\na b\nc\n" {
 		t.Errorf("echoargs: status %d, stdout %q", run.Status, run.Stdout)
+	}
+	// A file given with the program, larger than the agent's data buffer (written in pieces).
+	data := bytes.Repeat([]byte("0123456789abcdef"), 64<<10/16)
+	data = append(data, "end\n"...)
+	run, err = m.RunProgram(Program{Path: busybox, Argv: []string{"busybox", "md5sum", "/tmp/given"},
+		Files: []File{{Path: "/tmp/given", Data: data, Mode: 0o644}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := fmt.Sprintf("%x  /tmp/given\n", md5.Sum(data)); run.Status != 0 || string(run.Stdout) != want {
+		t.Errorf("md5sum of the given file: status %d, %q, want %q", run.Status, run.Stdout, want)
 	}
 	if _, err := m.RunProgram(Program{Path: "/tmp/echoargs", Argv: []string{"echoargs"}}); !errors.Is(err, syscall.ENOENT) {
 		t.Errorf("the binary outlived its run: %v", err)

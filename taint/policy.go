@@ -25,13 +25,14 @@ const (
 	ReasonGlobalUnknown                // kernel global the classifier does not know
 	ReasonUnknownAddress               // no operand gives the address (undecodable or unmodelled instruction): Unknown
 	ReasonGuestFrame                   // the struct page of a page frame only the guest uses
+	ReasonUserCode                     // an instruction of a program at CPL 3: its memory is the SVM's
 	NumReasons
 )
 
 var reasonNames = [...]string{
 	"unlabelled", "stack", "per-cpu", "svm-pointer", "gvm-pointer", "mixed-pointer",
 	"user-pointer", "global-redirect", "global-local", "global-unknown", "unknown-address",
-	"guest-frame",
+	"guest-frame", "user-code",
 }
 
 func (r Reason) String() string {

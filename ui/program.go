@@ -46,10 +46,14 @@ func (p *programPane) bodyHeight() int                { return max(1, p.height-p
 func (p *programPane) start(argv []string, mode Mode) { p.running, p.mode = argv, mode }
 
 func (p *programPane) headerLines() int {
+	n := 1
 	if p.err != nil || (p.res != nil && p.res.Err != "") {
-		return 2
+		n++
 	}
-	return 1
+	if p.res != nil {
+		n += len(p.res.Notes)
+	}
+	return n
 }
 
 func (p *programPane) scroll(n int) {
@@ -113,6 +117,11 @@ func (p *programPane) view(s *Styles) string {
 		lines = append(lines, s.Error.Render("✗ not run: ")+oneLine(p.err.Error()))
 	case p.res.Err != "":
 		lines = append(lines, s.Error.Render("✗ failed: ")+oneLine(p.res.Err))
+	}
+	if p.res != nil {
+		for _, n := range p.res.Notes {
+			lines = append(lines, s.Warn.Render("! ")+oneLine(n))
+		}
 	}
 	h := p.bodyHeight()
 	body := make([]string, 0, h)

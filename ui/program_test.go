@@ -3,6 +3,7 @@ package ui
 import (
 	"errors"
 	"reflect"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -225,6 +226,25 @@ func TestProgramPaneScrolls(t *testing.T) {
 	}
 	if want := len(m.program.body) - m.program.bodyHeight(); m.program.off != want {
 		t.Errorf("scrolled past the end: offset %d, want %d", m.program.off, want)
+	}
+}
+
+// A note of the run (a guest file the program could not be given) shows under its header, and the
+// output below still scrolls to its end.
+func TestProgramPaneShowsNotes(t *testing.T) {
+	note := "the guest's /etc/passwd is not in its memory: the program found none"
+	var out strings.Builder
+	for i := range 60 {
+		out.WriteString("line " + strconv.Itoa(i) + "\n")
+	}
+	src := &fakeSource{frame: demoFrame, program: func(mode Mode, argv []string) (*ProgramResult, error) {
+		return &ProgramResult{Argv: argv, Mode: mode, Engine: "Unicorn-fast", Stdout: []byte(out.String()), Notes: []string{note}}, nil
+	}}
+	m := newTestModel(t, src)
+	press(t, m, ":", "p", "s", "enter", "G")
+	s := screen(m)
+	if !strings.Contains(s, "! "+note) || !strings.Contains(s, "line 59") {
+		t.Errorf("the note or the output's end is missing:\n%s", s)
 	}
 }
 

@@ -97,7 +97,8 @@ type ProgramResult struct {
 	Faults         int    // exceptions delivered from user mode
 	Fallbacks      int    // re-runs under Slow-Bridge after a Fast-Bridge miss
 	Events         []Event
-	Err            string // empty when the program ran to its exit
+	Notes          []string // what the run could not give the program as the guest has it
+	Err            string   // empty when the program ran to its exit
 }
 
 // Frame is the result of one refresh.
