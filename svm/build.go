@@ -329,7 +329,7 @@ func shadowSVMProc(ctx context.Context, g *guest.Guest) error {
 // the required ones), and the callers' keep, which must all be there.
 func snapshotSymbols(syms *vmm.Symbols, keep []string) (map[string]uint64, error) {
 	kept := map[string]uint64{}
-	for _, name := range slices.Concat(requiredSymbols, faultEntries, programSymbols, []string{"entry_SYSCALL_64_after_hwframe", "init_task", "_edata", "__bss_start", "__bss_stop"}) {
+	for _, name := range slices.Concat(requiredSymbols, faultEntries, programSymbols, []string{"entry_SYSCALL_64_after_hwframe", "init_task", "init_top_pgt", "_edata", "__bss_start", "__bss_stop"}) {
 		if addr, ok := syms.Addr(name); ok {
 			kept[name] = addr
 		}

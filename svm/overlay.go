@@ -241,6 +241,11 @@ func (m *Machine) slotFor(w *vmm.Walker, va uint64, level int) (vmm.Slot, error)
 			if err := m.addTable(up); err != nil {
 				return vmm.Slot{}, fmt.Errorf("%#x: %w", va, err)
 			}
+			if l == w.Levels() {
+				if err := m.shareRootEntry(w, up); err != nil {
+					return vmm.Slot{}, fmt.Errorf("%#x: %w", va, err)
+				}
+			}
 			continue
 		}
 		if up.Entry&vmm.PTEPageSize != 0 {
@@ -248,6 +253,33 @@ func (m *Machine) slotFor(w *vmm.Walker, va uint64, level int) (vmm.Slot, error)
 		}
 	}
 	return w.Slot(va, level)
+}
+
+// shareRootEntry copies a root entry addTable just wrote into the SVM's tables (the agent's root,
+// the snapshot's CR3) to the same slot of the kernel's own root, init_top_pgt, whose kernel half
+// the kernel copies into every new root: a program's exec makes one, and without the entry the
+// program's system calls would not reach what is grafted there (the guest's per-CPU chunks as the
+// SVM's this_cpu operations reach them, in the hole below vmemmap).
+func (m *Machine) shareRootEntry(w *vmm.Walker, up vmm.Slot) error {
+	va, err := m.kernelAddr("init_top_pgt")
+	if err != nil {
+		return fmt.Errorf("a new page-table root entry: %w", err)
+	}
+	pa, _, _, err := w.Translate(va)
+	if err != nil {
+		return fmt.Errorf("the kernel's page-table root init_top_pgt (%#x): %w", va, err)
+	}
+	at := pa + up.Addr%vmm.PageSize4K
+	if at == up.Addr {
+		return nil // the snapshot was taken on the kernel's own root
+	}
+	if m.readPhys64(at)&vmm.PTEPresent != 0 {
+		return fmt.Errorf("the kernel's page-table root maps %#x where the agent's does not", up.VA)
+	}
+	wr := pteWrite{at, m.readPhys64(up.Addr)}
+	binary.LittleEndian.PutUint64(m.ram[wr.at:], wr.value)
+	m.overlay.pte = append(m.overlay.pte, wr)
+	return nil
 }
 
 // addTable points the empty entry up at a cleared page of the layout's table pages.
