@@ -90,10 +90,17 @@ func TestMain(m *testing.M) {
 
 func need(t *testing.T) context.Context {
 	t.Helper()
+	return needFor(t, 2*time.Minute)
+}
+
+// needFor is need for a test that may take up to d (a context derived from need's would end
+// with need's).
+func needFor(t *testing.T, d time.Duration) context.Context {
+	t.Helper()
 	if setupErr != nil {
 		t.Fatalf("the Debian guest did not start: %v", setupErr)
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	ctx, cancel := context.WithTimeout(context.Background(), d)
 	t.Cleanup(cancel)
 	return ctx
 }
@@ -194,9 +201,7 @@ func TestNamespacedProcess(t *testing.T) {
 // where the SVM cannot follow it (its decompressor runs below 4 GiB): then that refusal, in one
 // line, is checked (servedGuest), and a nokaslr boot of the same image serves the views.
 func TestViewsOn4GiB(t *testing.T) {
-	ctx := need(t)
-	ctx, cancel := context.WithTimeout(ctx, 10*time.Minute)
-	defer cancel()
+	ctx := needFor(t, 10*time.Minute) // servedGuest may boot a guest
 	g, snap, syms := servedGuest(t, ctx)
 	own := target.FromGuest(g)
 	defer own.Close()
@@ -330,9 +335,7 @@ func checkViews(t *testing.T, ctx context.Context, tg target.Target, g execer, s
 // attached by its QMP socket, as an analyst's VM is, gives the same views. nokaslr keeps the
 // kernel below 4 GiB, so the views are checked on every run (TestViewsOn4GiB covers KASLR).
 func TestPlainQEMUAttach(t *testing.T) {
-	ctx := need(t)
-	ctx, cancel := context.WithTimeout(ctx, 10*time.Minute)
-	defer cancel()
+	ctx := needFor(t, 10*time.Minute) // it boots a VM of its own
 	dir := t.TempDir()
 	layer := filepath.Join(dir, "disk.qcow2")
 	if out, err := exec.Command("qemu-img", "create", "-q", "-f", "qcow2", "-b", debImg.Disk, "-F", "raw", layer).CombinedOutput(); err != nil {

@@ -1,7 +1,9 @@
 package debianguest_test
 
 import (
+	"context"
 	"slices"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -15,7 +17,7 @@ import (
 // the guest's own busybox prints. ps names its daemons' users and groups (systemd's, D-Bus's, the
 // analyst's) by the guest's /etc/passwd and /etc/group, which the SVM's image does not have.
 func TestProgramsOnDebian(t *testing.T) {
-	ctx := need(t)
+	ctx := needFor(t, 10*time.Minute) // servedGuest may boot a guest
 	g, snap, syms := servedGuest(t, ctx)
 	run := func(command string) string {
 		t.Helper()
@@ -104,4 +106,57 @@ func TestProgramsOnDebian(t *testing.T) {
 		}
 	}
 	t.Logf("%d processes compared; users %v", compared, named)
+}
+
+// TestProgramWithoutTheGuestsGroupFile: where the guest's /etc/group is not in its page cache
+// (dropped here with dd's nocache), a program finds none rather than the SVM image's: ps shows
+// every group as a number, names users still by the guest's /etc/passwd, and the run says which
+// file it could not give. The disk is never read.
+func TestProgramWithoutTheGuestsGroupFile(t *testing.T) {
+	ctx := needFor(t, 10*time.Minute) // servedGuest may boot a guest
+	g, snap, syms := servedGuest(t, ctx)
+	tg := target.FromGuest(g)
+	defer tg.Close()
+	// Later tests find the file in memory again.
+	t.Cleanup(func() { g.Exec(context.WithoutCancel(ctx), "cat /etc/group >/dev/null") })
+	// A daemon may read the file again between the drop and the pause: tried a few times.
+	for try := 1; ; try++ {
+		if res, err := g.Exec(ctx, "sync && dd if=/etc/group iflag=nocache count=0 status=none"); err != nil || res.Status != 0 {
+			t.Fatalf("drop /etc/group from the guest's page cache: %v %s", err, res.Stderr)
+		}
+		s, err := bridge.AttachTarget(ctx, tg, snap, syms, bridge.Options{Mode: bridge.ModeAuto})
+		if err != nil {
+			t.Fatal(err)
+		}
+		r, err := s.RunProgram(svm.Program{Path: "/bin/busybox", Argv: []string{"busybox", "ps", "-o", "pid,user,group,comm"}}, "ps")
+		if cerr := s.Close(ctx); cerr != nil {
+			t.Fatal(cerr)
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !slices.Equal(r.Unserved, []string{"/etc/group"}) {
+			if try < 5 {
+				t.Logf("try %d: the guest's files not in memory: %v", try, r.Unserved)
+				continue
+			}
+			t.Fatalf("after %d drops, the files not in memory: %v, want [/etc/group]", try, r.Unserved)
+		}
+		users := map[string]bool{}
+		for _, l := range strings.Split(strings.TrimSpace(string(r.Stdout)), "\n")[1:] {
+			f := strings.Fields(l)
+			if len(f) < 4 {
+				t.Fatalf("ps line %q", l)
+			}
+			if _, err := strconv.Atoi(f[2]); err != nil {
+				t.Errorf("group %q named without the guest's /etc/group: %q", f[2], l)
+			}
+			users[f[1]] = true
+		}
+		if !users["analyst"] || !users["messageb"] {
+			t.Errorf("users named by the guest's /etc/passwd: %v", users)
+		}
+		t.Logf("try %d: %d processes, every group a number", try, strings.Count(string(r.Stdout), "\n")-1)
+		return
+	}
 }

@@ -27,9 +27,7 @@ var spareModules = []string{"eql", "nlmon", "mii", "ifb"}
 // lsmod, findmnt, ip, uname, free and dmesg, run before and after the pause. The tools' output is
 // parsed here, not by the views' parsers. The guest's memory is the same before and after.
 func TestEveryViewMatchesItsTools(t *testing.T) {
-	ctx := need(t)
-	ctx, cancel := context.WithTimeout(ctx, 10*time.Minute)
-	defer cancel()
+	ctx := needFor(t, 10*time.Minute) // servedGuest may boot a guest
 	g, snap, syms := servedGuest(t, ctx)
 	run := func(command string) string {
 		t.Helper()
