@@ -105,10 +105,17 @@ func needFor(t *testing.T, d time.Duration) context.Context {
 	return ctx
 }
 
-// sh runs a shell command line in the guest and returns its output; a failure fails the test.
+// sh runs a shell command line in the package's guest and returns its output; a failure fails
+// the test.
 func sh(t *testing.T, ctx context.Context, command string) string {
 	t.Helper()
-	res, err := deb.Exec(ctx, command)
+	return shOn(t, ctx, deb, command)
+}
+
+// shOn is sh in guest g.
+func shOn(t *testing.T, ctx context.Context, g execer, command string) string {
+	t.Helper()
+	res, err := g.Exec(ctx, command)
 	if err != nil {
 		t.Fatalf("%s: %v", command, err)
 	}

@@ -21,11 +21,7 @@ func TestProgramsOnDebian(t *testing.T) {
 	g, snap, syms := servedGuest(t, ctx)
 	run := func(command string) string {
 		t.Helper()
-		res, err := g.Exec(ctx, command)
-		if err != nil || res.Status != 0 {
-			t.Fatalf("%s: %v %s%s", command, err, res.Stdout, res.Stderr)
-		}
-		return string(res.Stdout)
+		return shOn(t, ctx, g, command)
 	}
 	ps := []string{"ps", "-o", "pid,user,group,comm"}
 	// psRows are ps's lines by pid; the tool's own line (and its shell's) are left out by their pids.

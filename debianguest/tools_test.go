@@ -31,11 +31,7 @@ func TestEveryViewMatchesItsTools(t *testing.T) {
 	g, snap, syms := servedGuest(t, ctx)
 	run := func(command string) string {
 		t.Helper()
-		res, err := g.Exec(ctx, command)
-		if err != nil || res.Status != 0 {
-			t.Fatalf("%s: %v %s%s", command, err, res.Stdout, res.Stderr)
-		}
-		return string(res.Stdout)
+		return shOn(t, ctx, g, command)
 	}
 
 	seed := uint64(time.Now().UnixNano())
