@@ -346,7 +346,7 @@ func TestUserProgramMatchesTheGuest(t *testing.T) {
 
 // TestProgramNamesTheGuestsUsers: a program names users and groups by the guest's /etc/passwd
 // and /etc/group, not the SVM image's: a user and group only the guest has (added here), owning a
-// process, show by name in ps and ls -l as they do in the guest.
+// process, show by name in ps, stat and find as they do in the guest.
 func TestProgramNamesTheGuestsUsers(t *testing.T) {
 	ctx := need(t)
 	const user, uid = "hbnamed", "4321"

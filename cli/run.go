@@ -52,10 +52,11 @@ x86-64 executable, copied into the SVM for the run, and ARGS are its arguments.
 The program's /proc is the guest's: /proc/self, /proc/net and /proc/mounts are those of the
 guest's init (pid 1), as the views read them. Its /etc/passwd and /etc/group are the guest's,
 read from the guest's memory before the run (where the guest does not hold one in memory, the
-program finds none and prints ids as numbers; stderr says so). Other files are the SVM image's. A run is one engine operation: on Fast-Bridge with
-the memo, and in auto mode (--mode), on a memo miss again from the start under Slow-Bridge, which
-learns; the summary on stderr says which ran. A program that forks (a shell running a command),
-sleeps or waits stops with an error naming the system call, as does one that runs past --budget.` + guestsHelp,
+program finds none and prints ids as numbers; stderr says so). Other files are the SVM image's.
+A run is one engine operation: on Fast-Bridge with the memo, and in auto mode (--mode), on a
+memo miss again from the start under Slow-Bridge, which learns; the summary on stderr says which
+ran. A program that forks (a shell running a command), sleeps or waits stops with an error naming
+the system call, as does one that runs past --budget.` + guestsHelp,
 		RunE: func(cmd *cobra.Command, args []string) (err error) {
 			if len(args) == 0 && program == "" {
 				return fmt.Errorf("nothing to run: give a busybox applet and its arguments after -- (e.g. hybridbridge run -- ps), or --program FILE")

@@ -399,15 +399,13 @@ func snapshot4G(t *testing.T, ctx context.Context) (*svm.Snapshot, *vmm.Symbols)
 // guestPIDs lists the guest's processes by its own ps.
 func guestPIDs(t *testing.T, ctx context.Context, g execer) map[int]bool {
 	t.Helper()
-	res, err := g.Exec(ctx, "ps -eo pid=")
-	if err != nil || res.Status != 0 {
-		t.Fatalf("ps in the guest: %v %s", err, res.Stderr)
-	}
 	out := map[int]bool{}
-	for _, f := range strings.Fields(string(res.Stdout)) {
-		if n, err := strconv.Atoi(f); err == nil {
-			out[n] = true
+	for _, f := range strings.Fields(shOn(t, ctx, g, "ps -eo pid=")) {
+		n, err := strconv.Atoi(f)
+		if err != nil {
+			t.Fatalf("ps -eo pid= in the guest printed %q", f)
 		}
+		out[n] = true
 	}
 	return out
 }
